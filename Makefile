@@ -1,0 +1,49 @@
+# The targets CI runs, one to one. `make test` is what .ci/run calls: it installs the test toolchain,
+# checks formatting, lints, checks the generated CRD for drift, and runs every test.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+export RXG_TOOLS_DIR ?= $(CURDIR)/.tools
+CRD := crds/imagesigningpolicies.registryx.io.yaml
+
+.PHONY: all tools fmt fmt-check lint crds crds-check build unit test demo clean
+
+all: test
+
+## tools: build and install the pinned test toolchain into .tools/bin (idempotent, cached)
+tools:
+	bash e2e/tools/install.sh
+
+fmt:
+	$(CARGO) fmt
+
+## fmt-check: fail when any file is not rustfmt-formatted
+fmt-check:
+	$(CARGO) fmt -- --check
+
+## lint: clippy on every target, warnings are errors
+lint:
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	@mkdir -p crds
+	$(CARGO) run --quiet --locked -- crdgen --output $(CRD)
+
+## crds-check: fail when crds/ differs from what the Rust types generate
+crds-check:
+	@tmp=$$(mktemp); trap 'rm -f $$tmp' EXIT; \
+	$(CARGO) run --quiet --locked -- crdgen --output $$tmp; \
+	if ! diff -u $(CRD) $$tmp; then echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; fi
+
+## test: everything CI checks, against the real toolchain
+test: tools fmt-check lint crds-check
+	$(CARGO) test --all-targets --locked --no-fail-fast
+
+## demo: a local control plane and registry (see README)
+demo: tools
+	bash e2e/demo.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf .tools

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Installs the test toolchain into one bin folder, "$RXG_TOOLS_DIR/bin" (default: .tools/bin in the
+# repository, git-ignored). Idempotent: each tool carries a stamp of what built it (its pinned version, or
+# the hash of its wrapper module), and a tool whose stamp matches is not rebuilt, so a second run takes
+# seconds. Prints the bin folder on its last line.
+#
+#   cosign         go install, pinned in versions.env
+#   helm           go install, pinned in versions.env
+#   kube-apiserver, kubectl   built from k8s.io/kubernetes by the wrapper module kube/
+#   etcd           built from go.etcd.io/etcd/server/v3 by the wrapper module etcd/
+#   registry       Debian's docker-registry (the CNCF distribution registry), linked into bin/
+#   ociregistry, crane        go-containerregistry (OCI 1.1 referrers API), wrapper module ociregistry/
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+tools_dir=${RXG_TOOLS_DIR:-$root/.tools}
+bin=$tools_dir/bin
+stamps=$tools_dir/stamps
+mkdir -p "$bin" "$stamps"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+# up_to_date NAME STAMP: true when bin/NAME exists and was built from STAMP.
+up_to_date() {
+	[[ -x $bin/$1 ]] && [[ -f $stamps/$1 ]] && [[ $(<"$stamps/$1") == "$2" ]]
+}
+
+# build NAME STAMP COMMAND...: runs COMMAND unless NAME is up to date, then records STAMP.
+build() {
+	local name=$1 stamp=$2
+	shift 2
+	if up_to_date "$name" "$stamp"; then
+		return
+	fi
+	log "building $name ($stamp)"
+	local start=$SECONDS
+	"$@"
+	[[ -x $bin/$name ]] || { log "FAILED: $name was not produced"; exit 1; }
+	printf '%s' "$stamp" >"$stamps/$name"
+	log "built $name in $((SECONDS - start))s"
+}
+
+# The stamp of a wrapper module: the hash of its go.mod, go.sum and Go sources.
+module_hash() { find "$here/$1" -maxdepth 1 -type f \( -name 'go.*' -o -name '*.go' \) -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16; }
+
+go_install() { GOBIN=$bin go install "$1@$2"; }
+wrapper_build() { # wrapper_build DIR OUT PACKAGE
+	(cd "$here/$1" && go build -trimpath -ldflags=-s -o "$bin/$2" "$3")
+}
+
+build cosign "$COSIGN_VERSION" go_install "$COSIGN_MODULE" "$COSIGN_VERSION"
+build helm "$HELM_VERSION" go_install "$HELM_MODULE" "$HELM_VERSION"
+
+kube=$(module_hash kube)
+build kube-apiserver "$kube" wrapper_build kube kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+build kubectl "$kube" wrapper_build kube kubectl k8s.io/kubernetes/cmd/kubectl
+
+build etcd "$(module_hash etcd)" wrapper_build etcd etcd go.etcd.io/etcd/server/v3
+
+oci=$(module_hash ociregistry)
+build ociregistry "$oci" wrapper_build ociregistry ociregistry .
+build crane "$oci" wrapper_build ociregistry crane github.com/google/go-containerregistry/cmd/crane
+
+install_docker_registry() {
+	if ! command -v docker-registry >/dev/null; then
+		log "apt-get install $DOCKER_REGISTRY_DEB"
+		local sudo=""
+		[[ $(id -u) == 0 ]] || sudo=sudo
+		# policy-rc.d keeps the package's service from starting: the tests start their own registries.
+		local policy=/usr/sbin/policy-rc.d created=""
+		if [[ ! -e $policy ]]; then
+			printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+			$sudo chmod +x "$policy"
+			created=1
+		fi
+		$sudo apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$DOCKER_REGISTRY_DEB" >/dev/null
+		[[ -z $created ]] || $sudo rm -f "$policy"
+	fi
+	ln -sf "$(command -v docker-registry)" "$bin/registry"
+}
+
+build registry "$DOCKER_REGISTRY_DEB" install_docker_registry
+
+echo "$bin"

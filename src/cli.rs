@@ -1,0 +1,155 @@
+//! The command line: `serve`, `verify` and `crdgen`. Every flag can also be set from the environment
+//! (`RXG_*`), which is how the Helm chart configures the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::telemetry::LogArgs;
+
+/// Exit code of `verify` when the image is admitted.
+pub const EXIT_ADMITTED: u8 = 0;
+/// Exit code of `verify` when the image is refused.
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit code when the command or its input is wrong (clap uses 2 for bad flags as well).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Admits Kubernetes workloads only when their images carry cosign signatures that the cluster's
+/// ImageSigningPolicies accept.
+#[derive(Parser, Debug)]
+#[command(name = "registryx-guard", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the admission webhook (HTTPS) and its probes and metrics (plain HTTP).
+    ///
+    /// Policies come from the cluster's ImageSigningPolicy resources, or from YAML files with
+    /// --policy-dir when there is no cluster (local runs, GitOps checks).
+    Serve(ServeArgs),
+
+    /// Decide whether one image is signed as the given policies demand, as the webhook would.
+    ///
+    /// Exit status: 0 admitted, 1 refused (with the reasons), 2 bad command or input.
+    Verify(VerifyArgs),
+
+    /// Print the ImageSigningPolicy CustomResourceDefinition generated from the Rust types.
+    Crdgen(CrdgenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address of the HTTPS admission endpoints (/validate, /mutate).
+    #[arg(long, env = "RXG_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Address of the plain-HTTP probes and metrics (/healthz, /readyz, /metrics).
+    #[arg(long, env = "RXG_PROBES_LISTEN", default_value = "0.0.0.0:8080")]
+    pub probes_listen: SocketAddr,
+
+    /// PEM certificate chain served on --listen; reloaded when the file changes.
+    #[arg(long, env = "RXG_TLS_CERT", default_value = "/tls/tls.crt")]
+    pub tls_cert: PathBuf,
+
+    /// PEM private key of --tls-cert; reloaded when the file changes.
+    #[arg(long, env = "RXG_TLS_KEY", default_value = "/tls/tls.key")]
+    pub tls_key: PathBuf,
+
+    /// Load ImageSigningPolicy YAML files from this folder instead of watching the cluster.
+    #[arg(long, env = "RXG_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+
+    /// Refuse images that no policy governs (by default they are admitted).
+    #[arg(long, env = "RXG_DEFAULT_DENY")]
+    pub default_deny: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The image reference, e.g. `registry.example.com/team/app:1.4` or `...@sha256:<hex>`.
+    #[arg(env = "RXG_IMAGE")]
+    pub image: String,
+
+    /// An ImageSigningPolicy YAML file (the same file `kubectl apply` takes); repeat for several.
+    #[arg(
+        long = "policy",
+        env = "RXG_POLICY",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub policies: Vec<PathBuf>,
+
+    /// Output format.
+    #[arg(long, env = "RXG_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Give up on the registry after this many seconds.
+    #[arg(long, env = "RXG_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub timeout_seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct CrdgenArgs {
+    /// Write the CRD to this file instead of standard output.
+    #[arg(long, env = "RXG_CRDGEN_OUTPUT")]
+    pub output: Option<PathBuf>,
+}
+
+/// Runs the parsed command. Errors are the command's input errors (exit 2); refusals are exit codes.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Crdgen(args) => crdgen(args),
+        Command::Serve(args) => runtime()?
+            .block_on(crate::server::serve(args))
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
+        Command::Verify(args) => verify(args),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn crdgen(args: CrdgenArgs) -> anyhow::Result<ExitCode> {
+    let yaml = crate::policy::crd_yaml()?;
+    match args.output {
+        Some(path) => std::fs::write(&path, yaml)
+            .map_err(|source| crate::Error::WriteFile { path, source })?,
+        None => print!("{yaml}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    // The input is checked in full first, so that a wrong file is reported as such (exit 2) whatever
+    // the state of the registry.
+    let mut policies = Vec::new();
+    for path in &args.policies {
+        policies.extend(crate::policy::load_file(path)?);
+    }
+    anyhow::ensure!(
+        !policies.is_empty(),
+        "no ImageSigningPolicy found in {:?}",
+        args.policies
+    );
+    Err(crate::Error::NotImplemented("verification of signatures (issue #3)").into())
+}

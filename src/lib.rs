@@ -1,0 +1,67 @@
+//! registryx-guard: a Kubernetes admission webhook that admits a workload only when every image it runs
+//! carries a cosign signature that the matching `ImageSigningPolicy` resources accept.
+//!
+//! The crate is one library with a thin binary (`src/main.rs`). Modules are named after what they do;
+//! see DESIGN.md in the repository for the data flow between them.
+
+pub mod admission;
+pub mod cli;
+pub mod controller;
+pub mod policy;
+pub mod registry;
+pub mod rego;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+pub mod verify;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the library, each variant naming what it was working on so that the
+/// message alone tells a user what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot write {path}: {source}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not a valid ImageSigningPolicy: {source}")]
+    PolicyFile {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+
+    #[error("{path}: expected kind ImageSigningPolicy of registryx.io/v1alpha1, found {found}")]
+    NotAPolicy { path: PathBuf, found: String },
+
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+
+    #[error("cannot serialize {what}: {reason}")]
+    Serialize { what: &'static str, reason: String },
+
+    #[error("{0} is not implemented yet")]
+    NotImplemented(&'static str),
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,252 @@
+//! The `ImageSigningPolicy` custom resource (registryx.io/v1alpha1, cluster-scoped).
+//!
+//! These types are the single source of the CRD: `registryx-guard crdgen` prints the schema derived from
+//! them, and CI fails when crds/ drifts from it. Everything the API server can check on its own (enums,
+//! required fields, one-of choices) is expressed here as schema or CEL rules, so that a malformed policy is
+//! refused at `kubectl apply` time instead of surfacing later as a status condition.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What a cluster requires of the images it runs: which images (`images`, `namespaceSelector`), who must
+/// have signed them (`authorities`), what else must hold (`rego`), and how to reach their registry.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "registryx.io",
+    version = "v1alpha1",
+    kind = "ImageSigningPolicy",
+    plural = "imagesigningpolicies",
+    shortname = "isp",
+    status = "ImageSigningPolicyStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Authorities","type":"string","jsonPath":".spec.authorities[*].name"}"#,
+    printcolumn = r#"{"name":"Images","type":"string","jsonPath":".spec.images"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("(has(self.signatureRequired) && !self.signatureRequired) || (has(self.authorities) && size(self.authorities) > 0)").message("signatureRequired needs at least one authority"))]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSigningPolicySpec {
+    /// Image references this policy governs, as globs over the full reference
+    /// (`registry/repository:tag`): `*` matches within one path segment, `**` also crosses `/`.
+    #[schemars(length(min = 1))]
+    pub images: Vec<String>,
+
+    /// Only workloads in namespaces whose labels match are governed; all namespaces when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// `enforce` refuses a workload whose images fail; `warn` admits it with an admission warning.
+    #[serde(default)]
+    pub mode: Mode,
+
+    /// When true (the default), at least one authority must verify a signature of the image. When false,
+    /// verification results only feed the Rego rules.
+    #[serde(default = "default_true")]
+    pub signature_required: bool,
+
+    /// Who may sign: any one authority verifying a signature is enough.
+    #[serde(default)]
+    pub authorities: Vec<Authority>,
+
+    /// Rego rules evaluated for every governed image (package `registry` or `registryx.policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rego: Option<RegoRules>,
+
+    /// How to reach the registry that holds the governed images and their signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryAccess>,
+
+    /// When true, admitted images are pinned to the digest that was verified (`repo:tag@sha256:...`) by
+    /// the mutating webhook, so the kubelet pulls exactly what was checked.
+    #[serde(default)]
+    pub mutate_digest: bool,
+
+    /// For a multi-platform image index: `index` (default, what `cosign sign` signs) requires a signature
+    /// on the index digest; `everyPlatform` requires one on every platform manifest as well.
+    #[serde(default)]
+    pub multi_arch: MultiArch,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Warn,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MultiArch {
+    #[default]
+    Index,
+    EveryPlatform,
+}
+
+/// One trusted signer: a public key, or a keyless identity certified by a Fulcio-style CA.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.key) != has(self.keyless)").message("an authority needs exactly one of key or keyless"))]
+#[serde(rename_all = "camelCase")]
+pub struct Authority {
+    /// Names the authority in status, evidence and refusal messages.
+    #[schemars(length(min = 1))]
+    pub name: String,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyAuthority>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyless: Option<KeylessAuthority>,
+
+    /// Whether a transparency-log (Rekor) entry must accompany the signature. Default: required for
+    /// keyless, not required for keys. Entries are verified offline from the bundle or SET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparency_log: Option<TransparencyLog>,
+}
+
+/// A PEM public key (ECDSA P-256/P-384, RSA, Ed25519), inline or from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.data) != has(self.secretRef)").message("a key needs exactly one of data or secretRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct KeyAuthority {
+    /// The PEM text of the public key (`cosign.pub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+
+    /// A Secret that holds the PEM public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in a namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    /// Defaults to the namespace registryx-guard runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Defaults to `cosign.pub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Keyless signing: a short-lived certificate from a Fulcio-style CA that names the signer's identity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeylessAuthority {
+    /// Accepted signer identities; any one matching is enough.
+    #[schemars(length(min = 1))]
+    pub identities: Vec<Identity>,
+    /// The roots the certificate must chain to, given in full so that no network is needed at start.
+    pub trust_root: TrustRoot,
+}
+
+/// An OIDC issuer and subject, each given exactly or as a regular expression.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.issuer) != has(self.issuerRegExp)").message("an identity needs exactly one of issuer or issuerRegExp"))]
+#[x_kube(validation = Rule::new("has(self.subject) != has(self.subjectRegExp)").message("an identity needs exactly one of subject or subjectRegExp"))]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_reg_exp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_reg_exp: Option<String>,
+}
+
+/// Trust material for keyless verification: a sigstore `trusted_root.json`, or the PEMs it would hold.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.trustedRootJSON) != has(self.fulcioCA)").message("a trust root needs exactly one of trustedRootJSON or fulcioCA"))]
+#[serde(rename_all = "camelCase")]
+pub struct TrustRoot {
+    /// The content of a sigstore `trusted_root.json`.
+    #[serde(
+        default,
+        rename = "trustedRootJSON",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trusted_root_json: Option<String>,
+    /// PEM certificates of the Fulcio CA chain (root last).
+    #[serde(default, rename = "fulcioCA", skip_serializing_if = "Option::is_none")]
+    pub fulcio_ca: Option<String>,
+    /// PEM public key of the Rekor log, to check signed entry timestamps offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekor_key: Option<String>,
+    /// PEM public key of the certificate transparency log, to check embedded SCTs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ct_log_key: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransparencyLog {
+    pub required: bool,
+}
+
+/// Rego modules, inline or from a ConfigMap (every key a module).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegoRules {
+    #[serde(default)]
+    pub modules: Vec<RegoModule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ObjectRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegoModule {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    pub source: String,
+}
+
+/// A namespaced object by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub name: String,
+    /// Defaults to the namespace registryx-guard runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Registry access for the governed images.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryAccess {
+    /// A `kubernetes.io/dockerconfigjson` Secret with pull credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<ObjectRef>,
+    /// PEM CA certificates trusted for the registry, in addition to the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// Plain HTTP, for development registries only.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Base URL of the RegistryX REST API (`https://registryx.example.com`); when set,
+    /// `input.vulnerabilities` is filled from it for Rego.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registryx_api: Option<String>,
+}
+
+/// What the controller last concluded about the policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSigningPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,171 @@
+//! The command line as a user meets it: help, version, exit codes, and crdgen's output.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
+        .args(args)
+        .env_remove("RXG_POLICY")
+        .output()
+        .expect("run registryx-guard")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn version_names_the_crate_version() {
+    let output = run(&["--version"]);
+    assert!(output.status.success());
+    assert_eq!(
+        stdout(&output).trim(),
+        format!("registryx-guard {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn every_subcommand_explains_itself_and_its_environment_variables() {
+    for (subcommand, needles) in [
+        (
+            "serve",
+            &[
+                "--listen",
+                "RXG_LISTEN",
+                "--tls-cert",
+                "--policy-dir",
+                "--default-deny",
+            ][..],
+        ),
+        (
+            "verify",
+            &["--policy", "RXG_POLICY", "--output", "Exit status"][..],
+        ),
+        ("crdgen", &["--output", "RXG_CRDGEN_OUTPUT"][..]),
+    ] {
+        let output = run(&[subcommand, "--help"]);
+        assert!(output.status.success(), "{subcommand} --help failed");
+        let help = stdout(&output);
+        for needle in needles {
+            assert!(
+                help.contains(needle),
+                "`{subcommand} --help` does not mention {needle}:\n{help}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bad_flag_and_a_missing_policy_file_are_usage_errors() {
+    let output = run(&["verify", "registry.example/app:1", "--no-such-flag"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+
+    let output = run(&[
+        "verify",
+        "registry.example/app:1",
+        "--policy",
+        "/nonexistent/policy.yaml",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("cannot read /nonexistent/policy.yaml"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn an_invalid_policy_file_is_a_usage_error_that_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {name: b}\nspec: {images: 3}\n").unwrap();
+    let output = run(&[
+        "verify",
+        "registry.example/app:1",
+        "--policy",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("broken.yaml") && message.contains("not a valid ImageSigningPolicy"),
+        "{message}"
+    );
+}
+
+#[test]
+fn crdgen_prints_the_committed_crd() {
+    let output = run(&["crdgen"]);
+    assert!(output.status.success());
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/imagesigningpolicies.registryx.io.yaml"
+    ))
+    .unwrap();
+    assert!(
+        stdout(&output) == committed,
+        "crds/ is stale: run `make crds`"
+    );
+}
+
+#[test]
+fn serve_answers_probes_and_logs_json_lines() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--probes-listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let mut healthy = false;
+    for _ in 0..100 {
+        if client
+            .get(url("/healthz"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+        {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ready = client
+        .get(url("/readyz"))
+        .send()
+        .map(|r| r.status().as_u16());
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    assert!(healthy, "/healthz never answered: {}", stderr(&output));
+    assert_eq!(
+        ready.ok(),
+        Some(503),
+        "a replica without policies must not report ready"
+    );
+    let logs = stderr(&output);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("/healthz"))),
+        "{logs}"
+    );
+}

@@ -1,0 +1,148 @@
+//! A real control plane: etcd and kube-apiserver (built from Go modules by `make tools`) on free loopback
+//! ports, with a kubeconfig whose user is in `system:masters`. There is no kubelet, scheduler or
+//! controller-manager: objects are stored and admitted, never run, which is all an admission webhook and
+//! a policy controller need.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::process::{Process, http_ok};
+use super::{free_port, tool};
+
+pub struct ControlPlane {
+    /// `https://127.0.0.1:<port>`
+    pub server: String,
+    pub kubeconfig: PathBuf,
+    // Field order is drop order: the API server stops before etcd.
+    apiserver: Process,
+    etcd: Process,
+    dir: TempDir,
+}
+
+const TOKEN: &str = "registryx-guard-test-admin-token";
+
+impl ControlPlane {
+    pub fn start() -> ControlPlane {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+
+        let (client_port, peer_port) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut command = Command::new(tool("etcd"));
+        command
+            .arg("--data-dir")
+            .arg(path.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .args(["--log-level", "warn", "--unsafe-no-fsync"]);
+        let mut etcd = Process::start("etcd", command, path);
+        let health = format!("{client_url}/health");
+        etcd.wait_until("healthy", Duration::from_secs(30), || http_ok(&health));
+
+        // The service-account token signer: kube-apiserver refuses to start without one.
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(path.join("sa.key"), key.serialize_pem()).unwrap();
+        std::fs::write(path.join("sa.pub"), key.public_key_pem()).unwrap();
+        std::fs::write(
+            path.join("tokens.csv"),
+            format!("{TOKEN},admin,admin-uid,system:masters\n"),
+        )
+        .unwrap();
+
+        let port = free_port();
+        let mut command = Command::new(tool("kube-apiserver"));
+        command
+            .args(["--etcd-servers", &client_url])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+            ])
+            .args(["--secure-port", &port.to_string()])
+            .arg("--cert-dir")
+            .arg(path.join("certs"))
+            .arg(format!(
+                "--token-auth-file={}",
+                path.join("tokens.csv").display()
+            ))
+            .arg(format!(
+                "--service-account-key-file={}",
+                path.join("sa.pub").display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                path.join("sa.key").display()
+            ))
+            .args(["--service-account-issuer", "https://kubernetes.default.svc"])
+            .args(["--service-cluster-ip-range", "10.96.0.0/16"])
+            .args(["--authorization-mode", "Node,RBAC"])
+            .args(["-v", "1"]);
+        let mut apiserver = Process::start("kube-apiserver", command, path);
+
+        let server = format!("https://127.0.0.1:{port}");
+        let kubeconfig = path.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\n\
+                 users:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: test\n  context: {{cluster: test, user: admin}}\ncurrent-context: test\n"
+            ),
+        )
+        .unwrap();
+
+        let probe_config = kubeconfig.clone();
+        apiserver.wait_until("ready", Duration::from_secs(120), || {
+            kubectl_with(&probe_config, &["get", "--raw", "/readyz"])
+                .is_ok_and(|output| output.status.success() && output.stdout == b"ok")
+        });
+        ControlPlane {
+            server,
+            kubeconfig,
+            apiserver,
+            etcd,
+            dir,
+        }
+    }
+
+    /// Runs kubectl against this control plane.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        kubectl_with(&self.kubeconfig, args).expect("run kubectl")
+    }
+
+    pub fn apiserver_log(&self) -> String {
+        self.apiserver.log_tail()
+    }
+
+    pub fn etcd_pid(&self) -> u32 {
+        self.etcd.pid()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+fn kubectl_with(kubeconfig: &std::path::Path, args: &[&str]) -> std::io::Result<Output> {
+    Command::new(tool("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--request-timeout", "10s"])
+        .args(args)
+        .output()
+}

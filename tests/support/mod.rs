@@ -1,0 +1,39 @@
+//! Test harness: starts the real tools of the test toolchain (`make tools`) as processes on free loopback
+//! ports and stops them when the test ends. Nothing here is mocked; a missing tool is a failed test with
+//! the command that installs it, never a skipped one.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod cluster;
+pub mod cosign;
+pub mod process;
+pub mod registry;
+
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of a tool installed by `e2e/tools/install.sh` (`RXG_TOOLS_DIR`, default `.tools`).
+pub fn tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("RXG_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".tools"));
+    let path = dir.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "test tool {} is missing: run `make tools` (e2e/tools/install.sh) first",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago. The tools we start take their port on the command line,
+/// so the tiny race between this probe and their bind is accepted; a clash shows as a start failure.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("no free loopback port")
+}
