@@ -140,16 +140,44 @@ fn crdgen(args: CrdgenArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    use crate::policy::{CompiledPolicy, compile};
+    use crate::registry::{DockerConfig, ImageRef};
+    use crate::verify::authority::NoSecrets;
+    use crate::verify::{Verifier, VerifierSettings, render_text};
+    use std::sync::Arc;
+
     // The input is checked in full first, so that a wrong file is reported as such (exit 2) whatever
     // the state of the registry.
-    let mut policies = Vec::new();
+    let image = ImageRef::parse(&args.image)?;
+    let mut policies: Vec<Arc<CompiledPolicy>> = Vec::new();
     for path in &args.policies {
-        policies.extend(crate::policy::load_file(path)?);
+        for policy in crate::policy::load_file(path)? {
+            let name = policy.metadata.name.clone().unwrap_or_default();
+            let compiled = compile(&policy, &NoSecrets, "registryx-guard")
+                .with_context(|| format!("{}: policy {name:?} is not usable", path.display()))?;
+            policies.push(Arc::new(compiled));
+        }
     }
     anyhow::ensure!(
         !policies.is_empty(),
         "no ImageSigningPolicy found in {:?}",
         args.policies
     );
-    Err(crate::Error::NotImplemented("verification of signatures (issue #3)").into())
+    let credentials =
+        DockerConfig::from_environment().map_err(|e| anyhow::anyhow!("Docker credentials: {e}"))?;
+    let governing: Vec<_> = policies.into_iter().filter(|p| p.governs(&image)).collect();
+
+    let verifier = Verifier::new(VerifierSettings::default(), Some(credentials));
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(args.timeout_seconds.max(1));
+    let verdict = runtime()?.block_on(verifier.verify(&image, &governing, deadline));
+    match args.output {
+        OutputFormat::Text => print!("{}", render_text(&verdict)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&verdict)?),
+    }
+    Ok(ExitCode::from(if verdict.admitted() {
+        EXIT_ADMITTED
+    } else {
+        EXIT_REFUSED
+    }))
 }

@@ -59,8 +59,15 @@ pub enum Error {
     #[error("cannot serialize {what}: {reason}")]
     Serialize { what: &'static str, reason: String },
 
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+
+    #[error("policy {policy:?}: {source}")]
+    Policy {
+        policy: String,
+        #[source]
+        source: policy::PolicyError,
+    },
 }
 
 /// The library's result type.

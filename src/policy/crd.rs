@@ -188,10 +188,14 @@ pub struct TrustRoot {
     pub ct_log_key: Option<String>,
 }
 
+/// Whether a Rekor transparency-log entry must accompany a signature, checked offline.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TransparencyLog {
     pub required: bool,
+    /// PEM public key of the Rekor log (for key authorities; keyless ones take it from their trustRoot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekor_key: Option<String>,
 }
 
 /// Rego modules, inline or from a ConfigMap (every key a module).

@@ -1,10 +1,12 @@
 //! Policies: the `ImageSigningPolicy` resource types and loading them from YAML files, the same files
 //! that `kubectl apply` takes.
 
+mod compiled;
 mod crd;
 
 use std::path::Path;
 
+pub use compiled::{CompiledPolicy, PolicyError, PolicySet, RegistryAccess, compile};
 pub use crd::*;
 use kube::CustomResourceExt;
 use serde::Deserialize as _;

@@ -1,1 +1,480 @@
-//! Signature verification with sigstore-rs: key and keyless authorities, trust roots, evidence, cache.
+//! Signature verification: for one image and the policies that govern it, find the image's signatures
+//! once, check every authority of every policy against them, and return evidence, not a boolean.
+//!
+//! Results are cached by (image digest, authority fingerprint): verified ones for a long TTL, refusals
+//! for a short one, so that a freshly signed image is admitted soon after. Concurrent lookups of one
+//! image share one signature fetch. An image that no policy governs is never looked up at all.
+
+pub mod authority;
+mod check;
+mod report;
+mod signatures;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use moka::Expiry;
+use serde::Serialize;
+
+pub use check::Proof;
+pub use report::render_text;
+pub use signatures::{FoundSignature, SignatureSet};
+
+use crate::policy::{CompiledPolicy, Mode, MultiArch};
+use crate::registry::{
+    DOCKER_MANIFEST_LIST, DockerConfig, ImageRef, OCI_INDEX, RegistryClient, RegistryConfig,
+    RegistryError,
+};
+use authority::{CompiledAuthority, Trust};
+
+/// What one authority concluded about one digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorityEvidence {
+    pub authority: String,
+    /// The digest the evidence is about (a platform manifest's, for `multiArch: everyPlatform`).
+    pub digest: String,
+    pub verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
+}
+
+/// One policy's verdict on one image.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyVerdict {
+    pub policy: String,
+    pub mode: Mode,
+    pub passed: bool,
+    pub authorities: Vec<AuthorityEvidence>,
+    /// Why the policy failed, in words a user can act on.
+    pub reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
+}
+
+/// Every governing policy's verdict on one image.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageVerdict {
+    pub image: String,
+    pub digest: Option<String>,
+    pub policies: Vec<PolicyVerdict>,
+}
+
+impl ImageVerdict {
+    /// Admitted when every enforcing policy passed (`warn` policies only warn).
+    pub fn admitted(&self) -> bool {
+        self.policies
+            .iter()
+            .all(|p| p.passed || p.mode == Mode::Warn)
+    }
+
+    /// The warnings of `warn` policies that failed.
+    pub fn warnings(&self) -> impl Iterator<Item = &PolicyVerdict> {
+        self.policies
+            .iter()
+            .filter(|p| !p.passed && p.mode == Mode::Warn)
+    }
+}
+
+/// Cache lifetimes and sizes.
+#[derive(Clone, Debug)]
+pub struct VerifierSettings {
+    pub verified_ttl: Duration,
+    pub refused_ttl: Duration,
+    /// How long one discovery is shared; short, it only coalesces concurrent lookups.
+    pub signatures_ttl: Duration,
+    pub max_cached_results: u64,
+}
+
+impl Default for VerifierSettings {
+    fn default() -> Self {
+        VerifierSettings {
+            verified_ttl: Duration::from_secs(600),
+            refused_ttl: Duration::from_secs(30),
+            signatures_ttl: Duration::from_secs(5),
+            max_cached_results: 200_000,
+        }
+    }
+}
+
+type EvidenceKey = (String, String);
+type SetKey = (String, RegistryConfig, String);
+
+/// The verification engine, shared by all requests.
+pub struct Verifier {
+    settings: VerifierSettings,
+    clients: Mutex<HashMap<(String, RegistryConfig), Arc<RegistryClient>>>,
+    signature_sets: moka::future::Cache<SetKey, Arc<Result<SignatureSet, RegistryError>>>,
+    evidence: moka::future::Cache<EvidenceKey, Arc<AuthorityEvidence>>,
+    fallback_credentials: Option<DockerConfig>,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+}
+
+struct EvidenceExpiry {
+    verified: Duration,
+    refused: Duration,
+}
+
+impl Expiry<EvidenceKey, Arc<AuthorityEvidence>> for EvidenceExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &EvidenceKey,
+        value: &Arc<AuthorityEvidence>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(if value.verified {
+            self.verified
+        } else {
+            self.refused
+        })
+    }
+}
+
+impl Verifier {
+    pub fn new(settings: VerifierSettings, fallback_credentials: Option<DockerConfig>) -> Verifier {
+        let evidence = moka::future::Cache::builder()
+            .max_capacity(settings.max_cached_results)
+            .expire_after(EvidenceExpiry {
+                verified: settings.verified_ttl,
+                refused: settings.refused_ttl,
+            })
+            .build();
+        let signature_sets = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(settings.signatures_ttl)
+            .build();
+        Verifier {
+            settings,
+            clients: Mutex::new(HashMap::new()),
+            signature_sets,
+            evidence,
+            fallback_credentials,
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+        }
+    }
+
+    /// (hits, misses) of the result cache so far.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.cache_hits.load(Ordering::Relaxed),
+            self.cache_misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Registry requests sent so far, over all registries.
+    pub fn registry_requests(&self) -> u64 {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|c| c.requests())
+            .sum()
+    }
+
+    /// Drops every cached result about `registry/repository` (a push notification's hint).
+    pub fn invalidate_repository(&self, name: &str) {
+        let prefix = format!("{name}@");
+        let _ = self
+            .evidence
+            .invalidate_entries_if(move |key, _| key.0.starts_with(&prefix));
+    }
+
+    pub fn settings(&self) -> &VerifierSettings {
+        &self.settings
+    }
+
+    /// Verifies `image` against `policies` (those that govern it). No policy, no network call.
+    pub async fn verify(
+        &self,
+        image: &ImageRef,
+        policies: &[Arc<CompiledPolicy>],
+        deadline: Instant,
+    ) -> ImageVerdict {
+        let mut verdict = ImageVerdict {
+            image: image.to_string(),
+            digest: image.digest.clone(),
+            policies: Vec::new(),
+        };
+        let Some(first) = policies.first() else {
+            return verdict;
+        };
+        // Policies that govern one image reach one registry; the first one's access resolves the tag.
+        let resolved = match self.client(image, first) {
+            Ok(client) => client.resolve(image, deadline).await,
+            Err(error) => Err(error),
+        };
+        let resolved = match resolved {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                let reason = format!("cannot resolve {image} to a digest: {error}");
+                verdict.policies = policies.iter().map(|p| failed(p, reason.clone())).collect();
+                return verdict;
+            }
+        };
+        verdict.digest = Some(resolved.digest.clone());
+        verdict.policies = join_all(
+            policies
+                .iter()
+                .map(|policy| self.verify_policy(image, &resolved, policy, deadline)),
+        )
+        .await;
+        verdict
+    }
+
+    async fn verify_policy(
+        &self,
+        image: &ImageRef,
+        resolved: &crate::registry::Resolved,
+        policy: &CompiledPolicy,
+        deadline: Instant,
+    ) -> PolicyVerdict {
+        let client = match self.client(image, policy) {
+            Ok(client) => client,
+            Err(error) => return failed(policy, error.to_string()),
+        };
+        let mut digests = vec![resolved.digest.clone()];
+        if policy.multi_arch == MultiArch::EveryPlatform {
+            match platform_digests(&client, image, resolved, deadline).await {
+                Ok(platforms) => digests.extend(platforms),
+                Err(error) => {
+                    return failed(
+                        policy,
+                        format!("cannot list the platforms of {image}: {error}"),
+                    );
+                }
+            }
+        }
+        let per_digest = join_all(digests.iter().map(|digest| {
+            let client = client.clone();
+            async move {
+                join_all(policy.authorities.iter().map(|authority| {
+                    self.evidence_for(&client, image, digest, authority, deadline)
+                }))
+                .await
+            }
+        }))
+        .await;
+
+        let mut verdict = PolicyVerdict {
+            policy: policy.name.clone(),
+            mode: policy.mode,
+            passed: true,
+            authorities: Vec::new(),
+            reasons: Vec::new(),
+            remedy: None,
+        };
+        for (digest, evidence) in digests.iter().zip(per_digest) {
+            let verified = evidence.iter().any(|e| e.verified);
+            if policy.signature_required && !verified {
+                verdict.passed = false;
+                if evidence.is_empty() {
+                    verdict
+                        .reasons
+                        .push(format!("{digest}: the policy names no authority"));
+                }
+                for failure in &evidence {
+                    verdict.reasons.push(format!(
+                        "authority {}: {}",
+                        failure.authority,
+                        failure.reason.as_deref().unwrap_or("not verified")
+                    ));
+                }
+                if verdict.remedy.is_none() {
+                    verdict.remedy = remedy(policy, image, digest);
+                }
+            }
+            verdict
+                .authorities
+                .extend(evidence.iter().map(|e| (**e).clone()));
+        }
+        if policy
+            .rego
+            .as_ref()
+            .is_some_and(|r| !r.modules.is_empty() || r.config_map_ref.is_some())
+        {
+            // Fail closed: rules that cannot be evaluated must not be skipped.
+            verdict.passed = false;
+            verdict
+                .reasons
+                .push("the policy has Rego rules, which this command does not evaluate yet".into());
+        }
+        verdict
+    }
+
+    async fn evidence_for(
+        &self,
+        client: &Arc<RegistryClient>,
+        image: &ImageRef,
+        digest: &str,
+        authority: &CompiledAuthority,
+        deadline: Instant,
+    ) -> Arc<AuthorityEvidence> {
+        let key = (image.with_digest(digest), authority.fingerprint.clone());
+        if let Some(hit) = self.evidence.get(&key).await {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return hit;
+        }
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let set_key = (image.name(), client_config_key(client), digest.to_owned());
+        let repository = image.repository.clone();
+        let set = self
+            .signature_sets
+            .get_with(set_key, async {
+                Arc::new(signatures::discover(client, &repository, digest, deadline).await)
+            })
+            .await;
+        match &*set {
+            Ok(set) => {
+                let evidence = Arc::new(evaluate(authority, image, digest, set));
+                self.evidence.insert(key, evidence.clone()).await;
+                evidence
+            }
+            // A registry failure is not a verdict on the image: it refuses now, and is not cached beyond
+            // the short life of the shared discovery.
+            Err(error) => Arc::new(AuthorityEvidence {
+                authority: authority.name.clone(),
+                digest: digest.to_owned(),
+                verified: false,
+                reason: Some(format!("cannot read the signatures: {error}")),
+                proof: None,
+            }),
+        }
+    }
+
+    fn client(
+        &self,
+        image: &ImageRef,
+        policy: &CompiledPolicy,
+    ) -> Result<Arc<RegistryClient>, RegistryError> {
+        let config = policy
+            .registry
+            .config_for(image, self.fallback_credentials.as_ref());
+        let key = (image.registry.clone(), config.clone());
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(RegistryClient::new(image, config)?);
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+/// Identifies a client's configuration inside the discovery cache key.
+fn client_config_key(client: &RegistryClient) -> RegistryConfig {
+    client.config().clone()
+}
+
+async fn platform_digests(
+    client: &RegistryClient,
+    image: &ImageRef,
+    resolved: &crate::registry::Resolved,
+    deadline: Instant,
+) -> Result<Vec<String>, RegistryError> {
+    let fetched = client
+        .get_manifest(&image.repository, &resolved.digest, deadline)
+        .await?;
+    let media_type = resolved
+        .media_type
+        .clone()
+        .or(fetched.media_type.clone())
+        .unwrap_or_default();
+    let declared = serde_json::from_slice::<serde_json::Value>(&fetched.bytes)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let is_index = [media_type.as_str(), declared.as_str()]
+        .iter()
+        .any(|t| t.starts_with(OCI_INDEX) || t.starts_with(DOCKER_MANIFEST_LIST));
+    if !is_index {
+        return Ok(Vec::new());
+    }
+    let step = format!("read image index {}@{}", image.repository, resolved.digest);
+    Ok(client
+        .index_manifests(&step, &fetched)?
+        .into_iter()
+        .map(|d| d.digest)
+        .collect())
+}
+
+fn evaluate(
+    authority: &CompiledAuthority,
+    image: &ImageRef,
+    digest: &str,
+    set: &SignatureSet,
+) -> AuthorityEvidence {
+    let mut evidence = AuthorityEvidence {
+        authority: authority.name.clone(),
+        digest: digest.to_owned(),
+        verified: false,
+        reason: None,
+        proof: None,
+    };
+    let mut failures: Vec<String> = Vec::new();
+    for signature in &set.signatures {
+        match check::check(authority, digest, signature) {
+            Ok(proof) => {
+                evidence.verified = true;
+                evidence.proof = Some(proof);
+                return evidence;
+            }
+            Err(reason) if !failures.contains(&reason) => failures.push(reason),
+            Err(_) => {}
+        }
+    }
+    let problems = if set.problems.is_empty() {
+        String::new()
+    } else {
+        format!(" (registry problems: {})", set.problems.join("; "))
+    };
+    evidence.reason = Some(match failures.as_slice() {
+        [] => format!(
+            "no signature found for {digest} in {}{problems}",
+            image.name()
+        ),
+        [only] => format!("{only}{problems}"),
+        many => format!(
+            "none of {} signatures verifies: {}{problems}",
+            set.signatures.len(),
+            many.join("; ")
+        ),
+    });
+    evidence
+}
+
+fn remedy(policy: &CompiledPolicy, image: &ImageRef, digest: &str) -> Option<String> {
+    let target = image.with_digest(digest);
+    policy
+        .authorities
+        .first()
+        .map(|authority| match &authority.trust {
+            Trust::Key { .. } => format!(
+                "sign it with: cosign sign --key <the private key of authority {}> {target}",
+                authority.name
+            ),
+            Trust::Keyless { .. } => format!(
+                "sign it with: cosign sign {target}, as an identity authority {} accepts",
+                authority.name
+            ),
+        })
+}
+
+fn failed(policy: &CompiledPolicy, reason: String) -> PolicyVerdict {
+    PolicyVerdict {
+        policy: policy.name.clone(),
+        mode: policy.mode,
+        passed: false,
+        authorities: Vec::new(),
+        reasons: vec![reason],
+        remedy: None,
+    }
+}

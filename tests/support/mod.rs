@@ -1,10 +1,13 @@
 //! Test harness: starts the real tools of the test toolchain (`make tools`) as processes on free loopback
-//! ports and stops them when the test ends. Nothing here is mocked; a missing tool is a failed test with
-//! the command that installs it, never a skipped one.
+//! ports and stops them when the test ends; a missing tool is a failed test with the command that installs
+//! it, never a skipped one. The only fakes (`fakes`) are registries that misbehave on purpose (hang,
+//! fail, lie, oversize) and RegistryX's own auth quirks in front of a real registry.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod cluster;
 pub mod cosign;
+pub mod fakes;
+pub mod keyless;
 pub mod process;
 pub mod registry;
 

@@ -186,6 +186,36 @@ impl Registry {
         }
     }
 
+    /// Pushes an image index of `platforms` (images pushed before) under `tag`.
+    pub async fn push_index(
+        &self,
+        repository: &str,
+        tag: &str,
+        platforms: &[(&str, &PushedImage)],
+    ) -> PushedImage {
+        let manifests: Vec<serde_json::Value> = platforms
+            .iter()
+            .map(|(arch, image)| json!({"mediaType": OCI_MANIFEST, "digest": image.digest, "size": 1, "platform": {"os": "linux", "architecture": arch}}))
+            .collect();
+        // Sizes must be right: registries check the descriptors of an index they store.
+        let mut manifests = manifests;
+        for (entry, (_, image)) in manifests.iter_mut().zip(platforms) {
+            let (_, _, _, body) = self.get_manifest(&image.repository, &image.digest).await;
+            entry["size"] = json!(body.len());
+        }
+        let index = serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
+        )
+        .unwrap();
+        let digest = self.push_manifest(repository, tag, OCI_INDEX, &index).await;
+        PushedImage {
+            reference: format!("{}/{repository}:{tag}", self.host),
+            repository: repository.to_owned(),
+            tag: tag.to_owned(),
+            digest,
+        }
+    }
+
     /// GETs a manifest by tag or digest: (status, digest header, content type, body).
     pub async fn get_manifest(
         &self,

@@ -1,0 +1,234 @@
+//! Registry credentials and the parts of the Docker token flow that are parsed rather than sent.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+
+/// A username and password (or token). Debug and Display never show the secret.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Credentials {{ username: {:?}, password: <redacted> }}",
+            self.username
+        )
+    }
+}
+
+/// Credentials per registry host, read from a Docker `config.json` (the `DOCKER_CONFIG` folder, as cosign
+/// does) or from the `.dockerconfigjson` key of a `kubernetes.io/dockerconfigjson` Secret.
+#[derive(Clone, Debug, Default)]
+pub struct DockerConfig {
+    auths: HashMap<String, Credentials>,
+}
+
+#[derive(Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    auths: HashMap<String, AuthEntry>,
+}
+
+#[derive(Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+impl DockerConfig {
+    /// Parses config.json content. Entries without usable credentials are skipped; a file that is not
+    /// JSON is an error whose message never echoes the content.
+    pub fn parse(json: &[u8]) -> Result<DockerConfig, String> {
+        let file: ConfigFile = serde_json::from_slice(json).map_err(|e| {
+            format!(
+                "not a Docker config.json (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        })?;
+        let mut auths = HashMap::new();
+        for (server, entry) in file.auths {
+            let credentials = match (entry.username, entry.password, entry.auth) {
+                (Some(username), Some(password), _) => Some(Credentials { username, password }),
+                (_, _, Some(auth)) => STANDARD
+                    .decode(auth.trim())
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .and_then(|pair| {
+                        pair.split_once(':').map(|(u, p)| Credentials {
+                            username: u.to_owned(),
+                            password: p.to_owned(),
+                        })
+                    }),
+                _ => None,
+            };
+            if let Some(credentials) = credentials {
+                auths.insert(normalize_server(&server), credentials);
+            }
+        }
+        Ok(DockerConfig { auths })
+    }
+
+    /// Reads `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`; absent files give no credentials.
+    pub fn from_environment() -> Result<DockerConfig, String> {
+        let dir = std::env::var_os("DOCKER_CONFIG")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".docker")));
+        let Some(path) = dir.map(|d| d.join("config.json")) else {
+            return Ok(DockerConfig::default());
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                DockerConfig::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DockerConfig::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Credentials for a registry as written in image references (`docker.io` also matches Docker Hub's
+    /// historical `https://index.docker.io/v1/` key).
+    pub fn credentials_for(&self, registry: &str) -> Option<Credentials> {
+        let key = normalize_server(registry);
+        self.auths.get(&key).cloned()
+    }
+}
+
+fn normalize_server(server: &str) -> String {
+    let host = server
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// A `WWW-Authenticate` challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+impl Challenge {
+    pub(crate) fn parse(header: &str) -> Option<Challenge> {
+        let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Some(Challenge::Basic);
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let params = parse_params(rest);
+        Some(Challenge::Bearer {
+            realm: params.get("realm")?.clone(),
+            service: params.get("service").cloned(),
+            scope: params.get("scope").cloned(),
+        })
+    }
+}
+
+/// Parses `k="v",k2="v2"` where quoted values may contain commas (scopes do).
+fn parse_params(input: &str) -> HashMap<String, String> {
+    let mut params = HashMap::new();
+    let mut rest = input.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        params.insert(key, value.to_owned());
+        rest = remainder.trim_start().trim_start_matches(',').trim_start();
+    }
+    params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_registryx_challenge() {
+        let challenge = Challenge::parse(
+            r#"Bearer realm="http://localhost:5000/auth/token",service="registryx""#,
+        )
+        .unwrap();
+        assert_eq!(
+            challenge,
+            Challenge::Bearer {
+                realm: "http://localhost:5000/auth/token".into(),
+                service: Some("registryx".into()),
+                scope: None
+            }
+        );
+    }
+
+    #[test]
+    fn parses_scopes_with_commas() {
+        let challenge =
+            Challenge::parse(r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#).unwrap();
+        let Challenge::Bearer { scope, .. } = challenge else {
+            panic!()
+        };
+        assert_eq!(scope.as_deref(), Some("repository:a/b:pull,push"));
+        assert_eq!(
+            Challenge::parse("Basic realm=\"x\""),
+            Some(Challenge::Basic)
+        );
+    }
+
+    #[test]
+    fn reads_docker_config_auth_and_never_prints_secrets() {
+        let json = br#"{"auths":{"https://index.docker.io/v1/":{"auth":"dXNlcjpzM2NyZXQ="},"reg.example:5000":{"username":"u","password":"p"}}}"#;
+        let config = DockerConfig::parse(json).unwrap();
+        let hub = config.credentials_for("docker.io").unwrap();
+        assert_eq!(
+            (hub.username.as_str(), hub.password.as_str()),
+            ("user", "s3cret")
+        );
+        assert_eq!(
+            config.credentials_for("reg.example:5000").unwrap().username,
+            "u"
+        );
+        assert!(!format!("{hub:?}").contains("s3cret"));
+        let error = DockerConfig::parse(b"{\"auths\": {\"x\": {\"auth\": 1}}} secret").unwrap_err();
+        assert!(!error.contains("secret"), "{error}");
+    }
+}

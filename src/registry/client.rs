@@ -1,0 +1,825 @@
+//! The distribution-API client: one per registry and access configuration.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+
+use super::auth::{Challenge, Credentials};
+use super::{ImageRef, RegistryError};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// How to reach one registry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RegistryConfig {
+    /// Plain HTTP instead of HTTPS.
+    pub insecure: bool,
+    /// PEM certificates trusted in addition to the system roots.
+    pub ca_bundle: Option<String>,
+    pub credentials: Option<Credentials>,
+    /// The most one request may take, whatever the deadline leaves.
+    pub request_timeout: Duration,
+    pub max_manifest_bytes: usize,
+    pub max_blob_bytes: usize,
+    /// Requests in flight to this registry at once.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            insecure: false,
+            ca_bundle: None,
+            credentials: None,
+            request_timeout: Duration::from_secs(10),
+            // distribution refuses manifests over 4 MiB; signature payloads and bundles are a few KiB.
+            max_manifest_bytes: 4 << 20,
+            max_blob_bytes: 4 << 20,
+            max_concurrent_requests: 16,
+        }
+    }
+}
+
+/// The digest a tag resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub digest: String,
+    pub media_type: Option<String>,
+}
+
+/// Content fetched and checked against its digest.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub media_type: Option<String>,
+    pub digest: String,
+}
+
+/// An OCI content descriptor.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Index {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+pub struct RegistryClient {
+    /// The registry as written in references, for messages.
+    registry: String,
+    /// `scheme://host:port` of the distribution API.
+    base: String,
+    http: reqwest::Client,
+    config: RegistryConfig,
+    /// Bearer tokens by scope, with their expiry.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// Set once the registry asked for HTTP Basic.
+    basic: AtomicBool,
+    permits: Semaphore,
+    requests: AtomicU64,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("registry", &self.registry)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryClient {
+    /// A client for the registry of `image`.
+    pub fn new(image: &ImageRef, config: RegistryConfig) -> Result<RegistryClient, RegistryError> {
+        let registry = image.registry.clone();
+        let config_error = |detail: String| RegistryError::Config {
+            registry: registry.clone(),
+            detail,
+        };
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(config.max_concurrent_requests)
+            .user_agent(concat!("registryx-guard/", env!("CARGO_PKG_VERSION")));
+        if let Some(bundle) = &config.ca_bundle {
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(bundle.as_bytes()).map_err(|e| {
+                    config_error(format!("caBundle does not parse as PEM certificates: {e}"))
+                })?;
+            if certificates.is_empty() {
+                return Err(config_error("caBundle holds no PEM certificate".into()));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| config_error(format!("cannot build the HTTP client: {e}")))?;
+        let scheme = if config.insecure { "http" } else { "https" };
+        Ok(RegistryClient {
+            base: format!("{scheme}://{}", image.api_host()),
+            registry,
+            http,
+            permits: Semaphore::new(config.max_concurrent_requests.max(1)),
+            config,
+            tokens: Mutex::new(HashMap::new()),
+            basic: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// Requests sent so far (including token requests), for metrics and benchmarks.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// The digest of `image`: the pinned one without any request, else one HEAD (GET when HEAD does not
+    /// give a digest).
+    pub async fn resolve(
+        &self,
+        image: &ImageRef,
+        deadline: Instant,
+    ) -> Result<Resolved, RegistryError> {
+        if let Some(digest) = &image.digest {
+            return Ok(Resolved {
+                digest: digest.clone(),
+                media_type: None,
+            });
+        }
+        let tag = image.reference();
+        let step = format!("resolve {}:{tag}", image.repository);
+        let path = format!("/v2/{}/manifests/{tag}", image.repository);
+        let head = self
+            .execute(
+                &step,
+                &image.repository,
+                Method::HEAD,
+                &path,
+                Some(ACCEPT_MANIFESTS),
+                deadline,
+            )
+            .await;
+        let response = match head {
+            // A HEAD answer has no body, and a refusal's reason is in the body: ask again with GET.
+            Err(RegistryError::Denied { .. }) => {
+                let fetched = self.get_manifest(&image.repository, tag, deadline).await?;
+                return Ok(Resolved {
+                    digest: fetched.digest,
+                    media_type: fetched.media_type,
+                });
+            }
+            other => other?,
+        };
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(RegistryError::NotFound {
+                registry: self.registry.clone(),
+                step,
+            });
+        }
+        let media_type = header(&response, CONTENT_TYPE.as_str());
+        if status.is_success()
+            && let Some(digest) =
+                header(&response, "docker-content-digest").filter(|d| is_sha256_digest(d))
+        {
+            return Ok(Resolved { digest, media_type });
+        }
+        if status.is_success() || status == StatusCode::METHOD_NOT_ALLOWED {
+            let fetched = self.get_manifest(&image.repository, tag, deadline).await?;
+            return Ok(Resolved {
+                digest: fetched.digest,
+                media_type: fetched.media_type,
+            });
+        }
+        Err(self.status_error(step, response, deadline).await)
+    }
+
+    /// A manifest by tag or digest, checked against the digest asked for and the one the registry claims.
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        deadline: Instant,
+    ) -> Result<Fetched, RegistryError> {
+        let step = format!("fetch manifest {repository}:{reference}");
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let response = self
+            .execute(
+                &step,
+                repository,
+                Method::GET,
+                &path,
+                Some(ACCEPT_MANIFESTS),
+                deadline,
+            )
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(RegistryError::NotFound {
+                registry: self.registry.clone(),
+                step,
+            });
+        }
+        if !response.status().is_success() {
+            return Err(self.status_error(step, response, deadline).await);
+        }
+        let media_type = header(&response, CONTENT_TYPE.as_str());
+        let claimed = header(&response, "docker-content-digest");
+        let bytes = self
+            .read_body(&step, response, self.config.max_manifest_bytes, deadline)
+            .await?;
+        let digest = sha256_digest(&bytes);
+        let expected = if is_sha256_digest(reference) {
+            Some(reference.to_owned())
+        } else {
+            claimed.filter(|c| is_sha256_digest(c))
+        };
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                registry: self.registry.clone(),
+                step,
+                expected,
+                actual: digest,
+            });
+        }
+        Ok(Fetched {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// A blob, checked against its digest.
+    pub async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let step = format!("fetch blob {repository}@{digest}");
+        if !is_sha256_digest(digest) {
+            return Err(RegistryError::Malformed {
+                registry: self.registry.clone(),
+                step,
+                detail: "not a sha256 digest".into(),
+            });
+        }
+        let path = format!("/v2/{repository}/blobs/{digest}");
+        let response = self
+            .execute(&step, repository, Method::GET, &path, None, deadline)
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(RegistryError::NotFound {
+                registry: self.registry.clone(),
+                step,
+            });
+        }
+        if !response.status().is_success() {
+            return Err(self.status_error(step, response, deadline).await);
+        }
+        let bytes = self
+            .read_body(&step, response, self.config.max_blob_bytes, deadline)
+            .await?;
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            return Err(RegistryError::DigestMismatch {
+                registry: self.registry.clone(),
+                step,
+                expected: digest.to_owned(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The referrers of `digest` by the OCI 1.1 referrers API; `None` when the registry does not serve it
+    /// (any answer but an image index), so that the caller reads cosign's fallback tag instead.
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        digest: &str,
+        deadline: Instant,
+    ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
+        let step = format!("list referrers of {repository}@{digest}");
+        let path = format!("/v2/{repository}/referrers/{digest}");
+        let response = self
+            .execute(
+                &step,
+                repository,
+                Method::GET,
+                &path,
+                Some(OCI_INDEX),
+                deadline,
+            )
+            .await?;
+        let status = response.status();
+        if matches!(status.as_u16(), 400 | 404 | 405 | 501) {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.status_error(step, response, deadline).await);
+        }
+        let is_index =
+            header(&response, CONTENT_TYPE.as_str()).is_some_and(|t| t.starts_with(OCI_INDEX));
+        let bytes = self
+            .read_body(&step, response, self.config.max_manifest_bytes, deadline)
+            .await?;
+        if !is_index {
+            return Ok(None);
+        }
+        let index: Index =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Malformed {
+                registry: self.registry.clone(),
+                step,
+                detail: format!("not an image index: {e}"),
+            })?;
+        Ok(Some(index.manifests))
+    }
+
+    /// The descriptors of an image index (platform manifests, or the entries of a fallback tag).
+    pub fn index_manifests(
+        &self,
+        step: &str,
+        fetched: &Fetched,
+    ) -> Result<Vec<Descriptor>, RegistryError> {
+        serde_json::from_slice::<Index>(&fetched.bytes)
+            .map(|index| index.manifests)
+            .map_err(|e| RegistryError::Malformed {
+                registry: self.registry.clone(),
+                step: step.to_owned(),
+                detail: format!("not an image index: {e}"),
+            })
+    }
+
+    /// Sends one request with the credentials the registry asked for, answering one auth challenge.
+    async fn execute(
+        &self,
+        step: &str,
+        repository: &str,
+        method: Method,
+        path: &str,
+        accept: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Response, RegistryError> {
+        let scope = format!("repository:{repository}:pull");
+        let url = format!("{}{path}", self.base);
+        for attempt in 0..2 {
+            let mut request = self.http.request(method.clone(), &url);
+            if let Some(accept) = accept {
+                request = request.header(ACCEPT, accept);
+            }
+            request = self.authorize(request, &scope);
+            let response = self.send(step, request, deadline).await?;
+            match response.status() {
+                StatusCode::UNAUTHORIZED if attempt == 0 => {
+                    let challenge = header(&response, WWW_AUTHENTICATE.as_str())
+                        .and_then(|h| Challenge::parse(&h));
+                    self.authenticate(step, challenge, &scope, deadline).await?;
+                }
+                StatusCode::UNAUTHORIZED => {
+                    let detail = error_message(&self.read_small(step, response, deadline).await);
+                    return Err(RegistryError::Unauthorized {
+                        registry: self.registry.clone(),
+                        step: step.to_owned(),
+                        detail,
+                    });
+                }
+                StatusCode::FORBIDDEN => {
+                    let message = error_message(&self.read_small(step, response, deadline).await);
+                    return Err(RegistryError::Denied {
+                        registry: self.registry.clone(),
+                        step: step.to_owned(),
+                        message,
+                    });
+                }
+                _ => return Ok(response),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder, scope: &str) -> reqwest::RequestBuilder {
+        let token = {
+            let tokens = self
+                .tokens
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            tokens
+                .get(scope)
+                .filter(|(_, expiry)| *expiry > Instant::now())
+                .map(|(token, _)| token.clone())
+        };
+        match (token, &self.config.credentials) {
+            (Some(token), _) => request.header(AUTHORIZATION, format!("Bearer {token}")),
+            (None, Some(credentials)) if self.basic.load(Ordering::Relaxed) => {
+                request.basic_auth(&credentials.username, Some(&credentials.password))
+            }
+            _ => request,
+        }
+    }
+
+    /// Answers a 401: remembers that Basic is wanted, or runs the token flow for `scope`.
+    async fn authenticate(
+        &self,
+        step: &str,
+        challenge: Option<Challenge>,
+        scope: &str,
+        deadline: Instant,
+    ) -> Result<(), RegistryError> {
+        let unauthorized = |detail: String| RegistryError::Unauthorized {
+            registry: self.registry.clone(),
+            step: step.to_owned(),
+            detail,
+        };
+        match challenge {
+            None => Err(unauthorized(
+                "the registry answered 401 without a usable WWW-Authenticate challenge".into(),
+            )),
+            Some(Challenge::Basic) => {
+                if self.config.credentials.is_none() {
+                    return Err(unauthorized(
+                        "the registry wants a username and password and none is configured".into(),
+                    ));
+                }
+                self.basic.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope: challenge_scope,
+            }) => {
+                let scope_wanted = challenge_scope.unwrap_or_else(|| scope.to_owned());
+                let token_step = format!("{step}: get a token from {realm}");
+                let response = match self
+                    .request_token(
+                        &token_step,
+                        &realm,
+                        service.as_deref(),
+                        &scope_wanted,
+                        deadline,
+                    )
+                    .await
+                {
+                    Err(RegistryError::Transport { .. })
+                        if let Some(local) = self.rewrite_loopback_realm(&realm) =>
+                    {
+                        // RegistryX names http://localhost:5000/auth/token in its challenge wherever it runs:
+                        // an unreachable loopback realm is taken to mean this registry's own token endpoint.
+                        self.request_token(
+                            &token_step,
+                            &local,
+                            service.as_deref(),
+                            &scope_wanted,
+                            deadline,
+                        )
+                        .await?
+                    }
+                    other => other?,
+                };
+                let status = response.status();
+                let body = self
+                    .read_body(&token_step, response, 64 << 10, deadline)
+                    .await?;
+                if !status.is_success() {
+                    return Err(RegistryError::Unauthorized {
+                        registry: self.registry.clone(),
+                        step: token_step,
+                        detail: format!(
+                            "token endpoint answered HTTP {}: {}",
+                            status.as_u16(),
+                            error_message(&body)
+                        ),
+                    });
+                }
+                #[derive(Deserialize)]
+                struct TokenAnswer {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                    expires_in: Option<u64>,
+                }
+                let answer: TokenAnswer =
+                    serde_json::from_slice(&body).map_err(|e| RegistryError::Malformed {
+                        registry: self.registry.clone(),
+                        step: token_step.clone(),
+                        detail: format!("token answer is not JSON: {e}"),
+                    })?;
+                let token = answer
+                    .token
+                    .or(answer.access_token)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| RegistryError::Malformed {
+                        registry: self.registry.clone(),
+                        step: token_step,
+                        detail: "token answer holds no token".into(),
+                    })?;
+                // Renew a little early so that a token never expires between check and use.
+                let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).max(10) - 5);
+                let mut tokens = self
+                    .tokens
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                tokens.insert(scope.to_owned(), (token.clone(), Instant::now() + lifetime));
+                if scope_wanted != scope {
+                    tokens.insert(scope_wanted, (token, Instant::now() + lifetime));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn request_token(
+        &self,
+        step: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        deadline: Instant,
+    ) -> Result<Response, RegistryError> {
+        let mut query = vec![("scope", scope)];
+        if let Some(service) = service {
+            query.push(("service", service));
+        }
+        let mut request = self.http.get(realm).query(&query);
+        if let Some(credentials) = &self.config.credentials {
+            request = request.basic_auth(&credentials.username, Some(&credentials.password));
+        }
+        self.send(step, request, deadline).await
+    }
+
+    /// The realm moved onto this registry's own scheme and host, when it names another loopback address.
+    fn rewrite_loopback_realm(&self, realm: &str) -> Option<String> {
+        let url = reqwest::Url::parse(realm).ok()?;
+        let host = url.host_str()?;
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+            || host == "[::1]";
+        let base = reqwest::Url::parse(&self.base).ok()?;
+        let same = base.host_str() == Some(host)
+            && base.port_or_known_default() == url.port_or_known_default();
+        if !loopback || same {
+            return None;
+        }
+        let mut local = base;
+        local.set_path(url.path());
+        local.set_query(url.query());
+        Some(local.to_string())
+    }
+
+    async fn send(
+        &self,
+        step: &str,
+        request: reqwest::RequestBuilder,
+        deadline: Instant,
+    ) -> Result<Response, RegistryError> {
+        let timeout = self.remaining(step, deadline)?;
+        let timed_out = || RegistryError::Timeout {
+            registry: self.registry.clone(),
+            step: step.to_owned(),
+            seconds: timeout.as_secs_f64(),
+        };
+        let started = Instant::now();
+        let _permit = tokio::time::timeout(timeout, self.permits.acquire())
+            .await
+            .map_err(|_| timed_out())?;
+        let timeout = timeout.saturating_sub(started.elapsed());
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(timeout, request.send()).await {
+            Err(_) => Err(timed_out()),
+            Ok(Err(error)) if error.is_timeout() => Err(timed_out()),
+            Ok(Err(error)) => Err(RegistryError::Transport {
+                registry: self.registry.clone(),
+                step: step.to_owned(),
+                detail: describe_transport_error(&error),
+            }),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// What is left of the deadline, capped by the per-request timeout.
+    fn remaining(&self, step: &str, deadline: Instant) -> Result<Duration, RegistryError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(RegistryError::Timeout {
+                registry: self.registry.clone(),
+                step: step.to_owned(),
+                seconds: 0.0,
+            });
+        }
+        Ok(left.min(self.config.request_timeout))
+    }
+
+    async fn read_body(
+        &self,
+        step: &str,
+        mut response: Response,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let too_large = || RegistryError::TooLarge {
+            registry: self.registry.clone(),
+            step: step.to_owned(),
+            limit,
+        };
+        if response
+            .content_length()
+            .is_some_and(|length| length > limit as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        loop {
+            let timeout = self.remaining(step, deadline)?;
+            let chunk = tokio::time::timeout(timeout, response.chunk())
+                .await
+                .map_err(|_| RegistryError::Timeout {
+                    registry: self.registry.clone(),
+                    step: step.to_owned(),
+                    seconds: timeout.as_secs_f64(),
+                })?
+                .map_err(|e| RegistryError::Transport {
+                    registry: self.registry.clone(),
+                    step: step.to_owned(),
+                    detail: format!("reading the answer: {}", describe_transport_error(&e)),
+                })?;
+            let Some(chunk) = chunk else { return Ok(body) };
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+    }
+
+    /// An error body, read best-effort and bounded, for messages.
+    async fn read_small(&self, step: &str, response: Response, deadline: Instant) -> Vec<u8> {
+        self.read_body(step, response, 16 << 10, deadline)
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn status_error(
+        &self,
+        step: String,
+        response: Response,
+        deadline: Instant,
+    ) -> RegistryError {
+        let status = response.status().as_u16();
+        let body = self.read_small(&step, response, deadline).await;
+        RegistryError::Status {
+            registry: self.registry.clone(),
+            step,
+            status,
+            detail: error_message(&body),
+        }
+    }
+}
+
+fn header(response: &Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+pub(crate) fn is_sha256_digest(value: &str) -> bool {
+    value
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The message of a distribution-API error body (`{"errors":[{"code","message"}]}`), else the body's
+/// first line, shortened: registries' error pages can be large HTML.
+fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorEntry>,
+    }
+    #[derive(Deserialize)]
+    struct ErrorEntry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(errors) = serde_json::from_slice::<Errors>(body)
+        && !errors.errors.is_empty()
+    {
+        return errors
+            .errors
+            .iter()
+            .map(|e| {
+                if e.code.is_empty() {
+                    e.message.clone()
+                } else {
+                    format!("{} {}", e.code, e.message)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+    let text = String::from_utf8_lossy(body);
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return "empty answer".into();
+    }
+    line.chars().take(200).collect()
+}
+
+fn describe_transport_error(error: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut message = if error.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_prefer_the_distribution_error_shape() {
+        let body = br#"{"errors":[{"code":"DENIED","message":"policy violation: critical vulnerabilities"}]}"#;
+        assert_eq!(
+            error_message(body),
+            "DENIED policy violation: critical vulnerabilities"
+        );
+        assert_eq!(error_message(b"<html>\nbig page"), "<html>");
+        assert_eq!(error_message(b""), "empty answer");
+    }
+
+    #[test]
+    fn loopback_realm_is_moved_onto_the_registry() {
+        let image = ImageRef::parse("127.0.0.1:41234/demo/app:v1").unwrap();
+        let client = RegistryClient::new(
+            &image,
+            RegistryConfig {
+                insecure: true,
+                ..RegistryConfig::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            client
+                .rewrite_loopback_realm("http://localhost:5000/auth/token")
+                .as_deref(),
+            Some("http://127.0.0.1:41234/auth/token")
+        );
+        assert_eq!(
+            client.rewrite_loopback_realm("http://127.0.0.1:41234/auth/token"),
+            None
+        );
+        assert_eq!(
+            client.rewrite_loopback_realm("https://auth.example.com/token"),
+            None
+        );
+    }
+}

@@ -1,0 +1,436 @@
+//! Authorities compiled from a policy: keys parsed, certificates decoded, identities' regular expressions
+//! built, once, when the policy is loaded, so that admission only runs checks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use regex::Regex;
+use rustls_pki_types::CertificateDer;
+use sha2::{Digest as _, Sha256};
+use sigstore::crypto::CosignVerificationKey;
+use sigstore::trust::TrustRoot as _;
+use x509_cert::Certificate;
+use x509_cert::der::{Decode as _, Encode as _};
+
+use crate::policy::{Authority, Identity, KeyAuthority, TrustRoot};
+
+/// Where a policy's Secrets are read from: the cluster for the server, nothing for the command line.
+pub trait SecretSource: Send + Sync {
+    /// The value of `key` in Secret `namespace/name`; `Err` with a message when it cannot be read.
+    fn secret_value(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, String>;
+}
+
+/// For `verify` and `--policy-dir`: there is no cluster to read Secrets from.
+pub struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn secret_value(&self, namespace: &str, name: &str, _key: &str) -> Result<Vec<u8>, String> {
+        Err(format!(
+            "Secret {namespace}/{name} cannot be read without a cluster; give the key inline with key.data"
+        ))
+    }
+}
+
+/// An authority ready to check signatures.
+#[derive(Clone)]
+pub struct CompiledAuthority {
+    pub name: String,
+    pub trust: Trust,
+    pub tlog_required: bool,
+    /// Rekor public keys by log ID (hex SHA-256 of the key's DER), for offline entry checks.
+    pub rekor_keys: Arc<BTreeMap<String, CosignVerificationKey>>,
+    /// Hash of everything that decides this authority's verdicts: the cache key of its results.
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for CompiledAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledAuthority")
+            .field("name", &self.name)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub enum Trust {
+    Key {
+        key: Arc<CosignVerificationKey>,
+        /// `sha256:<hex>` of the key's DER SubjectPublicKeyInfo.
+        key_id: String,
+    },
+    Keyless {
+        identities: Arc<Vec<IdentityMatcher>>,
+        anchors: Arc<Vec<CertificateDer<'static>>>,
+        intermediates: Arc<Vec<CertificateDer<'static>>>,
+    },
+}
+
+/// One accepted signer identity.
+#[derive(Clone, Debug)]
+pub struct IdentityMatcher {
+    pub issuer: StringMatch,
+    pub subject: StringMatch,
+}
+
+#[derive(Clone, Debug)]
+pub enum StringMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(expected) => expected == value,
+            StringMatch::Regex(regex) => regex.is_match(value),
+        }
+    }
+}
+
+impl std::fmt::Display for StringMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StringMatch::Exact(value) => write!(f, "{value:?}"),
+            StringMatch::Regex(regex) => write!(f, "/{}/", regex.as_str()),
+        }
+    }
+}
+
+/// Why an authority does not compile; the message names the authority and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("authority {authority:?}: {reason}")]
+pub struct AuthorityError {
+    pub authority: String,
+    pub reason: String,
+}
+
+/// Compiles one authority of a policy.
+pub fn compile(
+    authority: &Authority,
+    secrets: &dyn SecretSource,
+    default_namespace: &str,
+) -> Result<CompiledAuthority, AuthorityError> {
+    let fail = |reason: String| AuthorityError {
+        authority: authority.name.clone(),
+        reason,
+    };
+    let mut material = Sha256::new();
+    material.update(authority.name.as_bytes());
+    let (trust, mut rekor_keys, default_tlog) = match (&authority.key, &authority.keyless) {
+        (Some(key), None) => {
+            let pem = key_pem(key, secrets, default_namespace).map_err(&fail)?;
+            let der = pem_to_der(&pem, "PUBLIC KEY").map_err(|e| fail(format!("key: {e}")))?;
+            let verification_key = CosignVerificationKey::try_from_der(&der)
+                .map_err(|e| fail(format!("key: unsupported or malformed public key: {e}")))?;
+            material.update(b"key");
+            material.update(&der);
+            let key_id = format!("sha256:{}", hex::encode(Sha256::digest(&der)));
+            (
+                Trust::Key {
+                    key: Arc::new(verification_key),
+                    key_id,
+                },
+                BTreeMap::new(),
+                false,
+            )
+        }
+        (None, Some(keyless)) => {
+            if keyless.identities.is_empty() {
+                return Err(fail(
+                    "keyless.identities is empty: name at least one issuer and subject".into(),
+                ));
+            }
+            let identities = keyless
+                .identities
+                .iter()
+                .map(compile_identity)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&fail)?;
+            let (anchors, intermediates, rekor) =
+                compile_trust_root(&keyless.trust_root).map_err(&fail)?;
+            material.update(b"keyless");
+            for identity in &keyless.identities {
+                material.update(serde_json::to_vec(identity).unwrap_or_default());
+            }
+            material.update(serde_json::to_vec(&keyless.trust_root).unwrap_or_default());
+            let trust = Trust::Keyless {
+                identities: Arc::new(identities),
+                anchors: Arc::new(anchors),
+                intermediates: Arc::new(intermediates),
+            };
+            (trust, rekor, true)
+        }
+        _ => return Err(fail("needs exactly one of key or keyless".into())),
+    };
+    let tlog = authority.transparency_log.as_ref();
+    if let Some(pem) = tlog.and_then(|t| t.rekor_key.as_deref()) {
+        let (log_id, key) =
+            rekor_key(pem).map_err(|e| fail(format!("transparencyLog.rekorKey: {e}")))?;
+        material.update(pem.as_bytes());
+        rekor_keys.insert(log_id, key);
+    }
+    let tlog_required = tlog.map(|t| t.required).unwrap_or(default_tlog);
+    if tlog_required && rekor_keys.is_empty() {
+        return Err(fail(
+            "a transparency-log entry is required but no Rekor key is configured (set trustRoot.rekorKey, transparencyLog.rekorKey, \
+             or transparencyLog.required: false)"
+                .into(),
+        ));
+    }
+    material.update([u8::from(tlog_required)]);
+    Ok(CompiledAuthority {
+        name: authority.name.clone(),
+        trust,
+        tlog_required,
+        rekor_keys: Arc::new(rekor_keys),
+        fingerprint: hex::encode(material.finalize()),
+    })
+}
+
+fn key_pem(
+    key: &KeyAuthority,
+    secrets: &dyn SecretSource,
+    default_namespace: &str,
+) -> Result<String, String> {
+    match (&key.data, &key.secret_ref) {
+        (Some(data), None) => Ok(data.clone()),
+        (None, Some(secret)) => {
+            let namespace = secret.namespace.as_deref().unwrap_or(default_namespace);
+            let entry = secret.key.as_deref().unwrap_or("cosign.pub");
+            let bytes = secrets.secret_value(namespace, &secret.name, entry)?;
+            String::from_utf8(bytes).map_err(|_| {
+                format!(
+                    "Secret {namespace}/{} key {entry} is not PEM text",
+                    secret.name
+                )
+            })
+        }
+        _ => Err("key needs exactly one of data or secretRef".into()),
+    }
+}
+
+fn compile_identity(identity: &Identity) -> Result<IdentityMatcher, String> {
+    let pick = |exact: &Option<String>,
+                pattern: &Option<String>,
+                field: &str|
+     -> Result<StringMatch, String> {
+        match (exact, pattern) {
+            (Some(value), None) => Ok(StringMatch::Exact(value.clone())),
+            (None, Some(pattern)) => Regex::new(pattern)
+                .map(StringMatch::Regex)
+                .map_err(|e| format!("{field}RegExp {pattern:?} does not compile: {e}")),
+            _ => Err(format!(
+                "an identity needs exactly one of {field} or {field}RegExp"
+            )),
+        }
+    };
+    Ok(IdentityMatcher {
+        issuer: pick(&identity.issuer, &identity.issuer_reg_exp, "issuer")?,
+        subject: pick(&identity.subject, &identity.subject_reg_exp, "subject")?,
+    })
+}
+
+type RootMaterial = (
+    Vec<CertificateDer<'static>>,
+    Vec<CertificateDer<'static>>,
+    BTreeMap<String, CosignVerificationKey>,
+);
+
+fn compile_trust_root(root: &TrustRoot) -> Result<RootMaterial, String> {
+    let mut certificates = Vec::new();
+    let mut rekor_keys = BTreeMap::new();
+    if let Some(json) = &root.trusted_root_json {
+        let parsed =
+            sigstore::trust::sigstore::SigstoreTrustRoot::from_trusted_root_json_unchecked(
+                json.as_bytes(),
+            )
+            .map_err(|e| format!("trustRoot.trustedRootJSON does not parse: {e}"))?;
+        for certificate in parsed
+            .fulcio_certs()
+            .map_err(|e| format!("trustRoot.trustedRootJSON: {e}"))?
+        {
+            certificates.push(certificate.into_owned());
+        }
+        for (log_id, der) in parsed
+            .rekor_keys()
+            .map_err(|e| format!("trustRoot.trustedRootJSON: {e}"))?
+        {
+            let key = CosignVerificationKey::try_from_der(der)
+                .map_err(|e| format!("trustRoot.trustedRootJSON: Rekor key {log_id}: {e}"))?;
+            rekor_keys.insert(log_id, key);
+        }
+    }
+    if let Some(pem) = &root.fulcio_ca {
+        let chain = Certificate::load_pem_chain(pem.as_bytes())
+            .map_err(|e| format!("trustRoot.fulcioCA does not parse as PEM certificates: {e}"))?;
+        for certificate in chain {
+            let der = certificate
+                .to_der()
+                .map_err(|e| format!("trustRoot.fulcioCA: {e}"))?;
+            certificates.push(CertificateDer::from(der));
+        }
+    }
+    if let Some(pem) = &root.rekor_key {
+        let (log_id, key) = rekor_key(pem).map_err(|e| format!("trustRoot.rekorKey: {e}"))?;
+        rekor_keys.insert(log_id, key);
+    }
+    if certificates.is_empty() {
+        return Err("trustRoot holds no CA certificate".into());
+    }
+    // Self-signed certificates anchor the chain; the others may only appear as intermediates.
+    let (mut anchors, mut intermediates) = (Vec::new(), Vec::new());
+    for der in certificates {
+        let certificate = Certificate::from_der(der.as_ref())
+            .map_err(|e| format!("trustRoot: a CA certificate does not parse: {e}"))?;
+        if certificate.tbs_certificate().issuer() == certificate.tbs_certificate().subject() {
+            anchors.push(der);
+        } else {
+            intermediates.push(der);
+        }
+    }
+    if anchors.is_empty() {
+        return Err("trustRoot holds no self-signed root certificate".into());
+    }
+    Ok((anchors, intermediates, rekor_keys))
+}
+
+/// A Rekor key and its log ID (hex SHA-256 of its DER SubjectPublicKeyInfo), as in entries' `logID`.
+fn rekor_key(pem: &str) -> Result<(String, CosignVerificationKey), String> {
+    let der = pem_to_der(pem, "PUBLIC KEY")?;
+    let key = CosignVerificationKey::try_from_der(&der)
+        .map_err(|e| format!("unsupported or malformed public key: {e}"))?;
+    Ok((hex::encode(Sha256::digest(&der)), key))
+}
+
+/// The DER content of the first PEM block labelled `label`.
+pub(crate) fn pem_to_der(pem: &str, label: &str) -> Result<Vec<u8>, String> {
+    let begin = format!("-----BEGIN {label}-----");
+    let start = pem
+        .find(&begin)
+        .ok_or_else(|| format!("no {begin} block"))?;
+    let (found, der) = x509_cert::der::pem::decode_vec(&pem.as_bytes()[start..])
+        .map_err(|e| format!("PEM does not decode: {e}"))?;
+    if found != label {
+        return Err(format!("expected a {label} PEM block, found {found}"));
+    }
+    Ok(der)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{SecretKeyRef, TransparencyLog};
+
+    const P256: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE2jhYP5wNM/5o46Yjh3zE4IXzSZfr\nRIZ5GBFkaA9TKSt1iFTmS8qLUIaJXNAkpxWTFHxMEUnAeDcQ6w4BW6jHzw==\n-----END PUBLIC KEY-----\n";
+
+    fn key_authority(data: &str) -> Authority {
+        Authority {
+            name: "release".into(),
+            key: Some(KeyAuthority {
+                data: Some(data.into()),
+                secret_ref: None,
+            }),
+            keyless: None,
+            transparency_log: None,
+        }
+    }
+
+    #[test]
+    fn compiles_a_pem_key_with_its_key_id() {
+        let compiled = compile(&key_authority(P256), &NoSecrets, "ns").unwrap();
+        let Trust::Key { key_id, .. } = &compiled.trust else {
+            panic!()
+        };
+        assert!(key_id.starts_with("sha256:") && key_id.len() == 71);
+        assert!(
+            !compiled.tlog_required,
+            "keys do not require a transparency log by default"
+        );
+    }
+
+    #[test]
+    fn a_broken_key_is_named_in_the_error() {
+        let error = compile(
+            &key_authority("-----BEGIN PUBLIC KEY-----\nnot base64!\n-----END PUBLIC KEY-----\n"),
+            &NoSecrets,
+            "ns",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("authority \"release\"") && error.contains("key:"),
+            "{error}"
+        );
+        let error = compile(&key_authority("hello"), &NoSecrets, "ns")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("no -----BEGIN PUBLIC KEY----- block"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn secret_refs_need_a_cluster() {
+        let mut authority = key_authority(P256);
+        authority.key = Some(KeyAuthority {
+            data: None,
+            secret_ref: Some(SecretKeyRef {
+                name: "keys".into(),
+                namespace: None,
+                key: None,
+            }),
+        });
+        let error = compile(&authority, &NoSecrets, "guard")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("Secret guard/keys cannot be read without a cluster"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn required_tlog_without_a_rekor_key_is_refused() {
+        let mut authority = key_authority(P256);
+        authority.transparency_log = Some(TransparencyLog {
+            required: true,
+            rekor_key: None,
+        });
+        let error = compile(&authority, &NoSecrets, "ns")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no Rekor key is configured"), "{error}");
+    }
+
+    #[test]
+    fn fingerprints_change_with_the_trust_material() {
+        let a = compile(&key_authority(P256), &NoSecrets, "ns").unwrap();
+        let mut other = key_authority(P256);
+        other.name = "other".into();
+        let b = compile(&other, &NoSecrets, "ns").unwrap();
+        assert_ne!(a.fingerprint, b.fingerprint);
+        assert_eq!(
+            a.fingerprint,
+            compile(&key_authority(P256), &NoSecrets, "ns")
+                .unwrap()
+                .fingerprint
+        );
+    }
+
+    #[test]
+    fn identity_regexes_are_checked() {
+        let error = compile_identity(&Identity {
+            issuer: Some("https://issuer".into()),
+            issuer_reg_exp: None,
+            subject: None,
+            subject_reg_exp: Some("([unclosed".into()),
+        })
+        .unwrap_err();
+        assert!(
+            error.contains("subjectRegExp \"([unclosed\" does not compile"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,699 @@
+//! The cryptographic check of one signature against one authority. Nothing here touches the network:
+//! signatures, certificates and transparency-log entries are all checked offline.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use sigstore::crypto::{CosignVerificationKey, Signature};
+use x509_cert::Certificate;
+use x509_cert::der::{Decode as _, Encode as _, asn1::Utf8StringRef};
+use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::ext::pkix::name::GeneralName;
+
+use super::authority::{CompiledAuthority, Trust};
+use super::signatures::{BundleSignature, FoundSignature, LegacySignature};
+
+const COSIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+const IN_TOTO_PAYLOAD: &str = "application/vnd.in-toto+json";
+/// Code signing, 1.3.6.1.5.5.7.3.3, as DER OID content bytes.
+const EKU_CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
+const OID_ISSUER_V1: &str = "1.3.6.1.4.1.57264.1.1";
+const OID_ISSUER_V2: &str = "1.3.6.1.4.1.57264.1.8";
+const OID_SAN: &str = "2.5.29.17";
+
+/// What a verified signature proves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Proof {
+    pub format: &'static str,
+    /// The `.sig` layer or the referrer manifest that held the signature.
+    pub signature_digest: String,
+    pub key_id: Option<String>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub rekor_integrated_time: Option<i64>,
+}
+
+/// Checks `signature` against `authority` for the image `digest`; `Err` says why it does not verify.
+pub fn check(
+    authority: &CompiledAuthority,
+    digest: &str,
+    signature: &FoundSignature,
+) -> Result<Proof, String> {
+    match signature {
+        FoundSignature::Legacy(legacy) => check_legacy(authority, digest, legacy),
+        FoundSignature::Bundle(bundle) => check_bundle(authority, digest, bundle),
+    }
+}
+
+fn check_legacy(
+    authority: &CompiledAuthority,
+    digest: &str,
+    signature: &LegacySignature,
+) -> Result<Proof, String> {
+    let mut proof = Proof {
+        format: "legacy",
+        signature_digest: signature.layer_digest.clone(),
+        ..Proof::default()
+    };
+    let raw_signature = STANDARD
+        .decode(signature.signature.trim())
+        .map_err(|_| "the signature annotation is not base64".to_owned())?;
+
+    let integrated_time = match (&signature.rekor_bundle, authority.rekor_keys.is_empty()) {
+        (Some(bundle), false) => Some(check_legacy_rekor_bundle(
+            authority,
+            bundle,
+            &signature.payload,
+            &signature.signature,
+        )?),
+        _ => None,
+    };
+    if authority.tlog_required && integrated_time.is_none() {
+        return Err(
+            "no transparency-log entry accompanies the signature, and this authority requires one"
+                .into(),
+        );
+    }
+    proof.rekor_integrated_time = integrated_time;
+
+    let key = signing_key(
+        authority,
+        signature.certificate.as_deref().map(Material::Pem),
+        signature.chain.as_deref(),
+        integrated_time,
+        &mut proof,
+    )?;
+    key.verify_signature(Signature::Raw(&raw_signature), &signature.payload)
+        .map_err(|_| describe_key_mismatch(authority, &proof))?;
+
+    #[derive(Deserialize)]
+    struct SimpleSigning {
+        critical: Critical,
+    }
+    #[derive(Deserialize)]
+    struct Critical {
+        image: Image,
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    #[derive(Deserialize)]
+    struct Image {
+        #[serde(rename = "docker-manifest-digest")]
+        digest: String,
+    }
+    let payload: SimpleSigning = serde_json::from_slice(&signature.payload)
+        .map_err(|e| format!("the signed payload is not a cosign simple-signing document: {e}"))?;
+    if payload.critical.kind != "cosign container image signature" {
+        return Err(format!(
+            "the signed payload has type {:?}, not a cosign container image signature",
+            payload.critical.kind
+        ));
+    }
+    if payload.critical.image.digest != digest {
+        return Err(format!(
+            "the signature is for {}, not for this image's {digest} (a signature copied from another image, or the tag moved after signing)",
+            payload.critical.image.digest
+        ));
+    }
+    Ok(proof)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Bundle {
+    #[serde(default)]
+    media_type: String,
+    verification_material: VerificationMaterial,
+    #[serde(default)]
+    dsse_envelope: Option<Envelope>,
+    #[serde(default)]
+    message_signature: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VerificationMaterial {
+    #[serde(default)]
+    certificate: Option<RawBytes>,
+    #[serde(default)]
+    x509_certificate_chain: Option<CertificateChain>,
+    #[serde(default)]
+    tlog_entries: Vec<TlogEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawBytes {
+    raw_bytes: String,
+}
+
+#[derive(Deserialize)]
+struct CertificateChain {
+    #[serde(default)]
+    certificates: Vec<RawBytes>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    payload: String,
+    payload_type: String,
+    #[serde(default)]
+    signatures: Vec<EnvelopeSignature>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeSignature {
+    sig: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TlogEntry {
+    log_index: serde_json::Value,
+    log_id: LogId,
+    integrated_time: serde_json::Value,
+    #[serde(default)]
+    inclusion_promise: Option<InclusionPromise>,
+    canonicalized_body: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogId {
+    key_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InclusionPromise {
+    signed_entry_timestamp: String,
+}
+
+fn check_bundle(
+    authority: &CompiledAuthority,
+    digest: &str,
+    signature: &BundleSignature,
+) -> Result<Proof, String> {
+    let mut proof = Proof {
+        format: "bundle",
+        signature_digest: signature.manifest_digest.clone(),
+        ..Proof::default()
+    };
+    let bundle: Bundle = serde_json::from_slice(&signature.bundle)
+        .map_err(|e| format!("the referrer is not a sigstore bundle: {e}"))?;
+    if !bundle
+        .media_type
+        .starts_with("application/vnd.dev.sigstore.bundle")
+    {
+        return Err(format!(
+            "the referrer has media type {:?}, not a sigstore bundle",
+            bundle.media_type
+        ));
+    }
+    let Some(envelope) = bundle.dsse_envelope else {
+        return Err(if bundle.message_signature.is_some() {
+            "the bundle signs a blob (messageSignature), not an image".into()
+        } else {
+            "the bundle holds no signature".into()
+        });
+    };
+    if envelope.payload_type != IN_TOTO_PAYLOAD {
+        return Err(format!(
+            "the bundle's payload type is {:?}, not an in-toto statement",
+            envelope.payload_type
+        ));
+    }
+    let payload = STANDARD
+        .decode(&envelope.payload)
+        .map_err(|_| "the bundle's payload is not base64".to_owned())?;
+    let [envelope_signature] = envelope.signatures.as_slice() else {
+        return Err(format!(
+            "the bundle has {} signatures; cosign writes exactly one",
+            envelope.signatures.len()
+        ));
+    };
+    let raw_signature = STANDARD
+        .decode(&envelope_signature.sig)
+        .map_err(|_| "the bundle's signature is not base64".to_owned())?;
+
+    let mut integrated_time = None;
+    if !authority.rekor_keys.is_empty() {
+        for entry in &bundle.verification_material.tlog_entries {
+            integrated_time = Some(check_bundle_tlog_entry(
+                authority,
+                entry,
+                &payload,
+                &envelope_signature.sig,
+            )?);
+        }
+    }
+    if authority.tlog_required && integrated_time.is_none() {
+        return Err(
+            "the bundle has no transparency-log entry, and this authority requires one".into(),
+        );
+    }
+    proof.rekor_integrated_time = integrated_time;
+
+    let material = &bundle.verification_material;
+    let leaf = material
+        .certificate
+        .as_ref()
+        .or_else(|| {
+            material
+                .x509_certificate_chain
+                .as_ref()
+                .and_then(|c| c.certificates.first())
+        })
+        .map(|c| {
+            STANDARD
+                .decode(&c.raw_bytes)
+                .map_err(|_| "the bundle's certificate is not base64".to_owned())
+        })
+        .transpose()?;
+    let chain: Vec<Vec<u8>> = material
+        .x509_certificate_chain
+        .as_ref()
+        .map(|c| {
+            c.certificates
+                .iter()
+                .skip(1)
+                .filter_map(|c| STANDARD.decode(&c.raw_bytes).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let key = signing_key_der(
+        authority,
+        leaf.as_deref(),
+        &chain,
+        integrated_time,
+        &mut proof,
+    )?;
+    key.verify_signature(
+        Signature::Raw(&raw_signature),
+        &pae(&envelope.payload_type, &payload),
+    )
+    .map_err(|_| describe_key_mismatch(authority, &proof))?;
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Statement {
+        #[serde(rename = "_type")]
+        kind: String,
+        predicate_type: String,
+        #[serde(default)]
+        subject: Vec<Subject>,
+    }
+    #[derive(Deserialize)]
+    struct Subject {
+        #[serde(default)]
+        digest: std::collections::BTreeMap<String, String>,
+    }
+    let statement: Statement = serde_json::from_slice(&payload)
+        .map_err(|e| format!("the bundle's payload is not an in-toto statement: {e}"))?;
+    if !statement.kind.starts_with("https://in-toto.io/Statement/") {
+        return Err(format!(
+            "the bundle's payload has _type {:?}, not an in-toto statement",
+            statement.kind
+        ));
+    }
+    if statement.predicate_type != COSIGN_PREDICATE {
+        return Err(format!(
+            "the bundle is an attestation of type {:?}, not a cosign signature",
+            statement.predicate_type
+        ));
+    }
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    if !statement
+        .subject
+        .iter()
+        .any(|s| s.digest.get("sha256").is_some_and(|d| d == hex))
+    {
+        let signed: Vec<String> = statement
+            .subject
+            .iter()
+            .filter_map(|s| s.digest.get("sha256"))
+            .map(|d| format!("sha256:{d}"))
+            .collect();
+        return Err(format!(
+            "the signature is for {}, not for this image's {digest} (a signature copied from another image, or the tag moved after signing)",
+            if signed.is_empty() {
+                "no digest".to_owned()
+            } else {
+                signed.join(", ")
+            }
+        ));
+    }
+    Ok(proof)
+}
+
+/// DSSE pre-authentication encoding: what a DSSE signature actually signs.
+fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut encoded = format!(
+        "DSSEv1 {} {payload_type} {} ",
+        payload_type.len(),
+        payload.len()
+    )
+    .into_bytes();
+    encoded.extend_from_slice(payload);
+    encoded
+}
+
+enum Material<'a> {
+    Pem(&'a str),
+}
+
+/// The key that must have made the signature: the authority's own, or for keyless the key of a
+/// certificate that chains to the trust root and names an accepted identity.
+fn signing_key(
+    authority: &CompiledAuthority,
+    certificate: Option<Material<'_>>,
+    chain_pem: Option<&str>,
+    integrated_time: Option<i64>,
+    proof: &mut Proof,
+) -> Result<CosignVerificationKey, String> {
+    let leaf = match certificate {
+        Some(Material::Pem(pem)) => Some(
+            Certificate::load_pem_chain(pem.as_bytes())
+                .ok()
+                .and_then(|certs| certs.into_iter().next())
+                .and_then(|c| c.to_der().ok())
+                .ok_or_else(|| "the signature's certificate does not parse".to_owned())?,
+        ),
+        None => None,
+    };
+    let chain: Vec<Vec<u8>> = chain_pem
+        .and_then(|pem| Certificate::load_pem_chain(pem.as_bytes()).ok())
+        .map(|certs| certs.iter().filter_map(|c| c.to_der().ok()).collect())
+        .unwrap_or_default();
+    signing_key_der(authority, leaf.as_deref(), &chain, integrated_time, proof)
+}
+
+fn signing_key_der(
+    authority: &CompiledAuthority,
+    leaf: Option<&[u8]>,
+    chain: &[Vec<u8>],
+    integrated_time: Option<i64>,
+    proof: &mut Proof,
+) -> Result<CosignVerificationKey, String> {
+    match &authority.trust {
+        Trust::Key { key, key_id } => {
+            proof.key_id = Some(key_id.clone());
+            Ok((**key).clone())
+        }
+        Trust::Keyless {
+            identities,
+            anchors,
+            intermediates,
+        } => {
+            let leaf = leaf.ok_or_else(|| {
+                "the signature carries no certificate (was it made with a key?)".to_owned()
+            })?;
+            let certificate = Certificate::from_der(leaf)
+                .map_err(|e| format!("the signature's certificate does not parse: {e}"))?;
+            let (issuer, sans) = identity_of(&certificate);
+            proof.issuer = issuer.clone();
+            proof.subject = sans.first().cloned();
+
+            // A Fulcio certificate lives minutes: it must have been valid when the log saw the signature,
+            // or, without a log entry, now.
+            let at = integrated_time
+                .and_then(|t| u64::try_from(t).ok())
+                .map(|t| UnixTime::since_unix_epoch(std::time::Duration::from_secs(t)))
+                .unwrap_or_else(UnixTime::now);
+            let trust_anchors: Vec<_> = anchors
+                .iter()
+                .filter_map(|der| webpki::anchor_from_trusted_cert(der).ok())
+                .collect();
+            let mut all_intermediates: Vec<CertificateDer<'_>> =
+                intermediates.iter().cloned().collect();
+            all_intermediates.extend(chain.iter().map(|der| CertificateDer::from(der.as_slice())));
+            let leaf_der = CertificateDer::from(leaf);
+            let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
+                .map_err(|e| format!("the signature's certificate is unusable: {e:?}"))?;
+            end_entity
+                .verify_for_usage(
+                    webpki::ALL_VERIFICATION_ALGS,
+                    &trust_anchors,
+                    &all_intermediates,
+                    at,
+                    webpki::KeyUsage::required(EKU_CODE_SIGNING),
+                    None,
+                    None,
+                )
+                .map_err(|e| format!("the signing certificate does not chain to this authority's trust root ({e:?})"))?;
+
+            let issuer_value = issuer.clone().unwrap_or_default();
+            let accepted = identities.iter().any(|identity| {
+                identity.issuer.matches(&issuer_value)
+                    && sans.iter().any(|san| identity.subject.matches(san))
+            });
+            if !accepted {
+                let wanted: Vec<String> = identities
+                    .iter()
+                    .map(|i| format!("issuer {} subject {}", i.issuer, i.subject))
+                    .collect();
+                return Err(format!(
+                    "signed by issuer {:?} subject {:?}, which this authority does not accept (wants {})",
+                    issuer.as_deref().unwrap_or("<none>"),
+                    sans.first().map(String::as_str).unwrap_or("<none>"),
+                    wanted.join(" or ")
+                ));
+            }
+            let spki = certificate.tbs_certificate().subject_public_key_info();
+            CosignVerificationKey::try_from(spki)
+                .map_err(|e| format!("the certificate's public key is unsupported: {e}"))
+        }
+    }
+}
+
+/// The OIDC issuer (Fulcio's extension, v2 then v1) and the subject alternative names of a certificate.
+fn identity_of(certificate: &Certificate) -> (Option<String>, Vec<String>) {
+    let mut issuer_v1 = None;
+    let mut issuer_v2 = None;
+    let mut sans = Vec::new();
+    for extension in certificate
+        .tbs_certificate()
+        .extensions()
+        .into_iter()
+        .flatten()
+    {
+        let oid = extension.extn_id.to_string();
+        let value = extension.extn_value.as_bytes();
+        if oid == OID_ISSUER_V2 {
+            issuer_v2 = Utf8StringRef::from_der(value)
+                .ok()
+                .map(|s| s.as_str().to_owned());
+        } else if oid == OID_ISSUER_V1 {
+            issuer_v1 = std::str::from_utf8(value).ok().map(str::to_owned);
+        } else if oid == OID_SAN
+            && let Ok(names) = SubjectAltName::from_der(value)
+        {
+            for name in names.0 {
+                match name {
+                    GeneralName::UniformResourceIdentifier(uri) => sans.push(uri.to_string()),
+                    GeneralName::Rfc822Name(email) => sans.push(email.to_string()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    (issuer_v2.or(issuer_v1), sans)
+}
+
+fn describe_key_mismatch(authority: &CompiledAuthority, proof: &Proof) -> String {
+    match &authority.trust {
+        Trust::Key { key_id, .. } => format!(
+            "the signature does not verify with key {key_id} (signed with another key, or altered)"
+        ),
+        Trust::Keyless { .. } => format!(
+            "the signature does not verify with the key of the certificate issued to {:?} (altered signature or payload)",
+            proof.subject.as_deref().unwrap_or("<none>")
+        ),
+    }
+}
+
+/// The canonical document a Rekor signed entry timestamp signs.
+#[derive(Serialize)]
+struct SetPayload<'a> {
+    body: &'a str,
+    #[serde(rename = "integratedTime")]
+    integrated_time: i64,
+    #[serde(rename = "logID")]
+    log_id: &'a str,
+    #[serde(rename = "logIndex")]
+    log_index: i64,
+}
+
+fn verify_set(
+    authority: &CompiledAuthority,
+    payload: &SetPayload<'_>,
+    set_base64: &str,
+) -> Result<(), String> {
+    let key = authority.rekor_keys.get(payload.log_id).ok_or_else(|| {
+        format!(
+            "the transparency-log entry comes from log {}, which this authority does not trust",
+            payload.log_id
+        )
+    })?;
+    let canonical = serde_json_canonicalizer::to_vec(payload)
+        .map_err(|e| format!("cannot canonicalize the log entry: {e}"))?;
+    let set = STANDARD
+        .decode(set_base64.trim())
+        .map_err(|_| "the signed entry timestamp is not base64".to_owned())?;
+    key.verify_signature(Signature::Raw(&set), &canonical)
+        .map_err(|_| {
+            "the transparency-log entry's signed timestamp does not verify with the Rekor key"
+                .to_owned()
+        })
+}
+
+/// Checks the `dev.sigstore.cosign/bundle` annotation and that its entry logs this very signature.
+fn check_legacy_rekor_bundle(
+    authority: &CompiledAuthority,
+    bundle: &str,
+    payload: &[u8],
+    signature_base64: &str,
+) -> Result<i64, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct RekorBundle {
+        signed_entry_timestamp: String,
+        payload: RekorPayload,
+    }
+    #[derive(Deserialize)]
+    struct RekorPayload {
+        body: String,
+        #[serde(rename = "integratedTime")]
+        integrated_time: i64,
+        #[serde(rename = "logIndex")]
+        log_index: i64,
+        #[serde(rename = "logID")]
+        log_id: String,
+    }
+    let bundle: RekorBundle = serde_json::from_str(bundle)
+        .map_err(|e| format!("the Rekor bundle annotation does not parse: {e}"))?;
+    let set = SetPayload {
+        body: &bundle.payload.body,
+        integrated_time: bundle.payload.integrated_time,
+        log_id: &bundle.payload.log_id,
+        log_index: bundle.payload.log_index,
+    };
+    verify_set(authority, &set, &bundle.signed_entry_timestamp)?;
+    check_entry_body(&bundle.payload.body, payload, signature_base64)?;
+    Ok(bundle.payload.integrated_time)
+}
+
+fn check_bundle_tlog_entry(
+    authority: &CompiledAuthority,
+    entry: &TlogEntry,
+    payload: &[u8],
+    signature_base64: &str,
+) -> Result<i64, String> {
+    let number = |value: &serde_json::Value, field: &str| -> Result<i64, String> {
+        match value {
+            serde_json::Value::Number(n) => n.as_i64(),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("the transparency-log entry's {field} is not a number"))
+    };
+    let promise = entry.inclusion_promise.as_ref().ok_or_else(|| {
+        "the transparency-log entry has no inclusion promise to check offline".to_owned()
+    })?;
+    let log_id = hex::encode(
+        STANDARD
+            .decode(&entry.log_id.key_id)
+            .map_err(|_| "the log ID is not base64".to_owned())?,
+    );
+    let integrated_time = number(&entry.integrated_time, "integratedTime")?;
+    let set = SetPayload {
+        body: &entry.canonicalized_body,
+        integrated_time,
+        log_id: &log_id,
+        log_index: number(&entry.log_index, "logIndex")?,
+    };
+    verify_set(authority, &set, &promise.signed_entry_timestamp)?;
+    check_entry_body(&entry.canonicalized_body, payload, signature_base64)?;
+    Ok(integrated_time)
+}
+
+/// The logged entry must be about this signature of this payload: a valid entry for something else
+/// proves nothing.
+fn check_entry_body(
+    body_base64: &str,
+    payload: &[u8],
+    signature_base64: &str,
+) -> Result<(), String> {
+    let body = STANDARD
+        .decode(body_base64)
+        .map_err(|_| "the log entry body is not base64".to_owned())?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| "the log entry body is not JSON".to_owned())?;
+    let payload_hash = hex::encode(Sha256::digest(payload));
+    let spec = &body["spec"];
+    let (hash, signatures) = match body["kind"].as_str() {
+        Some("hashedrekord") => (
+            spec["data"]["hash"]["value"].as_str(),
+            vec![spec["signature"]["content"].as_str()],
+        ),
+        Some("dsse") => (
+            spec["payloadHash"]["value"].as_str(),
+            spec["signatures"]
+                .as_array()
+                .map(|s| s.iter().map(|s| s["signature"].as_str()).collect())
+                .unwrap_or_default(),
+        ),
+        other => {
+            return Err(format!(
+                "the log entry has kind {other:?}, which registryx-guard does not check"
+            ));
+        }
+    };
+    if hash != Some(payload_hash.as_str()) {
+        return Err("the transparency-log entry is for another payload".into());
+    }
+    if !signatures
+        .iter()
+        .flatten()
+        .any(|s| s.trim() == signature_base64.trim())
+    {
+        return Err("the transparency-log entry is for another signature".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pae_matches_the_dsse_specification() {
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+        );
+    }
+
+    #[test]
+    fn entry_bodies_must_name_this_payload_and_signature() {
+        let payload = b"payload";
+        let hash = hex::encode(Sha256::digest(payload));
+        let body = serde_json::json!({"kind": "hashedrekord", "spec": {"data": {"hash": {"value": hash}}, "signature": {"content": "c2ln"}}});
+        let encoded = STANDARD.encode(body.to_string());
+        assert!(check_entry_body(&encoded, payload, "c2ln").is_ok());
+        assert!(
+            check_entry_body(&encoded, b"other", "c2ln")
+                .unwrap_err()
+                .contains("another payload")
+        );
+        assert!(
+            check_entry_body(&encoded, payload, "b3RoZXI=")
+                .unwrap_err()
+                .contains("another signature")
+        );
+    }
+}

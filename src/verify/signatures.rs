@@ -1,0 +1,239 @@
+//! Signature discovery: everything cosign may have stored for one digest, fetched once and shared by
+//! every authority of every policy.
+//!
+//! Three places are read at once, so that the legacy path costs three sequential round trips (resolve;
+//! `.sig` manifest; payloads): the OCI 1.1 referrers API, cosign's legacy `sha256-<hex>.sig` tag, and the
+//! `sha256-<hex>` fallback tag that cosign's registry library maintains when the registry has no
+//! referrers API.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use futures::future::join_all;
+use serde::Deserialize;
+
+use crate::registry::{Descriptor, RegistryClient, RegistryError};
+
+const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+const BUNDLE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
+const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
+const ANNOTATION_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
+const ANNOTATION_CHAIN: &str = "dev.sigstore.cosign/chain";
+const ANNOTATION_BUNDLE: &str = "dev.sigstore.cosign/bundle";
+/// More signatures than this on one image are not read: the rest would only cost time.
+const MAX_SIGNATURES: usize = 32;
+
+/// What discovery found for one digest.
+#[derive(Clone, Debug, Default)]
+pub struct SignatureSet {
+    pub signatures: Vec<FoundSignature>,
+    /// Reads that failed; reported when no authority verifies, since they may explain why.
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum FoundSignature {
+    Legacy(LegacySignature),
+    Bundle(BundleSignature),
+}
+
+/// One layer of a `sha256-<hex>.sig` manifest.
+#[derive(Clone, Debug)]
+pub struct LegacySignature {
+    pub layer_digest: String,
+    /// The simple-signing payload: the exact bytes that were signed.
+    pub payload: Vec<u8>,
+    /// Base64 of the signature.
+    pub signature: String,
+    pub certificate: Option<String>,
+    pub chain: Option<String>,
+    /// The Rekor bundle JSON (SET and entry), if the signature was logged.
+    pub rekor_bundle: Option<String>,
+}
+
+/// A sigstore bundle stored as a referrer of the image.
+#[derive(Clone, Debug)]
+pub struct BundleSignature {
+    pub manifest_digest: String,
+    pub bundle: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(default, rename = "artifactType")]
+    artifact_type: Option<String>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+/// Reads every signature stored for `digest` in `repository`.
+pub async fn discover(
+    client: &RegistryClient,
+    repository: &str,
+    digest: &str,
+    deadline: Instant,
+) -> Result<SignatureSet, RegistryError> {
+    let tag = digest.replace(':', "-");
+    let legacy_tag = format!("{tag}.sig");
+    // The fallback tag is read at once too: on a registry without the referrers API that saves a round
+    // trip, on one with it the answer is a cheap 404 or ignored.
+    let (referrers, legacy, fallback) = futures::join!(
+        client.referrers(repository, digest, deadline),
+        client.get_manifest(repository, &legacy_tag, deadline),
+        client.get_manifest(repository, &tag, deadline),
+    );
+    let mut set = SignatureSet::default();
+
+    // A registry that hangs or refuses is reported whole: without its answer nothing can be said.
+    let referrers = match referrers {
+        Ok(referrers) => referrers,
+        Err(
+            error @ (RegistryError::Timeout { .. }
+            | RegistryError::Denied { .. }
+            | RegistryError::Unauthorized { .. }),
+        ) => return Err(error),
+        Err(error) => {
+            set.problems.push(error.to_string());
+            Some(Vec::new())
+        }
+    };
+    let referrers = match referrers {
+        Some(list) => list,
+        None => match fallback {
+            Ok(index) => client
+                .index_manifests(&format!("read fallback tag {repository}:{tag}"), &index)
+                .unwrap_or_else(|e| {
+                    set.problems.push(e.to_string());
+                    Vec::new()
+                }),
+            Err(error) if error.is_not_found() => Vec::new(),
+            Err(error @ RegistryError::Timeout { .. }) => return Err(error),
+            Err(error) => {
+                set.problems.push(error.to_string());
+                Vec::new()
+            }
+        },
+    };
+
+    let legacy_layers = match legacy {
+        Ok(manifest) => match serde_json::from_slice::<Manifest>(&manifest.bytes) {
+            Ok(manifest) => manifest.layers,
+            Err(error) => {
+                set.problems.push(format!(
+                    "{}: {legacy_tag} is not an image manifest: {error}",
+                    client.registry()
+                ));
+                Vec::new()
+            }
+        },
+        Err(error @ (RegistryError::Timeout { .. } | RegistryError::Denied { .. })) => {
+            return Err(error);
+        }
+        Err(error) if error.is_not_found() => Vec::new(),
+        Err(error) => {
+            set.problems.push(error.to_string());
+            Vec::new()
+        }
+    };
+
+    let legacy_reads = legacy_layers
+        .into_iter()
+        .filter(|layer| layer.media_type == SIMPLE_SIGNING)
+        .take(MAX_SIGNATURES)
+        .map(|layer| read_legacy(client, repository, layer, deadline));
+    let bundle_reads = referrers
+        .into_iter()
+        .take(MAX_SIGNATURES)
+        .map(|descriptor| read_bundle(client, repository, descriptor, deadline));
+    let (legacy, bundles) = futures::join!(join_all(legacy_reads), join_all(bundle_reads));
+    for result in legacy.into_iter().chain(bundles.into_iter().flatten()) {
+        match result {
+            Ok(signature) => set.signatures.push(signature),
+            Err(error @ RegistryError::Timeout { .. }) => return Err(error),
+            Err(error) => set.problems.push(error.to_string()),
+        }
+    }
+    Ok(set)
+}
+
+async fn read_legacy(
+    client: &RegistryClient,
+    repository: &str,
+    layer: Descriptor,
+    deadline: Instant,
+) -> Result<FoundSignature, RegistryError> {
+    let annotations: BTreeMap<String, String> = layer.annotations;
+    let payload = client.get_blob(repository, &layer.digest, deadline).await?;
+    let Some(signature) = annotations.get(ANNOTATION_SIGNATURE).cloned() else {
+        return Err(RegistryError::Malformed {
+            registry: client.registry().to_owned(),
+            step: format!("read signature layer {}", layer.digest),
+            detail: format!("the layer has no {ANNOTATION_SIGNATURE} annotation"),
+        });
+    };
+    let non_empty = |key: &str| {
+        annotations
+            .get(key)
+            .filter(|v| !v.trim().is_empty())
+            .cloned()
+    };
+    Ok(FoundSignature::Legacy(LegacySignature {
+        layer_digest: layer.digest,
+        payload,
+        signature,
+        certificate: non_empty(ANNOTATION_CERTIFICATE),
+        chain: non_empty(ANNOTATION_CHAIN),
+        rekor_bundle: non_empty(ANNOTATION_BUNDLE),
+    }))
+}
+
+/// Reads a referrer and, when it is a sigstore bundle, its bundle layer. Registries list referrers under
+/// varying artifact types (some under the config's media type), so the manifest itself decides.
+async fn read_bundle(
+    client: &RegistryClient,
+    repository: &str,
+    descriptor: Descriptor,
+    deadline: Instant,
+) -> Option<Result<FoundSignature, RegistryError>> {
+    let listed = descriptor.artifact_type.as_deref().unwrap_or_default();
+    let plausible = listed.is_empty()
+        || listed.starts_with(BUNDLE_PREFIX)
+        || listed == "application/vnd.oci.empty.v1+json";
+    if !plausible {
+        return None; // an SBOM, an attestation of another kind, ...
+    }
+    let manifest = match client
+        .get_manifest(repository, &descriptor.digest, deadline)
+        .await
+    {
+        Ok(manifest) => manifest,
+        Err(error) => return Some(Err(error)),
+    };
+    let parsed: Manifest = match serde_json::from_slice(&manifest.bytes) {
+        Ok(parsed) => parsed,
+        Err(_) => return None,
+    };
+    let layer = parsed
+        .layers
+        .iter()
+        .find(|layer| layer.media_type.starts_with(BUNDLE_PREFIX))?;
+    if parsed
+        .artifact_type
+        .as_deref()
+        .is_some_and(|t| !t.starts_with(BUNDLE_PREFIX))
+        && parsed.layers.len() != 1
+    {
+        return None;
+    }
+    Some(
+        client
+            .get_blob(repository, &layer.digest, deadline)
+            .await
+            .map(|bundle| {
+                FoundSignature::Bundle(BundleSignature {
+                    manifest_digest: descriptor.digest,
+                    bundle,
+                })
+            }),
+    )
+}

@@ -1,0 +1,121 @@
+//! `registryx-guard verify` as a CI pipeline runs it: exit codes, the text a user acts on, and JSON.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::cosign::{Cosign, Format};
+use support::registry::Registry;
+
+fn write_policy(dir: &std::path::Path, registry: &Registry, cosign: &Cosign) -> std::path::PathBuf {
+    let pem = cosign.public_key_pem().replace('\n', "\n        ");
+    let path = dir.join("policy.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: team-signed}}\nspec:\n  images: ['{}/team/**']\n  \
+             registry: {{insecure: true}}\n  authorities:\n  - name: release-key\n    key:\n      data: |\n        {pem}\n",
+            registry.host
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn verify(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
+        .arg("verify")
+        .args(args)
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn exit_codes_say_admitted_refused_or_bad_input() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let signed = registry
+        .push_image("team/app", "signed", "cli-signed")
+        .await;
+    let unsigned = registry
+        .push_image("team/app", "unsigned", "cli-unsigned")
+        .await;
+    cosign.sign(&signed.reference, Format::Legacy);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), &registry, &cosign);
+    let policy = policy.to_str().unwrap();
+
+    let output = verify(&[&signed.reference, "--policy", policy]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let out = text(&output);
+    assert!(
+        out.contains("policy team-signed: passed")
+            && out.contains("authority release-key: verified"),
+        "{out}"
+    );
+    assert!(out.contains("result: admitted"), "{out}");
+
+    let output = verify(&[&unsigned.reference, "--policy", policy]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let out = text(&output);
+    assert!(
+        out.contains(&format!("no signature found for {}", unsigned.digest)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "sign it with: cosign sign --key <the private key of authority release-key> {}",
+            unsigned.by_digest()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("result: refused"), "{out}");
+
+    let output = verify(&[&unsigned.reference, "--policy", policy, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["digest"], unsigned.digest.as_str());
+    assert_eq!(json["policies"][0]["passed"], false);
+    assert_eq!(json["policies"][0]["authorities"][0]["verified"], false);
+
+    let output = verify(&["Not A Reference", "--policy", policy]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output).contains("\"Not A Reference\" does not parse"),
+        "{}",
+        text(&output)
+    );
+
+    // An image no policy governs is admitted without a registry call: the registry here does not exist.
+    let output = verify(&["127.0.0.1:9/elsewhere/app:1", "--policy", policy]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(text(&output).contains("no policy governs this image"));
+}
+
+#[test]
+fn a_policy_with_a_broken_key_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {name: broken}\nspec:\n  images: ['r.example/**']\n  \
+         authorities:\n  - name: release\n    key: {data: \"-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\\n\"}\n",
+    )
+    .unwrap();
+    let output = verify(&["r.example/app:1", "--policy", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let out = text(&output);
+    assert!(
+        out.contains("policy \"broken\" is not usable") && out.contains("authority \"release\""),
+        "{out}"
+    );
+}
