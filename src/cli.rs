@@ -68,9 +68,23 @@ pub struct ServeArgs {
     #[arg(long, env = "RXG_POLICY_DIR")]
     pub policy_dir: Option<PathBuf>,
 
+    /// The namespace registryx-guard runs in: its Lease, and where policies' Secrets and ConfigMaps live.
+    #[arg(long, env = "RXG_NAMESPACE", default_value = "registryx-guard")]
+    pub namespace: String,
+
+    /// This replica's name in the status-writer Lease (the chart passes the pod name).
+    #[arg(long, env = "RXG_POD_NAME", default_value_t = default_identity())]
+    pub identity: String,
+
     /// Refuse images that no policy governs (by default they are admitted).
     #[arg(long, env = "RXG_DEFAULT_DENY")]
     pub default_deny: bool,
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_else(|_| "registryx-guard".into());
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 #[derive(Args, Debug)]

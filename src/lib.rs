@@ -53,6 +53,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("cannot reach the cluster: {0}")]
+    KubeConfig(String),
+
+    #[error("policy controller: {0}")]
+    Controller(#[from] controller::ControllerError),
+
     #[error("TLS configuration: {0}")]
     Tls(String),
 

@@ -1,2 +1,254 @@
-//! The kube-runtime controller that reconciles ImageSigningPolicy resources into the compiled policy
-//! snapshot the webhook reads, and writes their status conditions and events.
+//! The policy controller: watches ImageSigningPolicies and the Secrets and ConfigMaps they refer to,
+//! compiles them into the snapshot the webhook reads, and tells users in each policy's status whether it
+//! is usable.
+//!
+//! Every replica watches and compiles (each needs the snapshot to answer admission); only the holder of
+//! a Lease writes status and events, so replicas never fight over them. Any change rebuilds the whole
+//! snapshot: policies are few and compiling them takes microseconds, which keeps the design free of
+//! per-object bookkeeping, and a change reaches admission as soon as the watch delivers it.
+
+mod lease;
+mod sources;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, Resource as _};
+use tokio::sync::Notify;
+
+pub use lease::LeaseLock;
+pub use sources::ClusterSources;
+
+use crate::policy::{ImageSigningPolicy, PolicySnapshot, SharedSnapshot};
+
+/// Who this replica is and where it keeps its lease.
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    /// The namespace registryx-guard runs in: its Lease, and the only place it reads Secrets and
+    /// ConfigMaps from (least privilege).
+    pub namespace: String,
+    /// This replica's name in the Lease (the pod name).
+    pub identity: String,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+}
+
+impl ControllerSettings {
+    pub fn new(namespace: &str, identity: &str) -> ControllerSettings {
+        ControllerSettings {
+            namespace: namespace.to_owned(),
+            identity: identity.to_owned(),
+            lease_name: "registryx-guard-status-writer".to_owned(),
+            lease_duration: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("a watch ended before its first sync; is the ImageSigningPolicy CRD installed?")]
+    WatchEnded,
+}
+
+/// Runs until the task is dropped. `synced` is called once, after the first full sync has been
+/// compiled and published: the moment this replica may report ready.
+pub async fn run(
+    client: Client,
+    snapshot: SharedSnapshot,
+    settings: ControllerSettings,
+    synced: impl FnOnce() + Send,
+) -> Result<(), ControllerError> {
+    let changed = Arc::new(Notify::new());
+    let policies: Store<ImageSigningPolicy> = watch(Api::all(client.clone()), changed.clone());
+    let secrets: Store<Secret> = watch(
+        Api::namespaced(client.clone(), &settings.namespace),
+        changed.clone(),
+    );
+    let config_maps: Store<ConfigMap> = watch(
+        Api::namespaced(client.clone(), &settings.namespace),
+        changed.clone(),
+    );
+    for ready in [
+        policies.wait_until_ready().await,
+        secrets.wait_until_ready().await,
+        config_maps.wait_until_ready().await,
+    ] {
+        ready.map_err(|_| ControllerError::WatchEnded)?;
+    }
+
+    let sources = ClusterSources::new(&settings.namespace, secrets, config_maps);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "registryx-guard".into(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    let lease = LeaseLock::new(
+        Api::<Lease>::namespaced(client.clone(), &settings.namespace),
+        &settings.lease_name,
+        &settings.identity,
+        settings.lease_duration,
+    );
+    let api: Api<ImageSigningPolicy> = Api::all(client);
+    let mut synced = Some(synced);
+    let mut revision = 0;
+    loop {
+        revision += 1;
+        let current: Vec<ImageSigningPolicy> =
+            policies.state().iter().map(|p| (**p).clone()).collect();
+        let (next, results) =
+            PolicySnapshot::build(&current, &sources, &settings.namespace, revision);
+        tracing::info!(
+            revision,
+            ready = next.policies.len(),
+            not_ready = next.not_ready.len(),
+            "policy snapshot published"
+        );
+        snapshot.store(Arc::new(next));
+        if let Some(synced) = synced.take() {
+            synced();
+        }
+
+        let leading = match lease.try_acquire_or_renew().await {
+            Ok(leading) => leading,
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew the status-writer lease; not writing status");
+                false
+            }
+        };
+        if leading {
+            for policy in &current {
+                if let Some(result) = policy.metadata.name.as_ref().and_then(|n| results.get(n)) {
+                    write_status(&api, &recorder, policy, result).await;
+                }
+            }
+        }
+        // Wake on any change, and at least every third of the lease to keep it renewed.
+        let renew = settings.lease_duration / 3;
+        tokio::select! {
+            _ = changed.notified() => {},
+            _ = tokio::time::sleep(renew) => {},
+        }
+    }
+}
+
+/// Starts a reflector for `api`, notifying `changed` on every event it applies.
+fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(error) => tracing::warn!(%error, kind = %K::kind(&()), "watch error; retrying"),
+            }
+        }
+    });
+    store
+}
+
+/// The Ready condition a compile result deserves.
+fn ready_condition(result: &Result<(), String>) -> (String, String, String) {
+    match result {
+        Ok(()) => (
+            "True".into(),
+            "Compiled".into(),
+            "the policy is enforced".into(),
+        ),
+        Err(message) => (
+            "False".into(),
+            "Invalid".into(),
+            format!("{message}; the images it governs are refused until it is fixed"),
+        ),
+    }
+}
+
+/// Writes status when it differs from what the object says, and an event when readiness flips.
+async fn write_status(
+    api: &Api<ImageSigningPolicy>,
+    recorder: &Recorder,
+    policy: &ImageSigningPolicy,
+    result: &Result<(), String>,
+) {
+    let Some(name) = policy.metadata.name.as_deref() else {
+        return;
+    };
+    let generation = policy.metadata.generation;
+    let (status, reason, message) = ready_condition(result);
+    let previous = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let observed = policy.status.as_ref().and_then(|s| s.observed_generation);
+    if observed == generation
+        && previous
+            .is_some_and(|c| c.status == status && c.reason == reason && c.message == message)
+    {
+        return;
+    }
+    let flipped = previous.is_none_or(|c| c.status != status);
+    let transition = match previous {
+        Some(c) if !flipped => c.last_transition_time.clone(),
+        _ => Time(Timestamp::now()),
+    };
+    let condition = Condition {
+        type_: "Ready".into(),
+        status: status.clone(),
+        reason: reason.clone(),
+        message: message.clone(),
+        observed_generation: generation,
+        last_transition_time: transition,
+    };
+    let patch = serde_json::json!({"status": {"observedGeneration": generation, "conditions": [condition]}});
+    if let Err(error) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(policy = name, %error, "cannot write policy status");
+        return;
+    }
+    tracing::info!(policy = name, ready = %status, %message, "policy status written");
+    if flipped {
+        let event = Event {
+            type_: if result.is_ok() {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: reason.clone(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Compile".into(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &policy.object_ref(&())).await {
+            tracing::warn!(policy = name, %error, "cannot publish an event");
+        }
+    }
+}
+
+/// Labels of namespaces, for selectors (kept by the webhook's own reflector).
+pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;

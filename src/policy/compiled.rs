@@ -31,7 +31,7 @@ pub struct CompiledPolicy {
     pub generation: Option<i64>,
     pub mode: Mode,
     pub image_globs: Vec<String>,
-    images: GlobSet,
+    images: ImageMatcher,
     pub namespace_selector: Option<LabelSelector>,
     pub signature_required: bool,
     pub authorities: Vec<CompiledAuthority>,
@@ -42,10 +42,45 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
-    /// Whether the policy governs `image`. Globs are matched against `registry/repository:tag`,
-    /// `registry/repository@digest` and `registry/repository`, so that `r.example/prod/**` and
-    /// `r.example/prod/api:*` both mean what they say.
+    /// Whether the policy governs `image` (its globs; the namespace is checked by the snapshot).
     pub fn governs(&self, image: &ImageRef) -> bool {
+        self.images.matches(image)
+    }
+}
+
+/// A policy's `images` globs. Globs are matched against `registry/repository:tag`,
+/// `registry/repository@digest` and `registry/repository`, so that `r.example/prod/**` and
+/// `r.example/prod/api:*` both mean what they say.
+#[derive(Clone, Debug)]
+pub struct ImageMatcher {
+    set: GlobSet,
+}
+
+impl ImageMatcher {
+    /// Compiles the globs; `*` stays within one path segment, `**` crosses `/`.
+    pub fn new(globs: &[String]) -> Result<ImageMatcher, PolicyError> {
+        if globs.is_empty() {
+            return Err(PolicyError::NoImages);
+        }
+        let mut builder = GlobSetBuilder::new();
+        for glob in globs {
+            let compiled = GlobBuilder::new(glob)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| PolicyError::Glob {
+                    glob: glob.clone(),
+                    reason: e.kind().to_string(),
+                })?;
+            builder.add(compiled);
+        }
+        let set = builder.build().map_err(|e| PolicyError::Glob {
+            glob: globs.join(", "),
+            reason: e.to_string(),
+        })?;
+        Ok(ImageMatcher { set })
+    }
+
+    pub fn matches(&self, image: &ImageRef) -> bool {
         let name = image.name();
         let mut candidates = vec![name.clone()];
         if let Some(tag) = &image.tag {
@@ -56,7 +91,7 @@ impl CompiledPolicy {
         }
         candidates
             .iter()
-            .any(|candidate| self.images.is_match(candidate))
+            .any(|candidate| self.set.is_match(candidate))
     }
 }
 
@@ -67,24 +102,7 @@ pub fn compile(
     default_namespace: &str,
 ) -> Result<CompiledPolicy, PolicyError> {
     let spec = &policy.spec;
-    if spec.images.is_empty() {
-        return Err(PolicyError::NoImages);
-    }
-    let mut globs = GlobSetBuilder::new();
-    for glob in &spec.images {
-        let compiled = GlobBuilder::new(glob)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| PolicyError::Glob {
-                glob: glob.clone(),
-                reason: e.kind().to_string(),
-            })?;
-        globs.add(compiled);
-    }
-    let images = globs.build().map_err(|e| PolicyError::Glob {
-        glob: spec.images.join(", "),
-        reason: e.to_string(),
-    })?;
+    let images = ImageMatcher::new(&spec.images)?;
     if spec.signature_required && spec.authorities.is_empty() {
         return Err(PolicyError::NoAuthority);
     }

@@ -3,13 +3,16 @@
 
 mod compiled;
 mod crd;
+pub mod dir;
+mod snapshot;
 
 use std::path::Path;
 
-pub use compiled::{CompiledPolicy, PolicyError, PolicySet, RegistryAccess, compile};
+pub use compiled::{CompiledPolicy, ImageMatcher, PolicyError, PolicySet, RegistryAccess, compile};
 pub use crd::*;
 use kube::CustomResourceExt;
 use serde::Deserialize as _;
+pub use snapshot::{Governing, NotReady, PolicySnapshot, SharedSnapshot, selector_matches, shared};
 
 use crate::{Error, Result};
 

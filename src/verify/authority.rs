@@ -14,10 +14,22 @@ use x509_cert::der::{Decode as _, Encode as _};
 
 use crate::policy::{Authority, Identity, KeyAuthority, TrustRoot};
 
-/// Where a policy's Secrets are read from: the cluster for the server, nothing for the command line.
+/// Where a policy's Secrets (and ConfigMaps of Rego modules) are read from: the cluster for the server,
+/// nothing for the command line.
 pub trait SecretSource: Send + Sync {
     /// The value of `key` in Secret `namespace/name`; `Err` with a message when it cannot be read.
     fn secret_value(&self, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, String>;
+
+    /// Every key of ConfigMap `namespace/name`.
+    fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        Err(format!(
+            "ConfigMap {namespace}/{name} cannot be read without a cluster; give the Rego modules inline"
+        ))
+    }
 }
 
 /// For `verify` and `--policy-dir`: there is no cluster to read Secrets from.

@@ -1,0 +1,300 @@
+//! The policy controller against a real etcd + kube-apiserver: status conditions, events, the snapshot
+//! the webhook reads, Secrets it depends on, and the status-writer Lease.
+
+mod support;
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use registryx_guard::controller::{ControllerSettings, LeaseLock};
+use registryx_guard::policy::{PolicySnapshot, SharedSnapshot};
+use registryx_guard::registry::ImageRef;
+use support::cluster::ControlPlane;
+use support::cosign::assert_success;
+
+const NAMESPACE: &str = "registryx-guard";
+
+async fn client(cluster: &ControlPlane) -> kube::Client {
+    registryx_guard::tls::install_crypto_provider();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+fn apply(cluster: &ControlPlane, yaml: &str) -> Output {
+    let mut child = Command::new(support::tool("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn prepare(cluster: &ControlPlane) {
+    let crd = support::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
+    assert_success(
+        "apply CRD",
+        &cluster.kubectl(&["apply", "-f", crd.to_str().unwrap()]),
+    );
+    assert_success(
+        "CRD established",
+        &cluster.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/imagesigningpolicies.registryx.io",
+            "--timeout=30s",
+        ]),
+    );
+    assert_success(
+        "namespace",
+        &cluster.kubectl(&["create", "namespace", NAMESPACE]),
+    );
+}
+
+fn key_policy(name: &str, key_yaml: &str) -> String {
+    format!(
+        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: {name}}}\nspec:\n  images: ['registry.example/{name}/**']\n  \
+         authorities:\n  - name: release\n    key:\n{key_yaml}\n"
+    )
+}
+
+fn inline_key(pem: &str) -> String {
+    format!(
+        "      data: |\n{}",
+        pem.trim_end()
+            .lines()
+            .map(|l| format!("        {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+/// Polls `condition` every 50 ms for up to 20 s; returns how long it took.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+fn ready_status(cluster: &ControlPlane, name: &str) -> (String, String) {
+    let output = cluster.kubectl(&[
+        "get",
+        "isp",
+        name,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}|{.status.conditions[?(@.type==\"Ready\")].message}",
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (status, message) = text.split_once('|').unwrap_or(("", ""));
+    (status.to_owned(), message.to_owned())
+}
+
+fn governs(snapshot: &SharedSnapshot, name: &str) -> (bool, bool) {
+    let image = ImageRef::parse(&format!("registry.example/{name}/app:1")).unwrap();
+    let governing = snapshot.load().governing(&image, None);
+    (
+        !governing.policies.is_empty(),
+        !governing.not_ready.is_empty(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_reconciled_into_status_and_the_snapshot() {
+    let cluster = ControlPlane::start();
+    prepare(&cluster);
+    let snapshot = registryx_guard::policy::shared(PolicySnapshot::default());
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+    let controller = tokio::spawn(registryx_guard::controller::run(
+        client(&cluster).await,
+        snapshot.clone(),
+        ControllerSettings::new(NAMESPACE, "replica-a"),
+        move || {
+            let _ = synced_tx.send(());
+        },
+    ));
+    tokio::time::timeout(Duration::from_secs(30), synced_rx)
+        .await
+        .expect("first sync")
+        .unwrap();
+    let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
+
+    // A valid policy: Ready, and in the snapshot.
+    assert_success(
+        "apply valid",
+        &apply(&cluster, &key_policy("valid", &inline_key(&pem))),
+    );
+    let took = eventually("valid in the snapshot", || {
+        governs(&snapshot, "valid") == (true, false)
+    })
+    .await;
+    println!("policy propagation: apply -> snapshot in {took:?}");
+    eventually("valid Ready=True", || {
+        ready_status(&cluster, "valid").0 == "True"
+    })
+    .await;
+
+    // A broken key: Ready=False naming the problem, an event, and its images refused (not ready).
+    let broken = "      data: |\n        -----BEGIN PUBLIC KEY-----\n        bm90IGEga2V5\n        -----END PUBLIC KEY-----";
+    assert_success(
+        "apply broken",
+        &apply(&cluster, &key_policy("broken", broken)),
+    );
+    eventually("broken Ready=False", || {
+        ready_status(&cluster, "broken").0 == "False"
+    })
+    .await;
+    let (_, message) = ready_status(&cluster, "broken");
+    assert!(
+        message.contains("authority \"release\"") && message.contains("refused until it is fixed"),
+        "{message}"
+    );
+    assert_eq!(governs(&snapshot, "broken"), (false, true));
+    eventually("an Invalid event", || {
+        let events = cluster.kubectl(&[
+            "get",
+            "events",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}/{.regarding.name}{.involvedObject.name} {end}",
+        ]);
+        String::from_utf8_lossy(&events.stdout).contains("Invalid/broken")
+    })
+    .await;
+
+    // Fixed: Ready again.
+    assert_success(
+        "fix broken",
+        &apply(&cluster, &key_policy("broken", &inline_key(&pem))),
+    );
+    eventually("broken fixed", || {
+        ready_status(&cluster, "broken").0 == "True"
+    })
+    .await;
+    assert_eq!(governs(&snapshot, "broken"), (true, false));
+
+    // A key from a Secret that does not exist yet: not ready, then ready once the Secret appears.
+    let secret_ref = "      secretRef: {name: release-key}";
+    assert_success(
+        "apply secret-ref",
+        &apply(&cluster, &key_policy("from-secret", secret_ref)),
+    );
+    eventually("from-secret Ready=False", || {
+        ready_status(&cluster, "from-secret").0 == "False"
+    })
+    .await;
+    assert!(
+        ready_status(&cluster, "from-secret")
+            .1
+            .contains("Secret registryx-guard/release-key not found")
+    );
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), &pem).unwrap();
+    assert_success(
+        "create secret",
+        &cluster.kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "release-key",
+            "-n",
+            NAMESPACE,
+            &format!("--from-file=cosign.pub={}", key_file.path().display()),
+        ]),
+    );
+    eventually("from-secret Ready=True", || {
+        ready_status(&cluster, "from-secret").0 == "True"
+    })
+    .await;
+
+    // Deleted: gone from the snapshot.
+    assert_success(
+        "delete valid",
+        &cluster.kubectl(&["delete", "isp", "valid"]),
+    );
+    eventually("valid gone", || {
+        governs(&snapshot, "valid") == (false, false)
+    })
+    .await;
+
+    let observed = cluster.kubectl(&[
+        "get",
+        "isp",
+        "broken",
+        "-o",
+        "jsonpath={.metadata.generation}/{.status.observedGeneration}",
+    ]);
+    let text = String::from_utf8_lossy(&observed.stdout).into_owned();
+    let (generation, observed) = text.split_once('/').unwrap();
+    assert_eq!(generation, observed, "observedGeneration lags");
+    controller.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_replica_holds_the_status_lease() {
+    let cluster = ControlPlane::start();
+    assert_success(
+        "namespace",
+        &cluster.kubectl(&["create", "namespace", NAMESPACE]),
+    );
+    let api: kube::Api<Lease> = kube::Api::namespaced(client(&cluster).await, NAMESPACE);
+    let duration = Duration::from_secs(2);
+    let a = LeaseLock::new(api.clone(), "status", "replica-a", duration);
+    let b = LeaseLock::new(api.clone(), "status", "replica-b", duration);
+
+    assert!(
+        a.try_acquire_or_renew().await.unwrap(),
+        "a free lease is taken"
+    );
+    assert!(
+        !b.try_acquire_or_renew().await.unwrap(),
+        "a held lease is not taken"
+    );
+    assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+    tokio::time::sleep(duration + Duration::from_millis(1200)).await;
+    assert!(
+        b.try_acquire_or_renew().await.unwrap(),
+        "an expired lease is taken over"
+    );
+    assert!(
+        !a.try_acquire_or_renew().await.unwrap(),
+        "the old holder lost it"
+    );
+    let lease = api.get("status").await.unwrap();
+    assert_eq!(
+        lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref()),
+        Some("replica-b")
+    );
+    assert_eq!(
+        lease.spec.as_ref().and_then(|s| s.lease_transitions),
+        Some(1)
+    );
+
+    b.release().await.unwrap();
+    assert!(
+        a.try_acquire_or_renew().await.unwrap(),
+        "a released lease is free"
+    );
+}
