@@ -75,7 +75,7 @@ start_control_plane() {
 		--secure-port "$api" --cert-dir "$dir/certs" --token-auth-file "$dir/tokens.csv" \
 		--service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
 		--service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.96.0.0/16 \
-		--authorization-mode Node,RBAC -v 1 >"$RXG_WORK/kube-apiserver.log" 2>&1 &
+		--authorization-mode Node,RBAC --disable-admission-plugins ServiceAccount -v 1 >"$RXG_WORK/kube-apiserver.log" 2>&1 &
 	RXG_PIDS+=($!)
 	export KUBECONFIG=$dir/kubeconfig
 	kubectl config set-cluster demo --server "https://127.0.0.1:$api" --insecure-skip-tls-verify=true >/dev/null

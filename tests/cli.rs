@@ -112,13 +112,39 @@ fn crdgen_prints_the_committed_crd() {
     );
 }
 
-#[test]
-fn serve_answers_probes_and_logs_json_lines() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+#[test]
+fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), certified.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("tls.key"),
+        certified.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let pem = rcgen::KeyPair::generate()
+        .unwrap()
+        .public_key_pem()
+        .replace('\n', "\n        ");
+    std::fs::write(
+        policies.join("p.yaml"),
+        format!(
+            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: from-dir}}\nspec:\n  images: ['r.example/**']\n  \
+             authorities:\n  - name: k\n    key:\n      data: |\n        {pem}\n"
+        ),
+    )
+    .unwrap();
+    let (port, https) = (free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
         .args([
             "--log-format",
@@ -127,34 +153,39 @@ fn serve_answers_probes_and_logs_json_lines() {
             "--probes-listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .args(["--listen", &format!("127.0.0.1:{https}")])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .arg("--policy-dir")
+        .arg(&policies)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let client = reqwest::blocking::Client::new();
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
-    let mut healthy = false;
+    let mut ready = None;
     for _ in 0..100 {
-        if client
-            .get(url("/healthz"))
-            .send()
-            .is_ok_and(|r| r.status() == 200)
-        {
-            healthy = true;
-            break;
+        if let Ok(response) = client.get(url("/readyz")).send() {
+            ready = Some(response.status().as_u16());
+            if ready == Some(200) {
+                break;
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let ready = client
-        .get(url("/readyz"))
+    let metrics = client
+        .get(url("/metrics"))
         .send()
-        .map(|r| r.status().as_u16());
+        .map(|r| r.text().unwrap_or_default())
+        .unwrap_or_default();
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
-    assert!(healthy, "/healthz never answered: {}", stderr(&output));
-    assert_eq!(
-        ready.ok(),
-        Some(503),
-        "a replica without policies must not report ready"
+    assert_eq!(ready, Some(200), "not ready: {}", stderr(&output));
+    assert!(
+        metrics.contains("registryx_guard_verification_cache_hits_total 0"),
+        "{metrics}"
     );
     let logs = stderr(&output);
     let lines: Vec<serde_json::Value> = logs
@@ -162,10 +193,23 @@ fn serve_answers_probes_and_logs_json_lines() {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
         .collect();
     assert!(
-        lines.iter().any(|l| l["level"] == "INFO"
-            && l["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("/healthz"))),
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["policy"] == "from-dir"),
         "{logs}"
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_with_a_missing_policy_folder() {
+    let output = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
+        .args(["serve", "--policy-dir", "/nonexistent-policies"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("/nonexistent-policies"),
+        "{}",
+        stderr(&output)
     );
 }

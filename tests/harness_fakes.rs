@@ -5,7 +5,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::{Value, json};
 use support::cosign::{Format, assert_success};
 use support::fakes::{
@@ -13,7 +12,8 @@ use support::fakes::{
     RegistryxProxy, RequestCounts,
 };
 use support::keyless::{Leaf, OID_ISSUER_V1, OID_ISSUER_V2, TestCa};
-use support::registry::{OCI_INDEX, OCI_MANIFEST, Registry, sha256};
+use support::registry::{OCI_INDEX, OCI_MANIFEST, PushedImage, Registry, sha256};
+use support::verdicts::{base64_decode, get_blob, signature_manifest};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
@@ -28,9 +28,20 @@ fn header(response: &reqwest::Response, name: &str) -> Option<String> {
         .map(|v| v.to_str().expect("ascii header").to_owned())
 }
 
-async fn get(url: &str, bearer: Option<&str>) -> reqwest::Response {
+#[track_caller]
+fn assert_header(response: &reqwest::Response, name: &str, expected: &str) {
+    assert_eq!(
+        header(response, name).as_deref(),
+        Some(expected),
+        "{name} of {}",
+        response.url()
+    );
+}
+
+/// Sends `method` to `url` accepting OCI manifests and indexes, with a bearer token when given.
+async fn send(method: reqwest::Method, url: &str, bearer: Option<&str>) -> reqwest::Response {
     let mut request = reqwest::Client::new()
-        .get(url)
+        .request(method.clone(), url)
         .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"));
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
@@ -38,7 +49,15 @@ async fn get(url: &str, bearer: Option<&str>) -> reqwest::Response {
     request
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+async fn get(url: &str, bearer: Option<&str>) -> reqwest::Response {
+    send(reqwest::Method::GET, url, bearer).await
+}
+
+async fn head(url: &str) -> reqwest::Response {
+    send(reqwest::Method::HEAD, url, None).await
 }
 
 /// Asks the proxy for a token the way a registry client would after the challenge.
@@ -72,48 +91,25 @@ async fn registryx_proxy_serves_manifests_anonymously_and_blobs_only_with_a_toke
 
     let manifest = get(&proxy.url("/v2/team/app/manifests/v1"), None).await;
     assert_eq!(manifest.status(), 200);
-    assert_eq!(
-        header(&manifest, "docker-content-digest").as_deref(),
-        Some(image.digest.as_str())
-    );
-    assert_eq!(
-        header(&manifest, "content-type").as_deref(),
-        Some(OCI_MANIFEST)
-    );
+    assert_header(&manifest, "docker-content-digest", &image.digest);
+    assert_header(&manifest, "content-type", OCI_MANIFEST);
     let body = manifest.bytes().await.expect("manifest body");
     assert_eq!(sha256(&body), image.digest);
 
-    let head = reqwest::Client::new()
-        .head(proxy.url(&format!("/v2/team/app/manifests/{}", image.digest)))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .expect("HEAD manifest");
+    let head = head(&proxy.url(&format!("/v2/team/app/manifests/{}", image.digest))).await;
     assert_eq!(head.status(), 200);
-    assert_eq!(
-        header(&head, "docker-content-digest").as_deref(),
-        Some(image.digest.as_str())
-    );
-    assert_eq!(
-        header(&head, "content-length"),
-        Some(body.len().to_string())
-    );
+    assert_header(&head, "docker-content-digest", &image.digest);
+    assert_header(&head, "content-length", &body.len().to_string());
 
     let manifest: Value = serde_json::from_slice(&body).expect("manifest json");
     let layer = manifest["layers"][0]["digest"].as_str().expect("layer");
     let blob_url = proxy.url(&format!("/v2/team/app/blobs/{layer}"));
     let refused = get(&blob_url, None).await;
     assert_eq!(refused.status(), 401);
-    assert_eq!(
-        header(&refused, "www-authenticate").as_deref(),
-        Some(CHALLENGE)
-    );
+    assert_header(&refused, "www-authenticate", CHALLENGE);
     let ping = get(&proxy.url("/v2/"), None).await;
     assert_eq!(ping.status(), 401);
-    assert_eq!(
-        header(&ping, "www-authenticate").as_deref(),
-        Some(CHALLENGE)
-    );
+    assert_header(&ping, "www-authenticate", CHALLENGE);
     let tags = get(&proxy.url("/v2/team/app/tags/list"), None).await;
     assert_eq!(tags.status(), 401);
 
@@ -160,11 +156,7 @@ async fn registryx_proxy_denies_by_policy_and_finds_library_aliases() {
     ] {
         let response = get(&proxy.url(path), None).await;
         assert_eq!(response.status(), 200, "{path}");
-        assert_eq!(
-            header(&response, "docker-content-digest").as_deref(),
-            Some(digest.as_str()),
-            "{path}"
-        );
+        assert_header(&response, "docker-content-digest", digest);
     }
 
     let denied = get(&proxy.url("/v2/blocked/app/manifests/v1"), None).await;
@@ -185,23 +177,17 @@ async fn registryx_proxy_with_credentials_demands_basic_auth_for_tokens() {
         .await
         .with_credentials("robot", "s3cret");
     let url = proxy.url("/auth/token?service=registryx&scope=repository:team/app:pull");
-    let client = reqwest::Client::new();
+    let request_token = |password: Option<&str>| {
+        let mut request = reqwest::Client::new().get(&url);
+        if let Some(password) = password {
+            request = request.basic_auth("robot", Some(password));
+        }
+        async move { request.send().await.expect("token request") }
+    };
 
-    let anonymous = client.get(&url).send().await.expect("token request");
-    assert_eq!(anonymous.status(), 401);
-    let wrong = client
-        .get(&url)
-        .basic_auth("robot", Some("guess"))
-        .send()
-        .await
-        .expect("token request");
-    assert_eq!(wrong.status(), 401);
-    let right = client
-        .get(&url)
-        .basic_auth("robot", Some("s3cret"))
-        .send()
-        .await
-        .expect("token request");
+    assert_eq!(request_token(None).await.status(), 401);
+    assert_eq!(request_token(Some("guess")).await.status(), 401);
+    let right = request_token(Some("s3cret")).await;
     assert_eq!(right.status(), 200);
     let body: Value = right.json().await.expect("token json");
     let token = body["token"].as_str().expect("token");
@@ -275,18 +261,11 @@ async fn oversized_registry_streams_the_declared_size() {
 
     let ping = get(&format!("http://{}/v2/", registry.host()), None).await;
     assert_eq!(ping.status(), 200);
-    let head = reqwest::Client::new()
-        .head(&url)
-        .send()
-        .await
-        .expect("HEAD manifest");
+    let head = head(&url).await;
     assert_eq!(head.status(), 200);
-    assert_eq!(
-        header(&head, "docker-content-digest").as_deref(),
-        Some(OVERSIZED_DIGEST)
-    );
-    assert_eq!(header(&head, "content-type").as_deref(), Some(OCI_MANIFEST));
-    assert_eq!(header(&head, "content-length"), Some(SIZE.to_string()));
+    assert_header(&head, "docker-content-digest", OVERSIZED_DIGEST);
+    assert_header(&head, "content-type", OCI_MANIFEST);
+    assert_header(&head, "content-length", &SIZE.to_string());
 
     let response = get(&url, None).await;
     assert_eq!(response.status(), 200);
@@ -325,9 +304,10 @@ async fn lying_registry_claims_another_digest_than_it_serves() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        header(&response, "docker-content-digest"),
-        Some(registry.claimed_digest())
+    assert_header(
+        &response,
+        "docker-content-digest",
+        &registry.claimed_digest(),
     );
     let body = response.bytes().await.expect("body");
     assert_eq!(sha256(&body), registry.actual_digest());
@@ -343,9 +323,7 @@ fn der_of(pem: &str) -> Vec<u8> {
         .lines()
         .filter(|line| !line.starts_with("-----"))
         .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .expect("PEM base64")
+    base64_decode(&body)
 }
 
 /// All certificates of a PEM bundle, as DER.
@@ -428,15 +406,22 @@ fn test_ca_issues_fulcio_style_leaves() {
     assert_eq!(pem_certificates(leaf.chain_pem()), [root_der]);
 }
 
-/// The layer of the legacy `sha256-<hex>.sig` manifest of `digest`.
-async fn legacy_signature_layer(registry: &Registry, repository: &str, digest: &str) -> Value {
-    let tag = format!("{}.sig", digest.replace(':', "-"));
-    let (status, _, _, body) = registry.get_manifest(repository, &tag).await;
-    assert_eq!(status, 200, "no {tag} in {repository}");
-    let manifest: Value = serde_json::from_slice(&body).expect("signature manifest");
+/// The annotations of the one layer of `image`'s legacy `sha256-<hex>.sig` manifest, after checking that
+/// they carry `leaf`'s certificate.
+async fn legacy_signature_annotations(
+    registry: &Registry,
+    image: &PushedImage,
+    leaf: &Leaf,
+) -> Value {
+    let manifest = signature_manifest(registry, image).await;
     let layers = manifest["layers"].as_array().expect("layers");
     assert_eq!(layers.len(), 1, "one signature expected: {manifest}");
-    layers[0].clone()
+    let annotations = &layers[0]["annotations"];
+    let certificate = annotations["dev.sigstore.cosign/certificate"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no certificate annotation: {manifest}"));
+    assert_eq!(squeeze(certificate), squeeze(leaf.cert_pem()));
+    annotations.clone()
 }
 
 fn assert_verifies_only_its_identity(leaf: &Leaf, image: &str, format: Format) {
@@ -467,12 +452,7 @@ async fn a_leaf_signs_in_the_legacy_format_with_its_certificate() {
 
     leaf.sign(&image.reference, Format::Legacy);
 
-    let layer = legacy_signature_layer(&registry, "keyless/app", &image.digest).await;
-    let annotations = &layer["annotations"];
-    let certificate = annotations["dev.sigstore.cosign/certificate"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no certificate annotation: {layer}"));
-    assert_eq!(squeeze(certificate), squeeze(leaf.cert_pem()));
+    let annotations = legacy_signature_annotations(&registry, &image, &leaf).await;
     // cosign drops self-signed certificates from the chain it attaches: with no intermediate there is
     // nothing left: the annotation is present and empty, and the root never travels with the signature.
     assert_eq!(
@@ -496,15 +476,10 @@ async fn a_leaf_under_an_intermediate_attaches_the_intermediate_only() {
 
     leaf.sign(&image.reference, Format::Legacy);
 
-    let layer = legacy_signature_layer(&registry, "keyless/chained", &image.digest).await;
-    let annotations = &layer["annotations"];
-    let certificate = annotations["dev.sigstore.cosign/certificate"]
-        .as_str()
-        .expect("certificate annotation");
-    assert_eq!(squeeze(certificate), squeeze(leaf.cert_pem()));
+    let annotations = legacy_signature_annotations(&registry, &image, &leaf).await;
     let chain = annotations["dev.sigstore.cosign/chain"]
         .as_str()
-        .unwrap_or_else(|| panic!("no chain annotation: {layer}"));
+        .unwrap_or_else(|| panic!("no chain annotation: {annotations}"));
     let intermediate = ca.intermediate_pem().expect("an intermediate");
     assert_eq!(pem_certificates(chain), pem_certificates(&intermediate));
     assert_verifies_only_its_identity(&leaf, &image.reference, Format::Legacy);
@@ -532,12 +507,7 @@ async fn referrer_bundles(registry: &Registry, repository: &str, digest: &str) -
         let layer = manifest["layers"][0]["digest"]
             .as_str()
             .expect("bundle layer");
-        let blob = reqwest::get(registry.url(&format!("/v2/{repository}/blobs/{layer}")))
-            .await
-            .expect("bundle blob")
-            .bytes()
-            .await
-            .expect("bundle bytes");
+        let blob = get_blob(registry, repository, layer).await;
         bundles.push(serde_json::from_slice(&blob).expect("bundle json"));
     }
     bundles
@@ -558,11 +528,7 @@ fn bundle_chain(bundle: &Value) -> Vec<Vec<u8>> {
         .as_array()
         .unwrap_or_else(|| panic!("no x509CertificateChain: {material}"))
         .iter()
-        .map(|c| {
-            base64::engine::general_purpose::STANDARD
-                .decode(c["rawBytes"].as_str().expect("rawBytes"))
-                .expect("base64 certificate")
-        })
+        .map(|c| base64_decode(c["rawBytes"].as_str().expect("rawBytes")))
         .collect()
 }
 

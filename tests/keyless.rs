@@ -4,84 +4,30 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use registryx_guard::policy::{CompiledPolicy, ImageSigningPolicy, compile};
-use registryx_guard::registry::ImageRef;
-use registryx_guard::verify::authority::NoSecrets;
-use registryx_guard::verify::{ImageVerdict, Verifier, VerifierSettings};
+use registryx_guard::policy::CompiledPolicy;
 use support::cosign::Format;
 use support::keyless::TestCa;
 use support::registry::Registry;
+use support::verdicts::{PolicyYaml, assert_admitted, assert_refused_because, first_proof, verify};
 
 const ISSUER: &str = "https://issuer.ci.example";
 const SUBJECT: &str = "https://ci.example/team/app/.github/workflows/release.yaml@refs/heads/main";
-
-fn indent(text: &str, spaces: usize) -> String {
-    let pad = " ".repeat(spaces);
-    text.trim_end()
-        .lines()
-        .map(|line| format!("{pad}{line}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// A keyless policy over `registry` trusting `trust_root` (YAML of the trustRoot field), no Rekor.
-fn keyless_policy(
-    registry: &Registry,
-    identity: &str,
-    trust_root: &str,
-    tlog: &str,
-) -> Arc<CompiledPolicy> {
-    registryx_guard::tls::install_crypto_provider();
-    let yaml = format!(
-        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: keyless}}\nspec:\n  images: ['{}/**']\n  \
-         registry: {{insecure: true}}\n  authorities:\n  - name: ci\n    keyless:\n      identities: [{identity}]\n      trustRoot:\n{trust_root}\n{tlog}",
-        registry.host
-    );
-    let parsed: ImageSigningPolicy =
-        serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    Arc::new(
-        compile(&parsed, &NoSecrets, "registryx-guard").unwrap_or_else(|e| panic!("{e}\n{yaml}")),
-    )
-}
-
-fn fulcio_ca(ca: &TestCa) -> String {
-    format!("        fulcioCA: |\n{}", indent(&ca.chain_pem(), 10))
-}
 
 fn exact_identity() -> String {
     format!("{{issuer: '{ISSUER}', subject: '{SUBJECT}'}}")
 }
 
-const NO_TLOG: &str = "    transparencyLog: {required: false}\n";
-
-async fn verify(reference: &str, policy: &Arc<CompiledPolicy>) -> ImageVerdict {
-    let verifier = Verifier::new(VerifierSettings::default(), None);
-    let image = ImageRef::parse(reference).unwrap();
-    verifier
-        .verify(
-            &image,
-            std::slice::from_ref(policy),
-            Instant::now() + Duration::from_secs(20),
-        )
-        .await
+/// A keyless policy over `registry` accepting exactly ISSUER and SUBJECT from `ca`; no Rekor key yet.
+fn ca_policy(registry: &Registry, ca: &TestCa) -> PolicyYaml {
+    PolicyYaml::keyless(&registry.host, &exact_identity()).trust_root("fulcioCA", &ca.chain_pem())
 }
 
-#[track_caller]
-fn assert_refused_because(verdict: &ImageVerdict, reason: &str) {
-    assert!(!verdict.admitted(), "admitted: {verdict:#?}");
-    let reasons = verdict
-        .policies
-        .iter()
-        .flat_map(|p| p.reasons.iter())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(
-        reasons.contains(reason),
-        "expected {reason:?} among the reasons:\n{reasons}"
-    );
+/// [`ca_policy`] without a transparency log, compiled.
+fn untlogged_policy(registry: &Registry, ca: &TestCa) -> Arc<CompiledPolicy> {
+    ca_policy(registry, ca)
+        .transparency_log(false, None)
+        .compile()
 }
 
 #[tokio::test]
@@ -94,13 +40,9 @@ async fn admits_a_keyless_legacy_signature_and_reports_the_identity() {
         .await;
     leaf.sign(&image.reference, Format::Legacy);
 
-    let verdict = verify(
-        &image.reference,
-        &keyless_policy(&registry, &exact_identity(), &fulcio_ca(&ca), NO_TLOG),
-    )
-    .await;
-    assert!(verdict.admitted(), "{verdict:#?}");
-    let proof = verdict.policies[0].authorities[0].proof.as_ref().unwrap();
+    let verdict = verify(&image.reference, &untlogged_policy(&registry, &ca)).await;
+    assert_admitted(&verdict);
+    let proof = first_proof(&verdict);
     assert_eq!(
         (proof.issuer.as_deref(), proof.subject.as_deref()),
         (Some(ISSUER), Some(SUBJECT))
@@ -119,22 +61,17 @@ async fn admits_a_keyless_bundle_through_an_intermediate_and_a_trusted_root_json
     leaf.sign(&image.reference, Format::Bundle);
 
     let json = serde_json::to_string(&ca.trusted_root_json()).unwrap();
-    let trust_root = format!("        trustedRootJSON: '{}'", json.replace('\'', "''"));
     let identity = r"{issuerRegExp: '^https://issuer\.ci\.example$', subjectRegExp: '^https://ci\.example/team/.+$'}";
     let verdict = verify(
         &image.reference,
-        &keyless_policy(&registry, identity, &trust_root, NO_TLOG),
+        &PolicyYaml::keyless(&registry.host, identity)
+            .trust_root("trustedRootJSON", &json)
+            .transparency_log(false, None)
+            .compile(),
     )
     .await;
-    assert!(verdict.admitted(), "{verdict:#?}");
-    assert_eq!(
-        verdict.policies[0].authorities[0]
-            .proof
-            .as_ref()
-            .unwrap()
-            .format,
-        "bundle"
-    );
+    assert_admitted(&verdict);
+    assert_eq!(first_proof(&verdict).format, "bundle");
 }
 
 #[tokio::test]
@@ -145,12 +82,8 @@ async fn refuses_a_certificate_from_another_ca() {
     rogue
         .issue(ISSUER, SUBJECT)
         .sign(&image.reference, Format::Legacy);
-    let verdict = verify(
-        &image.reference,
-        &keyless_policy(&registry, &exact_identity(), &fulcio_ca(&trusted), NO_TLOG),
-    )
-    .await;
-    assert_refused_because(&verdict, "does not chain to this authority's trust root");
+    let verdict = verify(&image.reference, &untlogged_policy(&registry, &trusted)).await;
+    assert_refused_because(&verdict, &["does not chain to this authority's trust root"]);
 
     let bundles = Registry::with_referrers();
     let image = bundles
@@ -159,12 +92,8 @@ async fn refuses_a_certificate_from_another_ca() {
     rogue
         .issue(ISSUER, SUBJECT)
         .sign(&image.reference, Format::Bundle);
-    let verdict = verify(
-        &image.reference,
-        &keyless_policy(&bundles, &exact_identity(), &fulcio_ca(&trusted), NO_TLOG),
-    )
-    .await;
-    assert_refused_because(&verdict, "does not chain to this authority's trust root");
+    let verdict = verify(&image.reference, &untlogged_policy(&bundles, &trusted)).await;
+    assert_refused_because(&verdict, &["does not chain to this authority's trust root"]);
 }
 
 #[tokio::test]
@@ -181,15 +110,17 @@ async fn refuses_another_subject_or_issuer() {
         .await;
     ca.issue("https://accounts.evil.example", SUBJECT)
         .sign(&other_issuer.reference, Format::Legacy);
-    let policy = keyless_policy(&registry, &exact_identity(), &fulcio_ca(&ca), NO_TLOG);
+    let policy = untlogged_policy(&registry, &ca);
 
     assert_refused_because(
         &verify(&other_subject.reference, &policy).await,
-        "subject \"https://ci.example/someone/else@refs/heads/main\", which this authority does not accept",
+        &[
+            "subject \"https://ci.example/someone/else@refs/heads/main\", which this authority does not accept",
+        ],
     );
     assert_refused_because(
         &verify(&other_issuer.reference, &policy).await,
-        "signed by issuer \"https://accounts.evil.example\"",
+        &["signed by issuer \"https://accounts.evil.example\""],
     );
 }
 
@@ -202,19 +133,16 @@ async fn refuses_a_signature_without_the_required_transparency_log_entry() {
         .sign(&image.reference, Format::Legacy);
     let rekor_key = rcgen::KeyPair::generate().unwrap().public_key_pem();
     // Keyless authorities require a log entry unless told otherwise.
-    let trust_root = format!(
-        "{}\n        rekorKey: |\n{}",
-        fulcio_ca(&ca),
-        indent(&rekor_key, 10)
-    );
     let verdict = verify(
         &image.reference,
-        &keyless_policy(&registry, &exact_identity(), &trust_root, ""),
+        &ca_policy(&registry, &ca)
+            .trust_root("rekorKey", &rekor_key)
+            .compile(),
     )
     .await;
     assert_refused_because(
         &verdict,
-        "no transparency-log entry accompanies the signature, and this authority requires one",
+        &["no transparency-log entry accompanies the signature, and this authority requires one"],
     );
 }
 
@@ -227,10 +155,6 @@ async fn refuses_a_key_signature_under_a_keyless_authority() {
         .push_image("team/app", "v1", "key-not-keyless")
         .await;
     cosign.sign(&image.reference, Format::Legacy);
-    let verdict = verify(
-        &image.reference,
-        &keyless_policy(&registry, &exact_identity(), &fulcio_ca(&ca), NO_TLOG),
-    )
-    .await;
-    assert_refused_because(&verdict, "carries no certificate");
+    let verdict = verify(&image.reference, &untlogged_policy(&registry, &ca)).await;
+    assert_refused_because(&verdict, &["carries no certificate"]);
 }

@@ -6,19 +6,15 @@ use std::process::{Command, Output};
 
 use support::cosign::{Cosign, Format};
 use support::registry::Registry;
+use support::verdicts::PolicyYaml;
 
 fn write_policy(dir: &std::path::Path, registry: &Registry, cosign: &Cosign) -> std::path::PathBuf {
-    let pem = cosign.public_key_pem().replace('\n', "\n        ");
+    let policy = PolicyYaml::key(&registry.host, &cosign.public_key_pem())
+        .named("team-signed")
+        .images(&format!("{}/team/**", registry.host))
+        .authority_named("release-key");
     let path = dir.join("policy.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: team-signed}}\nspec:\n  images: ['{}/team/**']\n  \
-             registry: {{insecure: true}}\n  authorities:\n  - name: release-key\n    key:\n      data: |\n        {pem}\n",
-            registry.host
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, policy.yaml()).unwrap();
     path
 }
 

@@ -143,6 +143,11 @@ pub async fn run(
     }
 }
 
+/// A live cache of namespaces and their labels, for policies' namespaceSelectors.
+pub fn namespace_store(client: Client) -> Store<k8s_openapi::api::core::v1::Namespace> {
+    watch(Api::all(client), Arc::new(Notify::new()))
+}
+
 /// Starts a reflector for `api`, notifying `changed` on every event it applies.
 fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
 where

@@ -2,21 +2,35 @@
 //! metrics that the kubelet and the monitoring stack scrape.
 
 mod probes;
+mod tls;
+pub mod webhook;
 
 use std::sync::Arc;
 
 pub use probes::{Probes, router as probes_router};
+pub use tls::{CertificateReloader, HANDSHAKE_TIMEOUT, serve_https, server_config};
 
+use std::future::IntoFuture as _;
+use std::time::Duration;
+
+use crate::admission::{Admission, AdmissionMetrics, AdmissionSettings};
 use crate::cli::ServeArgs;
 use crate::policy::{PolicySnapshot, SharedSnapshot, dir};
 use crate::verify::authority::NoSecrets;
+use crate::verify::{Verifier, VerifierSettings};
 use crate::{Error, Result};
 
-/// Runs the server until SIGTERM or Ctrl-C.
+/// Runs the server until SIGTERM or Ctrl-C: the admission endpoints over HTTPS, the probes and metrics
+/// over plain HTTP, and the policy source (the cluster's controller, or a folder).
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let probes = Probes::default();
+    let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = AdmissionMetrics::register(&mut registry, verifier.clone());
+    let probes = Probes::with_metrics(registry);
     let snapshot = crate::policy::shared(PolicySnapshot::default());
-    match &args.policy_dir {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+
+    let namespaces = match &args.policy_dir {
         Some(folder) => {
             // Checked before serving: a wrong folder is a start-up error, not a silent empty policy set.
             let policies = dir::load_dir(folder)?;
@@ -27,6 +41,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 snapshot.clone(),
                 args.namespace.clone(),
             ));
+            None
         }
         None => {
             let client = kube::Client::try_default()
@@ -34,6 +49,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 .map_err(|e| Error::KubeConfig(e.to_string()))?;
             let settings =
                 crate::controller::ControllerSettings::new(&args.namespace, &args.identity);
+            let namespaces = crate::controller::namespace_store(client.clone());
             let (snapshot, probes) = (snapshot.clone(), probes.clone());
             tokio::spawn(async move {
                 let synced = probes.clone();
@@ -45,27 +61,68 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                     tracing::error!(%error, "the policy controller stopped");
                 }
             });
+            Some(namespaces)
         }
-    }
+    };
 
-    let listener = tokio::net::TcpListener::bind(args.probes_listen)
+    let settings = AdmissionSettings {
+        default_deny: args.default_deny,
+        ..AdmissionSettings::default()
+    };
+    let admission = Arc::new(Admission::new(
+        snapshot,
+        verifier,
+        namespaces,
+        settings,
+        Some(metrics),
+    ));
+    let reloader = CertificateReloader::load(&args.tls_cert, &args.tls_key)?;
+    reloader.spawn_watch(Duration::from_secs(5));
+    probes.set_tls_loaded();
+    let https = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            what: "the admission port",
+            addr: args.listen,
+            source,
+        })?;
+    let plain = tokio::net::TcpListener::bind(args.probes_listen)
         .await
         .map_err(|source| Error::Bind {
             what: "the probes port",
             addr: args.probes_listen,
             source,
         })?;
-    tracing::info!(addr = %args.probes_listen, "serving /healthz, /readyz and /metrics");
-    // The admission endpoints that make this replica fully ready are built by the webhook issue (#5).
-    tracing::warn!(listen = %args.listen, "admission endpoints are not built yet; this replica never reports ready");
-    axum::serve(listener, probes_router(probes))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|source| Error::Bind {
-            what: "the probes port",
-            addr: args.probes_listen,
-            source,
-        })
+    tracing::info!(listen = %args.listen, probes = %args.probes_listen, "serving /validate, /mutate and /registryx/events over HTTPS; probes and metrics over HTTP");
+
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let webhook = webhook::router(webhook::WebhookState::new(admission));
+    let https = serve_https(
+        https,
+        server_config(reloader)?,
+        webhook,
+        stopped_signal(stopped.clone()),
+    );
+    let probes_server =
+        axum::serve(plain, probes_router(probes)).with_graceful_shutdown(stopped_signal(stopped));
+    let (https, probes_result) = tokio::join!(https, probes_server.into_future());
+    https.map_err(|source| Error::Bind {
+        what: "the admission port",
+        addr: args.listen,
+        source,
+    })?;
+    probes_result.map_err(|source| Error::Bind {
+        what: "the probes port",
+        addr: args.probes_listen,
+        source,
+    })
+}
+
+async fn stopped_signal(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 fn publish(

@@ -62,13 +62,24 @@ fn check_legacy(
         .decode(signature.signature.trim())
         .map_err(|_| "the signature annotation is not base64".to_owned())?;
 
+    let leaf = signature.certificate.as_deref().and_then(|pem| {
+        Certificate::load_pem_chain(pem.as_bytes())
+            .ok()
+            .and_then(|certs| certs.into_iter().next())
+            .and_then(|c| c.to_der().ok())
+    });
+    let signers = signer_hashes(authority, leaf.as_deref());
     let integrated_time = match (&signature.rekor_bundle, authority.rekor_keys.is_empty()) {
-        (Some(bundle), false) => Some(check_legacy_rekor_bundle(
+        (Some(bundle), false) => optional_entry(
             authority,
-            bundle,
-            &signature.payload,
-            &signature.signature,
-        )?),
+            check_legacy_rekor_bundle(
+                authority,
+                bundle,
+                &signature.payload,
+                &signature.signature,
+                &signers,
+            ),
+        )?,
         _ => None,
     };
     if authority.tlog_required && integrated_time.is_none() {
@@ -240,24 +251,6 @@ fn check_bundle(
         .decode(&envelope_signature.sig)
         .map_err(|_| "the bundle's signature is not base64".to_owned())?;
 
-    let mut integrated_time = None;
-    if !authority.rekor_keys.is_empty() {
-        for entry in &bundle.verification_material.tlog_entries {
-            integrated_time = Some(check_bundle_tlog_entry(
-                authority,
-                entry,
-                &payload,
-                &envelope_signature.sig,
-            )?);
-        }
-    }
-    if authority.tlog_required && integrated_time.is_none() {
-        return Err(
-            "the bundle has no transparency-log entry, and this authority requires one".into(),
-        );
-    }
-    proof.rekor_integrated_time = integrated_time;
-
     let material = &bundle.verification_material;
     let leaf = material
         .certificate
@@ -274,6 +267,27 @@ fn check_bundle(
                 .map_err(|_| "the bundle's certificate is not base64".to_owned())
         })
         .transpose()?;
+    let signers = signer_hashes(authority, leaf.as_deref());
+    let mut integrated_time = None;
+    if !authority.rekor_keys.is_empty() {
+        for entry in &material.tlog_entries {
+            let checked = check_bundle_tlog_entry(
+                authority,
+                entry,
+                &payload,
+                &envelope_signature.sig,
+                &signers,
+            );
+            integrated_time = optional_entry(authority, checked)?.or(integrated_time);
+        }
+    }
+    if authority.tlog_required && integrated_time.is_none() {
+        return Err(
+            "the bundle has no transparency-log entry, and this authority requires one".into(),
+        );
+    }
+    proof.rekor_integrated_time = integrated_time;
+
     let chain: Vec<Vec<u8>> = material
         .x509_certificate_chain
         .as_ref()
@@ -557,6 +571,7 @@ fn check_legacy_rekor_bundle(
     bundle: &str,
     payload: &[u8],
     signature_base64: &str,
+    signers: &[String],
 ) -> Result<i64, String> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
@@ -583,7 +598,7 @@ fn check_legacy_rekor_bundle(
         log_index: bundle.payload.log_index,
     };
     verify_set(authority, &set, &bundle.signed_entry_timestamp)?;
-    check_entry_body(&bundle.payload.body, payload, signature_base64)?;
+    check_entry_body(&bundle.payload.body, payload, signature_base64, signers)?;
     Ok(bundle.payload.integrated_time)
 }
 
@@ -592,6 +607,7 @@ fn check_bundle_tlog_entry(
     entry: &TlogEntry,
     payload: &[u8],
     signature_base64: &str,
+    signers: &[String],
 ) -> Result<i64, String> {
     let number = |value: &serde_json::Value, field: &str| -> Result<i64, String> {
         match value {
@@ -617,16 +633,61 @@ fn check_bundle_tlog_entry(
         log_index: number(&entry.log_index, "logIndex")?,
     };
     verify_set(authority, &set, &promise.signed_entry_timestamp)?;
-    check_entry_body(&entry.canonicalized_body, payload, signature_base64)?;
+    check_entry_body(
+        &entry.canonicalized_body,
+        payload,
+        signature_base64,
+        signers,
+    )?;
     Ok(integrated_time)
 }
 
-/// The logged entry must be about this signature of this payload: a valid entry for something else
-/// proves nothing.
+/// A failed entry check refuses only where an entry is required: where it is optional, a foreign or
+/// broken entry (say from another log) is set aside and the signature stands on its own.
+fn optional_entry(
+    authority: &CompiledAuthority,
+    checked: Result<i64, String>,
+) -> Result<Option<i64>, String> {
+    match checked {
+        Ok(time) => Ok(Some(time)),
+        Err(reason) if authority.tlog_required => Err(reason),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Hex SHA-256 of the DER forms a log entry may name for this signer: the authority's key, or the
+/// signing certificate and its key.
+fn signer_hashes(authority: &CompiledAuthority, leaf: Option<&[u8]>) -> Vec<String> {
+    match &authority.trust {
+        Trust::Key { key_id, .. } => vec![key_id.trim_start_matches("sha256:").to_owned()],
+        Trust::Keyless { .. } => leaf
+            .map(|der| {
+                let mut hashes = vec![hex::encode(Sha256::digest(der))];
+                if let Ok(spki) = Certificate::from_der(der)
+                    .and_then(|c| c.tbs_certificate().subject_public_key_info().to_der())
+                {
+                    hashes.push(hex::encode(Sha256::digest(spki)));
+                }
+                hashes
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Hex SHA-256 of the DER inside base64-encoded PEM text, as log entries name keys and certificates.
+fn logged_signer_hash(content_base64: &str) -> Option<String> {
+    let pem = STANDARD.decode(content_base64.trim()).ok()?;
+    let (_, der) = x509_cert::der::pem::decode_vec(&pem).ok()?;
+    Some(hex::encode(Sha256::digest(der)))
+}
+
+/// The logged entry must be about this signature of this payload by this signer: a valid entry for
+/// something else proves nothing.
 fn check_entry_body(
     body_base64: &str,
     payload: &[u8],
     signature_base64: &str,
+    signers: &[String],
 ) -> Result<(), String> {
     let body = STANDARD
         .decode(body_base64)
@@ -635,18 +696,23 @@ fn check_entry_body(
         serde_json::from_slice(&body).map_err(|_| "the log entry body is not JSON".to_owned())?;
     let payload_hash = hex::encode(Sha256::digest(payload));
     let spec = &body["spec"];
-    let (hash, signatures) = match body["kind"].as_str() {
+    let (hash, signatures, verifiers) = match body["kind"].as_str() {
         Some("hashedrekord") => (
             spec["data"]["hash"]["value"].as_str(),
             vec![spec["signature"]["content"].as_str()],
+            vec![spec["signature"]["publicKey"]["content"].as_str()],
         ),
-        Some("dsse") => (
-            spec["payloadHash"]["value"].as_str(),
-            spec["signatures"]
+        Some("dsse") => {
+            let entries = spec["signatures"]
                 .as_array()
-                .map(|s| s.iter().map(|s| s["signature"].as_str()).collect())
-                .unwrap_or_default(),
-        ),
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            (
+                spec["payloadHash"]["value"].as_str(),
+                entries.iter().map(|s| s["signature"].as_str()).collect(),
+                entries.iter().map(|s| s["verifier"].as_str()).collect(),
+            )
+        }
         other => {
             return Err(format!(
                 "the log entry has kind {other:?}, which registryx-guard does not check"
@@ -662,6 +728,14 @@ fn check_entry_body(
         .any(|s| s.trim() == signature_base64.trim())
     {
         return Err("the transparency-log entry is for another signature".into());
+    }
+    let named = verifiers
+        .iter()
+        .flatten()
+        .filter_map(|content| logged_signer_hash(content))
+        .any(|hash| signers.contains(&hash));
+    if !named {
+        return Err("the transparency-log entry names another signer (key or certificate)".into());
     }
     Ok(())
 }
@@ -682,16 +756,25 @@ mod tests {
     fn entry_bodies_must_name_this_payload_and_signature() {
         let payload = b"payload";
         let hash = hex::encode(Sha256::digest(payload));
-        let body = serde_json::json!({"kind": "hashedrekord", "spec": {"data": {"hash": {"value": hash}}, "signature": {"content": "c2ln"}}});
+        let key_pem = "-----BEGIN PUBLIC KEY-----\nAQID\n-----END PUBLIC KEY-----\n";
+        let signer = hex::encode(Sha256::digest([1u8, 2, 3]));
+        let body = serde_json::json!({"kind": "hashedrekord", "spec": {"data": {"hash": {"value": hash}},
+            "signature": {"content": "c2ln", "publicKey": {"content": STANDARD.encode(key_pem)}}}});
         let encoded = STANDARD.encode(body.to_string());
-        assert!(check_entry_body(&encoded, payload, "c2ln").is_ok());
+        let signers = [signer];
+        assert!(check_entry_body(&encoded, payload, "c2ln", &signers).is_ok());
         assert!(
-            check_entry_body(&encoded, b"other", "c2ln")
+            check_entry_body(&encoded, payload, "c2ln", &["00".to_owned()])
+                .unwrap_err()
+                .contains("another signer")
+        );
+        assert!(
+            check_entry_body(&encoded, b"other", "c2ln", &signers)
                 .unwrap_err()
                 .contains("another payload")
         );
         assert!(
-            check_entry_body(&encoded, payload, "b3RoZXI=")
+            check_entry_body(&encoded, payload, "b3RoZXI=", &signers)
                 .unwrap_err()
                 .contains("another signature")
         );

@@ -116,6 +116,15 @@ pub struct Verifier {
     fallback_credentials: Option<DockerConfig>,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    registry_errors: AtomicU64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 struct EvidenceExpiry {
@@ -142,6 +151,7 @@ impl Verifier {
     pub fn new(settings: VerifierSettings, fallback_credentials: Option<DockerConfig>) -> Verifier {
         let evidence = moka::future::Cache::builder()
             .max_capacity(settings.max_cached_results)
+            .support_invalidation_closures()
             .expire_after(EvidenceExpiry {
                 verified: settings.verified_ttl,
                 refused: settings.refused_ttl,
@@ -159,6 +169,7 @@ impl Verifier {
             fallback_credentials,
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            registry_errors: AtomicU64::new(0),
         }
     }
 
@@ -168,6 +179,11 @@ impl Verifier {
             self.cache_hits.load(Ordering::Relaxed),
             self.cache_misses.load(Ordering::Relaxed),
         )
+    }
+
+    /// Signature reads that failed at the registry so far.
+    pub fn registry_errors(&self) -> u64 {
+        self.registry_errors.load(Ordering::Relaxed)
     }
 
     /// Registry requests sent so far, over all registries.
@@ -181,11 +197,19 @@ impl Verifier {
     }
 
     /// Drops every cached result about `registry/repository` (a push notification's hint).
-    pub fn invalidate_repository(&self, name: &str) {
-        let prefix = format!("{name}@");
-        let _ = self
-            .evidence
-            .invalidate_entries_if(move |key, _| key.0.starts_with(&prefix));
+    pub fn invalidate_repository(&self, repository: &str) {
+        // Entries are keyed `registry/repository@digest`; a notification names only the repository, so
+        // every registry's copy of it is dropped (RegistryX also serves `x` as `library/x`).
+        let wanted = repository.trim_start_matches("library/").to_owned();
+        let result = self.evidence.invalidate_entries_if(move |key, _| {
+            let name = key.0.split('@').next().unwrap_or_default();
+            let path = name.split_once('/').map(|(_, path)| path).unwrap_or(name);
+            path.trim_start_matches("library/") == wanted
+        });
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot invalidate cached results");
+        }
+        self.signature_sets.invalidate_all();
     }
 
     pub fn settings(&self) -> &VerifierSettings {
@@ -340,13 +364,16 @@ impl Verifier {
             }
             // A registry failure is not a verdict on the image: it refuses now, and is not cached beyond
             // the short life of the shared discovery.
-            Err(error) => Arc::new(AuthorityEvidence {
-                authority: authority.name.clone(),
-                digest: digest.to_owned(),
-                verified: false,
-                reason: Some(format!("cannot read the signatures: {error}")),
-                proof: None,
-            }),
+            Err(error) => {
+                self.registry_errors.fetch_add(1, Ordering::Relaxed);
+                Arc::new(AuthorityEvidence {
+                    authority: authority.name.clone(),
+                    digest: digest.to_owned(),
+                    verified: false,
+                    reason: Some(format!("cannot read the signatures: {error}")),
+                    proof: None,
+                })
+            }
         }
     }
 

@@ -92,6 +92,8 @@ impl ControlPlane {
             .args(["--service-account-issuer", "https://kubernetes.default.svc"])
             .args(["--service-cluster-ip-range", "10.96.0.0/16"])
             .args(["--authorization-mode", "Node,RBAC"])
+            // No controller-manager creates the default ServiceAccount that this plugin insists on.
+            .args(["--disable-admission-plugins", "ServiceAccount"])
             .args(["-v", "1"]);
         let mut apiserver = Process::start("kube-apiserver", command, path);
 

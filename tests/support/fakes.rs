@@ -84,6 +84,43 @@ impl Drop for Server {
     }
 }
 
+/// `200 {}` to `GET /v2/`: the registry is up and speaks the distribution API.
+fn api_version_ok() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response()
+}
+
+/// What a fake that serves only manifests answers to any other path: `/v2/` is up, the rest is
+/// unknown. `None` for a manifest path, which the fake answers itself.
+fn outside_manifests(path: &str) -> Option<Response> {
+    if path == "/v2/" || path == "/v2" {
+        Some(api_version_ok())
+    } else if !path.contains("/manifests/") {
+        Some(registry_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "only manifests here",
+        ))
+    } else {
+        None
+    }
+}
+
+/// The headers of an OCI manifest answer that names `digest` as its `Docker-Content-Digest`.
+fn manifest_headers(digest: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCI_MANIFEST));
+    headers.insert(
+        "docker-content-digest",
+        HeaderValue::from_str(digest).expect("ascii digest"),
+    );
+    headers
+}
+
 /// A registry error document as the distribution spec writes it.
 fn registry_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({"errors": [{"code": code, "message": message}]}).to_string();
@@ -304,12 +341,7 @@ async fn registryx(State(state): State<Arc<ProxyState>>, request: Request) -> Re
     }
     if path == "/v2/" || path == "/v2" {
         return if state.has_token(request.headers()) {
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                "{}",
-            )
-                .into_response()
+            api_version_ok()
         } else {
             unauthorized()
         };
@@ -636,24 +668,10 @@ impl OversizedRegistry {
 }
 
 async fn oversized(State(state): State<Arc<OversizedState>>, request: Request) -> Response {
-    let path = request.uri().path();
-    if path == "/v2/" || path == "/v2" {
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            "{}",
-        )
-            .into_response();
+    if let Some(response) = outside_manifests(request.uri().path()) {
+        return response;
     }
-    if !path.contains("/manifests/") {
-        return registry_error(StatusCode::NOT_FOUND, "NOT_FOUND", "only manifests here");
-    }
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCI_MANIFEST));
-    headers.insert(
-        "docker-content-digest",
-        HeaderValue::from_static(OVERSIZED_DIGEST),
-    );
+    let mut headers = manifest_headers(OVERSIZED_DIGEST);
     let length = HeaderValue::from(state.size);
     let body = match *request.method() {
         Method::HEAD => {
@@ -740,24 +758,10 @@ impl LyingRegistry {
 }
 
 fn lying(manifest: &[u8], claimed: &str, request: &Request) -> Response {
-    let path = request.uri().path();
-    if path == "/v2/" || path == "/v2" {
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            "{}",
-        )
-            .into_response();
+    if let Some(response) = outside_manifests(request.uri().path()) {
+        return response;
     }
-    if !path.contains("/manifests/") {
-        return registry_error(StatusCode::NOT_FOUND, "NOT_FOUND", "only manifests here");
-    }
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCI_MANIFEST));
-    headers.insert(
-        "docker-content-digest",
-        HeaderValue::from_str(claimed).expect("ascii digest"),
-    );
+    let mut headers = manifest_headers(claimed);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(manifest.len()));
     let body = if request.method() == Method::HEAD {
         Body::empty()

@@ -10,6 +10,7 @@ pub mod fakes;
 pub mod keyless;
 pub mod process;
 pub mod registry;
+pub mod verdicts;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,77 @@
+{{- define "rxg.name" -}}{{ .Release.Name }}{{- end -}}
+{{- define "rxg.labels" -}}
+app.kubernetes.io/name: registryx-guard
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+{{- define "rxg.selector" -}}
+app.kubernetes.io/name: registryx-guard
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+{{- define "rxg.service" -}}{{ include "rxg.name" . }}-webhook{{- end -}}
+{{- define "rxg.tlsSecret" -}}{{ default (printf "%s-tls" (include "rxg.name" .)) .Values.tls.existingSecret }}{{- end -}}
+{{/* The generated CA and certificate, reused from the existing Secret so upgrades keep them. */}}
+{{- define "rxg.generatedTLS" -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (include "rxg.tlsSecret" .) -}}
+{{- if and $secret $secret.data (index $secret.data "ca.crt") -}}
+ca: {{ index $secret.data "ca.crt" }}
+crt: {{ index $secret.data "tls.crt" }}
+key: {{ index $secret.data "tls.key" }}
+{{- else -}}
+{{- $ca := genCA "registryx-guard-ca" 3650 -}}
+{{- $svc := include "rxg.service" . -}}
+{{- $cert := genSignedCert $svc (list "127.0.0.1") (list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) "localhost") 3650 $ca -}}
+ca: {{ $ca.Cert | b64enc }}
+crt: {{ $cert.Cert | b64enc }}
+key: {{ $cert.Key | b64enc }}
+{{- end -}}
+{{- end -}}
+{{/* Call with a dict: path, Values, Release, Chart, tls (the one generated CA of this render). */}}
+{{- define "rxg.clientConfig" -}}
+{{- $tls := .tls -}}
+clientConfig:
+  {{- if .Values.webhook.url }}
+  url: {{ printf "%s%s" (trimSuffix "/" .Values.webhook.url) .path }}
+  {{- else }}
+  service:
+    name: {{ include "rxg.service" . }}
+    namespace: {{ .Release.Namespace }}
+    path: {{ .path }}
+    port: 443
+  {{- end }}
+  {{- if .Values.certManager.enabled }}
+  {{- else if .Values.tls.caBundle }}
+  caBundle: {{ .Values.tls.caBundle | b64enc }}
+  {{- else if .Values.tls.generate }}
+  caBundle: {{ $tls.ca }}
+  {{- end }}
+{{- end -}}
+{{- define "rxg.namespaceSelector" -}}
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: {{ concat (list .Release.Namespace) .Values.webhook.excludedNamespaces | uniq | toJson }}
+    {{- with .Values.webhook.namespaceSelectorExpressions }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+{{- define "rxg.rules" -}}
+rules:
+  - apiGroups: [""]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]
+    scope: Namespaced
+  - apiGroups: ["apps"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["deployments", "replicasets", "statefulsets", "daemonsets"]
+    scope: Namespaced
+  - apiGroups: ["batch"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["jobs", "cronjobs"]
+    scope: Namespaced
+{{- end -}}

@@ -1,0 +1,102 @@
+//! Admission metrics in Prometheus' text format: decisions by outcome, policy and reason, the latency
+//! histogram, and the verifier's cache and registry counters, read at scrape time.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::verify::Verifier;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// allow | deny | warn
+    pub decision: String,
+    /// The policy that decided, or "none".
+    pub policy: String,
+    /// verified | unsigned | not_ready | invalid_reference | registry | rego | no_policy | malformed
+    pub reason: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdmissionMetrics {
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub duration: Histogram,
+}
+
+impl AdmissionMetrics {
+    /// Registers the metrics, and the verifier's counters, in `registry`.
+    pub fn register(registry: &mut Registry, verifier: Arc<Verifier>) -> AdmissionMetrics {
+        let metrics = AdmissionMetrics {
+            decisions: Family::default(),
+            // 100 µs to ~13 s: cached answers sit at the bottom, cold verifications at the top.
+            duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0001, 2.0, 18,
+            )),
+        };
+        registry.register(
+            "registryx_guard_admission_decisions",
+            "Admission decisions by outcome, policy and reason",
+            metrics.decisions.clone(),
+        );
+        registry.register(
+            "registryx_guard_admission_duration_seconds",
+            "Time to answer one AdmissionReview",
+            metrics.duration.clone(),
+        );
+        registry.register_collector(Box::new(VerifierCollector(verifier)));
+        metrics
+    }
+
+    pub fn count(&self, decision: &str, policy: &str, reason: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                decision: decision.into(),
+                policy: policy.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+}
+
+/// The verifier's own counters, read when scraped rather than mirrored on every request.
+#[derive(Debug)]
+struct VerifierCollector(Arc<Verifier>);
+
+impl Collector for VerifierCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (hits, misses) = self.0.cache_stats();
+        let counters = [
+            (
+                "registryx_guard_verification_cache_hits",
+                "Verification results served from the cache",
+                hits,
+            ),
+            (
+                "registryx_guard_verification_cache_misses",
+                "Verification results computed",
+                misses,
+            ),
+            (
+                "registryx_guard_registry_requests",
+                "Requests sent to registries",
+                self.0.registry_requests(),
+            ),
+            (
+                "registryx_guard_registry_errors",
+                "Signature reads that failed at the registry",
+                self.0.registry_errors(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,340 @@
+//! What the verification tests share: policies written as the YAML a user writes and compiled as the
+//! server compiles them, the engine run on one image, assertions on its verdict, and the legacy `.sig`
+//! manifests cosign stores (read, altered, written back).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use registryx_guard::policy::{CompiledPolicy, ImageSigningPolicy, compile};
+use registryx_guard::registry::ImageRef;
+use registryx_guard::verify::authority::NoSecrets;
+use registryx_guard::verify::{ImageVerdict, Proof, Verifier, VerifierSettings};
+use serde_json::Value;
+
+use super::cosign::{Cosign, Format};
+use super::registry::{OCI_MANIFEST, PushedImage, Registry};
+
+/// How long [`verify`] gives the engine: far more than a loopback registry needs.
+pub const BUDGET: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------------
+// Policies
+
+/// The trust of the policy's one authority.
+#[derive(Clone, Debug)]
+enum TrustYaml {
+    Key {
+        pem: String,
+    },
+    Keyless {
+        identity: String,
+        /// `trustRoot` fields in order: (field, text), each written as a block scalar.
+        trust_root: Vec<(String, String)>,
+    },
+}
+
+/// An `ImageSigningPolicy` with one authority over the images of one plain-HTTP registry, built up
+/// field by field and written as YAML. The defaults are those of most tests: policy `signed` with key
+/// authority `release`, or policy `keyless` with keyless authority `ci`; images `<host>/**`.
+#[derive(Clone, Debug)]
+pub struct PolicyYaml {
+    name: String,
+    images: String,
+    authority: String,
+    trust: TrustYaml,
+    transparency_log: Option<String>,
+    spec: Vec<String>,
+}
+
+impl PolicyYaml {
+    /// Policy `signed`: authority `release` trusts the public key `pem` for every image of `host`.
+    pub fn key(host: &str, pem: &str) -> PolicyYaml {
+        PolicyYaml {
+            name: "signed".into(),
+            images: format!("{host}/**"),
+            authority: "release".into(),
+            trust: TrustYaml::Key { pem: pem.into() },
+            transparency_log: None,
+            spec: Vec::new(),
+        }
+    }
+
+    /// Policy `keyless`: authority `ci` accepts `identity` (a YAML flow mapping such as
+    /// `{issuer: '…', subject: '…'}`) for every image of `host`; add its trust root with
+    /// [`PolicyYaml::trust_root`].
+    pub fn keyless(host: &str, identity: &str) -> PolicyYaml {
+        PolicyYaml {
+            name: "keyless".into(),
+            authority: "ci".into(),
+            trust: TrustYaml::Keyless {
+                identity: identity.into(),
+                trust_root: Vec::new(),
+            },
+            ..PolicyYaml::key(host, "")
+        }
+    }
+
+    pub fn named(mut self, name: &str) -> PolicyYaml {
+        self.name = name.into();
+        self
+    }
+
+    /// The `images` glob, instead of `<host>/**`.
+    pub fn images(mut self, glob: &str) -> PolicyYaml {
+        self.images = glob.into();
+        self
+    }
+
+    pub fn authority_named(mut self, name: &str) -> PolicyYaml {
+        self.authority = name.into();
+        self
+    }
+
+    /// Adds `field` (`fulcioCA`, `rekorKey`, `trustedRootJSON`…) to a keyless authority's trust root.
+    pub fn trust_root(mut self, field: &str, text: &str) -> PolicyYaml {
+        match &mut self.trust {
+            TrustYaml::Keyless { trust_root, .. } => trust_root.push((field.into(), text.into())),
+            TrustYaml::Key { .. } => panic!("a key authority has no trustRoot"),
+        }
+        self
+    }
+
+    /// The authority's `transparencyLog`, with the Rekor key's PEM when given.
+    pub fn transparency_log(mut self, required: bool, rekor_key: Option<&str>) -> PolicyYaml {
+        let mut yaml = format!("    transparencyLog:\n      required: {required}\n");
+        if let Some(pem) = rekor_key {
+            yaml.push_str(&format!("      rekorKey: {}\n", block(pem, 8)));
+        }
+        self.transparency_log = Some(yaml);
+        self
+    }
+
+    /// Adds a line to `spec`, such as `multiArch: everyPlatform`.
+    pub fn spec(mut self, line: &str) -> PolicyYaml {
+        self.spec.push(line.into());
+        self
+    }
+
+    pub fn yaml(&self) -> String {
+        let mut yaml = format!(
+            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: {}}}\nspec:\n  images: ['{}']\n  \
+             registry: {{insecure: true}}\n  authorities:\n  - name: {}\n",
+            self.name, self.images, self.authority
+        );
+        match &self.trust {
+            TrustYaml::Key { pem } => {
+                yaml.push_str(&format!("    key:\n      data: {}\n", block(pem, 8)));
+            }
+            TrustYaml::Keyless {
+                identity,
+                trust_root,
+            } => {
+                yaml.push_str(&format!(
+                    "    keyless:\n      identities: [{identity}]\n      trustRoot:\n"
+                ));
+                for (field, text) in trust_root {
+                    yaml.push_str(&format!("        {field}: {}\n", block(text, 10)));
+                }
+            }
+        }
+        yaml.push_str(self.transparency_log.as_deref().unwrap_or_default());
+        for line in &self.spec {
+            yaml.push_str(&format!("  {line}\n"));
+        }
+        yaml
+    }
+
+    pub fn compile(&self) -> Arc<CompiledPolicy> {
+        compile_policy(&self.yaml())
+    }
+}
+
+/// `text` as a YAML literal block scalar whose lines are indented by `spaces`.
+fn block(text: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    let lines: Vec<String> = text
+        .trim_end()
+        .lines()
+        .map(|line| format!("{pad}{line}"))
+        .collect();
+    format!("|\n{}", lines.join("\n"))
+}
+
+/// Parses and compiles a policy as the server does (no cluster, so no Secrets); panics with the YAML
+/// when it does not.
+pub fn compile_policy(yaml: &str) -> Arc<CompiledPolicy> {
+    registryx_guard::tls::install_crypto_provider();
+    let parsed: ImageSigningPolicy =
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    Arc::new(
+        compile(&parsed, &NoSecrets, "registryx-guard").unwrap_or_else(|e| panic!("{e}\n{yaml}")),
+    )
+}
+
+/// [`PolicyYaml::key`] with `cosign`'s public key, compiled.
+pub fn key_policy(host: &str, cosign: &Cosign) -> Arc<CompiledPolicy> {
+    PolicyYaml::key(host, &cosign.public_key_pem()).compile()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Running the engine
+
+/// A verifier with the default settings and no registry credentials.
+pub fn new_verifier() -> Verifier {
+    Verifier::new(VerifierSettings::default(), None)
+}
+
+/// Verifies `reference` with a fresh verifier within [`BUDGET`].
+pub async fn verify(reference: &str, policy: &Arc<CompiledPolicy>) -> ImageVerdict {
+    verify_within(reference, policy, BUDGET).await
+}
+
+/// Verifies `reference` with a fresh verifier within `budget`.
+pub async fn verify_within(
+    reference: &str,
+    policy: &Arc<CompiledPolicy>,
+    budget: Duration,
+) -> ImageVerdict {
+    verify_with(&new_verifier(), reference, policy, budget).await
+}
+
+/// Verifies `reference` with `verifier` (and its caches) within `budget`. As in admission, the policy
+/// is passed only if it governs the image, so an ungoverned image costs no registry call.
+pub async fn verify_with(
+    verifier: &Verifier,
+    reference: &str,
+    policy: &Arc<CompiledPolicy>,
+    budget: Duration,
+) -> ImageVerdict {
+    let image = ImageRef::parse(reference).unwrap_or_else(|e| panic!("{reference}: {e}"));
+    let governing: Vec<_> = [policy.clone()]
+        .into_iter()
+        .filter(|p| p.governs(&image))
+        .collect();
+    verifier
+        .verify(&image, &governing, Instant::now() + budget)
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Verdicts
+
+/// Admitted because some policy governs the image and every policy has a verified authority (not
+/// merely because nothing governs it).
+#[track_caller]
+pub fn assert_admitted(verdict: &ImageVerdict) {
+    assert!(verdict.admitted(), "refused: {verdict:#?}");
+    assert!(
+        !verdict.policies.is_empty(),
+        "no policy governs: {verdict:#?}"
+    );
+    assert!(
+        verdict
+            .policies
+            .iter()
+            .all(|p| p.authorities.iter().any(|e| e.verified)),
+        "{verdict:#?}"
+    );
+}
+
+/// Refused, with every one of `needles` somewhere in the policies' reasons.
+#[track_caller]
+pub fn assert_refused_because(verdict: &ImageVerdict, needles: &[&str]) {
+    assert!(!verdict.admitted(), "admitted: {verdict:#?}");
+    let reasons = reasons(verdict);
+    for needle in needles {
+        assert!(
+            reasons.contains(needle),
+            "expected {needle:?} among the reasons:\n{reasons}"
+        );
+    }
+}
+
+/// Every policy's reasons, one a line.
+pub fn reasons(verdict: &ImageVerdict) -> String {
+    verdict
+        .policies
+        .iter()
+        .flat_map(|p| p.reasons.iter())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The proof of the first policy's first authority.
+#[track_caller]
+pub fn first_proof(verdict: &ImageVerdict) -> &Proof {
+    verdict
+        .policies
+        .first()
+        .and_then(|p| p.authorities.first())
+        .and_then(|e| e.proof.as_ref())
+        .unwrap_or_else(|| panic!("no proof: {verdict:#?}"))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Legacy signatures as stored
+
+/// `team/app:v1` (its digest made by `seed`, see [`Registry::push_image`]) in a fresh distribution
+/// registry, signed in the legacy format by cosign with a fresh key pair.
+pub async fn legacy_signed_image(seed: &str) -> (Registry, Cosign, PushedImage) {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let image = registry.push_image("team/app", "v1", seed).await;
+    cosign.sign(&image.reference, Format::Legacy);
+    (registry, cosign, image)
+}
+
+/// The tag of the legacy signature manifest of `digest`: `sha256-<hex>.sig`.
+pub fn signature_tag(digest: &str) -> String {
+    format!("{}.sig", digest.replace(':', "-"))
+}
+
+/// The `.sig` manifest cosign pushed for `image`.
+pub async fn signature_manifest(registry: &Registry, image: &PushedImage) -> Value {
+    let tag = signature_tag(&image.digest);
+    let (status, _, _, body) = registry.get_manifest(&image.repository, &tag).await;
+    assert_eq!(status, 200, "no {tag} in {}", image.repository);
+    serde_json::from_slice(&body).expect("signature manifest JSON")
+}
+
+/// Puts `manifest` under `image`'s `.sig` tag, replacing what is there.
+pub async fn put_signature_manifest(registry: &Registry, image: &PushedImage, manifest: &Value) {
+    registry
+        .push_manifest(
+            &image.repository,
+            &signature_tag(&image.digest),
+            OCI_MANIFEST,
+            &serde_json::to_vec(manifest).unwrap(),
+        )
+        .await;
+}
+
+/// The bytes of a blob.
+pub async fn get_blob(registry: &Registry, repository: &str, digest: &str) -> Vec<u8> {
+    let url = registry.url(&format!("/v2/{repository}/blobs/{digest}"));
+    let response = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status(), 200, "GET {url}");
+    response.bytes().await.expect("blob body").to_vec()
+}
+
+/// `signature` (base64) with its last byte flipped: a signature of nothing, same length.
+pub fn altered_signature(signature: &str) -> String {
+    let mut bytes = base64_decode(signature);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    base64_encode(&bytes)
+}
+
+pub fn base64_encode(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap_or_else(|e| panic!("{text:?} is not base64: {e}"))
+}

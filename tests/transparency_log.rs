@@ -1,0 +1,402 @@
+//! The offline transparency-log checks, with the tests acting as Rekor: a log key of their own (ECDSA
+//! P-256, like Rekor's) signs entry timestamps (SETs) over hashedrekord entries of real cosign
+//! signatures, and each entry is attached the way cosign attaches one, as the `dev.sigstore.cosign/bundle`
+//! annotation of the `.sig` layer. A policy trusts the log through its public key; the log ID an entry
+//! names is the hex SHA-256 of that key's DER SubjectPublicKeyInfo.
+
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData as _, SigningKey as _};
+use registryx_guard::verify::ImageVerdict;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use support::cosign::{Cosign, Format};
+use support::keyless::TestCa;
+use support::registry::{PushedImage, Registry};
+use support::verdicts::{
+    PolicyYaml, altered_signature, assert_admitted, assert_refused_because, base64_encode,
+    first_proof, get_blob, legacy_signed_image, put_signature_manifest, signature_manifest, verify,
+};
+
+const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+const REKOR_BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
+/// The DER SubjectPublicKeyInfo of a P-256 key up to its 65-byte uncompressed point: SEQUENCE {
+/// SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING (66 bytes, no unused bits) }.
+const P256_SPKI_HEADER: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200";
+
+const ISSUER: &str = "https://issuer.ci.example";
+const SUBJECT: &str = "https://ci.example/team/app/.github/workflows/release.yaml@refs/heads/main";
+
+/// A test Rekor: nothing but the key that signs entry timestamps.
+struct TestRekor {
+    key: KeyPair,
+}
+
+impl TestRekor {
+    fn new() -> TestRekor {
+        TestRekor {
+            key: KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("generate a P-256 key"),
+        }
+    }
+
+    /// The DER SubjectPublicKeyInfo: the fixed P-256 header and the uncompressed point.
+    fn spki_der(&self) -> Vec<u8> {
+        let mut der = hex::decode(P256_SPKI_HEADER).unwrap();
+        der.extend_from_slice(self.key.public_key_raw());
+        assert_eq!(der, self.key.subject_public_key_info(), "not a P-256 SPKI");
+        der
+    }
+
+    /// What a policy puts in `rekorKey`.
+    fn public_key_pem(&self) -> String {
+        self.key.public_key_pem()
+    }
+
+    /// What entries of this log name as their `logID`.
+    fn log_id(&self) -> String {
+        hex::encode(Sha256::digest(self.spki_der()))
+    }
+
+    /// An entry of this log for `body`, integrated at `integrated_time`.
+    fn entry(&self, body: String, integrated_time: i64) -> Entry {
+        Entry {
+            body,
+            integrated_time,
+            log_id: self.log_id(),
+            log_index: 4242,
+        }
+    }
+
+    /// The signed entry timestamp of `entry`, base64: an ASN.1 DER ECDSA signature over its canonical
+    /// form.
+    fn sign(&self, entry: &Entry) -> String {
+        base64_encode(&self.key.sign(entry.canonical().as_bytes()).unwrap())
+    }
+
+    /// `entry` with a timestamp signed by this log: the `dev.sigstore.cosign/bundle` annotation.
+    fn bundle(&self, entry: &Entry) -> String {
+        entry.bundle(&self.sign(entry))
+    }
+}
+
+/// What a Rekor signed entry timestamp covers.
+#[derive(Clone, Debug)]
+struct Entry {
+    /// The base64 entry body.
+    body: String,
+    integrated_time: i64,
+    /// Hex SHA-256 of the log's key.
+    log_id: String,
+    log_index: i64,
+}
+
+impl Entry {
+    /// RFC 8785 canonical JSON: no white space, members sorted by UTF-16 code units (so `logID` comes
+    /// before `logIndex`). Written out by hand so that the test does not share the engine's
+    /// canonicalizer.
+    fn canonical(&self) -> String {
+        format!(
+            r#"{{"body":{},"integratedTime":{},"logID":{},"logIndex":{}}}"#,
+            json!(self.body),
+            self.integrated_time,
+            json!(self.log_id),
+            self.log_index
+        )
+    }
+
+    /// The annotation cosign writes: `{"SignedEntryTimestamp": …, "Payload": {…}}`, the payload's
+    /// members in cosign's (not canonical) order.
+    fn bundle(&self, set: &str) -> String {
+        format!(
+            r#"{{"SignedEntryTimestamp":{},"Payload":{{"body":{},"integratedTime":{},"logIndex":{},"logID":{}}}}}"#,
+            json!(set),
+            json!(self.body),
+            self.integrated_time,
+            self.log_index,
+            json!(self.log_id)
+        )
+    }
+}
+
+/// A hashedrekord v0.0.1 entry body, base64: `signature` (base64) of the payload whose SHA-256 is
+/// `payload_sha256` (hex), made with the key or certificate `public_key_pem`.
+fn hashedrekord(payload_sha256: &str, signature: &str, public_key_pem: &str) -> String {
+    let body = json!({
+        "apiVersion": "0.0.1",
+        "kind": "hashedrekord",
+        "spec": {
+            "data": {"hash": {"algorithm": "sha256", "value": payload_sha256}},
+            "signature": {
+                "content": signature,
+                "publicKey": {"content": base64_encode(public_key_pem.as_bytes())},
+            },
+        },
+    });
+    base64_encode(body.to_string().as_bytes())
+}
+
+fn now() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    i64::try_from(since_epoch.as_secs()).unwrap()
+}
+
+/// A legacy signature as cosign stored it, and what a log entry records of it.
+struct StoredSignature {
+    /// The `.sig` manifest.
+    manifest: Value,
+    /// Hex SHA-256 of the signed simple-signing payload.
+    payload_sha256: String,
+    /// The base64 signature annotation.
+    signature: String,
+}
+
+impl StoredSignature {
+    async fn read(registry: &Registry, image: &PushedImage) -> StoredSignature {
+        let manifest = signature_manifest(registry, image).await;
+        let layer = &manifest["layers"][0];
+        let payload = get_blob(
+            registry,
+            &image.repository,
+            layer["digest"].as_str().expect("layer digest"),
+        )
+        .await;
+        let signature = layer["annotations"][SIGNATURE_ANNOTATION]
+            .as_str()
+            .unwrap_or_else(|| panic!("no signature annotation: {manifest}"))
+            .to_owned();
+        StoredSignature {
+            payload_sha256: hex::encode(Sha256::digest(&payload)),
+            manifest,
+            signature,
+        }
+    }
+
+    /// The honest entry body of this signature made with `public_key_pem`.
+    fn body(&self, public_key_pem: &str) -> String {
+        hashedrekord(&self.payload_sha256, &self.signature, public_key_pem)
+    }
+
+    /// Puts the signature back under `image`'s `.sig` tag with `bundle` as its Rekor bundle annotation.
+    async fn attach(&self, registry: &Registry, image: &PushedImage, bundle: &str) {
+        let mut manifest = self.manifest.clone();
+        manifest["layers"][0]["annotations"][REKOR_BUNDLE_ANNOTATION] = bundle.into();
+        put_signature_manifest(registry, image, &manifest).await;
+    }
+}
+
+/// A key-signed legacy signature, read back, and the log that the policy trusts.
+struct Logged {
+    registry: Registry,
+    cosign: Cosign,
+    image: PushedImage,
+    stored: StoredSignature,
+    rekor: TestRekor,
+}
+
+impl Logged {
+    async fn new(seed: &str) -> Logged {
+        let (registry, cosign, image) = legacy_signed_image(seed).await;
+        let stored = StoredSignature::read(&registry, &image).await;
+        Logged {
+            registry,
+            cosign,
+            image,
+            stored,
+            rekor: TestRekor::new(),
+        }
+    }
+
+    /// The honest entry of the signature, integrated at `integrated_time`.
+    fn entry(&self, integrated_time: i64) -> Entry {
+        let body = self.stored.body(&self.cosign.public_key_pem());
+        self.rekor.entry(body, integrated_time)
+    }
+
+    async fn attach(&self, bundle: &str) {
+        self.stored
+            .attach(&self.registry, &self.image, bundle)
+            .await;
+    }
+
+    /// Has the trusted log sign, now, an entry that logs `signature` (base64) of the payload whose
+    /// SHA-256 is `payload_sha256`, and attaches it.
+    async fn attach_logged(&self, payload_sha256: &str, signature: &str) {
+        let body = hashedrekord(payload_sha256, signature, &self.cosign.public_key_pem());
+        self.attach(&self.rekor.bundle(&self.rekor.entry(body, now())))
+            .await;
+    }
+
+    /// The image's verdict under a key policy that requires an entry of the trusted log.
+    async fn verdict(&self) -> ImageVerdict {
+        let policy = PolicyYaml::key(&self.registry.host, &self.cosign.public_key_pem())
+            .transparency_log(true, Some(&self.rekor.public_key_pem()))
+            .compile();
+        verify(&self.image.reference, &policy).await
+    }
+}
+
+#[tokio::test]
+async fn admits_a_signature_logged_by_the_trusted_log_and_reports_the_integrated_time() {
+    let logged = Logged::new("logged").await;
+    let integrated_time = now() - 60;
+    logged
+        .attach(&logged.rekor.bundle(&logged.entry(integrated_time)))
+        .await;
+
+    let verdict = logged.verdict().await;
+    assert_admitted(&verdict);
+    let proof = first_proof(&verdict);
+    assert_eq!(proof.rekor_integrated_time, Some(integrated_time));
+    assert_eq!(proof.format, "legacy");
+}
+
+#[tokio::test]
+async fn refuses_a_signature_without_a_log_entry_when_one_is_required() {
+    // The plain cosign signature: no bundle annotation.
+    let logged = Logged::new("unlogged").await;
+    assert_refused_because(
+        &logged.verdict().await,
+        &["no transparency-log entry accompanies the signature, and this authority requires one"],
+    );
+}
+
+#[tokio::test]
+async fn refuses_an_entry_timestamp_signed_by_another_key() {
+    let logged = Logged::new("rogue-log").await;
+    let rogue = TestRekor::new();
+
+    // Signed by another key while naming the trusted log.
+    let entry = logged.entry(now());
+    logged.attach(&entry.bundle(&rogue.sign(&entry))).await;
+    assert_refused_because(
+        &logged.verdict().await,
+        &["the transparency-log entry's signed timestamp does not verify with the Rekor key"],
+    );
+
+    // An entry that the other log really signed, under its own log ID.
+    let entry = Entry {
+        log_id: rogue.log_id(),
+        ..logged.entry(now())
+    };
+    logged.attach(&rogue.bundle(&entry)).await;
+    assert_refused_because(
+        &logged.verdict().await,
+        &[&format!(
+            "the transparency-log entry comes from log {}, which this authority does not trust",
+            rogue.log_id()
+        )],
+    );
+}
+
+#[tokio::test]
+async fn refuses_an_entry_whose_fields_changed_after_signing() {
+    let logged = Logged::new("changed-entry").await;
+    let entry = logged.entry(now() - 3600);
+    let set = logged.rekor.sign(&entry);
+    logged.attach(&entry.bundle(&set)).await;
+    assert_admitted(&logged.verdict().await);
+
+    // The entry timestamp covers the time (which dates a certificate) and the index.
+    for changed in [
+        Entry {
+            integrated_time: entry.integrated_time + 1,
+            ..entry.clone()
+        },
+        Entry {
+            log_index: entry.log_index + 1,
+            ..entry.clone()
+        },
+    ] {
+        logged.attach(&changed.bundle(&set)).await;
+        assert_refused_because(
+            &logged.verdict().await,
+            &["signed timestamp does not verify with the Rekor key"],
+        );
+    }
+}
+
+#[tokio::test]
+async fn refuses_an_entry_that_logs_another_payload() {
+    let logged = Logged::new("other-payload").await;
+    let other_payload = hex::encode(Sha256::digest(b"another simple-signing payload"));
+    logged
+        .attach_logged(&other_payload, &logged.stored.signature)
+        .await;
+    assert_refused_because(
+        &logged.verdict().await,
+        &["the transparency-log entry is for another payload"],
+    );
+}
+
+#[tokio::test]
+async fn refuses_an_entry_that_logs_another_signature() {
+    let logged = Logged::new("other-signature").await;
+    let other_signature = altered_signature(&logged.stored.signature);
+    logged
+        .attach_logged(&logged.stored.payload_sha256, &other_signature)
+        .await;
+    assert_refused_because(
+        &logged.verdict().await,
+        &["the transparency-log entry is for another signature"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Keyless: the certificate must have been valid when the log integrated the signature.
+
+/// A legacy signature by a leaf of `ca`, with its entry in `rekor`'s log integrated at
+/// `integrated_time`, checked by a keyless policy that trusts both (and so requires an entry).
+async fn keyless_verdict(seed: &str, integrated_time: i64) -> ImageVerdict {
+    let registry = Registry::distribution();
+    let ca = TestCa::new("ci-ca");
+    let leaf = ca.issue(ISSUER, SUBJECT);
+    let image = registry.push_image("team/app", "v1", seed).await;
+    leaf.sign(&image.reference, Format::Legacy);
+    let stored = StoredSignature::read(&registry, &image).await;
+    let rekor = TestRekor::new();
+    let entry = rekor.entry(stored.body(leaf.cert_pem()), integrated_time);
+    stored
+        .attach(&registry, &image, &rekor.bundle(&entry))
+        .await;
+
+    let policy = PolicyYaml::keyless(
+        &registry.host,
+        &format!("{{issuer: '{ISSUER}', subject: '{SUBJECT}'}}"),
+    )
+    .trust_root("fulcioCA", &ca.chain_pem())
+    .trust_root("rekorKey", &rekor.public_key_pem())
+    .compile();
+    verify(&image.reference, &policy).await
+}
+
+#[tokio::test]
+async fn admits_a_keyless_signature_logged_while_its_certificate_was_valid() {
+    // The test CA's certificates are valid from an hour ago to a day ahead.
+    let integrated_time = now() - 600;
+    let verdict = keyless_verdict("keyless-logged", integrated_time).await;
+    assert_admitted(&verdict);
+    let proof = first_proof(&verdict);
+    assert_eq!(proof.rekor_integrated_time, Some(integrated_time));
+    assert_eq!(
+        (proof.issuer.as_deref(), proof.subject.as_deref()),
+        (Some(ISSUER), Some(SUBJECT))
+    );
+}
+
+#[tokio::test]
+async fn refuses_a_keyless_signature_logged_outside_its_certificate_validity() {
+    for (seed, integrated_time, error) in [
+        ("logged-before-issue", now() - 2 * 86_400, "CertNotValidYet"),
+        ("logged-after-expiry", now() + 2 * 86_400, "CertExpired"),
+    ] {
+        assert_refused_because(
+            &keyless_verdict(seed, integrated_time).await,
+            &[
+                "the signing certificate does not chain to this authority's trust root",
+                error,
+            ],
+        );
+    }
+}
