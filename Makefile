@@ -5,8 +5,10 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export RXG_TOOLS_DIR ?= $(CURDIR)/.tools
 CRD := crds/imagesigningpolicies.registryx.io.yaml
+CHART := charts/registryx-guard
+HELM := $(RXG_TOOLS_DIR)/bin/helm
 
-.PHONY: all tools fmt fmt-check lint crds crds-check build unit test demo clean
+.PHONY: all tools fmt fmt-check lint crds crds-check chart test demo bench clean
 
 all: test
 
@@ -25,19 +27,27 @@ fmt-check:
 lint:
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
-## crds: regenerate crds/ from the Rust types
+## crds: regenerate crds/ (and the chart's copy) from the Rust types
 crds:
 	@mkdir -p crds
 	$(CARGO) run --quiet --locked -- crdgen --output $(CRD)
+	cp $(CRD) $(CHART)/crds/
 
 ## crds-check: fail when crds/ differs from what the Rust types generate
 crds-check:
 	@tmp=$$(mktemp); trap 'rm -f $$tmp' EXIT; \
 	$(CARGO) run --quiet --locked -- crdgen --output $$tmp; \
-	if ! diff -u $(CRD) $$tmp; then echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; fi
+	if ! diff -u $(CRD) $$tmp; then echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; fi; \
+	if ! diff -u $(CRD) $(CHART)/crds/$(notdir $(CRD)); then echo "the chart's CRD is stale: run 'make crds'" >&2; exit 1; fi
+
+## chart: helm lint, and helm template with the defaults and with an external webhook URL
+chart: tools
+	$(HELM) lint $(CHART)
+	$(HELM) template rxg $(CHART) --namespace registryx-guard > /dev/null
+	$(HELM) template rxg $(CHART) --namespace registryx-guard --set webhook.url=https://127.0.0.1:8443 > /dev/null
 
 ## test: everything CI checks, against the real toolchain
-test: tools fmt-check lint crds-check
+test: tools fmt-check lint crds-check chart
 	$(CARGO) test --all-targets --locked --no-fail-fast
 
 ## demo: a local control plane and registry (see README)

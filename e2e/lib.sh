@@ -86,12 +86,28 @@ start_control_plane() {
 }
 
 # push_image REPOSITORY TAG SEED: builds a one-layer image whose digest depends on SEED and pushes it with
-# crane; prints the reference by digest.
+# crane; prints the reference by tag.
 push_image() {
 	local repository=$1 tag=$2 seed=$3 dir=$RXG_WORK/image-$RANDOM
 	mkdir -p "$dir/root"
 	echo "$seed" >"$dir/root/seed"
 	tar -C "$dir/root" -cf "$dir/layer.tar" seed
 	crane append --insecure --new_layer "$dir/layer.tar" --new_tag "$REGISTRY/$repository:$tag" >/dev/null 2>&1
-	echo "$REGISTRY/$repository@$(crane digest --insecure "$REGISTRY/$repository:$tag" 2>/dev/null)"
+	crane digest --insecure "$REGISTRY/$repository:$tag" >/dev/null 2>&1
+	echo "$REGISTRY/$repository:$tag"
+}
+
+# start_webhook PORT: registryx-guard serve outside the cluster, with the TLS pair the chart generated,
+# answering the webhook configurations that point at https://127.0.0.1:PORT.
+start_webhook() {
+	local port=$1 probes
+	probes=$(free_port)
+	mkdir -p "$RXG_WORK/webhook"
+	kubectl get secret rxg-tls -n registryx-guard -o 'jsonpath={.data.tls\.crt}' | base64 -d >"$RXG_WORK/webhook/tls.crt"
+	kubectl get secret rxg-tls -n registryx-guard -o 'jsonpath={.data.tls\.key}' | base64 -d >"$RXG_WORK/webhook/tls.key"
+	"$RXG_ROOT/target/debug/registryx-guard" serve --namespace registryx-guard \
+		--listen "127.0.0.1:$port" --probes-listen "127.0.0.1:$probes" \
+		--tls-cert "$RXG_WORK/webhook/tls.crt" --tls-key "$RXG_WORK/webhook/tls.key" >"$RXG_WORK/webhook.log" 2>&1 &
+	RXG_PIDS+=($!)
+	wait_for "registryx-guard to be ready" 30 curl -fsS "http://127.0.0.1:$probes/readyz"
 }
