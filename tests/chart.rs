@@ -11,7 +11,9 @@ use support::cosign::assert_success;
 
 fn render(values: &[&str]) -> String {
     let mut command = Command::new(support::tool("helm"));
-    command.args(["template", "rxg"]).arg(support::repo_root().join("charts/registryx-guard"));
+    command
+        .args(["template", "rxg"])
+        .arg(support::repo_root().join("charts/registryx-guard"));
     command.args(["--namespace", "registryx-guard", "--include-crds"]);
     for value in values {
         command.args(["--set", value]);
@@ -24,11 +26,32 @@ fn render(values: &[&str]) -> String {
 #[test]
 fn rendered_manifests_pass_a_server_side_dry_run() {
     let cluster = ControlPlane::start();
-    assert_success("namespace", &cluster.kubectl(&["create", "namespace", "registryx-guard"]));
-    for values in [&[][..], &["webhook.url=https://127.0.0.1:8443", "webhook.mutating=false", "config.defaultDeny=true"][..]] {
+    assert_success(
+        "namespace",
+        &cluster.kubectl(&["create", "namespace", "registryx-guard"]),
+    );
+    for values in [
+        &[][..],
+        &[
+            "webhook.url=https://127.0.0.1:8443",
+            "webhook.mutating=false",
+            "config.defaultDeny=true",
+        ][..],
+    ] {
         let manifests = render(values);
-        for kind in ["CustomResourceDefinition", "ClusterRole", "Role", "Deployment", "ValidatingWebhookConfiguration", "PodDisruptionBudget", "Secret"] {
-            assert!(manifests.contains(&format!("kind: {kind}\n")), "no {kind} rendered with {values:?}");
+        for kind in [
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "Role",
+            "Deployment",
+            "ValidatingWebhookConfiguration",
+            "PodDisruptionBudget",
+            "Secret",
+        ] {
+            assert!(
+                manifests.contains(&format!("kind: {kind}\n")),
+                "no {kind} rendered with {values:?}"
+            );
         }
         let mut child = Command::new(support::tool("kubectl"))
             .arg("--kubeconfig")
@@ -39,7 +62,12 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(manifests.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifests.as_bytes())
+            .unwrap();
         let output = child.wait_with_output().unwrap();
         assert_success(&format!("server-side dry run with {values:?}"), &output);
     }
@@ -48,14 +76,26 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
 #[test]
 fn the_webhook_can_never_lock_the_cluster_out() {
     let manifests = render(&[]);
-    let webhooks = manifests.split("---").filter(|doc| doc.contains("WebhookConfiguration")).collect::<Vec<_>>();
+    let webhooks = manifests
+        .split("---")
+        .filter(|doc| doc.contains("WebhookConfiguration"))
+        .collect::<Vec<_>>();
     assert_eq!(webhooks.len(), 2, "validating and mutating");
     for webhook in webhooks {
-        assert!(webhook.contains(r#"values: ["registryx-guard","kube-system"]"#), "{webhook}");
+        assert!(
+            webhook.contains(r#"values: ["registryx-guard","kube-system"]"#),
+            "{webhook}"
+        );
         assert!(webhook.contains("sideEffects: None"));
     }
-    assert!(manifests.contains("failurePolicy: Fail"), "validation must fail closed by default");
+    assert!(
+        manifests.contains("failurePolicy: Fail"),
+        "validation must fail closed by default"
+    );
     // Least privilege: Secrets are readable only through the namespaced Role.
-    let cluster_role = manifests.split("---").find(|d| d.contains("kind: ClusterRole\n")).unwrap();
+    let cluster_role = manifests
+        .split("---")
+        .find(|d| d.contains("kind: ClusterRole\n"))
+        .unwrap();
     assert!(!cluster_role.contains("secrets"), "{cluster_role}");
 }

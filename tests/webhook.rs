@@ -382,3 +382,95 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .decode(text)
         .unwrap()
 }
+
+#[tokio::test]
+async fn rego_rules_see_the_request_and_refuse_with_their_messages() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let signed = registry
+        .push_image("team/app", "signed", "rego-signed")
+        .await;
+    let unsigned = registry
+        .push_image("team/app", "unsigned", "rego-unsigned")
+        .await;
+    cosign.sign(&signed.reference, Format::Legacy);
+    // The RegistryX guide's module, unchanged (Rego v0), next to a v1 module over the request.
+    let rego = r#"  signatureRequired: false
+  rego:
+    modules:
+      - name: guide.rego
+        source: |
+          package registry
+
+          deny[msg] {
+              input.operation == "pull"
+              not input.signed
+              msg := "Only signed images are allowed"
+          }
+      - name: people.rego
+        source: |
+          package registryx.policy
+          import rego.v1
+
+          violations contains msg if {
+              input.request.userInfo.username == "bob"
+              msg := sprintf("user %s may not deploy to %s", [input.user, input.namespace])
+          }
+"#;
+    let router = router_for(
+        &[policy_yaml(
+            "rego",
+            &registry.host,
+            &cosign.public_key_pem(),
+            rego,
+        )],
+        AdmissionSettings::default(),
+    );
+
+    let (_, answer) = post(
+        &router,
+        "/validate",
+        review(
+            "pod-create.json",
+            &[
+                ("INIT_IMAGE", &signed.reference),
+                ("APP_IMAGE", &signed.reference),
+                ("SIDECAR_IMAGE", &unsigned.reference),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        message(&answer).contains("rego: Only signed images are allowed"),
+        "{answer:#}"
+    );
+
+    let (_, answer) = post(
+        &router,
+        "/validate",
+        review_with_image_user(&signed.reference),
+    )
+    .await;
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        message(&answer).contains("rego: user bob may not deploy to payments"),
+        "{answer:#}"
+    );
+
+    let all_signed = review(
+        "pod-create.json",
+        &[
+            ("INIT_IMAGE", &signed.reference),
+            ("APP_IMAGE", &signed.reference),
+            ("SIDECAR_IMAGE", &signed.reference),
+        ],
+    );
+    let (_, answer) = post(&router, "/validate", all_signed).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer:#}");
+}
+
+/// The CronJob fixture is created by bob.
+fn review_with_image_user(image: &str) -> String {
+    review_with_image(image)
+}

@@ -25,7 +25,8 @@ pub use metrics::AdmissionMetrics;
 
 use crate::policy::{Mode, SharedSnapshot};
 use crate::registry::ImageRef;
-use crate::verify::{ImageVerdict, Verifier};
+use crate::rego::{RegoPod, RegoRequest, RegoUserInfo};
+use crate::verify::{ImageVerdict, RequestContext, Verifier};
 
 /// How the webhook decides what no policy speaks about, and how much it does at once.
 #[derive(Clone, Debug)]
@@ -126,10 +127,11 @@ impl Admission {
             }
         };
         let labels = self.namespace_labels(request.namespace.as_deref());
+        let context = request_context(request, kind, &object, labels.as_ref());
         let decisions = join_all(
             images
                 .iter()
-                .map(|image| self.decide_image(image, labels.as_ref(), deadline)),
+                .map(|image| self.decide_image(image, labels.as_ref(), &context, deadline)),
         )
         .await;
 
@@ -167,6 +169,7 @@ impl Admission {
         &self,
         container: &ContainerImage,
         labels: Option<&BTreeMap<String, String>>,
+        context: &RequestContext,
         deadline: Instant,
     ) -> ImageDecision {
         let mut decision = ImageDecision {
@@ -216,7 +219,7 @@ impl Admission {
             match tokio::time::timeout(remaining, self.permits.acquire()).await {
                 Ok(Ok(_permit)) => {
                     self.verifier
-                        .verify(&image, &governing.policies, deadline)
+                        .verify_in(&image, &governing.policies, context, deadline)
                         .await
                 }
                 _ => {
@@ -384,6 +387,52 @@ impl Admission {
         if let Some(metrics) = &self.metrics {
             metrics.count(decision, policy, reason);
         }
+    }
+}
+
+/// The workload as Rego sees it: the request, the namespace and the pod's metadata.
+fn request_context(
+    request: &AdmissionRequest<DynamicObject>,
+    kind: &str,
+    object: &serde_json::Value,
+    labels: Option<&BTreeMap<String, String>>,
+) -> RequestContext {
+    let spec = pod_spec_pointer(kind).unwrap_or("/spec");
+    let metadata = if kind == "Pod" {
+        "/metadata".to_owned()
+    } else {
+        format!("{}/metadata", spec.trim_end_matches("/spec"))
+    };
+    let map = |pointer: String| -> BTreeMap<String, String> {
+        object
+            .pointer(&pointer)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let user = &request.user_info;
+    RequestContext {
+        namespace: request.namespace.clone(),
+        namespace_labels: labels.cloned().unwrap_or_default(),
+        request: Some(RegoRequest {
+            kind: kind.to_owned(),
+            operation: format!("{:?}", request.operation).to_uppercase(),
+            name: Some(request.name.clone()).filter(|n| !n.is_empty()),
+            namespace: request.namespace.clone(),
+            user_info: RegoUserInfo {
+                username: user.username.clone().unwrap_or_default(),
+                uid: user.uid.clone(),
+                groups: user.groups.clone().unwrap_or_default(),
+                extra: user.extra.clone().unwrap_or_default().into_iter().collect(),
+            },
+        }),
+        pod: Some(RegoPod {
+            labels: map(format!("{metadata}/labels")),
+            annotations: map(format!("{metadata}/annotations")),
+            service_account_name: object
+                .pointer(&format!("{spec}/serviceAccountName"))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+        }),
     }
 }
 

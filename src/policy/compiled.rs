@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::{ImageSigningPolicy, Mode, MultiArch, RegoRules};
 use crate::registry::{DockerConfig, ImageRef, RegistryConfig};
+use crate::rego::RegoPolicy;
 use crate::verify::authority::{self, CompiledAuthority, SecretSource};
 
 /// Why a policy cannot be used; the message names the field and what is wrong with it.
@@ -23,6 +24,8 @@ pub enum PolicyError {
     NoAuthority,
     #[error("spec.registry: {0}")]
     Registry(String),
+    #[error("spec.rego: {0}")]
+    Rego(String),
 }
 
 #[derive(Clone, Debug)]
@@ -38,7 +41,8 @@ pub struct CompiledPolicy {
     pub registry: RegistryAccess,
     pub multi_arch: MultiArch,
     pub mutate_digest: bool,
-    pub rego: Option<RegoRules>,
+    /// Prepared once; cloned per evaluation.
+    pub rego: Option<Arc<RegoPolicy>>,
 }
 
 impl CompiledPolicy {
@@ -134,6 +138,11 @@ pub fn compile(
         insecure: access.insecure,
         ca_bundle: access.ca_bundle.clone(),
         credentials,
+        registryx_api: access.registryx_api.clone(),
+    };
+    let rego = match &spec.rego {
+        Some(rules) => compile_rego(rules, secrets, default_namespace)?,
+        None => None,
     };
     if let Some(bundle) = &registry.ca_bundle
         && !bundle.contains("-----BEGIN CERTIFICATE-----")
@@ -154,8 +163,34 @@ pub fn compile(
         registry,
         multi_arch: spec.multi_arch,
         mutate_digest: spec.mutate_digest,
-        rego: spec.rego.clone(),
+        rego,
     })
+}
+
+/// Inline modules and those of the referenced ConfigMap (every key a module), prepared once.
+fn compile_rego(
+    rules: &RegoRules,
+    sources: &dyn SecretSource,
+    default_namespace: &str,
+) -> Result<Option<Arc<RegoPolicy>>, PolicyError> {
+    let mut modules: Vec<(String, String)> = rules
+        .modules
+        .iter()
+        .map(|m| (m.name.clone(), m.source.clone()))
+        .collect();
+    if let Some(reference) = &rules.config_map_ref {
+        let namespace = reference.namespace.as_deref().unwrap_or(default_namespace);
+        let data = sources
+            .config_map(namespace, &reference.name)
+            .map_err(|e| PolicyError::Rego(format!("configMapRef: {e}")))?;
+        modules.extend(data);
+    }
+    if modules.is_empty() {
+        return Ok(None);
+    }
+    RegoPolicy::compile(&modules)
+        .map(|policy| Some(Arc::new(policy)))
+        .map_err(|e| PolicyError::Rego(e.to_string()))
 }
 
 /// How a policy reaches its registry.
@@ -165,6 +200,8 @@ pub struct RegistryAccess {
     pub ca_bundle: Option<String>,
     /// Pull credentials from the policy's `credentialsSecretRef`, by registry.
     pub credentials: Option<DockerConfig>,
+    /// RegistryX's REST API, for `input.vulnerabilities`.
+    pub registryx_api: Option<String>,
 }
 
 impl RegistryAccess {

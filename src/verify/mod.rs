@@ -28,7 +28,20 @@ use crate::registry::{
     DOCKER_MANIFEST_LIST, DockerConfig, ImageRef, OCI_INDEX, RegistryClient, RegistryConfig,
     RegistryError,
 };
+use crate::rego::{
+    RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, fetch_vulnerabilities,
+};
 use authority::{CompiledAuthority, Trust};
+
+/// What the admission request says about the workload, for the Rego input document. Empty for the
+/// command line (operation `pull`, no namespace).
+#[derive(Clone, Debug, Default)]
+pub struct RequestContext {
+    pub namespace: Option<String>,
+    pub namespace_labels: std::collections::BTreeMap<String, String>,
+    pub request: Option<RegoRequest>,
+    pub pod: Option<RegoPod>,
+}
 
 /// What one authority concluded about one digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -117,6 +130,8 @@ pub struct Verifier {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     registry_errors: AtomicU64,
+    /// For RegistryX's REST API (vulnerability summaries).
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -170,6 +185,7 @@ impl Verifier {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
+            http: reqwest::Client::new(),
         }
     }
 
@@ -223,6 +239,18 @@ impl Verifier {
         policies: &[Arc<CompiledPolicy>],
         deadline: Instant,
     ) -> ImageVerdict {
+        self.verify_in(image, policies, &RequestContext::default(), deadline)
+            .await
+    }
+
+    /// As [`Verifier::verify`], for a request whose context (namespace, user, pod) feeds Rego.
+    pub async fn verify_in(
+        &self,
+        image: &ImageRef,
+        policies: &[Arc<CompiledPolicy>],
+        context: &RequestContext,
+        deadline: Instant,
+    ) -> ImageVerdict {
         let mut verdict = ImageVerdict {
             image: image.to_string(),
             digest: image.digest.clone(),
@@ -248,7 +276,7 @@ impl Verifier {
         verdict.policies = join_all(
             policies
                 .iter()
-                .map(|policy| self.verify_policy(image, &resolved, policy, deadline)),
+                .map(|policy| self.verify_policy(image, &resolved, policy, context, deadline)),
         )
         .await;
         verdict
@@ -259,6 +287,7 @@ impl Verifier {
         image: &ImageRef,
         resolved: &crate::registry::Resolved,
         policy: &CompiledPolicy,
+        context: &RequestContext,
         deadline: Instant,
     ) -> PolicyVerdict {
         let client = match self.client(image, policy) {
@@ -320,18 +349,101 @@ impl Verifier {
                 .authorities
                 .extend(evidence.iter().map(|e| (**e).clone()));
         }
-        if policy
-            .rego
-            .as_ref()
-            .is_some_and(|r| !r.modules.is_empty() || r.config_map_ref.is_some())
-        {
-            // Fail closed: rules that cannot be evaluated must not be skipped.
-            verdict.passed = false;
-            verdict
-                .reasons
-                .push("the policy has Rego rules, which this command does not evaluate yet".into());
+        if let Some(rego) = &policy.rego {
+            let denials = self
+                .evaluate_rego(
+                    rego,
+                    policy,
+                    image,
+                    &resolved.digest,
+                    &verdict,
+                    context,
+                    deadline,
+                )
+                .await;
+            if !denials.is_empty() {
+                verdict.passed = false;
+                verdict.reasons.extend(denials);
+            }
         }
         verdict
+    }
+
+    /// Runs the policy's Rego rules on the input document; the messages that refuse, if any. An
+    /// evaluation error or a runaway policy refuses too: rules that cannot be evaluated are not skipped.
+    #[allow(clippy::too_many_arguments)]
+    async fn evaluate_rego(
+        &self,
+        rego: &Arc<RegoPolicy>,
+        policy: &CompiledPolicy,
+        image: &ImageRef,
+        digest: &str,
+        verdict: &PolicyVerdict,
+        context: &RequestContext,
+        deadline: Instant,
+    ) -> Vec<String> {
+        let mut refusals = Vec::new();
+        let vulnerabilities = match &policy.registry.registryx_api {
+            Some(api) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match fetch_vulnerabilities(&self.http, api, &image.repository, digest, left).await
+                {
+                    Ok(found) => found,
+                    Err(error) => {
+                        refusals.push(format!(
+                            "rego: cannot read the vulnerability summary: {error}"
+                        ));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let signatures = verdict
+            .authorities
+            .iter()
+            .filter(|e| e.digest == digest)
+            .map(|e| RegoSignature {
+                authority: e.authority.clone(),
+                verified: e.verified,
+                key_id: e.proof.as_ref().and_then(|p| p.key_id.clone()),
+                issuer: e.proof.as_ref().and_then(|p| p.issuer.clone()),
+                subject: e.proof.as_ref().and_then(|p| p.subject.clone()),
+                rekor_integrated_time: e.proof.as_ref().and_then(|p| p.rekor_integrated_time),
+            })
+            .collect();
+        let input = RegoInput {
+            image: image.to_string(),
+            registry: image.registry.clone(),
+            repository: image.repository.clone(),
+            tag: image.tag.clone(),
+            digest: Some(digest.to_owned()),
+            signatures,
+            vulnerabilities,
+            environment: context
+                .namespace
+                .as_deref()
+                .map(|ns| RegoInput::environment_of(ns, &context.namespace_labels)),
+            namespace: context.namespace.clone(),
+            user: context
+                .request
+                .as_ref()
+                .map(|r| r.user_info.username.clone()),
+            request: context.request.clone(),
+            pod: context.pod.clone(),
+            ..RegoInput::default()
+        }
+        .to_value();
+        // Evaluation is CPU work bounded by the policy's own time limit: off the async threads.
+        let rego = rego.clone();
+        match tokio::task::spawn_blocking(move || rego.evaluate(&input)).await {
+            Ok(Ok(decision)) => {
+                refusals.extend(decision.denials.into_iter().map(|d| format!("rego: {d}")))
+            }
+            Ok(Err(error)) => refusals.push(format!("rego: evaluation failed, refusing: {error}")),
+            Err(error) => refusals.push(format!("rego: evaluation aborted, refusing: {error}")),
+        }
+        refusals
     }
 
     async fn evidence_for(

@@ -1,0 +1,165 @@
+//! RegistryX's REST API, read for one thing: the vulnerability summary of a manifest, which becomes
+//! `input.vulnerabilities` for Rego.
+//!
+//! `GET {api}/api/v1/repositories/<name>/manifests/<digest>` answers
+//! `{"digest","size","mediaType","vulnerabilities":{"status","critical","high","medium","low","high_priority"},"isSigned","healthScore"}`.
+//! Only `digest` (checked) and `vulnerabilities` are read.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::input::Vulnerabilities;
+
+/// The most of an answer read: the summary is a few hundred bytes.
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+#[derive(Deserialize)]
+struct ManifestDetails {
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    vulnerabilities: Option<VulnerabilitySummary>,
+    // `isSigned` is deliberately not modelled: RegistryX reports it true for any image whose scan
+    // finished, without checking any signature. Whether an image is signed is only ever what
+    // registryx-guard verified itself.
+}
+
+#[derive(Deserialize)]
+struct VulnerabilitySummary {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    critical: Option<u64>,
+    #[serde(default)]
+    high: Option<u64>,
+    #[serde(default)]
+    medium: Option<u64>,
+    #[serde(default)]
+    low: Option<u64>,
+}
+
+/// Reads RegistryX's vulnerability summary of `repository@digest` from the REST API at `api_base`
+/// (`https://registryx.example.com`). `Ok(None)` when RegistryX has no summary for it (404, or an answer
+/// without `vulnerabilities`); an error names the URL and what went wrong.
+pub async fn fetch_vulnerabilities(
+    http: &reqwest::Client,
+    api_base: &str,
+    repository: &str,
+    digest: &str,
+    timeout: Duration,
+) -> Result<Option<Vulnerabilities>, String> {
+    let repository_path = repository_path(repository)
+        .ok_or_else(|| format!("RegistryX API: {repository:?} is not a repository name"))?;
+    if !is_digest(digest) {
+        return Err(format!("RegistryX API: {digest:?} is not a digest"));
+    }
+    let url = format!(
+        "{}/api/v1/repositories/{repository_path}/manifests/{digest}",
+        api_base.trim_end_matches('/')
+    );
+
+    let fail = |what: String| format!("RegistryX API GET {url}: {what}");
+    let mut response = http
+        .get(&url)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| {
+            fail(if e.is_timeout() {
+                format!("no answer within {timeout:?}")
+            } else {
+                format!("request failed: {e}")
+            })
+        })?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(fail(format!("answer larger than {MAX_ANSWER_BYTES} bytes")));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => return Err(fail(format!("no answer within {timeout:?}"))),
+            Err(e) => return Err(fail(format!("reading the answer: {e}"))),
+        }
+    }
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        let text: String = text.chars().take(200).collect();
+        return Err(fail(format!("HTTP {status}: {}", text.trim())));
+    }
+
+    let details: ManifestDetails =
+        serde_json::from_slice(&body).map_err(|e| fail(format!("not a manifest summary: {e}")))?;
+    if let Some(answered) = &details.digest
+        && !answered.is_empty()
+        && answered != digest
+    {
+        return Err(fail(format!("answered for {answered}, not {digest}")));
+    }
+    Ok(details.vulnerabilities.map(|v| Vulnerabilities {
+        critical: v.critical.unwrap_or(0),
+        high: v.high.unwrap_or(0),
+        medium: v.medium.unwrap_or(0),
+        low: v.low.unwrap_or(0),
+        status: v.status.unwrap_or_else(|| "unknown".into()),
+    }))
+}
+
+/// The repository as URL path segments: OCI's repository grammar (lowercase letters, digits, `._-`
+/// separated by `/`), so that nothing in it can change the URL's meaning.
+fn repository_path(repository: &str) -> Option<&str> {
+    let valid_segment = |segment: &str| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+    };
+    repository
+        .split('/')
+        .all(valid_segment)
+        .then_some(repository)
+}
+
+/// `algorithm:encoded`, as OCI defines digests.
+fn is_digest(digest: &str) -> bool {
+    let Some((algorithm, encoded)) = digest.split_once(':') else {
+        return false;
+    };
+    !algorithm.is_empty()
+        && algorithm.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'.' | b'_' | b'-')
+        })
+        && !encoded.is_empty()
+        && encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_names_and_digests() {
+        assert!(repository_path("prod/api").is_some());
+        assert!(repository_path("library/nginx").is_some());
+        assert!(repository_path("prod/../admin").is_none());
+        assert!(repository_path("prod/api?x=1").is_none());
+        assert!(repository_path("").is_none());
+        assert!(is_digest(&format!("sha256:{}", "a".repeat(64))));
+        assert!(!is_digest("latest"));
+        assert!(!is_digest("sha256:abc/../x"));
+    }
+}
