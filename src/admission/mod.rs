@@ -73,6 +73,15 @@ pub struct ImageDecision {
     reason_label: &'static str,
 }
 
+impl ImageDecision {
+    fn refused(mut self, refusal: String, reason_label: &'static str) -> ImageDecision {
+        self.admitted = false;
+        self.refusal = Some(refusal);
+        self.reason_label = reason_label;
+        self
+    }
+}
+
 impl Admission {
     pub fn new(
         snapshot: SharedSnapshot,
@@ -184,10 +193,10 @@ impl Admission {
         let image = match ImageRef::parse(&container.image) {
             Ok(image) => image,
             Err(error) => {
-                decision.admitted = false;
-                decision.refusal = Some(format!("{}: {error}", container.container));
-                decision.reason_label = "invalid_reference";
-                return decision;
+                return decision.refused(
+                    format!("{}: {error}", container.container),
+                    "invalid_reference",
+                );
             }
         };
         let snapshot = self.snapshot.load();
@@ -198,19 +207,18 @@ impl Admission {
                 .iter()
                 .map(|(name, message)| format!("policy {name} is not ready: {message}"))
                 .collect();
-            decision.admitted = false;
-            decision.refusal = Some(format!("image {}: {}", container.image, reasons.join("; ")));
-            decision.reason_label = "not_ready";
-            return decision;
+            return decision.refused(
+                format!("image {}: {}", container.image, reasons.join("; ")),
+                "not_ready",
+            );
         }
         if governing.policies.is_empty() {
             if self.settings.default_deny {
-                decision.admitted = false;
-                decision.refusal = Some(format!(
+                let refusal = format!(
                     "image {}: no ImageSigningPolicy governs it, and registryx-guard runs with --default-deny",
                     container.image
-                ));
-                decision.reason_label = "no_policy";
+                );
+                return decision.refused(refusal, "no_policy");
             }
             return decision;
         }
@@ -223,13 +231,11 @@ impl Admission {
                         .await
                 }
                 _ => {
-                    decision.admitted = false;
-                    decision.refusal = Some(format!(
+                    let refusal = format!(
                         "image {}: not verified before the deadline (too many verifications at once)",
                         container.image
-                    ));
-                    decision.reason_label = "registry";
-                    return decision;
+                    );
+                    return decision.refused(refusal, "registry");
                 }
             }
         };

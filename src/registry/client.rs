@@ -245,15 +245,7 @@ impl RegistryClient {
                 deadline,
             )
             .await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound {
-                registry: self.registry.clone(),
-                step,
-            });
-        }
-        if !response.status().is_success() {
-            return Err(self.status_error(step, response, deadline).await);
-        }
+        let response = self.successful(&step, response, deadline).await?;
         let media_type = header(&response, CONTENT_TYPE.as_str());
         let claimed = header(&response, "docker-content-digest");
         let bytes = self
@@ -301,15 +293,7 @@ impl RegistryClient {
         let response = self
             .execute(&step, repository, Method::GET, &path, None, deadline)
             .await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound {
-                registry: self.registry.clone(),
-                step,
-            });
-        }
-        if !response.status().is_success() {
-            return Err(self.status_error(step, response, deadline).await);
-        }
+        let response = self.successful(&step, response, deadline).await?;
         let bytes = self
             .read_body(&step, response, self.config.max_blob_bytes, deadline)
             .await?;
@@ -690,6 +674,25 @@ impl RegistryClient {
         self.read_body(step, response, 16 << 10, deadline)
             .await
             .unwrap_or_default()
+    }
+
+    /// The response when it is a success; its 404 as `NotFound`, any other status as `Status`.
+    async fn successful(
+        &self,
+        step: &str,
+        response: Response,
+        deadline: Instant,
+    ) -> Result<Response, RegistryError> {
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(RegistryError::NotFound {
+                registry: self.registry.clone(),
+                step: step.to_owned(),
+            });
+        }
+        if !response.status().is_success() {
+            return Err(self.status_error(step.to_owned(), response, deadline).await);
+        }
+        Ok(response)
     }
 
     async fn status_error(
