@@ -35,6 +35,13 @@ fn policy_yaml(name: &str, host: &str, pem: &str, extra: &str) -> String {
 }
 
 fn router_for(policies: &[String], settings: AdmissionSettings) -> axum::Router {
+    router_and_verifier(policies, settings).0
+}
+
+fn router_and_verifier(
+    policies: &[String],
+    settings: AdmissionSettings,
+) -> (axum::Router, Arc<Verifier>) {
     registryx_guard::tls::install_crypto_provider();
     let parsed: Vec<ImageSigningPolicy> = policies
         .iter()
@@ -42,8 +49,8 @@ fn router_for(policies: &[String], settings: AdmissionSettings) -> axum::Router 
         .collect();
     let (snapshot, _) = PolicySnapshot::build(&parsed, &NoSecrets, "registryx-guard", 1);
     let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
-    let admission = Admission::new(shared(snapshot), verifier, None, settings, None);
-    router(WebhookState::new(Arc::new(admission)))
+    let admission = Admission::new(shared(snapshot), verifier.clone(), None, settings, None);
+    (router(WebhookState::new(Arc::new(admission))), verifier)
 }
 
 async fn fixture(extra: &str) -> Fixture {
@@ -473,4 +480,59 @@ async fn rego_rules_see_the_request_and_refuse_with_their_messages() {
 /// The CronJob fixture is created by bob.
 fn review_with_image_user(image: &str) -> String {
     review_with_image(image)
+}
+
+#[tokio::test]
+async fn registryx_push_events_only_drop_cached_results_and_are_rate_limited() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let signed = registry
+        .push_image("team/app", "signed", "events-signed")
+        .await;
+    cosign.sign(&signed.reference, Format::Legacy);
+    let policy = policy_yaml("team-signed", &registry.host, &cosign.public_key_pem(), "");
+    let (router, verifier) = router_and_verifier(&[policy], AdmissionSettings::default());
+    let body = review_with_image(&signed.by_digest());
+
+    let (_, first) = post(&router, "/validate", body.clone()).await;
+    assert_eq!(first["response"]["allowed"], true);
+    let (_, cached) = post(&router, "/validate", body.clone()).await;
+    assert_eq!(cached["response"]["allowed"], true);
+    assert_eq!(
+        verifier.cache_stats(),
+        (1, 1),
+        "the second review was not served from the cache"
+    );
+
+    // A push hint for another repository changes nothing; one for this repository drops its results.
+    let event = |repository: &str| {
+        format!(
+            r#"{{"action":"push","repository":"{repository}","tag":"v2","digest":"sha256:00","timestamp":"2026-11-25T00:00:00Z","user":"ci"}}"#
+        )
+    };
+    let (status, _) = post(&router, "/registryx/events", event("other/app")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    post(&router, "/validate", body.clone()).await;
+    assert_eq!(verifier.cache_stats(), (2, 1));
+    let (status, _) = post(&router, "/registryx/events", event("team/app")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, after) = post(&router, "/validate", body).await;
+    assert_eq!(
+        after["response"]["allowed"], true,
+        "a hint is never evidence, and never a refusal either"
+    );
+    assert_eq!(
+        verifier.cache_stats(),
+        (2, 2),
+        "the push hint did not drop the cached result"
+    );
+
+    let (status, _) = post(&router, "/registryx/events", "not json".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let mut limited = false;
+    for _ in 0..60 {
+        let (status, _) = post(&router, "/registryx/events", event("team/app")).await;
+        limited |= status == StatusCode::TOO_MANY_REQUESTS;
+    }
+    assert!(limited, "60 events at once were all accepted");
 }

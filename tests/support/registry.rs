@@ -19,6 +19,9 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub struct Registry {
     /// `127.0.0.1:<port>`, as it appears in image references.
     pub host: String,
+    scheme: &'static str,
+    client: reqwest::Client,
+    ca_pem: Option<String>,
     process: Process,
     _dir: TempDir,
 }
@@ -80,13 +83,73 @@ impl Registry {
         process.wait_until("answering /v2/", Duration::from_secs(20), || http_ok(&url));
         Registry {
             host: format!("127.0.0.1:{port}"),
+            scheme: "http",
+            client: reqwest::Client::new(),
+            ca_pem: None,
             process,
             _dir: dir,
         }
     }
 
+    /// The distribution registry over HTTPS, with a certificate from a CA made here (not in the system
+    /// roots): what a policy's `registry.caBundle` is for.
+    pub fn distribution_with_tls() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "registry test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n\
+                 http:\n  addr: 127.0.0.1:{port}\n  tls: {{certificate: {}, key: {}}}\n",
+                dir.path().join("data").display(),
+                cert_path.display(),
+                key_path.display()
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(tool("registry"));
+        command.arg("serve").arg(&config);
+        let mut process = Process::start("registry-tls", command, dir.path());
+        let address = format!("127.0.0.1:{port}");
+        process.wait_until("listening", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&address).is_ok()
+        });
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        Registry {
+            host: address,
+            scheme: "https",
+            client,
+            ca_pem: Some(ca.pem()),
+            process,
+            _dir: dir,
+        }
+    }
+
+    /// The CA that signed an HTTPS registry's certificate.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.host)
+        format!("{}://{}{path}", self.scheme, self.host)
     }
 
     pub fn log(&self) -> String {
@@ -95,7 +158,7 @@ impl Registry {
 
     /// Uploads a blob (monolithic upload) and returns its digest.
     pub async fn push_blob(&self, repository: &str, bytes: &[u8]) -> String {
-        let client = reqwest::Client::new();
+        let client = self.client.clone();
         let digest = sha256(bytes);
         let start = client
             .post(self.url(&format!("/v2/{repository}/blobs/uploads/")))
@@ -139,7 +202,8 @@ impl Registry {
         media_type: &str,
         bytes: &[u8],
     ) -> String {
-        let response = reqwest::Client::new()
+        let response = self
+            .client
             .put(self.url(&format!("/v2/{repository}/manifests/{reference}")))
             .header("content-type", media_type)
             .body(bytes.to_vec())
@@ -222,7 +286,8 @@ impl Registry {
         repository: &str,
         reference: &str,
     ) -> (u16, Option<String>, Option<String>, Vec<u8>) {
-        let response = reqwest::Client::new()
+        let response = self
+            .client
             .get(self.url(&format!("/v2/{repository}/manifests/{reference}")))
             .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
             .send()
@@ -245,13 +310,15 @@ impl Registry {
 
     /// The tags of a repository.
     pub async fn tags(&self, repository: &str) -> Vec<String> {
-        let body: serde_json::Value =
-            reqwest::get(self.url(&format!("/v2/{repository}/tags/list")))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let body: serde_json::Value = self
+            .client
+            .get(self.url(&format!("/v2/{repository}/tags/list")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         body["tags"]
             .as_array()
             .map(|tags| {

@@ -1,0 +1,50 @@
+//! A registry over HTTPS with a certificate from a private CA: verified with the policy's
+//! `registry.caBundle`, refused without it (the system roots do not know that CA).
+
+mod support;
+
+use support::cosign::Cosign;
+use support::registry::Registry;
+use support::verdicts::{
+    PolicyYaml, assert_admitted, assert_refused_because, compile_policy, verify,
+};
+
+#[tokio::test]
+async fn a_private_ca_is_trusted_through_the_policy_ca_bundle_only() {
+    let registry = Registry::distribution_with_tls();
+    let cosign = Cosign::with_new_key_pair();
+    let image = registry.push_image("team/app", "v1", "tls").await;
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), registry.ca_pem().unwrap()).unwrap();
+    let output = cosign
+        .command()
+        .args(["sign", "--yes", "--key"])
+        .arg(cosign.private_key())
+        .args([
+            "--tlog-upload=false",
+            "--use-signing-config=false",
+            "--new-bundle-format=false",
+            "--registry-cacert",
+        ])
+        .arg(ca_file.path())
+        .arg(&image.reference)
+        .output()
+        .unwrap();
+    support::cosign::assert_success("cosign sign over TLS", &output);
+
+    let base = PolicyYaml::key(&registry.host, &cosign.public_key_pem()).yaml();
+    let bundle = registry
+        .ca_pem()
+        .unwrap()
+        .trim_end()
+        .replace('\n', "\n      ");
+    let with_ca = base.replace(
+        "registry: {insecure: true}",
+        &format!("registry:\n    caBundle: |\n      {bundle}"),
+    );
+    assert_admitted(&verify(&image.reference, &compile_policy(&with_ca)).await);
+
+    let without_ca = base.replace("registry: {insecure: true}", "registry: {}");
+    let verdict = verify(&image.reference, &compile_policy(&without_ca)).await;
+    assert_refused_because(&verdict, &[&registry.host, "cannot connect"]);
+}
