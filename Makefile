@@ -54,6 +54,11 @@ test: tools fmt-check lint crds-check chart
 demo: tools
 	bash e2e/demo.sh
 
+## bench: every measurement of BENCHMARKS.md, on this machine, loopback only (about 10 minutes); rewrites
+## BENCHMARKS.md with the figures of this run (RXG_BENCH_SECONDS, RXG_BENCH_E2E_RUNS: see bench/run.sh)
+bench: tools
+	bash bench/run.sh
+
 clean:
 	$(CARGO) clean
 	rm -rf .tools

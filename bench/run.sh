@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# `make bench`: every measurement of BENCHMARKS.md, on this machine, then BENCHMARKS.md rewritten from the
+# figures of this very run (bench/render.py). Everything runs on 127.0.0.1, every load is bounded in time
+# and count, and everything started here is stopped on exit (e2e/lib.sh's cleanup).
+#
+#   RXG_BENCH_SECONDS  measured seconds of each load run (default 10; each run adds 1 s of warm-up)
+#   RXG_BENCH_OUT      the report to write (default BENCHMARKS.md at the repository root)
+#   RXG_BENCH_E2E_RUNS runs of the end-to-end test for the policy-propagation figure (default 3; 0 skips)
+#   RXG_KEEP_WORK=1    keep the work folder (logs, review bodies, raw JSON results)
+#
+# What runs, in order (sections of BENCHMARKS.md):
+#   setup   release build; the distribution registry and go-containerregistry's registry (referrers API);
+#           images pushed with crane and signed with cosign (legacy .sig on the first, bundles on the
+#           second); a CA and a serving certificate; `registryx-guard serve --policy-dir`
+#   1       cached admission over TLS: saturation (closed loop) and 500/1000/2000 per second (open loop),
+#           HTTP/2 and HTTP/1.1, images by digest and by tag; a perf profile of the saturated server
+#   6       one Pod of 20 cold images against one Pod of 1 cold image, through the server
+#   4       resident memory of the server: idle, after the load, with 100,000 cached results
+#   2       cold verification in-process (examples/verify_bench.rs), with and without 20 ms per
+#           registry round trip; `registryx-guard verify` next to `cosign verify` (hyperfine)
+#   3       Rego evaluations (benches/rego.rs) and the in-process admission path (benches/admission.rs)
+#   5       policy propagation: tests/e2e.rs (kubectl apply -> first admission that obeys), and the
+#           --policy-dir folder of the server above
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=../e2e/lib.sh
+source "$ROOT/e2e/lib.sh"
+trap cleanup EXIT
+
+DURATION=${RXG_BENCH_SECONDS:-10}
+OUT=${RXG_BENCH_OUT:-$ROOT/BENCHMARKS.md}
+E2E_RUNS=${RXG_BENCH_E2E_RUNS:-3}
+RATES=(500 1000 2000)
+SATURATION_CONCURRENCY=32
+COLD_IMAGES=100
+FILL_AUTHORITIES=4
+FILL_DIGESTS=25000 # x FILL_AUTHORITIES = 100,000 cached results
+RESULTS=$RXG_WORK/results
+mkdir -p "$RESULTS"
+cd "$ROOT"
+
+# note COMMAND...: notes COMMAND in results/commands.txt for BENCHMARKS.md ("$WORK" is the work folder,
+# paths are relative to the repository); logged COMMAND...: notes it and runs it.
+note() {
+	printf '%q ' "$@" | sed -e "s|$RXG_WORK|\$WORK|g" -e "s|$ROOT/||g" -e 's/ $//' >>"$RESULTS/commands.txt"
+	echo >>"$RESULTS/commands.txt"
+}
+logged() {
+	note "$@"
+	"$@"
+}
+
+for tool in registry ociregistry crane cosign; do
+	command -v "$tool" >/dev/null || { echo "missing $tool: run 'make tools'" >&2; exit 1; }
+done
+for tool in hyperfine perf python3 openssl curl; do
+	command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y ${tool/perf/linux-perf})" >&2; exit 1; }
+done
+
+# Other work on the machine skews every figure: the load average before this script adds its own says
+# whether there was any.
+loadavg_before=$(cut -d' ' -f1-3 /proc/loadavg)
+say "Building release binaries"
+cargo build --release --locked --bin registryx-guard --example loadgen --example verify_bench
+BIN=$ROOT/target/release/registryx-guard
+LOADGEN=$ROOT/target/release/examples/loadgen
+VERIFY_BENCH=$ROOT/target/release/examples/verify_bench
+
+# --- machine -----------------------------------------------------------------------------------------
+{
+	echo "nproc=$(nproc)"
+	echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+	echo "mem_kib=$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
+	echo "kernel=$(uname -r)"
+	echo "rustc=$(rustc --version)"
+	echo "cosign=$(cosign version 2>/dev/null | awk '/GitVersion/ {print $2}')"
+	echo "registry=$(registry --version 2>/dev/null | awk '{print $NF}')"
+	echo "commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes)')"
+	echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"
+	echo "duration=$DURATION"
+	echo "loadavg_start=$loadavg_before"
+} >"$RESULTS/machine.env"
+
+# --- registries, images, signatures ------------------------------------------------------------------
+say "Starting the registries"
+start_registry
+DIST=$REGISTRY
+port=$(free_port)
+ociregistry -addr "127.0.0.1:$port" >"$RXG_WORK/ociregistry.log" 2>&1 &
+RXG_PIDS+=($!)
+OCI=127.0.0.1:$port
+wait_for "ociregistry" 20 curl -fsS "http://$OCI/v2/"
+
+# push HOST REPOSITORY TAG: a one-layer image whose digest is unique to (host, repository, tag).
+push() {
+	local dir=$RXG_WORK/images/$1/$2/$3
+	mkdir -p "$dir/root"
+	echo "$1/$2:$3 $RANDOM$RANDOM" >"$dir/root/seed"
+	tar -C "$dir/root" -cf "$dir/layer.tar" seed
+	crane append --insecure --new_layer "$dir/layer.tar" --new_tag "$1/$2:$3" >/dev/null 2>"$dir/crane.log" ||
+		{ cat "$dir/crane.log" >&2; return 1; }
+}
+# push_many HOST REPOSITORY COUNT: tags 1..COUNT, four pushes at a time; prints the references. (A bare
+# `wait` would also wait for the registries, which run in the background of this shell too.)
+push_many() {
+	local i pids=()
+	for ((i = 1; i <= $3; i++)); do
+		push "$1" "$2" "$i" &
+		pids+=($!)
+		if ((${#pids[@]} == 4)) || ((i == $3)); then
+			for pid in "${pids[@]}"; do wait "$pid"; done
+			pids=()
+		fi
+	done
+	for ((i = 1; i <= $3; i++)); do echo "$1/$2:$i"; done
+}
+
+say "Pushing images: 3 for the Pod, $COLD_IMAGES cold ones on each registry"
+for repository in bench/init bench/app bench/sidecar; do push "$DIST" "$repository" 1; done
+push_many "$DIST" cold/img "$COLD_IMAGES" >"$RXG_WORK/cold-legacy.txt"
+push_many "$OCI" cold/img "$COLD_IMAGES" >"$RXG_WORK/cold-bundle.txt"
+
+say "Signing them with cosign (legacy .sig on $DIST, sigstore bundles as referrers on $OCI)"
+# cosign's TUF cache and Docker config stay in the work folder; so does registryx-guard's Docker config.
+export COSIGN_PASSWORD=bench DOCKER_CONFIG=$RXG_WORK/home/docker TUF_ROOT=$RXG_WORK/home/tuf
+mkdir -p "$RXG_WORK/home"
+cosign() { HOME=$RXG_WORK/home command cosign "$@"; }
+(cd "$RXG_WORK" && cosign generate-key-pair >/dev/null 2>&1)
+sign() {
+	local format=$1
+	shift
+	cosign sign --yes --key "$RXG_WORK/cosign.key" --tlog-upload=false --use-signing-config=false \
+		--new-bundle-format="$format" "$@" >"$RXG_WORK/sign.log" 2>&1 || { cat "$RXG_WORK/sign.log" >&2; return 1; }
+}
+sign false "$DIST/bench/init:1" "$DIST/bench/app:1" "$DIST/bench/sidecar:1"
+mapfile -t legacy <"$RXG_WORK/cold-legacy.txt"
+mapfile -t bundle <"$RXG_WORK/cold-bundle.txt"
+sign false "${legacy[@]}"
+sign true "${bundle[@]}"
+
+# --- policies, TLS, server ---------------------------------------------------------------------------
+indent() { sed 's/^/          /' "$1"; }
+mkdir -p "$RXG_WORK/policies"
+for spec in "legacy $DIST/bench/** $DIST/cold/**" "bundle $OCI/cold/**"; do
+	read -r name globs <<<"$spec"
+	{
+		echo "apiVersion: registryx.io/v1alpha1"
+		echo "kind: ImageSigningPolicy"
+		echo "metadata: {name: bench-$name}"
+		echo "spec:"
+		echo "  images: [$(printf '"%s",' $globs | sed 's/,$//')]"
+		echo "  registry: {insecure: true}"
+		echo "  authorities:"
+		echo "    - name: bench-key"
+		echo "      key:"
+		echo "        data: |"
+		indent "$RXG_WORK/cosign.pub"
+	} >"$RXG_WORK/policies/$name.yaml"
+done
+# The cache filler's policy: FILL_AUTHORITIES keys, so that each unsigned digest leaves that many results;
+# on the in-memory registry, which answers faster than the distribution registry's filesystem, so that
+# the fill ends before its first results expire (refusals are cached for 30 s).
+{
+	echo "apiVersion: registryx.io/v1alpha1"
+	echo "kind: ImageSigningPolicy"
+	echo "metadata: {name: bench-fill}"
+	echo "spec:"
+	echo "  images: [\"$OCI/fill/**\"]"
+	echo "  registry: {insecure: true}"
+	echo "  authorities:"
+	for ((i = 1; i <= FILL_AUTHORITIES; i++)); do
+		openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl ec -pubout 2>/dev/null >"$RXG_WORK/fill-$i.pub"
+		echo "    - name: fill-key-$i"
+		echo "      key:"
+		echo "        data: |"
+		indent "$RXG_WORK/fill-$i.pub"
+	done
+} >"$RXG_WORK/policies/fill.yaml"
+
+say "Making a CA and the server's certificate"
+tls=$RXG_WORK/tls
+mkdir -p "$tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench-ca \
+	-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+	-keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+	-keyout "$tls/tls.key" -out "$tls/tls.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$tls/ext"
+openssl x509 -req -in "$tls/tls.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial -days 2 \
+	-extfile "$tls/ext" -out "$tls/tls.crt" 2>/dev/null
+
+# start_server NAME [FLAGS...]: registryx-guard serve over the policy folder; sets SERVER_PID, URL, PROBES.
+start_server() {
+	local name=$1 port probes
+	shift
+	port=$(free_port) probes=$(free_port)
+	local command=("$BIN" serve --policy-dir "$RXG_WORK/policies" --tls-cert "$tls/tls.crt" --tls-key "$tls/tls.key"
+		--listen "127.0.0.1:$port" --probes-listen "127.0.0.1:$probes" "$@")
+	note "${command[@]}"
+	# Not through `logged`: a function in the background is a subshell, and $! must be the server.
+	"${command[@]}" >"$RXG_WORK/$name.log" 2>&1 &
+	SERVER_PID=$!
+	RXG_PIDS+=("$SERVER_PID")
+	URL="https://127.0.0.1:$port/validate?timeout=10s"
+	PROBES="http://127.0.0.1:$probes"
+	wait_for "registryx-guard to be ready" 30 curl -fsS "$PROBES/readyz"
+}
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+metric() { curl -fsS "$PROBES/metrics" | awk -v m="$1" '$1 == m || $1 == m"_total" {print $2}'; }
+
+say "Starting registryx-guard serve (release)"
+start_server serve
+sleep 2
+echo "idle_rss_kib=$(rss_kib "$SERVER_PID")" >"$RESULTS/memory.env"
+
+# Review bodies: tests/data/pod-create.json with the three signed images, by digest and by tag.
+review() {
+	sed -e "s|INIT_IMAGE|$1|" -e "s|APP_IMAGE|$2|" -e "s|SIDECAR_IMAGE|$3|" tests/data/pod-create.json
+}
+by_digest() { echo "${1%:*}@$(crane digest --insecure "$1")"; }
+review "$DIST/bench/init:1" "$DIST/bench/app:1" "$DIST/bench/sidecar:1" >"$RXG_WORK/review-tag.json"
+review "$(by_digest "$DIST/bench/init:1")" "$(by_digest "$DIST/bench/app:1")" \
+	"$(by_digest "$DIST/bench/sidecar:1")" >"$RXG_WORK/review-digest.json"
+
+# --- 1. cached admission -----------------------------------------------------------------------------
+say "1. Cached admission by digest: warming the cache with one review of each body"
+logged "$LOADGEN" once --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" \
+	--body "$RXG_WORK/review-tag.json" >"$RESULTS/warm.json"
+python3 - "$RESULTS/warm.json" <<-'PY'
+	import json, sys
+	for r in json.load(open(sys.argv[1])):
+	    assert r["allowed"] is True, f"the warm-up review was refused: {r}"
+PY
+requests_before_load=$(metric registryx_guard_registry_requests)
+
+# load LABEL BODY HTTP [loadgen flags...]: one bounded run, appended to results/load.jsonl.
+load() {
+	local label=$1 body=$2 http=$3
+	shift 3
+	echo "  $label"
+	logged "$LOADGEN" load --label "$label" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-$body.json" \
+		--http "$http" --duration "$DURATION" --warmup 1 --server-pid "$SERVER_PID" "$@" >>"$RESULTS/load.jsonl"
+}
+# runs BODY: saturation over both protocols, then each fixed rate.
+runs() {
+	load "$1 h2 saturation" "$1" 2 --connections 2 --concurrency "$SATURATION_CONCURRENCY"
+	load "$1 h1 saturation" "$1" 1 --concurrency "$SATURATION_CONCURRENCY"
+	for rate in "${RATES[@]}"; do
+		load "$1 h2 $rate/s" "$1" 2 --connections 1 --rate "$rate"
+		load "$1 h1 $rate/s" "$1" 1 --connections 16 --rate "$rate"
+	done
+}
+runs digest
+
+say "1. Profile of the saturated server (perf, 5 s, by digest over HTTP/2)"
+logged "$LOADGEN" load --label "profiled" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" \
+	--http 2 --connections 2 --concurrency "$SATURATION_CONCURRENCY" --duration 7 --warmup 1 \
+	--server-pid "$SERVER_PID" >"$RESULTS/profiled.json" &
+loadgen_pid=$!
+sleep 1.5
+logged perf record -F 1999 -p "$SERVER_PID" -o "$RXG_WORK/perf.data" -- sleep 5 >/dev/null 2>&1
+wait "$loadgen_pid"
+perf report -i "$RXG_WORK/perf.data" --stdio --no-children --sort dso,symbol --percent-limit 0.01 2>/dev/null |
+	grep -v '^#' | grep -v '^$' >"$RESULTS/perf.txt" || true
+
+# Logging's share: the same saturation run against a server that logs warnings only.
+say "1. The same saturation run with --log-level warn"
+main_pid=$SERVER_PID main_url=$URL main_probes=$PROBES
+start_server serve-quiet --log-level warn
+"$LOADGEN" once --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" >/dev/null
+load "digest h2 saturation, --log-level warn" digest 2 --connections 2 --concurrency "$SATURATION_CONCURRENCY"
+kill "$SERVER_PID"
+SERVER_PID=$main_pid URL=$main_url PROBES=$main_probes
+
+# By tag last: past its saturation, reviews queue in the server until their deadline (10 s), and that
+# backlog must not leak into the other measurements.
+say "1. Cached admission by tag"
+runs tag
+echo "registry_requests_during_load=$(($(metric registryx_guard_registry_requests) - requests_before_load))" >>"$RESULTS/memory.env"
+sleep 12
+echo "after_load_rss_kib=$(rss_kib "$SERVER_PID")" >>"$RESULTS/memory.env"
+
+# --- 6. many images at once --------------------------------------------------------------------------
+say "6. Cold Pods through the server: 1 image against 20 images"
+# Pods of images the server has not seen: the cold legacy images (verify_bench, below, is another process).
+pod_of() {
+	python3 - "$@" <<-'PY'
+		import json, sys
+		containers = [{"name": f"c{i}", "image": image} for i, image in enumerate(sys.argv[1:])]
+		review = json.load(open("tests/data/pod-create.json"))
+		review["request"]["object"]["spec"] = {"containers": containers}
+		print(json.dumps(review))
+	PY
+}
+next=0
+for rep in 1 2 3; do
+	for size in 1 20; do
+		pod_of "${legacy[@]:next:size}" >"$RXG_WORK/pod-$size-$rep.json"
+		next=$((next + size))
+		before=$(metric registryx_guard_registry_requests)
+		logged "$LOADGEN" once --label "cold $size" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/pod-$size-$rep.json" \
+			>"$RXG_WORK/once.json"
+		after=$(metric registryx_guard_registry_requests)
+		python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))[0]; r["registry_requests"] = int(sys.argv[2]); print(json.dumps(r))' \
+			"$RXG_WORK/once.json" "$((after - before))" >>"$RESULTS/cold-pods.jsonl"
+	done
+done
+# The last 20-image Pod again: now every image is cached (tags are still resolved).
+logged "$LOADGEN" once --label "cached 20" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/pod-20-3.json" |
+	python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)[0]))" >>"$RESULTS/cold-pods.jsonl"
+
+# --- 4. memory with 100,000 cached results -----------------------------------------------------------
+say "4. Filling the cache: $FILL_DIGESTS unsigned digests x $FILL_AUTHORITIES authorities"
+misses_before=$(metric registryx_guard_verification_cache_misses)
+errors_before=$(metric registryx_guard_registry_errors)
+logged "$LOADGEN" fill --url "$URL" --ca "$tls/ca.crt" --image-prefix "$OCI/fill/app" --digests "$FILL_DIGESTS" \
+	--per-review 50 --concurrency 8 >"$RESULTS/fill.json"
+{
+	echo "filled_rss_kib=$(rss_kib "$SERVER_PID")"
+	echo "filled_hwm_kib=$(hwm_kib "$SERVER_PID")"
+	echo "fill_results=$(($(metric registryx_guard_verification_cache_misses) - misses_before))"
+	echo "fill_registry_errors=$(($(metric registryx_guard_registry_errors) - errors_before))"
+} >>"$RESULTS/memory.env"
+
+# --- 2. cold verification ----------------------------------------------------------------------------
+say "2. Cold verification in-process (examples/verify_bench.rs)"
+for rtt in 0 20; do
+	logged "$VERIFY_BENCH" --label legacy --policy "$RXG_WORK/policies/legacy.yaml" --images "$RXG_WORK/cold-legacy.txt" \
+		--rtt-ms "$rtt" >>"$RESULTS/cold.jsonl"
+	logged "$VERIFY_BENCH" --label bundle --policy "$RXG_WORK/policies/bundle.yaml" --images "$RXG_WORK/cold-bundle.txt" \
+		--rtt-ms "$rtt" >>"$RESULTS/cold.jsonl"
+done
+
+say "2. registryx-guard verify next to cosign verify (hyperfine)"
+compare() {
+	local name=$1 image=$2 policy=$3 new_bundle=$4
+	logged env HOME="$RXG_WORK/home" hyperfine -N --warmup 3 --runs 30 --export-json "$RESULTS/hyperfine-$name.json" \
+		-n "registryx-guard verify" "$BIN verify $image --policy $policy" \
+		-n "cosign verify" "cosign verify --key $RXG_WORK/cosign.pub --insecure-ignore-tlog=true --offline=true --new-bundle-format=$new_bundle $image" \
+		>"$RXG_WORK/hyperfine-$name.log" 2>&1 || { cat "$RXG_WORK/hyperfine-$name.log" >&2; return 1; }
+}
+compare legacy "$DIST/bench/app:1" "$RXG_WORK/policies/legacy.yaml" false
+compare bundle "${bundle[0]}" "$RXG_WORK/policies/bundle.yaml" true
+
+say "2. Where registryx-guard verify spends its time (perf over 20 runs)"
+logged perf record -F 10000 -o "$RXG_WORK/cli.data" -- bash -c \
+	"for i in \$(seq 20); do $BIN verify $DIST/bench/app:1 --policy $RXG_WORK/policies/legacy.yaml >/dev/null; done" \
+	>/dev/null 2>&1
+perf report -i "$RXG_WORK/cli.data" --stdio --no-children --comms registryx-guard,tokio-runtime-w \
+	--percentage relative --sort dso,symbol --percent-limit 0.01 2>/dev/null | grep -v '^#' | grep -v '^$' \
+	>"$RESULTS/perf-cli.txt" || true
+
+# --- 3. Rego and the in-process admission path -------------------------------------------------------
+say "3. Criterion benches: benches/rego.rs and benches/admission.rs"
+# Estimates of earlier runs must not stand in for this one's: render.py reads whatever is there.
+rm -rf target/criterion
+logged cargo bench --locked --bench rego --bench admission -- --warm-up-time 1 --measurement-time 4 \
+	>"$RXG_WORK/criterion.log" 2>&1 || { tail -40 "$RXG_WORK/criterion.log" >&2; exit 1; }
+cp "$RXG_WORK/criterion.log" "$RESULTS/criterion.log"
+
+# --- 5. policy propagation ---------------------------------------------------------------------------
+say "5. Policy propagation through the --policy-dir folder of the server above"
+# Trust another key for bench/**: the first review refused after the file is replaced marks the change.
+other=$RXG_WORK/other
+mkdir -p "$other"
+(cd "$other" && COSIGN_PASSWORD=other cosign generate-key-pair >/dev/null 2>&1)
+sed "/BEGIN PUBLIC KEY/,/END PUBLIC KEY/d" "$RXG_WORK/policies/legacy.yaml" >"$other/legacy.yaml"
+indent "$other/cosign.pub" >>"$other/legacy.yaml"
+python3 - "$LOADGEN" "$URL" "$tls/ca.crt" "$RXG_WORK/review-digest.json" "$other/legacy.yaml" \
+	"$RXG_WORK/policies/legacy.yaml" >"$RESULTS/policy-dir.json" <<-'PY'
+	import json, os, subprocess, sys, time
+	loadgen, url, ca, body, new, target = sys.argv[1:]
+	def allowed():
+	    out = subprocess.run([loadgen, "once", "--url", url, "--ca", ca, "--body", body],
+	                         check=True, capture_output=True, text=True).stdout
+	    return json.loads(out)[0]["allowed"]
+	assert allowed(), "the review must be admitted before the change"
+	tmp = target + ".new"
+	with open(new) as src, open(tmp, "w") as dst:
+	    dst.write(src.read())
+	started = time.monotonic()
+	os.replace(tmp, target)
+	polls = 0
+	while allowed():
+	    polls += 1
+	    assert time.monotonic() - started < 10, "the policy change never took effect"
+	print(json.dumps({"seconds": round(time.monotonic() - started, 3), "polls": polls}))
+PY
+
+if ((E2E_RUNS > 0)); then
+	say "5. Policy propagation in a cluster: tests/e2e.rs, $E2E_RUNS runs"
+	for ((run = 1; run <= E2E_RUNS; run++)); do
+		logged env -u DOCKER_CONFIG -u TUF_ROOT -u COSIGN_PASSWORD cargo test --locked --test e2e -- --nocapture \
+			>"$RXG_WORK/e2e-$run.log" 2>&1 ||
+			{ tail -40 "$RXG_WORK/e2e-$run.log" >&2; exit 1; }
+		grep -h "policy change" "$RXG_WORK/e2e-$run.log" >>"$RESULTS/e2e.txt"
+	done
+fi
+
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.env"
+echo "elapsed_s=$SECONDS" >>"$RESULTS/machine.env"
+say "Writing $OUT"
+python3 "$ROOT/bench/render.py" "$RESULTS" "$ROOT" >"$OUT.tmp"
+mv "$OUT.tmp" "$OUT"
+echo "raw results: $RESULTS$([[ -n ${RXG_KEEP_WORK:-} ]] || echo ' (removed on exit; RXG_KEEP_WORK=1 keeps them)')"

@@ -1,0 +1,759 @@
+//! Load generator for the admission webhook (BENCHMARKS.md, `make bench`): POSTs AdmissionReviews over
+//! TLS with keep-alive, HTTP/1.1 or HTTP/2, to a running `registryx-guard serve`, and prints one JSON
+//! object with the throughput and the latency percentiles (HdrHistogram, microseconds).
+//!
+//! It is an example rather than a bench target because it is a client: it needs a server, a CA and
+//! review bodies that `bench/run.sh` prepares, and takes them on its command line. `cargo test
+//! --all-targets` and clippy compile it, so it cannot rot, but never run it.
+//!
+//! ```text
+//! loadgen load --url https://127.0.0.1:8443/validate --ca ca.crt --body review.json --http 2 --rate 2000
+//! loadgen load ... --concurrency 32           # closed loop: the saturation throughput
+//! loadgen once ... --body a.json --body b.json # each body once, in turn, with its latency and decision
+//! loadgen fill ... --image-prefix 127.0.0.1:5000/fill/app --digests 25000 --per-review 50
+//! ```
+//!
+//! Open loop (`--rate R`): a pacing thread releases request i at start + i/R whatever the server does,
+//! and latency runs from that intended time, so a server that stalls shows in the tail instead of
+//! slowing the generator down (no coordinated omission); `service_us` is the same from the moment the
+//! request was actually written. Closed loop (`--concurrency C`): C requests always in flight.
+//! Every run is bounded: the warm-up plus the measured seconds, then at most [`DRAIN`] for stragglers.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// How long one request may take before it counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a run waits for requests still in flight once the measured window is over.
+const DRAIN: Duration = Duration::from_secs(15);
+
+#[derive(Parser)]
+#[command(about = "Load generator for registryx-guard's admission endpoints (see BENCHMARKS.md)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sustained load, open loop (--rate) or closed loop (--concurrency); prints one JSON object.
+    Load(LoadArgs),
+    /// Sends each --body once, one after the other on one connection; prints a JSON array.
+    Once(OnceArgs),
+    /// Reviews of Pods whose images are distinct digests (unsigned: refused, and cached as such).
+    Fill(FillArgs),
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// The endpoint, e.g. https://127.0.0.1:8443/validate?timeout=10s (loopback only).
+    #[arg(long)]
+    url: Uri,
+    /// PEM certificate of the CA that signed the server's certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// HTTP version: 1 (HTTP/1.1, one request at a time per connection) or 2 (multiplexed).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    http: u8,
+    /// TLS connections. HTTP/1.1 closed loop uses one per concurrent request instead.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Worker threads of the client's runtime (the pacing thread comes on top).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// A name for the run, copied into the output.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The AdmissionReview to send, over and over.
+    #[arg(long)]
+    body: PathBuf,
+    /// Requests per second, open loop.
+    #[arg(
+        long,
+        conflicts_with = "concurrency",
+        required_unless_present = "concurrency"
+    )]
+    rate: Option<f64>,
+    /// Requests in flight, closed loop.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of the same load before the measured window (not recorded).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// The server's pid: its CPU time over the measured window is reported.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct OnceArgs {
+    #[command(flatten)]
+    target: Target,
+    /// AdmissionReviews to send, in this order.
+    #[arg(long, required = true)]
+    body: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct FillArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Images are `<prefix>@sha256:<hex>`, the hex a hash of (--seed, index): unique per image.
+    #[arg(long)]
+    image_prefix: String,
+    /// Distinct digests in all.
+    #[arg(long)]
+    digests: usize,
+    /// Containers per Pod.
+    #[arg(long, default_value_t = 50)]
+    per_review: usize,
+    /// Reviews in flight.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[arg(long, default_value = "fill")]
+    seed: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    registryx_guard::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Load(a) => a.target.threads,
+        Command::Once(a) => a.target.threads,
+        Command::Fill(a) => a.target.threads,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?;
+    let output = runtime.block_on(async move {
+        match cli.command {
+            Command::Load(args) => load(args).await,
+            Command::Once(args) => once(args).await,
+            Command::Fill(args) => fill(args).await,
+        }
+    })?;
+    println!("{output}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The client: bare hyper connections over rustls, trusting one CA.
+
+struct Client {
+    target: Target,
+    tls: TlsConnector,
+    server_name: ServerName<'static>,
+    address: String,
+    path: String,
+}
+
+enum Connection {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// What one exchange came to.
+enum Outcome {
+    Allowed,
+    Refused,
+    Failed(String),
+}
+
+impl Client {
+    fn new(target: Target) -> anyhow::Result<Arc<Client>> {
+        if target.url.scheme_str() != Some("https") {
+            bail!("--url must be https://");
+        }
+        let authority = target.url.authority().context("--url has no host")?;
+        let host = authority.host().to_owned();
+        let ip: std::net::IpAddr = host
+            .parse()
+            .context("--url must name a loopback IP address")?;
+        if !ip.is_loopback() {
+            bail!("refusing to load {ip}: benchmarks stay on loopback");
+        }
+        let port = authority.port_u16().unwrap_or(443);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&target.ca)
+            .with_context(|| format!("read {}", target.ca.display()))?
+        {
+            roots.add(cert?)?;
+        }
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![if target.http == 2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let path = target
+            .url
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        Ok(Arc::new(Client {
+            tls: TlsConnector::from(Arc::new(config)),
+            server_name: ServerName::IpAddress(ip.into()),
+            address: format!("{host}:{port}"),
+            path,
+            target,
+        }))
+    }
+
+    async fn connect(&self) -> anyhow::Result<Connection> {
+        let tcp = TcpStream::connect(&self.address)
+            .await
+            .with_context(|| format!("connect to {}", self.address))?;
+        tcp.set_nodelay(true)?;
+        let tls = self
+            .tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .context("TLS handshake")?;
+        let wanted: &[u8] = if self.target.http == 2 {
+            b"h2"
+        } else {
+            b"http/1.1"
+        };
+        if tls.get_ref().1.alpn_protocol() != Some(wanted) {
+            bail!(
+                "the server did not negotiate {}",
+                String::from_utf8_lossy(wanted)
+            );
+        }
+        let io = TokioIo::new(tls);
+        Ok(if self.target.http == 2 {
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(connection);
+            Connection::H2(sender)
+        } else {
+            let (sender, connection) = http1::handshake(io).await?;
+            tokio::spawn(connection);
+            Connection::H1(sender)
+        })
+    }
+
+    fn request(&self, body: Bytes) -> Request<Full<Bytes>> {
+        // HTTP/1.1 wants the origin form and a Host header; HTTP/2 takes :scheme and :authority from
+        // an absolute URI.
+        let builder = if self.target.http == 2 {
+            Request::post(self.target.url.clone())
+        } else {
+            Request::post(self.path.as_str()).header(hyper::header::HOST, self.address.as_str())
+        };
+        builder
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .expect("a valid request")
+    }
+}
+
+impl Connection {
+    /// One exchange: the status and the whole body.
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> anyhow::Result<(StatusCode, Bytes)> {
+        let response = match self {
+            Connection::H1(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await?
+            }
+            Connection::H2(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await?
+            }
+        };
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    fn shared(&self) -> Option<http2::SendRequest<Full<Bytes>>> {
+        match self {
+            Connection::H2(sender) => Some(sender.clone()),
+            Connection::H1(_) => None,
+        }
+    }
+
+    async fn exchange(&mut self, client: &Client, body: Bytes) -> Outcome {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.send(client.request(body))).await {
+            Err(_) => Outcome::Failed(format!("no answer within {REQUEST_TIMEOUT:?}")),
+            Ok(Err(error)) => Outcome::Failed(format!("{error:#}")),
+            Ok(Ok((status, body))) if status != StatusCode::OK => Outcome::Failed(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )),
+            Ok(Ok((_, body))) => {
+                // axum writes compact JSON; searching the bytes spares the client a parse per request.
+                if contains(&body, br#""allowed":true"#) {
+                    Outcome::Allowed
+                } else if contains(&body, br#""allowed":false"#) {
+                    Outcome::Refused
+                } else {
+                    Outcome::Failed(format!(
+                        "not an AdmissionReview: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(200)])
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Recording
+
+struct Stats {
+    /// From the intended send time (open loop) or the send time (closed loop).
+    latency: Histogram<u64>,
+    /// From the moment the request was handed to the connection.
+    service: Histogram<u64>,
+    allowed: u64,
+    refused: u64,
+    errors: u64,
+    first_error: Option<String>,
+    last_completion: Option<Instant>,
+}
+
+type Shared = Arc<Mutex<Stats>>;
+
+impl Stats {
+    fn shared() -> Shared {
+        let histogram = || Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+        Arc::new(Mutex::new(Stats {
+            latency: histogram(),
+            service: histogram(),
+            allowed: 0,
+            refused: 0,
+            errors: 0,
+            first_error: None,
+            last_completion: None,
+        }))
+    }
+}
+
+fn record(stats: &Shared, intended: Instant, sent: Instant, outcome: Outcome) {
+    let done = Instant::now();
+    let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+    match outcome {
+        Outcome::Allowed => stats.allowed += 1,
+        Outcome::Refused => stats.refused += 1,
+        Outcome::Failed(error) => {
+            stats.errors += 1;
+            stats.first_error.get_or_insert(error);
+            return;
+        }
+    }
+    let micros = |from: Instant| (done.duration_since(from).as_micros() as u64).max(1);
+    stats.latency.saturating_record(micros(intended));
+    stats.service.saturating_record(micros(sent));
+    stats.last_completion = Some(done);
+}
+
+fn percentiles(h: &Histogram<u64>) -> Value {
+    json!({
+        "p50": h.value_at_quantile(0.50),
+        "p90": h.value_at_quantile(0.90),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "max": h.max(),
+        "mean": (h.mean() * 10.0).round() / 10.0,
+    })
+}
+
+/// User plus system CPU seconds of a process so far (`/proc/<pid>/stat`, in USER_HZ = 100 ticks).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// load
+
+async fn load(args: LoadArgs) -> anyhow::Result<Value> {
+    let client = Client::new(args.target.clone())?;
+    let body = Bytes::from(
+        std::fs::read(&args.body).with_context(|| format!("read {}", args.body.display()))?,
+    );
+    let stats = Stats::shared();
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let duration = Duration::from_secs_f64(args.duration);
+    // Connections are made before the clock starts: the handshakes are not what is measured.
+    let connections = match (args.target.http, args.concurrency) {
+        (1, Some(concurrency)) => concurrency,
+        _ => args.target.connections.max(1),
+    };
+    let mut pool = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        pool.push(client.connect().await?);
+    }
+    let start = Instant::now() + Duration::from_millis(20);
+    let measured_from = start + warmup;
+    let measured_until = measured_from + duration;
+
+    // CPU time of this process and of the server over exactly the measured window.
+    let server_pid = args.server_pid.map(|p| p.to_string());
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measured_from.into()).await;
+        let before = (
+            cpu_seconds("self"),
+            server_pid.as_deref().and_then(cpu_seconds),
+        );
+        tokio::time::sleep_until(measured_until.into()).await;
+        let after = (
+            cpu_seconds("self"),
+            server_pid.as_deref().and_then(cpu_seconds),
+        );
+        let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        (delta(before.0, after.0), delta(before.1, after.1))
+    });
+
+    let run = async {
+        match (args.rate, args.concurrency) {
+            (Some(rate), _) => {
+                open_loop(
+                    &client,
+                    pool,
+                    &body,
+                    rate,
+                    start,
+                    measured_from,
+                    measured_until,
+                    &stats,
+                )
+                .await
+            }
+            (None, Some(concurrency)) => {
+                closed_loop(
+                    &client,
+                    pool,
+                    &body,
+                    concurrency,
+                    measured_from,
+                    measured_until,
+                    &stats,
+                )
+                .await
+            }
+            (None, None) => unreachable!("clap requires --rate or --concurrency"),
+        }
+    };
+    let drained = tokio::time::timeout_at((measured_until + DRAIN).into(), run)
+        .await
+        .is_ok();
+    let (client_cpu, server_cpu) = cpu.await?;
+
+    let stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+    let completed = stats.allowed + stats.refused;
+    // Open loop: everything released in the window counts, however late it completed; closed loop:
+    // requests sent in the window.
+    let throughput = completed as f64 / duration.as_secs_f64();
+    let per_review_us = |cpu: Option<f64>| {
+        cpu.filter(|_| completed > 0)
+            .map(|s| (s * 1e6 / completed as f64).round())
+    };
+    Ok(json!({
+        "label": args.target.label,
+        "http": args.target.http,
+        "mode": if args.rate.is_some() { "open" } else { "closed" },
+        "rate": args.rate,
+        "concurrency": args.concurrency,
+        "connections": connections,
+        "client_threads": args.target.threads,
+        "duration_s": args.duration,
+        "completed": completed,
+        "allowed": stats.allowed,
+        "refused": stats.refused,
+        "errors": stats.errors,
+        "first_error": stats.first_error,
+        "drained": drained,
+        "throughput_rps": throughput.round(),
+        "latency_us": percentiles(&stats.latency),
+        "service_us": percentiles(&stats.service),
+        "client_cpu_s": client_cpu,
+        "server_cpu_s": server_cpu,
+        "client_cpu_us_per_review": per_review_us(client_cpu),
+        "server_cpu_us_per_review": per_review_us(server_cpu),
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    client: &Arc<Client>,
+    pool: Vec<Connection>,
+    body: &Bytes,
+    rate: f64,
+    start: Instant,
+    measured_from: Instant,
+    measured_until: Instant,
+    stats: &Shared,
+) {
+    // A plain thread paces the requests: std::thread::sleep wakes within tens of microseconds, where
+    // tokio's timer has a one-millisecond resolution that would send requests in bursts.
+    let (release, mut released) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let total = (measured_until.duration_since(start).as_secs_f64() * rate).floor() as u64;
+    std::thread::spawn(move || {
+        for i in 0..total {
+            let at = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if release.send(at).is_err() {
+                return;
+            }
+        }
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(first) = pool.first().and_then(Connection::shared) {
+        // HTTP/2: one task per request, spread over the connections.
+        let senders: Vec<_> = std::iter::once(first)
+            .chain(pool.iter().skip(1).filter_map(Connection::shared))
+            .collect();
+        let mut next = 0;
+        while let Some(intended) = released.recv().await {
+            let mut connection = Connection::H2(senders[next % senders.len()].clone());
+            next += 1;
+            let (client, body, stats) = (client.clone(), body.clone(), stats.clone());
+            tasks.spawn(async move {
+                let sent = Instant::now();
+                let outcome = connection.exchange(&client, body).await;
+                if intended >= measured_from {
+                    record(&stats, intended, sent, outcome);
+                }
+            });
+            // Reap finished tasks as we go so the set stays small.
+            while tasks.try_join_next().is_some() {}
+        }
+    } else {
+        // HTTP/1.1: each connection takes the next released request when it is free; requests that
+        // find every connection busy wait, and that wait is part of their latency.
+        let released = Arc::new(tokio::sync::Mutex::new(released));
+        for mut connection in pool {
+            let (client, body, stats, released) = (
+                client.clone(),
+                body.clone(),
+                stats.clone(),
+                released.clone(),
+            );
+            tasks.spawn(async move {
+                loop {
+                    let next = released.lock().await.recv().await;
+                    let Some(intended) = next else { return };
+                    let sent = Instant::now();
+                    let outcome = connection.exchange(&client, body.clone()).await;
+                    let failed = matches!(outcome, Outcome::Failed(_));
+                    if intended >= measured_from {
+                        record(&stats, intended, sent, outcome);
+                    }
+                    if failed {
+                        match client.connect().await {
+                            Ok(fresh) => connection = fresh,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        }
+                    }
+                }
+            });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn closed_loop(
+    client: &Arc<Client>,
+    pool: Vec<Connection>,
+    body: &Bytes,
+    concurrency: usize,
+    measured_from: Instant,
+    measured_until: Instant,
+    stats: &Shared,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let senders: Vec<_> = pool.iter().filter_map(Connection::shared).collect();
+    let mut h1 = pool.into_iter().filter(|c| matches!(c, Connection::H1(_)));
+    for i in 0..concurrency {
+        let mut connection = match senders.get(i % senders.len().max(1)) {
+            Some(sender) => Connection::H2(sender.clone()),
+            None => h1.next().expect("one HTTP/1.1 connection per worker"),
+        };
+        let (client, body, stats) = (client.clone(), body.clone(), stats.clone());
+        tasks.spawn(async move {
+            loop {
+                let sent = Instant::now();
+                if sent >= measured_until {
+                    return;
+                }
+                let outcome = connection.exchange(&client, body.clone()).await;
+                let failed = matches!(outcome, Outcome::Failed(_));
+                if sent >= measured_from {
+                    record(&stats, sent, sent, outcome);
+                }
+                if failed && matches!(connection, Connection::H1(_)) {
+                    match client.connect().await {
+                        Ok(fresh) => connection = fresh,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+// ---------------------------------------------------------------------------------------------------
+// once
+
+async fn once(args: OnceArgs) -> anyhow::Result<Value> {
+    let client = Client::new(args.target.clone())?;
+    let mut connection = client.connect().await?;
+    let mut results = Vec::new();
+    for path in &args.body {
+        let body =
+            Bytes::from(std::fs::read(path).with_context(|| format!("read {}", path.display()))?);
+        let images = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .map(|review| count_images(&review["request"]["object"]))
+            .unwrap_or(0);
+        let started = Instant::now();
+        let (status, answer) =
+            tokio::time::timeout(REQUEST_TIMEOUT, connection.send(client.request(body)))
+                .await
+                .context("no answer in time")??;
+        let elapsed = started.elapsed();
+        let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+        results.push(json!({
+            "label": args.target.label,
+            "body": path.display().to_string(),
+            "images": images,
+            "status": status.as_u16(),
+            "latency_ms": (elapsed.as_secs_f64() * 1e5).round() / 100.0,
+            "allowed": answer["response"]["allowed"],
+            "message": answer["response"]["status"]["message"],
+        }));
+    }
+    Ok(Value::from(results))
+}
+
+fn count_images(object: &Value) -> usize {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|field| object["spec"][field].as_array())
+        .map(Vec::len)
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// fill
+
+async fn fill(args: FillArgs) -> anyhow::Result<Value> {
+    let client = Client::new(args.target.clone())?;
+    let per_review = args.per_review.max(1);
+    let reviews: Vec<Bytes> = (0..args.digests.div_ceil(per_review))
+        .map(|r| {
+            let images = (r * per_review..((r + 1) * per_review).min(args.digests)).map(|i| {
+                let hex = hex::encode(Sha256::digest(format!("{}-{i}", args.seed)));
+                format!("{}@sha256:{hex}", args.image_prefix)
+            });
+            Bytes::from(pod_review(&format!("fill-{r}"), images).to_string())
+        })
+        .collect();
+    let queue = Arc::new(Mutex::new(reviews.into_iter()));
+    let stats = Stats::shared();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let shared = client.connect().await?;
+    for _ in 0..args.concurrency.max(1) {
+        let mut connection = match shared.shared() {
+            Some(sender) => Connection::H2(sender),
+            None => client.connect().await?,
+        };
+        let (client, queue, stats) = (client.clone(), queue.clone(), stats.clone());
+        tasks.spawn(async move {
+            loop {
+                let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+                let Some(body) = next else { return };
+                let sent = Instant::now();
+                let outcome = connection.exchange(&client, body).await;
+                record(&stats, sent, sent, outcome);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+    Ok(json!({
+        "label": args.target.label,
+        "digests": args.digests,
+        "per_review": per_review,
+        "reviews": stats.allowed + stats.refused,
+        "allowed": stats.allowed,
+        "refused": stats.refused,
+        "errors": stats.errors,
+        "first_error": stats.first_error,
+        "elapsed_s": (elapsed * 100.0).round() / 100.0,
+        "digests_per_s": (args.digests as f64 / elapsed).round(),
+        "review_latency_us": percentiles(&stats.latency),
+    }))
+}
+
+/// An AdmissionReview creating a Pod with one container per image, shaped like tests/data/pod-create.json.
+fn pod_review(name: &str, images: impl Iterator<Item = String>) -> Value {
+    let containers: Vec<Value> = images
+        .enumerate()
+        .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+        .collect();
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("00000000-0000-0000-0000-{:012}", containers.len()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": name,
+            "namespace": "bench",
+            "operation": "CREATE",
+            "userInfo": {"username": "bench"},
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": "bench"},
+                "spec": {"containers": containers}
+            },
+            "oldObject": null,
+            "dryRun": false
+        }
+    })
+}
