@@ -298,9 +298,12 @@ async fn rotation_changes_the_served_certificate_without_failing_requests() {
             report.before_rotation, report.after_rotation
         );
         if index == 2 {
-            assert_eq!(
-                report.last_peer, new_leaf.der,
-                "new connections under load get the new certificate"
+            // New connections may still resume a TLS session negotiated just before the rotation, and a
+            // resumed session shows the certificate it was made with: under load on two cores that
+            // race is real, so fresh clients are checked below, (b), rather than this loader.
+            assert!(
+                report.last_peer == new_leaf.der || report.last_peer == old_leaf.der,
+                "loader {index} saw a certificate that was never served"
             );
         } else {
             assert_eq!(
