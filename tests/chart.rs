@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use support::cluster::ControlPlane;
 use support::cosign::assert_success;
@@ -53,22 +52,8 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
                 "no {kind} rendered with {values:?}"
             );
         }
-        let mut child = Command::new(support::tool("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
-            .args(["apply", "--dry-run=server", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifests.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
+        let output =
+            cluster.kubectl_with_stdin(&["apply", "--dry-run=server", "-f", "-"], &manifests);
         assert_success(&format!("server-side dry run with {values:?}"), &output);
     }
 }

@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -26,22 +25,7 @@ async fn client(cluster: &ControlPlane) -> kube::Client {
 }
 
 fn apply(cluster: &ControlPlane, yaml: &str) -> Output {
-    let mut child = Command::new(support::tool("kubectl"))
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    cluster.kubectl_with_stdin(&["apply", "-f", "-"], yaml)
 }
 
 fn prepare(cluster: &ControlPlane) {

@@ -3,29 +3,11 @@
 
 mod support;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-
 use support::cluster::ControlPlane;
 use support::cosign::assert_success;
 
 fn apply(cluster: &ControlPlane, yaml: &str) -> std::process::Output {
-    let mut child = Command::new(support::tool("kubectl"))
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    cluster.kubectl_with_stdin(&["apply", "-f", "-"], yaml)
 }
 
 fn policy(name: &str, spec: &str) -> String {

@@ -5,8 +5,7 @@
 
 mod support;
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -94,22 +93,7 @@ impl Webhook {
 }
 
 fn kubectl_stdin(cluster: &ControlPlane, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(support::tool("kubectl"))
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    cluster.kubectl_with_stdin(args, stdin)
 }
 
 fn text(output: &Output) -> String {

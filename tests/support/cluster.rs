@@ -127,6 +127,28 @@ impl ControlPlane {
         kubectl_with(&self.kubeconfig, args).expect("run kubectl")
     }
 
+    /// Runs kubectl with `stdin` on its standard input (`apply -f -` of a manifest written by a test).
+    pub fn kubectl_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let mut child = Command::new(tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child
+            .stdin
+            .take()
+            .expect("kubectl stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write to kubectl");
+        child.wait_with_output().expect("wait for kubectl")
+    }
+
     pub fn apiserver_log(&self) -> String {
         self.apiserver.log_tail()
     }
