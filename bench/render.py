@@ -664,6 +664,14 @@ if c1 and c20:
         w("")
 
 # --------------------------------------------------------------------------------------------------
+# Bounds: static, the limits the server enforces (section 7); each has its flood test.
+
+BOUNDS = "## 7. Bounds: what a caller can make the webhook hold\n\nNot timed figures but the limits the server enforces, why each value, and the test that floods it\nagainst the real server process (`cargo test --test floods --test containment --test webhook`):\n\n| surface | bound | why this value | test |\n|---|---|---|---|\n| request body | 3 MiB, 413 on HTTP/1.1 and HTTP/2 | the API server's own request limit | `floods::oversized_bodies_are_413_on_http1_and_http2` |\n| body arrival | 5 s, then 408 | the API server sends a review at once; a stalled body is an attack | `floods::stalled_bodies_on_many_connections_stay_within_the_memory_ceiling` |\n| bodies being read, all connections | 64 MiB budget, callers wait their turn | a quarter of the chart's 256 MiB limit | same: 100 stalled 3 MiB bodies stay under a 160 MiB RSS ceiling |\n| connections | 1,024 open, beyond closed at once; 128 HTTP/2 streams each; handshake and headers 10 s | the API server keeps a handful per replica | |\n| push events | token before any read, 64 KiB body, 255-character names, 1,024 pending repositories then one full drop | an event is ~200 bytes; one sweep per 200 ms costs one pass over the cache | `floods::unauthenticated_push_events_cost_nothing` (240 × 3 MiB: RSS under 100 MiB), `webhook::registryx_push_events_are_authenticated_bounded_and_only_drop_cached_results` |\n| images per review | each distinct image once; 64 distinct, beyond refused | real pods name a handful | `webhook::one_object_naming_an_image_many_times_costs_one_verification_and_a_cap_holds` (2,000 copies: ≤ 4 registry requests) |\n| verification per registry | 32 images and 16 requests in flight per registry | a bulkhead: a hanging registry holds only its own slots | `containment::a_hanging_registry_never_refuses_another_registrys_signed_images` |\n| registry clients | 256, evicted after 10 min idle, built under a per-key lock | thousands of registries named in pods must not grow memory | `containment::registry_clients_stay_bounded_however_many_registries_are_named` |\n| refusal text | the registry's OCI error code and message only, 200 characters; one text for every connection failure | refusals reach whoever created the pod | `containment::an_internal_services_answer_never_reaches_a_refusal`, `containment::open_and_closed_ports_read_the_same` |"
+for line in BOUNDS.split("\n"):
+    w(line)
+w("")
+
+# --------------------------------------------------------------------------------------------------
 # Commands
 
 w("## Commands")

@@ -81,9 +81,14 @@ fn admission(c: &mut Criterion) {
     for image in &pushed {
         cosign.sign(&image.reference, Format::Legacy);
     }
-    let policy: ImageSigningPolicy =
-        serde_yaml::from_str(&PolicyYaml::key(&registry.host, &cosign.public_key_pem()).yaml())
-            .expect("the policy parses");
+    // By-tag reviews go straight to /validate here, with no mutating webhook in front to pin them: the
+    // policy records the digest instead of pinning (a pinning policy would refuse them as unpinned).
+    let policy: ImageSigningPolicy = serde_yaml::from_str(
+        &PolicyYaml::key(&registry.host, &cosign.public_key_pem())
+            .spec("mutateDigest: false")
+            .yaml(),
+    )
+    .expect("the policy parses");
     let (snapshot, _) = PolicySnapshot::build(&[policy], &NoSecrets, "registryx-guard", 1);
     let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
     let admission = Admission::new(

@@ -56,12 +56,30 @@ show kubectl apply -f "$RXG_WORK/policy.yaml"
 wait_for "the policy to be Ready" 20 bash -c "kubectl get isp demo-signed -o jsonpath='{.status.conditions[0].status}' | grep -qx True"
 show kubectl get imagesigningpolicies
 
-say "The signed image is admitted"
+say "Namespaces opt in with a label (the chart's default); in them, only what a policy vouches for runs"
+show kubectl label namespace default registryx.io/include=true
+
+say "The signed image is admitted, pinned to the digest that was verified"
 show kubectl run signed --image "$signed" --restart Never
+
+show kubectl get pod signed -o 'jsonpath={.spec.containers[0].image}{"\n"}'
 
 say "The unsigned image is refused, with the reason"
 if show kubectl run unsigned --image "$unsigned" --restart Never; then
 	echo "UNEXPECTED: the unsigned image was admitted" >&2
+	exit 1
+fi
+
+say "Another spelling of the registry is the same registry: refused as well"
+respelled=${unsigned/127.0.0.1:/127.0.0.1:0}
+if show kubectl run respelled --image "$respelled" --restart Never; then
+	echo "UNEXPECTED: the respelled unsigned image was admitted" >&2
+	exit 1
+fi
+
+say "An image no policy vouches for is refused too"
+if show kubectl run unmatched --image docker.io/library/busybox:1.36 --restart Never; then
+	echo "UNEXPECTED: an image no policy governs was admitted" >&2
 	exit 1
 fi
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::admission::Unmatched;
 use crate::telemetry::LogArgs;
 
 /// Exit code of `verify` when the image is admitted.
@@ -76,9 +77,16 @@ pub struct ServeArgs {
     #[arg(long, env = "RXG_POD_NAME", default_value_t = default_identity())]
     pub identity: String,
 
-    /// Refuse images that no policy governs (by default they are admitted).
-    #[arg(long, env = "RXG_DEFAULT_DENY")]
-    pub default_deny: bool,
+    /// What to do with an image that no policy governs: deny (the default: only what a policy vouches
+    /// for gets in), warn (admit with a warning) or allow, for a gradual roll-out.
+    #[arg(long, env = "RXG_UNMATCHED", value_enum, default_value_t = Unmatched::Deny)]
+    pub unmatched: Unmatched,
+
+    /// The shared token that RegistryX push events must carry (`Authorization: Bearer <token>`, or
+    /// `?token=<token>` in RegistryX's WEBHOOK_URL); at least 16 characters. Without it, /registryx/events
+    /// is off.
+    #[arg(long, env = "RXG_EVENTS_TOKEN", hide_env_values = true)]
+    pub events_token: Option<String>,
 }
 
 fn default_identity() -> String {
@@ -105,6 +113,10 @@ pub struct VerifyArgs {
     /// Output format.
     #[arg(long, env = "RXG_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+
+    /// What to do with an image that no given policy governs, as `serve --unmatched` does.
+    #[arg(long, env = "RXG_UNMATCHED", value_enum, default_value_t = Unmatched::Deny)]
+    pub unmatched: Unmatched,
 
     /// Give up on the registry after this many seconds.
     #[arg(long, env = "RXG_TIMEOUT_SECONDS", default_value_t = 30)]
@@ -179,7 +191,13 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     );
     let credentials =
         DockerConfig::from_environment().map_err(|e| anyhow::anyhow!("Docker credentials: {e}"))?;
-    let governing: Vec<_> = policies.into_iter().filter(|p| p.governs(&image)).collect();
+    let governing: Vec<_> = crate::policy::governing_policies(policies.iter(), &image)
+        .into_iter()
+        .cloned()
+        .collect();
+    if governing.is_empty() {
+        return Ok(unmatched(&args, &image));
+    }
 
     let verifier = Verifier::new(VerifierSettings::default(), Some(credentials));
     let deadline =
@@ -194,4 +212,41 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         EXIT_REFUSED
     }))
+}
+
+/// The verdict on an image that no given policy governs: `--unmatched` decides, as in the webhook.
+fn unmatched(args: &VerifyArgs, image: &crate::registry::ImageRef) -> ExitCode {
+    let admitted = args.unmatched != Unmatched::Deny;
+    let reason = match args.unmatched {
+        Unmatched::Deny => {
+            "no policy governs this image, and only what a policy vouches for is admitted (--unmatched=deny)"
+        }
+        Unmatched::Warn => {
+            "no policy governs this image: admitted with a warning (--unmatched=warn)"
+        }
+        Unmatched::Allow => {
+            "no policy governs this image: admitted without looking it up (--unmatched=allow)"
+        }
+    };
+    match args.output {
+        OutputFormat::Text => {
+            let result = if admitted { "admitted" } else { "refused" };
+            print!(
+                "image {} (canonically {image})\n  {reason}\nresult: {result}\n",
+                args.image
+            );
+        }
+        OutputFormat::Json => println!(
+            "{:#}",
+            serde_json::json!({
+                "image": args.image, "canonical": image.to_string(), "digest": null,
+                "policies": [], "admitted": admitted, "unmatched": args.unmatched, "reason": reason,
+            })
+        ),
+    }
+    ExitCode::from(if admitted {
+        EXIT_ADMITTED
+    } else {
+        EXIT_REFUSED
+    })
 }

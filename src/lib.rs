@@ -65,6 +65,9 @@ pub enum Error {
     #[error("TLS configuration: {0}")]
     Tls(String),
 
+    #[error("configuration: {0}")]
+    Config(String),
+
     #[error("cannot serialize {what}: {reason}")]
     Serialize { what: &'static str, reason: String },
 

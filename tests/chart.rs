@@ -34,7 +34,8 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
         &[
             "webhook.url=https://127.0.0.1:8443",
             "webhook.mutating=false",
-            "config.defaultDeny=true",
+            "config.unmatched=allow",
+            "webhook.namespaces=all",
         ][..],
     ] {
         let manifests = render(values);
@@ -46,6 +47,7 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
             "ValidatingWebhookConfiguration",
             "PodDisruptionBudget",
             "Secret",
+            "NetworkPolicy",
         ] {
             assert!(
                 manifests.contains(&format!("kind: {kind}\n")),
@@ -83,4 +85,42 @@ fn the_webhook_can_never_lock_the_cluster_out() {
         .find(|d| d.contains("kind: ClusterRole\n"))
         .unwrap();
     assert!(!cluster_role.contains("secrets"), "{cluster_role}");
+}
+
+#[test]
+fn namespaces_opt_in_by_label_by_default_and_unmatched_images_are_refused() {
+    let webhooks = |values: &[&str]| -> Vec<String> {
+        render(values)
+            .split("---")
+            .filter(|doc| doc.contains("WebhookConfiguration"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let flat = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for webhook in webhooks(&[]) {
+        assert!(
+            flat(&webhook).contains("- key: registryx.io/include operator: In values: [\"true\"]"),
+            "opt-in by label by default: {webhook}"
+        );
+    }
+    for webhook in webhooks(&["webhook.namespaces=all"]) {
+        assert!(!webhook.contains("registryx.io/include"), "{webhook}");
+        assert!(
+            webhook.contains("operator: NotIn"),
+            "exclusions stay: {webhook}"
+        );
+    }
+    let manifests = render(&[]);
+    assert!(
+        manifests.contains("{name: RXG_UNMATCHED, value: \"deny\"}"),
+        "unmatched images are refused by default"
+    );
+    let output = Command::new(support::tool("helm"))
+        .args(["template", "rxg"])
+        .arg(support::repo_root().join("charts/registryx-guard"))
+        .args(["--set", "webhook.namespaces=some"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("optIn or all"));
 }

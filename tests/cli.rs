@@ -1,5 +1,7 @@
 //! The command line as a user meets it: help, version, exit codes, and crdgen's output.
 
+mod support;
+
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
@@ -38,7 +40,8 @@ fn every_subcommand_explains_itself_and_its_environment_variables() {
                 "RXG_LISTEN",
                 "--tls-cert",
                 "--policy-dir",
-                "--default-deny",
+                "--unmatched",
+                "RXG_UNMATCHED",
             ][..],
         ),
         (
@@ -112,39 +115,21 @@ fn crdgen_prints_the_committed_crd() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    std::fs::write(dir.path().join("tls.crt"), certified.cert.pem()).unwrap();
-    std::fs::write(
-        dir.path().join("tls.key"),
-        certified.signing_key.serialize_pem(),
-    )
-    .unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
     let pem = rcgen::KeyPair::generate()
         .unwrap()
         .public_key_pem()
         .replace('\n', "\n        ");
-    std::fs::write(
-        policies.join("p.yaml"),
-        format!(
+    let policies = support::serve_files(
+        dir.path(),
+        &format!(
             "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: from-dir}}\nspec:\n  images: ['r.example/**']\n  \
              authorities:\n  - name: k\n    key:\n      data: |\n        {pem}\n"
         ),
-    )
-    .unwrap();
-    let (port, https) = (free_port(), free_port());
+    );
+    let (port, https) = (support::free_port(), support::free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
         .args([
             "--log-format",

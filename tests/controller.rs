@@ -176,6 +176,31 @@ async fn policies_are_reconciled_into_status_and_the_snapshot() {
     .await;
     assert_eq!(governs(&snapshot, "broken"), (true, false));
 
+    // A glob that can never match a reference (CEL cannot see it: an empty tag) is not Ready, and says
+    // why in `kubectl get isp`.
+    let never = key_policy("never", &inline_key(&pem))
+        .replace("registry.example/never/**", "registry.example/never/app:");
+    assert_success("apply never", &apply(&cluster, &never));
+    eventually("never Ready=False", || {
+        ready_status(&cluster, "never").0 == "False"
+    })
+    .await;
+    let (_, message) = ready_status(&cluster, "never");
+    assert!(
+        message.contains("registry.example/never/app:") && message.contains("can never match"),
+        "{message}"
+    );
+    // Until it is fixed it stands for every image: a typo must not let images through elsewhere.
+    assert_eq!(governs(&snapshot, "anything-else"), (false, true));
+    assert_success(
+        "delete never",
+        &cluster.kubectl(&["delete", "isp", "never"]),
+    );
+    eventually("never gone", || {
+        governs(&snapshot, "anything-else") == (false, false)
+    })
+    .await;
+
     // A key from a Secret that does not exist yet: not ready, then ready once the Secret appears.
     let secret_ref = "      secretRef: {name: release-key}";
     assert_success(

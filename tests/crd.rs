@@ -110,4 +110,46 @@ fn the_api_server_accepts_the_crd_and_enforces_its_schema() {
         ),
         "an identity needs exactly one of subject or subjectRegExp",
     );
+    // Globs that can never match a reference are refused at apply time where CEL can tell.
+    for (glob, message) in [
+        ("https://registry.example/app", "not URLs: drop the scheme"),
+        ("registry.example/app ", "whitespace"),
+        (
+            "Registry.example/Team/app",
+            "repository names are lower case",
+        ),
+        ("Nginx", "repository names are lower case"),
+    ] {
+        assert_refused(
+            &cluster,
+            &policy(
+                "never-matches",
+                &format!("  images: ['{glob}']\n  signatureRequired: false\n"),
+            ),
+            message,
+        );
+    }
+    // Host names may be any case, and tags too: these are valid.
+    assert_success(
+        "mixed-case host and tag",
+        &apply(
+            &cluster,
+            &policy(
+                "mixed-case",
+                "  images: ['Registry.Example.COM:443/team/app:V1.*', 'nginx']\n  signatureRequired: false\n",
+            ),
+        ),
+    );
+    let pinning = cluster.kubectl(&[
+        "get",
+        "isp",
+        "mixed-case",
+        "-o",
+        "jsonpath={.spec.mutateDigest}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&pinning.stdout),
+        "true",
+        "admitted tags are pinned by default"
+    );
 }

@@ -206,6 +206,11 @@ async fn the_product_end_to_end() {
         "NOTES.txt is not shown"
     );
     let mut webhook = Webhook::start(&cluster, port);
+    // Namespaces opt in, as the chart's default namespaceSelector asks.
+    assert_success(
+        "opt the namespace in",
+        &cluster.kubectl(&["label", "namespace", "default", "registryx.io/include=true"]),
+    );
 
     // 2. A policy from the user: the signed image runs, the unsigned one is refused with the reason.
     let glob = format!("{}/demo/**", registry.host);
@@ -271,6 +276,76 @@ async fn the_product_end_to_end() {
             "{needle:?} missing from kubectl's answer:\n{message}"
         );
     }
+
+    // 2b. No side doors. Another spelling of the registry is the same registry: the unsigned image is
+    // refused as unsigned, the signed one admitted and stored pinned to the digest that was verified.
+    let respell = |image: &str| image.replacen("127.0.0.1:", "127.0.0.1:0", 1);
+    let refused = run_pod(
+        &cluster,
+        "respelled-unsigned",
+        &respell(&unsigned.reference),
+    );
+    assert!(
+        !refused.status.success() && text(&refused).contains("no signature found"),
+        "{}",
+        text(&refused)
+    );
+    assert_success(
+        "respelled signed",
+        &run_pod(&cluster, "respelled-signed", &respell(&signed.reference)),
+    );
+    let stored = cluster.kubectl(&[
+        "get",
+        "pod",
+        "respelled-signed",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.spec.containers[0].image}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&stored.stdout),
+        format!("{}@{}", respell(&signed.reference), signed.digest),
+        "admitted tags are pinned by default"
+    );
+    // An image that no policy vouches for is refused in a namespace that opted in...
+    let unmatched = run_pod(&cluster, "unmatched", "docker.io/library/busybox:1.36");
+    assert!(
+        !unmatched.status.success()
+            && text(&unmatched).contains("governed by no ImageSigningPolicy"),
+        "{}",
+        text(&unmatched)
+    );
+    // ...and a namespace that did not opt in is not checked at all.
+    assert_success(
+        "namespace",
+        &cluster.kubectl(&["create", "namespace", "unchecked"]),
+    );
+    assert_success(
+        "a pod where registryx-guard is not in charge",
+        &cluster.kubectl(&[
+            "run",
+            "free",
+            "--image",
+            &unsigned.reference,
+            "--restart",
+            "Never",
+            "-n",
+            "unchecked",
+        ]),
+    );
+    // A metadata-only update of an admitted pod is admitted without a new check.
+    assert_success(
+        "label a pod",
+        &cluster.kubectl(&[
+            "label",
+            "pod",
+            "respelled-signed",
+            "-n",
+            "default",
+            "tier=web",
+        ]),
+    );
 
     // 3. A Deployment with the unsigned image is refused at apply time, not when its pods fail.
     let deployment = format!(

@@ -91,10 +91,23 @@ async fn exit_codes_say_admitted_refused_or_bad_input() {
         text(&output)
     );
 
-    // An image no policy governs is admitted without a registry call: the registry here does not exist.
+    // An image no policy governs is refused, as the webhook refuses it, without a registry call: the
+    // registry here does not exist. --unmatched=allow admits it.
     let output = verify(&["127.0.0.1:9/elsewhere/app:1", "--policy", policy]);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(text(&output).contains("no policy governs this image"));
+    let output = verify(&[
+        "127.0.0.1:9/elsewhere/app:1",
+        "--policy",
+        policy,
+        "--unmatched",
+        "allow",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    // The same image under another spelling of the policy's registry is governed, and so verified.
+    let respelled = signed.reference.replacen("127.0.0.1:", "127.0.0.1:0", 1);
+    let output = verify(&[&respelled, "--policy", policy]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
 }
 
 #[test]

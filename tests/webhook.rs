@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use registryx_guard::admission::{Admission, AdmissionSettings};
+use registryx_guard::admission::{Admission, AdmissionSettings, Unmatched};
 use registryx_guard::policy::{ImageSigningPolicy, PolicySnapshot, shared};
+use registryx_guard::server::events::EventsToken;
 use registryx_guard::server::webhook::{WebhookState, router};
 use registryx_guard::verify::authority::NoSecrets;
 use registryx_guard::verify::{Verifier, VerifierSettings};
@@ -21,6 +22,7 @@ use tower::ServiceExt as _;
 
 struct Fixture {
     registry: Registry,
+    cosign: Cosign,
     signed: PushedImage,
     unsigned: PushedImage,
     router: axum::Router,
@@ -74,6 +76,7 @@ async fn fixture(extra: &str) -> Fixture {
     );
     Fixture {
         registry,
+        cosign,
         signed,
         unsigned,
         router,
@@ -110,6 +113,46 @@ async fn post(router: &axum::Router, path: &str, body: String) -> (StatusCode, V
     (status, value)
 }
 
+/// What the API server does: the mutating webhook first, its patch applied to the object, then the
+/// validating webhook on the patched object. Returns the validating answer and the object it saw.
+async fn admit(router: &axum::Router, body: String) -> (StatusCode, Value) {
+    let (admitted, _) = admit_object(router, body).await;
+    admitted
+}
+
+async fn admit_object(router: &axum::Router, body: String) -> ((StatusCode, Value), Value) {
+    let mut request: Value = serde_json::from_str(&body).unwrap();
+    let (status, mutated) = post(router, "/mutate", body).await;
+    assert_eq!(status, StatusCode::OK, "{mutated:#}");
+    assert_eq!(
+        mutated["response"]["allowed"], true,
+        "mutation never refuses"
+    );
+    if let Some(operations) = patch_of(&mutated) {
+        json_patch::patch(&mut request["request"]["object"], &operations).unwrap();
+    }
+    let object = request["request"]["object"].clone();
+    (post(router, "/validate", request.to_string()).await, object)
+}
+
+fn patch_of(review: &Value) -> Option<json_patch::Patch> {
+    let patch = &review["response"]["patch"];
+    if patch.is_null() {
+        return None;
+    }
+    // kube serializes the patch bytes as a JSON array of numbers (Go's decoder accepts that for []byte).
+    let bytes = match patch.as_str() {
+        Some(text) => base64_decode(text),
+        None => patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect(),
+    };
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
 fn message(review: &Value) -> &str {
     review["response"]["status"]["message"]
         .as_str()
@@ -127,7 +170,7 @@ async fn a_pod_with_signed_images_is_admitted_with_audit_annotations() {
             ("SIDECAR_IMAGE", &f.signed.reference),
         ],
     );
-    let (status, review) = post(&f.router, "/validate?timeout=10s", body).await;
+    let (status, review) = admit(&f.router, body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         review["response"]["uid"],
@@ -154,7 +197,7 @@ async fn a_pod_with_one_unsigned_image_is_refused_with_the_reason() {
             ("SIDECAR_IMAGE", &f.unsigned.reference),
         ],
     );
-    let (_, review) = post(&f.router, "/validate?timeout=10s", body).await;
+    let (_, review) = admit(&f.router, body).await;
     assert_eq!(review["response"]["allowed"], false);
     let message = message(&review);
     for needle in [
@@ -178,9 +221,8 @@ async fn a_pod_with_one_unsigned_image_is_refused_with_the_reason() {
 #[tokio::test]
 async fn workload_templates_and_ephemeral_containers_are_checked() {
     let f = fixture("").await;
-    let (_, refused) = post(
+    let (_, refused) = admit(
         &f.router,
-        "/validate",
         review(
             "deployment-update.json",
             &[
@@ -194,9 +236,8 @@ async fn workload_templates_and_ephemeral_containers_are_checked() {
         refused["response"]["allowed"], false,
         "an unsigned Deployment was admitted"
     );
-    let (_, admitted) = post(
+    let (_, admitted) = admit(
         &f.router,
-        "/validate",
         review(
             "deployment-update.json",
             &[
@@ -208,9 +249,8 @@ async fn workload_templates_and_ephemeral_containers_are_checked() {
     .await;
     assert_eq!(admitted["response"]["allowed"], true);
 
-    let (_, cron) = post(
+    let (_, cron) = admit(
         &f.router,
-        "/validate",
         review(
             "cronjob-create.json",
             &[("APP_IMAGE", &f.unsigned.reference)],
@@ -222,9 +262,8 @@ async fn workload_templates_and_ephemeral_containers_are_checked() {
         "an unsigned CronJob was admitted"
     );
 
-    let (_, debug) = post(
+    let (_, debug) = admit(
         &f.router,
-        "/validate",
         review(
             "pod-ephemeralcontainers-update.json",
             &[
@@ -240,9 +279,8 @@ async fn workload_templates_and_ephemeral_containers_are_checked() {
         "{debug:#}"
     );
 
-    let (_, delete) = post(
+    let (_, delete) = admit(
         &f.router,
-        "/validate",
         review("pod-delete.json", &[("APP_IMAGE", &f.unsigned.reference)]),
     )
     .await;
@@ -259,7 +297,7 @@ async fn warn_mode_admits_with_a_warning() {
         "cronjob-create.json",
         &[("APP_IMAGE", &f.unsigned.reference)],
     );
-    let (_, review) = post(&f.router, "/validate", body).await;
+    let (_, review) = admit(&f.router, body).await;
     assert_eq!(review["response"]["allowed"], true);
     let warnings = review["response"]["warnings"].as_array().unwrap();
     assert!(
@@ -273,7 +311,7 @@ async fn warn_mode_admits_with_a_warning() {
 
 #[tokio::test]
 async fn mutate_pins_verified_images_to_their_digest() {
-    let f = fixture("  mutateDigest: true\n").await;
+    let f = fixture("").await;
     let body = review(
         "pod-create.json",
         &[
@@ -288,18 +326,7 @@ async fn mutate_pins_verified_images_to_their_digest() {
         "the mutating webhook never refuses"
     );
     assert_eq!(review["response"]["patchType"], "JSONPatch", "{review:#}");
-    // kube serializes the patch bytes as a JSON array of numbers (Go's decoder accepts that for []byte).
-    let patch = &review["response"]["patch"];
-    let bytes = match patch.as_str() {
-        Some(text) => base64_decode(text),
-        None => patch
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b.as_u64().unwrap() as u8)
-            .collect(),
-    };
-    let patch: Value = serde_json::from_slice(&bytes).unwrap();
+    let patch = serde_json::to_value(patch_of(&review).unwrap()).unwrap();
     assert_eq!(
         patch,
         serde_json::json!([{"op": "replace", "path": "/spec/initContainers/0/image", "value": format!("{}@{}", f.signed.reference, f.signed.digest)}]),
@@ -308,23 +335,33 @@ async fn mutate_pins_verified_images_to_their_digest() {
 }
 
 #[tokio::test]
-async fn unmatched_images_pass_unless_default_deny() {
+async fn unmatched_images_are_refused_unless_the_server_allows_or_warns() {
     let f = fixture("").await;
     let elsewhere = "elsewhere.example/app:1";
     let body = review("cronjob-create.json", &[("APP_IMAGE", elsewhere)]);
     let (_, review) = post(&f.router, "/validate", body.clone()).await;
-    assert_eq!(review["response"]["allowed"], true);
-
-    let strict = router_for(
-        &[],
-        AdmissionSettings {
-            default_deny: true,
-            ..AdmissionSettings::default()
-        },
+    assert_eq!(review["response"]["allowed"], false, "refused by default");
+    assert!(
+        message(&review).contains("governed by no ImageSigningPolicy"),
+        "{review:#}"
     );
-    let (_, review) = post(&strict, "/validate", body).await;
-    assert_eq!(review["response"]["allowed"], false);
-    assert!(message(&review).contains("--default-deny"));
+
+    for (unmatched, warned) in [(Unmatched::Warn, true), (Unmatched::Allow, false)] {
+        let lenient = router_for(
+            &[],
+            AdmissionSettings {
+                unmatched,
+                ..AdmissionSettings::default()
+            },
+        );
+        let (_, review) = post(&lenient, "/validate", body.clone()).await;
+        assert_eq!(review["response"]["allowed"], true, "{unmatched:?}");
+        assert_eq!(
+            review["response"]["warnings"].is_array(),
+            warned,
+            "{unmatched:?}: {review:#}"
+        );
+    }
     drop(f.registry);
 }
 
@@ -434,9 +471,8 @@ async fn rego_rules_see_the_request_and_refuse_with_their_messages() {
         AdmissionSettings::default(),
     );
 
-    let (_, answer) = post(
+    let (_, answer) = admit(
         &router,
-        "/validate",
         review(
             "pod-create.json",
             &[
@@ -453,12 +489,7 @@ async fn rego_rules_see_the_request_and_refuse_with_their_messages() {
         "{answer:#}"
     );
 
-    let (_, answer) = post(
-        &router,
-        "/validate",
-        review_with_image_user(&signed.reference),
-    )
-    .await;
+    let (_, answer) = admit(&router, review_with_image_user(&signed.reference)).await;
     assert_eq!(answer["response"]["allowed"], false);
     assert!(
         message(&answer).contains("rego: user bob may not deploy to payments"),
@@ -473,7 +504,7 @@ async fn rego_rules_see_the_request_and_refuse_with_their_messages() {
             ("SIDECAR_IMAGE", &signed.reference),
         ],
     );
-    let (_, answer) = post(&router, "/validate", all_signed).await;
+    let (_, answer) = admit(&router, all_signed).await;
     assert_eq!(answer["response"]["allowed"], true, "{answer:#}");
 }
 
@@ -483,15 +514,36 @@ fn review_with_image_user(image: &str) -> String {
 }
 
 #[tokio::test]
-async fn registryx_push_events_only_drop_cached_results_and_are_rate_limited() {
+async fn registryx_push_events_are_authenticated_bounded_and_only_drop_cached_results() {
+    registryx_guard::tls::install_crypto_provider();
     let registry = Registry::distribution();
     let cosign = Cosign::with_new_key_pair();
     let signed = registry
         .push_image("team/app", "signed", "events-signed")
         .await;
     cosign.sign(&signed.reference, Format::Legacy);
-    let policy = policy_yaml("team-signed", &registry.host, &cosign.public_key_pem(), "");
-    let (router, verifier) = router_and_verifier(&[policy], AdmissionSettings::default());
+    let policy: ImageSigningPolicy = serde_yaml::from_str(&policy_yaml(
+        "team-signed",
+        &registry.host,
+        &cosign.public_key_pem(),
+        "",
+    ))
+    .unwrap();
+    let (snapshot, _) = PolicySnapshot::build(&[policy], &NoSecrets, "registryx-guard", 1);
+    let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
+    let admission = Admission::new(
+        shared(snapshot),
+        verifier.clone(),
+        None,
+        AdmissionSettings::default(),
+        None,
+    );
+    let token = "events-token-0123456789abcdef";
+    let state = WebhookState::with_events_token(
+        Arc::new(admission),
+        EventsToken::new(Some(token)).unwrap(),
+    );
+    let router = router(state.clone());
     let body = review_with_image(&signed.by_digest());
 
     let (_, first) = post(&router, "/validate", body.clone()).await;
@@ -504,35 +556,372 @@ async fn registryx_push_events_only_drop_cached_results_and_are_rate_limited() {
         "the second review was not served from the cache"
     );
 
-    // A push hint for another repository changes nothing; one for this repository drops its results.
     let event = |repository: &str| {
         format!(
             r#"{{"action":"push","repository":"{repository}","tag":"v2","digest":"sha256:00","timestamp":"2026-11-25T00:00:00Z","user":"ci"}}"#
         )
     };
-    let (status, _) = post(&router, "/registryx/events", event("other/app")).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    post(&router, "/validate", body.clone()).await;
-    assert_eq!(verifier.cache_stats(), (2, 1));
+    // Without the token, nothing is read and nothing is dropped.
     let (status, _) = post(&router, "/registryx/events", event("team/app")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = post(
+        &router,
+        "/registryx/events?token=wrong-token-0123456789",
+        event("team/app"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    state.flush_events();
+    post(&router, "/validate", body.clone()).await;
+    assert_eq!(
+        verifier.cache_stats(),
+        (2, 1),
+        "an unauthenticated event dropped the cache"
+    );
+
+    // A hint for another repository changes nothing; one for this repository drops its results, by the
+    // query token RegistryX's WEBHOOK_URL carries or by a bearer header.
+    let with_token = format!("/registryx/events?token={token}");
+    let (status, _) = post(&router, &with_token, event("other/app")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let (_, after) = post(&router, "/validate", body).await;
+    state.flush_events();
+    post(&router, "/validate", body.clone()).await;
+    assert_eq!(verifier.cache_stats(), (3, 1));
+    let (status, _) = post_with_header(
+        &router,
+        "/registryx/events",
+        ("authorization", &format!("Bearer {token}")),
+        event("team/app"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    state.flush_events();
+    let (_, after) = post(&router, "/validate", body.clone()).await;
     assert_eq!(
         after["response"]["allowed"], true,
         "a hint is never evidence, and never a refusal either"
     );
     assert_eq!(
         verifier.cache_stats(),
-        (2, 2),
+        (3, 2),
         "the push hint did not drop the cached result"
     );
 
-    let (status, _) = post(&router, "/registryx/events", "not json".into()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    let mut limited = false;
-    for _ in 0..60 {
-        let (status, _) = post(&router, "/registryx/events", event("team/app")).await;
-        limited |= status == StatusCode::TOO_MANY_REQUESTS;
+    // Bounded: names outside the distribution grammar, huge names, huge bodies.
+    for (body, expected) in [
+        ("not json".to_owned(), StatusCode::BAD_REQUEST),
+        (event("Team/App"), StatusCode::BAD_REQUEST),
+        (event(&"a".repeat(3 << 20)), StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            event("a/".repeat(200).trim_end_matches('/')),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (status, _) = post(&router, &with_token, body).await;
+        assert_eq!(status, expected);
     }
-    assert!(limited, "60 events at once were all accepted");
+    // A flood of genuine events is coalesced, never refused.
+    for n in 0..3000 {
+        let (status, _) = post(&router, &with_token, event(&format!("flood/app{n}"))).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    state.flush_events();
+
+    // Without a configured token the endpoint is off.
+    let (status, _) = post(
+        &router_for(&[], AdmissionSettings::default()),
+        "/registryx/events",
+        event("team/app"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn post_with_header(
+    router: &axum::Router,
+    path: &str,
+    (name, value): (&str, &str),
+    body: String,
+) -> (StatusCode, Value) {
+    let response = router
+        .clone()
+        .oneshot(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .header(name, value)
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    (response.status(), Value::Null)
+}
+
+#[tokio::test]
+async fn one_object_naming_an_image_many_times_costs_one_verification_and_a_cap_holds() {
+    let f = fixture("").await;
+    let (router, verifier) = router_and_verifier(
+        &[policy_yaml(
+            "team-signed",
+            &f.registry.host,
+            &f.cosign.public_key_pem(),
+            "",
+        )],
+        AdmissionSettings::default(),
+    );
+    let containers: Vec<Value> = (0..2000)
+        .map(|i| serde_json::json!({"name": format!("c{i}"), "image": f.unsigned.reference}))
+        .collect();
+    let mut body: Value = serde_json::from_str(&review_with_image("x")).unwrap();
+    body["request"]["object"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"] =
+        Value::from(containers);
+    let (_, refused) = post(&router, "/validate", body.to_string()).await;
+    assert_eq!(refused["response"]["allowed"], false);
+    assert_eq!(
+        message(&refused).lines().count(),
+        1,
+        "one refusal for one image"
+    );
+    assert!(
+        verifier.registry_requests() <= 4,
+        "2000 copies of one image made {} registry requests",
+        verifier.registry_requests()
+    );
+
+    let many: Vec<Value> = (0..65)
+        .map(|i| serde_json::json!({"name": format!("c{i}"), "image": format!("{}/team/app:{i}", f.registry.host)}))
+        .collect();
+    body["request"]["object"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"] =
+        Value::from(many);
+    let before = verifier.registry_requests();
+    let (_, refused) = post(&router, "/validate", body.to_string()).await;
+    assert_eq!(refused["response"]["allowed"], false);
+    assert!(
+        message(&refused).contains("names 65 distinct images")
+            && message(&refused).contains("at most 64"),
+        "{refused:#}"
+    );
+    assert_eq!(
+        verifier.registry_requests(),
+        before,
+        "over the cap, nothing is fetched"
+    );
+}
+
+/// The registry's port, and the same image spelled with another host name for the same place.
+fn respell(image: &str, registry_host: &str, spelling: &str) -> String {
+    image.replacen(registry_host, spelling, 1)
+}
+
+#[tokio::test]
+async fn every_spelling_of_a_governed_registry_is_governed() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let signed = registry
+        .push_image("team/app", "signed", "spelling-signed")
+        .await;
+    let unsigned = registry
+        .push_image("team/app", "unsigned", "spelling-unsigned")
+        .await;
+    cosign.sign(&signed.reference, Format::Legacy);
+    let port = registry.host.rsplit_once(':').unwrap().1;
+    // The policy names the registry as `LocalHost:<port>`; the server admits unmatched images, so a
+    // spelling that escaped the policy would be admitted: every refusal below proves it is governed.
+    let policy = policy_yaml(
+        "team-signed",
+        &format!("LocalHost:{port}/team"),
+        &cosign.public_key_pem(),
+        "",
+    );
+    let lenient = router_for(
+        std::slice::from_ref(&policy),
+        AdmissionSettings {
+            unmatched: Unmatched::Allow,
+            ..AdmissionSettings::default()
+        },
+    );
+    for spelling in [
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("LocalHost:0{port}"),
+        format!("localhost:00{port}"),
+    ] {
+        let image = respell(&unsigned.reference, &registry.host, &spelling);
+        let (_, refused) = admit(&lenient, review_with_image(&image)).await;
+        assert_eq!(refused["response"]["allowed"], false, "{image} got in");
+        assert!(
+            message(&refused).contains("no signature found"),
+            "{image}: {refused:#}"
+        );
+        let by_digest = respell(&unsigned.by_digest(), &registry.host, &spelling);
+        let (_, refused) = admit(&lenient, review_with_image(&by_digest)).await;
+        assert_eq!(refused["response"]["allowed"], false, "{by_digest} got in");
+
+        let image = respell(&signed.reference, &registry.host, &spelling);
+        let ((_, admitted), object) = admit_object(&lenient, review_with_image(&image)).await;
+        assert_eq!(
+            admitted["response"]["allowed"], true,
+            "{image}: {admitted:#}"
+        );
+        let stored = object.pointer("/spec/jobTemplate/spec/template/spec/containers/0/image");
+        assert_eq!(
+            stored.and_then(Value::as_str),
+            Some(format!("{image}@{}", signed.digest).as_str()),
+            "pinned as written, to the verified digest"
+        );
+    }
+    // The IP literal of the same registry cannot be recognised by spelling: with the server's default,
+    // no policy vouching for it means it is refused.
+    let strict = router_for(&[policy], AdmissionSettings::default());
+    let (_, refused) = admit(&strict, review_with_image(&unsigned.reference)).await;
+    assert_eq!(refused["response"]["allowed"], false);
+    assert!(
+        message(&refused).contains("governed by no ImageSigningPolicy"),
+        "{refused:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_tag_that_reaches_validation_unpinned_is_refused() {
+    let f = fixture("").await;
+    let (_, refused) = post(
+        &f.router,
+        "/validate",
+        review_with_image(&f.signed.reference),
+    )
+    .await;
+    assert_eq!(refused["response"]["allowed"], false, "{refused:#}");
+    let text = message(&refused);
+    for needle in [
+        "policy team-signed admits only what is pinned",
+        &format!("{}@{}", f.signed.reference, f.signed.digest),
+        "MutatingWebhookConfiguration",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
+    let (_, admitted) = post(
+        &f.router,
+        "/validate",
+        review_with_image(&f.signed.by_digest()),
+    )
+    .await;
+    assert_eq!(admitted["response"]["allowed"], true, "{admitted:#}");
+    let tag_and_digest = format!("{}@{}", f.signed.reference, f.signed.digest);
+    let (_, admitted) = post(&f.router, "/validate", review_with_image(&tag_and_digest)).await;
+    assert_eq!(admitted["response"]["allowed"], true, "{admitted:#}");
+}
+
+#[tokio::test]
+async fn policies_that_do_not_pin_record_the_digest_and_refuse_a_moved_tag() {
+    let f = fixture("  mutateDigest: false\n").await;
+    let ((_, admitted), object) =
+        admit_object(&f.router, review_with_image(&f.signed.reference)).await;
+    assert_eq!(admitted["response"]["allowed"], true, "{admitted:#}");
+    let template = &object["spec"]["jobTemplate"]["spec"]["template"];
+    assert_eq!(
+        template["spec"]["containers"][0]["image"], f.signed.reference,
+        "the image field is left as written"
+    );
+    let recorded = template["metadata"]["annotations"]["registryx.io/verified-digests"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(recorded.contains(&f.signed.digest), "{object:#}");
+
+    // The tag moves to other bytes, signed by the trusted key as well: verification alone would pass,
+    // but the workload's recorded digest no longer holds.
+    let moved = f
+        .registry
+        .push_image("team/app", "signed", "moved-after-admission")
+        .await;
+    assert_ne!(moved.digest, f.signed.digest);
+    f.cosign.sign(&moved.reference, Format::Legacy);
+    let mut body: Value = serde_json::from_str(&review_with_image(&f.signed.reference)).unwrap();
+    body["request"]["object"] = object;
+    let (_, refused) = admit(&f.router, body.to_string()).await;
+    assert_eq!(refused["response"]["allowed"], false, "{refused:#}");
+    assert!(message(&refused).contains("the tag moved"), "{refused:#}");
+}
+
+#[tokio::test]
+async fn updates_that_change_no_image_are_not_checked_again() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let unsigned = registry
+        .push_image("team/app", "unsigned", "update-unsigned")
+        .await;
+    let signed = registry
+        .push_image("team/app", "signed", "update-signed")
+        .await;
+    cosign.sign(&signed.reference, Format::Legacy);
+    let policy = policy_yaml("team-signed", &registry.host, &cosign.public_key_pem(), "");
+    let (router, verifier) = router_and_verifier(&[policy], AdmissionSettings::default());
+    let update =
+        |new: &str, old: &str| review("pod-update.json", &[("NEW_IMAGE", new), ("OLD_IMAGE", old)]);
+
+    // A finalizer removed from a pod whose image would be refused today: admitted, no registry call.
+    let (_, admitted) = post(
+        &router,
+        "/validate",
+        update(&unsigned.reference, &unsigned.reference),
+    )
+    .await;
+    assert_eq!(admitted["response"]["allowed"], true, "{admitted:#}");
+    assert_eq!(
+        verifier.registry_requests(),
+        0,
+        "a metadata-only update reached the registry"
+    );
+
+    // An update that changes the image is checked.
+    let (_, refused) = post(
+        &router,
+        "/validate",
+        update(&unsigned.reference, &signed.by_digest()),
+    )
+    .await;
+    assert_eq!(refused["response"]["allowed"], false, "{refused:#}");
+    assert!(
+        message(&refused).contains("no signature found"),
+        "{refused:#}"
+    );
+
+    // A debug container added to a running pod (pods/ephemeralcontainers) is checked on its own: the
+    // containers already running are not judged again.
+    let with_debug = |debug: &str| {
+        let mut body: Value =
+            serde_json::from_str(&update(&unsigned.reference, &unsigned.reference)).unwrap();
+        body["request"]["object"]["spec"]["ephemeralContainers"] =
+            serde_json::json!([{"name": "debug", "image": debug}]);
+        body.to_string()
+    };
+    let (_, admitted) = post(&router, "/validate", with_debug(&signed.by_digest())).await;
+    assert_eq!(admitted["response"]["allowed"], true, "{admitted:#}");
+    let (_, refused) = post(&router, "/validate", with_debug(&unsigned.by_digest())).await;
+    assert_eq!(refused["response"]["allowed"], false, "{refused:#}");
+    assert!(
+        message(&refused).contains("ephemeralContainers[debug]")
+            || message(&refused).contains(&unsigned.digest),
+        "{refused:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_missing_from_the_cache_is_never_treated_as_unlabelled() {
+    registryx_guard::tls::install_crypto_provider();
+    let (store, _writer) =
+        kube::runtime::reflector::store::<k8s_openapi::api::core::v1::Namespace>();
+    let (snapshot, _) = PolicySnapshot::build(&[], &NoSecrets, "registryx-guard", 1);
+    let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
+    let settings = AdmissionSettings {
+        unmatched: Unmatched::Allow,
+        ..AdmissionSettings::default()
+    };
+    let admission = Admission::new(shared(snapshot), verifier, Some(store), settings, None);
+    let router = router(WebhookState::new(Arc::new(admission)));
+    let (_, refused) = post(&router, "/validate", review_with_image("r.example/app:1")).await;
+    assert_eq!(refused["response"]["allowed"], false, "{refused:#}");
+    assert!(
+        message(&refused).contains("namespace payments are not known yet"),
+        "{refused:#}"
+    );
 }

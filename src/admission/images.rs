@@ -58,6 +58,28 @@ pub fn images_of(kind: &str, object: &Value) -> Result<Vec<ContainerImage>, Stri
             });
         }
     }
+    // Image volumes (`volumes[].image.reference`, Kubernetes 1.31+) mount an OCI image's files into
+    // containers: code an unsigned image could smuggle past a signed container.
+    if let Some(volumes) = spec.get("volumes") {
+        let volumes = volumes
+            .as_array()
+            .ok_or_else(|| format!("{pointer}/volumes is not a list"))?;
+        for (index, volume) in volumes.iter().enumerate() {
+            let Some(image) = volume.get("image") else {
+                continue;
+            };
+            let name = volume.get("name").and_then(Value::as_str).unwrap_or("?");
+            let reference = image
+                .get("reference")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("volumes[{name}] is an image volume without a reference"))?;
+            images.push(ContainerImage {
+                pointer: format!("{pointer}/volumes/{index}/image/reference"),
+                container: format!("volumes[{name}]"),
+                image: reference.to_owned(),
+            });
+        }
+    }
     Ok(images)
 }
 
@@ -89,6 +111,15 @@ mod tests {
             ]
         );
         assert_eq!(images[1].pointer, "/spec/containers/0/image");
+
+        let with_volume = json!({"spec": {
+            "containers": [{"name": "app", "image": "r/app:1"}],
+            "volumes": [{"name": "cfg", "configMap": {"name": "c"}}, {"name": "data", "image": {"reference": "r/data:1"}}],
+        }});
+        let images = images_of("Pod", &with_volume).unwrap();
+        assert_eq!(images[1].image, "r/data:1");
+        assert_eq!(images[1].pointer, "/spec/volumes/1/image/reference");
+        assert_eq!(images[1].container, "volumes[data]");
 
         let deployment = json!({"spec": {"template": {"spec": spec}}});
         assert_eq!(images_of("Deployment", &deployment).unwrap().len(), 4);

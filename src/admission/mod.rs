@@ -28,31 +28,62 @@ use crate::registry::ImageRef;
 use crate::rego::{RegoPod, RegoRequest, RegoUserInfo};
 use crate::verify::{ImageVerdict, RequestContext, Verifier};
 
+/// The default cap on distinct images in one object: real pods name a handful; a pod naming hundreds is
+/// an attempt to make one review cost hundreds of registry round trips.
+pub const MAX_IMAGES_PER_REVIEW: usize = 64;
+
+/// What the webhook does with an image that no policy governs.
+///
+/// `Deny` is the default, as in sigstore's policy-controller: namespaces opt in, and inside them an
+/// image no policy vouches for is refused. Spelling can never recognise an IP literal or a DNS alias of
+/// a governed registry, so refusing the unmatched is the only answer that closes those doors. `Warn`
+/// admits with an admission warning and `Allow` admits silently, for a gradual roll-out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    #[default]
+    Deny,
+    Warn,
+    Allow,
+}
+
 /// How the webhook decides what no policy speaks about, and how much it does at once.
 #[derive(Clone, Debug)]
 pub struct AdmissionSettings {
-    /// Refuse images that no policy governs.
-    pub default_deny: bool,
-    /// Image verifications in flight at once, over all requests.
+    /// What happens to images that no policy governs.
+    pub unmatched: Unmatched,
+    /// Image verifications in flight at once for one registry, over all requests: a bulkhead, so that a
+    /// registry that hangs holds only its own slots and never refuses another registry's images.
     pub max_concurrent_verifications: usize,
+    /// Distinct images one object may name; an object naming more is refused with the reason.
+    pub max_images_per_review: usize,
 }
 
 impl Default for AdmissionSettings {
     fn default() -> Self {
         AdmissionSettings {
-            default_deny: false,
-            max_concurrent_verifications: 64,
+            unmatched: Unmatched::Deny,
+            max_concurrent_verifications: 32,
+            max_images_per_review: MAX_IMAGES_PER_REVIEW,
         }
     }
 }
+
+/// The annotation on a Pod (or a pod template) that records, for images whose policies do not pin
+/// (`mutateDigest: false`), the digest each tag had when it was verified: `{"<image>": "sha256:..."}`.
+/// A later admission whose tag resolves elsewhere is refused: the tag moved after it was verified.
+pub const VERIFIED_DIGESTS_ANNOTATION: &str = "registryx.io/verified-digests";
 
 /// The admission engine, shared by every request.
 pub struct Admission {
     snapshot: SharedSnapshot,
     verifier: Arc<Verifier>,
     namespaces: Option<Store<Namespace>>,
+    /// Reads a namespace that the cache does not hold yet (a namespace created a moment ago).
+    namespace_api: Option<kube::Api<Namespace>>,
     settings: AdmissionSettings,
-    permits: Semaphore,
+    /// Verification slots per canonical registry (bounded, evicted when idle).
+    registry_permits: moka::sync::Cache<String, Arc<Semaphore>>,
     metrics: Option<AdmissionMetrics>,
 }
 
@@ -71,6 +102,9 @@ pub struct ImageDecision {
     pub verdict: Option<ImageVerdict>,
     #[serde(skip)]
     reason_label: &'static str,
+    /// Some governing policy pins admitted tags to their verified digest.
+    #[serde(skip)]
+    pins: bool,
 }
 
 impl ImageDecision {
@@ -91,13 +125,23 @@ impl Admission {
         metrics: Option<AdmissionMetrics>,
     ) -> Admission {
         Admission {
-            permits: Semaphore::new(settings.max_concurrent_verifications.max(1)),
+            registry_permits: moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
             snapshot,
             verifier,
             namespaces,
+            namespace_api: None,
             settings,
             metrics,
         }
+    }
+
+    /// Looks namespaces missing from the cache up in the API server instead of refusing their images.
+    pub fn with_namespace_lookup(mut self, client: kube::Client) -> Admission {
+        self.namespace_api = Some(kube::Api::all(client));
+        self
     }
 
     pub fn verifier(&self) -> &Arc<Verifier> {
@@ -135,17 +179,71 @@ impl Admission {
                 return response.deny(format!("registryx-guard cannot check this {kind}: {error}"));
             }
         };
-        let labels = self.namespace_labels(request.namespace.as_deref());
+        // An UPDATE is checked for what it changes: an image field that is new or different from the
+        // old object's (a new ephemeral container, `kubectl set image`). Metadata-only updates
+        // (finalizers removed by the Job controller and the garbage collector, labels, scale) run
+        // nothing new: what runs was checked when it was created.
+        let images = match request.operation {
+            Operation::Update => changed_images(kind, images, request),
+            _ => images,
+        };
+        if images.is_empty() {
+            return response;
+        }
+        let labels = match self
+            .namespace_labels(request.namespace.as_deref(), deadline)
+            .await
+        {
+            Ok(labels) => labels,
+            Err(reason) => {
+                self.count("deny", "none", "namespace_unknown");
+                return response.deny(format!("registryx-guard cannot decide: {reason}"));
+            }
+        };
         let context = request_context(request, kind, &object, labels.as_ref());
-        let decisions = join_all(
-            images
-                .iter()
-                .map(|image| self.decide_image(image, labels.as_ref(), &context, deadline)),
-        )
+        let recorded = recorded_digests(kind, &object);
+        // Each distinct image is decided once, however many containers name it.
+        let mut distinct: Vec<&ContainerImage> = Vec::new();
+        let mut index_of: HashMap<&str, usize> = HashMap::new();
+        let slots: Vec<usize> = images
+            .iter()
+            .map(|image| {
+                *index_of.entry(image.image.as_str()).or_insert_with(|| {
+                    distinct.push(image);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        if distinct.len() > self.settings.max_images_per_review {
+            self.count("deny", "none", "too_many_images");
+            return response.deny(format!(
+                "this {kind} names {} distinct images; registryx-guard checks at most {} in one object",
+                distinct.len(),
+                self.settings.max_images_per_review
+            ));
+        }
+        let decided = join_all(distinct.iter().map(|image| {
+            self.decide_image(
+                image,
+                labels.as_ref(),
+                &context,
+                deadline,
+                &recorded,
+                mutate,
+            )
+        }))
         .await;
+        let decisions: Vec<ImageDecision> = images
+            .iter()
+            .zip(&slots)
+            .map(|(image, slot)| ImageDecision {
+                container: image.container.clone(),
+                ..decided[*slot].clone()
+            })
+            .collect();
 
         let response = if mutate {
-            self.pin_digests(response, &images, &decisions)
+            self.pin_digests(response, kind, &object, &images, &decisions, &recorded)
         } else {
             self.verdict_response(response, &decisions)
         };
@@ -163,15 +261,36 @@ impl Admission {
         response
     }
 
-    fn namespace_labels(&self, namespace: Option<&str>) -> Option<BTreeMap<String, String>> {
-        let (store, namespace) = (self.namespaces.as_ref()?, namespace?);
-        let found = store.get(&ObjectRef::new(namespace));
-        // A namespace not yet in the cache has no labels we know: selectors then match as if it had none.
-        Some(
-            found
-                .and_then(|ns| ns.metadata.labels.clone())
-                .unwrap_or_default(),
-        )
+    /// The labels of `namespace`, from the cache or, for a namespace the cache does not hold yet, from
+    /// the API server. A namespace whose labels cannot be known is an error, never "no labels": a
+    /// `namespaceSelector` would otherwise decide on labels the namespace does not have.
+    async fn namespace_labels(
+        &self,
+        namespace: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Option<BTreeMap<String, String>>, String> {
+        let (Some(store), Some(namespace)) = (self.namespaces.as_ref(), namespace) else {
+            return Ok(None);
+        };
+        if let Some(found) = store.get(&ObjectRef::new(namespace)) {
+            return Ok(Some(found.metadata.labels.clone().unwrap_or_default()));
+        }
+        let Some(api) = &self.namespace_api else {
+            return Err(format!(
+                "the labels of namespace {namespace} are not known yet; retry in a moment"
+            ));
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, api.get_opt(namespace)).await {
+            Ok(Ok(Some(found))) => Ok(Some(found.metadata.labels.unwrap_or_default())),
+            Ok(Ok(None)) => Err(format!("namespace {namespace} does not exist")),
+            Ok(Err(error)) => Err(format!(
+                "cannot read the labels of namespace {namespace}: {error}"
+            )),
+            Err(_) => Err(format!(
+                "the labels of namespace {namespace} could not be read before the deadline"
+            )),
+        }
     }
 
     async fn decide_image(
@@ -180,6 +299,8 @@ impl Admission {
         labels: Option<&BTreeMap<String, String>>,
         context: &RequestContext,
         deadline: Instant,
+        recorded: &BTreeMap<String, String>,
+        mutate: bool,
     ) -> ImageDecision {
         let mut decision = ImageDecision {
             container: container.container.clone(),
@@ -189,6 +310,7 @@ impl Admission {
             warnings: Vec::new(),
             verdict: None,
             reason_label: "no_policy",
+            pins: false,
         };
         let image = match ImageRef::parse(&container.image) {
             Ok(image) => image,
@@ -213,18 +335,34 @@ impl Admission {
             );
         }
         if governing.policies.is_empty() {
-            if self.settings.default_deny {
-                let refusal = format!(
-                    "image {}: no ImageSigningPolicy governs it, and registryx-guard runs with --default-deny",
-                    container.image
-                );
-                return decision.refused(refusal, "no_policy");
+            let why = format!(
+                "image {} (canonically {image}) is governed by no ImageSigningPolicy",
+                container.image
+            );
+            match self.settings.unmatched {
+                Unmatched::Allow => {}
+                Unmatched::Warn => decision.warnings.push(format!(
+                    "{why}; it is admitted only because registryx-guard runs with --unmatched=warn"
+                )),
+                Unmatched::Deny => {
+                    let refusal = format!(
+                        "{why}, and registryx-guard admits only images a policy vouches for; \
+                         add this image to the spec.images of a policy that verifies it"
+                    );
+                    return decision.refused(refusal, "no_policy");
+                }
             }
             return decision;
         }
+        decision.pins = governing.policies.iter().any(|p| p.mutate_digest);
         let verdict = {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, self.permits.acquire()).await {
+            let slots = self.registry_permits.get_with_by_ref(&image.registry, || {
+                Arc::new(Semaphore::new(
+                    self.settings.max_concurrent_verifications.max(1),
+                ))
+            });
+            match tokio::time::timeout(remaining, slots.acquire()).await {
                 Ok(Ok(_permit)) => {
                     self.verifier
                         .verify_in(&image, &governing.policies, context, deadline)
@@ -232,8 +370,9 @@ impl Admission {
                 }
                 _ => {
                     let refusal = format!(
-                        "image {}: not verified before the deadline (too many verifications at once)",
-                        container.image
+                        "image {}: not verified before the deadline: registry {} has {} verifications \
+                         in flight already (is it slow or down?)",
+                        container.image, image.registry, self.settings.max_concurrent_verifications
                     );
                     return decision.refused(refusal, "registry");
                 }
@@ -274,8 +413,71 @@ impl Admission {
                 failed.join(" | ")
             ));
         }
+        if decision.admitted && image.digest.is_none() && !mutate {
+            self.check_pinned(
+                &mut decision,
+                &image,
+                &verdict,
+                &governing.policies,
+                recorded,
+            );
+        }
         decision.verdict = Some(verdict);
         decision
+    }
+
+    /// What runs must be what was verified. An admitted tag that a pinning policy governs should have
+    /// reached validation pinned by the mutating webhook; a bare tag here means the mutation failed or was
+    /// skipped, and the tag could move before the node pulls it: refused (a warning for `warn` policies).
+    /// For policies that do not pin, the digest recorded at the workload's admission must still be the
+    /// one the tag names.
+    fn check_pinned(
+        &self,
+        decision: &mut ImageDecision,
+        image: &ImageRef,
+        verdict: &ImageVerdict,
+        policies: &[Arc<crate::policy::CompiledPolicy>],
+        recorded: &BTreeMap<String, String>,
+    ) {
+        let Some(digest) = verdict.digest.as_deref() else {
+            return;
+        };
+        let pinned = format!("{}@{digest}", decision.image);
+        let pinning = policies.iter().filter(|p| p.mutate_digest);
+        let (enforcing, warning): (Vec<_>, Vec<_>) = pinning.partition(|p| p.mode == Mode::Enforce);
+        let names = |list: &[&Arc<crate::policy::CompiledPolicy>]| {
+            list.iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let unpinned = |names: String| {
+            format!(
+                "image {} is a tag, and policy {names} admits only what is pinned to the digest it \
+                 verified (the mutating webhook pins it; it did not run for this request): name the image \
+                 {pinned}, or check that the MutatingWebhookConfiguration of registryx-guard is installed",
+                decision.image
+            )
+        };
+        if !warning.is_empty() {
+            decision.warnings.push(unpinned(names(&warning)));
+        }
+        if !enforcing.is_empty() {
+            let refusal = unpinned(names(&enforcing));
+            *decision = decision.clone().refused(refusal, "unpinned");
+            return;
+        }
+        if let Some(admitted_as) = recorded.get(&decision.image)
+            && admitted_as != digest
+        {
+            let refusal = format!(
+                "image {} ({image}) now names {digest}, but the workload was admitted when it named \
+                 {admitted_as} (annotation {VERIFIED_DIGESTS_ANNOTATION}): the tag moved after it was \
+                 verified; pin the image by digest, or remove the annotation to accept the new digest",
+                decision.image
+            );
+            *decision = decision.clone().refused(refusal, "tag_moved");
+        }
     }
 
     fn verdict_response(
@@ -301,7 +503,15 @@ impl Admission {
             for policy in &policy_names {
                 self.count(outcome, policy, decision.reason_label);
             }
-            if let Some(verdict) = decision.verdict.as_ref().filter(|_| decision.admitted) {
+            let first = !decisions
+                .iter()
+                .take_while(|d| !std::ptr::eq(*d, decision))
+                .any(|d| d.image == decision.image);
+            if let Some(verdict) = decision
+                .verdict
+                .as_ref()
+                .filter(|_| decision.admitted && first)
+            {
                 let authorities: Vec<&str> = verdict
                     .policies
                     .iter()
@@ -315,10 +525,12 @@ impl Admission {
                 verified.push(serde_json::json!({"image": decision.image, "digest": verdict.digest, "authorities": authorities}));
             }
         }
-        let warnings: Vec<String> = decisions
-            .iter()
-            .flat_map(|d| d.warnings.iter().cloned())
-            .collect();
+        let mut warnings: Vec<String> = Vec::new();
+        for warning in decisions.iter().flat_map(|d| d.warnings.iter()) {
+            if !warnings.contains(warning) {
+                warnings.push(warning.clone());
+            }
+        }
         if !warnings.is_empty() {
             response.warnings = Some(warnings);
         }
@@ -328,10 +540,12 @@ impl Admission {
                 serde_json::Value::from(verified).to_string(),
             )]);
         }
-        let refusals: Vec<&str> = decisions
-            .iter()
-            .filter_map(|d| d.refusal.as_deref())
-            .collect();
+        let mut refusals: Vec<&str> = Vec::new();
+        for refusal in decisions.iter().filter_map(|d| d.refusal.as_deref()) {
+            if !refusals.contains(&refusal) {
+                refusals.push(refusal);
+            }
+        }
         if refusals.is_empty() {
             response
         } else {
@@ -339,54 +553,59 @@ impl Admission {
         }
     }
 
-    /// The patch that pins each verified image of a `mutateDigest` policy to its verified digest.
+    /// The patch of the mutating webhook: each verified tag of a pinning policy becomes
+    /// `image:tag@digest`; each verified tag whose policies do not pin is recorded in the
+    /// [`VERIFIED_DIGESTS_ANNOTATION`] of the pod (template), unless an earlier admission recorded it.
     fn pin_digests(
         &self,
         response: AdmissionResponse,
+        kind: &str,
+        object: &serde_json::Value,
         images: &[ContainerImage],
         decisions: &[ImageDecision],
+        recorded: &BTreeMap<String, String>,
     ) -> AdmissionResponse {
         let mut operations = Vec::new();
+        let mut record = recorded.clone();
         for (container, decision) in images.iter().zip(decisions) {
             let Some(verdict) = decision.verdict.as_ref().filter(|_| decision.admitted) else {
                 continue;
             };
-            let pin = verdict
-                .policies
-                .iter()
-                .any(|p| p.passed && self.mutates(&p.policy));
-            let (Some(digest), true) = (verdict.digest.as_deref(), pin) else {
+            let Some(digest) = verdict.digest.as_deref() else {
                 continue;
             };
             if container.image.contains('@') {
-                continue; // already pinned; validation checked that very digest
+                continue; // already pinned; validation checks that very digest
             }
-            let pinned = format!("{}@{digest}", container.image);
-            match serde_json::from_value::<json_patch::PatchOperation>(
-                serde_json::json!({"op": "replace", "path": container.pointer, "value": pinned}),
-            ) {
-                Ok(operation) => operations.push(operation),
-                Err(error) => tracing::warn!(%error, "cannot build a digest patch"),
+            if decision.pins {
+                let pinned = format!("{}@{digest}", container.image);
+                operations.push(serde_json::json!({"op": "replace", "path": container.pointer, "value": pinned}));
+            } else {
+                record
+                    .entry(container.image.clone())
+                    .or_insert_with(|| digest.to_owned());
             }
+        }
+        if record != *recorded {
+            operations.extend(annotation_patch(kind, object, &record));
         }
         if operations.is_empty() {
             return response;
         }
-        match response.clone().with_patch(json_patch::Patch(operations)) {
+        let patch = match serde_json::from_value::<json_patch::Patch>(operations.into()) {
+            Ok(patch) => patch,
+            Err(error) => {
+                tracing::warn!(%error, "cannot build the digest patch; validation refuses what is unpinned");
+                return response;
+            }
+        };
+        match response.clone().with_patch(patch) {
             Ok(patched) => patched,
             Err(error) => {
-                tracing::warn!(%error, "cannot serialize the digest patch; admitting unpatched");
+                tracing::warn!(%error, "cannot serialize the digest patch; validation refuses what is unpinned");
                 response
             }
         }
-    }
-
-    fn mutates(&self, policy: &str) -> bool {
-        self.snapshot
-            .load()
-            .policies
-            .iter()
-            .any(|p| p.name == policy && p.mutate_digest)
     }
 
     fn count(&self, decision: &str, policy: &str, reason: &str) {
@@ -439,6 +658,74 @@ fn request_context(
                 .and_then(|v| v.as_str())
                 .map(str::to_owned),
         }),
+    }
+}
+
+/// The JSON pointer of the metadata that goes with the pod spec of `kind` (the Pod's own, or the
+/// template's).
+fn pod_metadata_pointer(kind: &str) -> String {
+    let spec = pod_spec_pointer(kind).unwrap_or("/spec");
+    match spec.strip_suffix("/spec") {
+        Some(template) if !template.is_empty() => format!("{template}/metadata"),
+        _ => "/metadata".to_owned(),
+    }
+}
+
+/// The digests recorded in the [`VERIFIED_DIGESTS_ANNOTATION`] of the pod (template). An annotation
+/// that does not parse records nothing: it can only ever cause a refusal, never an admission.
+fn recorded_digests(kind: &str, object: &serde_json::Value) -> BTreeMap<String, String> {
+    let pointer = format!(
+        "{}/annotations/{}",
+        pod_metadata_pointer(kind),
+        VERIFIED_DIGESTS_ANNOTATION.replace('/', "~1")
+    );
+    object
+        .pointer(&pointer)
+        .and_then(|v| v.as_str())
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
+}
+
+/// JSON patch operations that set the annotation to `record`, creating the annotations map (or the
+/// metadata) where the object has none.
+fn annotation_patch(
+    kind: &str,
+    object: &serde_json::Value,
+    record: &BTreeMap<String, String>,
+) -> Vec<serde_json::Value> {
+    let metadata = pod_metadata_pointer(kind);
+    let value = serde_json::to_string(record).unwrap_or_default();
+    let key = VERIFIED_DIGESTS_ANNOTATION.replace('/', "~1");
+    match object.pointer(&metadata) {
+        Some(meta) if meta.get("annotations").is_some_and(|a| a.is_object()) => vec![
+            serde_json::json!({"op": "add", "path": format!("{metadata}/annotations/{key}"), "value": value}),
+        ],
+        Some(_) => vec![serde_json::json!({
+            "op": "add", "path": format!("{metadata}/annotations"),
+            "value": {VERIFIED_DIGESTS_ANNOTATION: value}
+        })],
+        None => vec![serde_json::json!({
+            "op": "add", "path": metadata,
+            "value": {"annotations": {VERIFIED_DIGESTS_ANNOTATION: value}}
+        })],
+    }
+}
+
+/// The image fields of an UPDATE that are new or differ from the old object's (all of them when the
+/// old object is missing or unreadable).
+fn changed_images(
+    kind: &str,
+    images: Vec<ContainerImage>,
+    request: &AdmissionRequest<DynamicObject>,
+) -> Vec<ContainerImage> {
+    let old = request
+        .old_object
+        .as_ref()
+        .and_then(|o| serde_json::to_value(o).ok())
+        .and_then(|old| images_of(kind, &old).ok());
+    match old {
+        Some(old) => images.into_iter().filter(|i| !old.contains(i)).collect(),
+        None => images,
     }
 }
 

@@ -7,7 +7,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::{ImageSigningPolicy, Mode, MultiArch, RegoRules};
-use crate::registry::{DockerConfig, ImageRef, RegistryConfig};
+use crate::registry::{DOCKER_HUB, DockerConfig, ImageRef, RegistryConfig, canonical_registry};
 use crate::rego::RegoPolicy;
 use crate::verify::authority::{self, CompiledAuthority, SecretSource};
 
@@ -46,57 +46,304 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
-    /// Whether the policy governs `image` (its globs; the namespace is checked by the snapshot).
+    /// Whether the policy's globs name `image` by its repository, tag or an explicit digest glob (the
+    /// namespace is checked by the snapshot).
     pub fn governs(&self, image: &ImageRef) -> bool {
         self.images.matches(image)
     }
+
+    /// Whether only the rule "a glob over tags also governs the repository's digests" makes the policy
+    /// govern `image` (see [`governing_policies`]).
+    pub fn governs_by_digest(&self, image: &ImageRef) -> bool {
+        self.images.matches_by_digest(image)
+    }
 }
 
-/// A policy's `images` globs. Globs are matched against `registry/repository:tag`,
-/// `registry/repository@digest` and `registry/repository`, so that `r.example/prod/**` and
-/// `r.example/prod/api:*` both mean what they say.
+/// The policies of `policies` that govern `image`. A glob over tags (`repo:1.*`) also governs that
+/// repository's digests: always for a digest-only reference (`repo@sha256:...`); for a reference with a
+/// tag and a digest (`repo:prod-1@sha256:...`, what pinning writes) only when no policy governs it by
+/// its tag, so that policies split by tag (`:dev-*` with one key, `:prod-*` with another) keep applying
+/// to their own tags once those are pinned, while a tag no glob names cannot be a way around them.
+pub fn governing_policies<'a, P>(
+    policies: impl IntoIterator<Item = &'a P> + Clone,
+    image: &ImageRef,
+) -> Vec<&'a P>
+where
+    P: AsRef<CompiledPolicy> + 'a,
+{
+    let direct: Vec<&P> = policies
+        .clone()
+        .into_iter()
+        .filter(|p| {
+            let p = p.as_ref();
+            p.governs(image) || (image.tag.is_none() && p.governs_by_digest(image))
+        })
+        .collect();
+    if !direct.is_empty() || image.digest.is_none() {
+        return direct;
+    }
+    policies
+        .into_iter()
+        .filter(|p| p.as_ref().governs_by_digest(image))
+        .collect()
+}
+
+/// A policy's `images` globs, normalised the way image references are (see [`normalize_glob`]) and
+/// matched against a reference's canonical `registry/repository`, `registry/repository:tag` and
+/// `registry/repository@digest`, so that `r.example/prod/**` and `r.example/prod/api:*` both mean what
+/// they say. The digest patterns that globs over tags imply are kept apart ([`governing_policies`]
+/// uses them).
 #[derive(Clone, Debug)]
 pub struct ImageMatcher {
     set: GlobSet,
+    digest_set: GlobSet,
 }
 
 impl ImageMatcher {
-    /// Compiles the globs; `*` stays within one path segment, `**` crosses `/`.
+    /// Compiles the globs; `*` stays within one path segment, `**` also crosses `/`.
     pub fn new(globs: &[String]) -> Result<ImageMatcher, PolicyError> {
         if globs.is_empty() {
             return Err(PolicyError::NoImages);
         }
         let mut builder = GlobSetBuilder::new();
+        let mut digest_builder = GlobSetBuilder::new();
         for glob in globs {
-            let compiled = GlobBuilder::new(glob)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| PolicyError::Glob {
-                    glob: glob.clone(),
-                    reason: e.kind().to_string(),
-                })?;
-            builder.add(compiled);
+            let normalized = normalize_glob(glob).map_err(|reason| PolicyError::Glob {
+                glob: glob.clone(),
+                reason,
+            })?;
+            let compile = |pattern: &str| {
+                GlobBuilder::new(pattern)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| PolicyError::Glob {
+                        glob: glob.clone(),
+                        reason: e.kind().to_string(),
+                    })
+            };
+            for pattern in &normalized.patterns {
+                builder.add(compile(pattern)?);
+            }
+            for pattern in &normalized.digest_patterns {
+                digest_builder.add(compile(pattern)?);
+            }
         }
-        let set = builder.build().map_err(|e| PolicyError::Glob {
-            glob: globs.join(", "),
-            reason: e.to_string(),
-        })?;
-        Ok(ImageMatcher { set })
+        let build = |builder: GlobSetBuilder| {
+            builder.build().map_err(|e| PolicyError::Glob {
+                glob: globs.join(", "),
+                reason: e.to_string(),
+            })
+        };
+        Ok(ImageMatcher {
+            set: build(builder)?,
+            digest_set: build(digest_builder)?,
+        })
+    }
+
+    /// A matcher that governs every image: what a policy whose globs do not compile stands for until
+    /// it is fixed, so that a typo never lets its images through under a weaker policy.
+    pub fn everything() -> ImageMatcher {
+        let mut builder = GlobSetBuilder::new();
+        if let Ok(glob) = GlobBuilder::new("**").build() {
+            builder.add(glob);
+        }
+        let set = builder.build().unwrap_or_else(|_| GlobSet::empty());
+        ImageMatcher {
+            set,
+            digest_set: GlobSet::empty(),
+        }
     }
 
     pub fn matches(&self, image: &ImageRef) -> bool {
         let name = image.name();
-        let mut candidates = vec![name.clone()];
-        if let Some(tag) = &image.tag {
-            candidates.push(format!("{name}:{tag}"));
+        if self.set.is_match(&name) {
+            return true;
         }
-        if let Some(digest) = &image.digest {
-            candidates.push(format!("{name}@{digest}"));
-        }
-        candidates
-            .iter()
-            .any(|candidate| self.set.is_match(candidate))
+        let tagged = image
+            .tag
+            .as_ref()
+            .is_some_and(|tag| self.set.is_match(format!("{name}:{tag}")));
+        tagged
+            || image
+                .digest
+                .as_ref()
+                .is_some_and(|digest| self.set.is_match(format!("{name}@{digest}")))
     }
+
+    /// Whether a glob over tags names the repository of `image`, a reference with a digest.
+    pub fn matches_by_digest(&self, image: &ImageRef) -> bool {
+        image.digest.as_ref().is_some_and(|digest| {
+            self.digest_set
+                .is_match(format!("{}@{digest}", image.name()))
+        })
+    }
+}
+
+/// The patterns one glob stands for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NormalizedGlob {
+    /// Matched against `registry/repository`, `...:tag` and `...@digest`.
+    pub patterns: Vec<String>,
+    /// `repository@sha256:*` for a glob over tags.
+    pub digest_patterns: Vec<String>,
+}
+
+const GLOB_META: &[u8] = b"*?[]{},!";
+
+/// Normalises one `images` glob the way [`ImageRef::parse`] normalises references:
+/// - a first segment without `.` or `:` that is not `localhost` is a Docker Hub name: `nginx` means
+///   `docker.io/library/nginx`, `team/app` means `docker.io/team/app`; a first segment that is only a
+///   wildcard (`*/nginx`) is read both ways, as any registry and as Docker Hub;
+/// - the registry is lower-cased, its default port dropped and Hub's aliases made `docker.io`; a
+///   registry pattern with a port wildcard (`r.example:*`) also covers the port-less canonical form;
+/// - a glob over tags (`repo:*`, `repo:1.*`, `repo:1.4`) also governs that repository's digests
+///   (`repo@sha256:...`), see [`governing_policies`];
+/// - a glob that can never match a valid reference (a URL, whitespace, upper case in a repository, an
+///   empty path segment, `**` inside a segment, a character no reference holds) is an error that says
+///   why.
+pub fn normalize_glob(glob: &str) -> Result<NormalizedGlob, String> {
+    if glob.is_empty() {
+        return Err("it is empty".into());
+    }
+    if glob.contains("://") {
+        return Err(
+            "a glob names image references (registry/repository:tag), not URLs: drop the scheme"
+                .into(),
+        );
+    }
+    if glob
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err("it contains whitespace, which no image reference holds".into());
+    }
+    if !glob.is_ascii() {
+        return Err("it contains non-ASCII characters, which no image reference holds".into());
+    }
+    if glob == "**" {
+        return Ok(NormalizedGlob {
+            patterns: vec![glob.to_owned()],
+            digest_patterns: Vec::new(),
+        });
+    }
+    for segment in glob.split('/') {
+        let path_part = segment.split([':', '@']).next().unwrap_or_default();
+        if path_part.contains("**") && path_part != "**" {
+            return Err(format!(
+                "`**` must be a whole path segment (`a/**/b`), not part of {segment:?}: use `*` within a segment"
+            ));
+        }
+    }
+    let (first, rest) = match glob.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (glob, None),
+    };
+    let has_meta = |text: &str| text.bytes().any(|b| GLOB_META.contains(&b));
+    let hostlike =
+        first.contains('.') || first.contains(':') || first.eq_ignore_ascii_case("localhost");
+    let mut readings: Vec<(String, String)> = Vec::new(); // (registry, path)
+    match rest {
+        Some(rest) if hostlike => {
+            if has_meta(first) {
+                // A registry pattern: hosts are case-insensitive; a literal default port is no port.
+                let lower = first.to_ascii_lowercase();
+                let trimmed = lower
+                    .strip_suffix(":443")
+                    .or_else(|| lower.strip_suffix(":80"))
+                    .unwrap_or(&lower)
+                    .to_owned();
+                if let Some((host, port)) = trimmed.rsplit_once(':')
+                    && has_meta(port)
+                {
+                    readings.push((host.to_owned(), rest.to_owned()));
+                }
+                readings.push((trimmed, rest.to_owned()));
+            } else {
+                let registry =
+                    canonical_registry(first).map_err(|e| e.replace("registry", "its registry"))?;
+                readings.push((registry, rest.to_owned()));
+            }
+        }
+        Some(rest) if has_meta(first) => {
+            readings.push((first.to_owned(), rest.to_owned()));
+            readings.push((DOCKER_HUB.to_owned(), glob.to_owned()));
+        }
+        _ => readings.push((DOCKER_HUB.to_owned(), glob.to_owned())),
+    }
+    let mut normalized = NormalizedGlob::default();
+    for (registry, path) in readings {
+        normalize_path(&registry, &path, &mut normalized)?;
+    }
+    Ok(normalized)
+}
+
+/// Adds the patterns of `path` (repository glob, then `:tag` or `@digest`) under `registry`.
+fn normalize_path(registry: &str, path: &str, out: &mut NormalizedGlob) -> Result<(), String> {
+    if path.is_empty() {
+        return Err(format!(
+            "it names the registry {registry} but no repository: write {registry}/** for all of its images"
+        ));
+    }
+    // The repository, and what follows it: `:tag` or `@digest` in the last segment.
+    let last_start = path.rfind('/').map_or(0, |i| i + 1);
+    let split = path[last_start..].find([':', '@']).map(|i| last_start + i);
+    let (repository, suffix) = match split {
+        Some(i) => (&path[..i], &path[i..]),
+        None => (path, ""),
+    };
+    if repository.split('/').any(str::is_empty) {
+        return Err("it has an empty path segment (`//`, or a `/` at an end)".into());
+    }
+    if let Some(upper) = repository.bytes().find(u8::is_ascii_uppercase) {
+        return Err(format!(
+            "repository names are lower case, so {:?} can never match: write it in lower case",
+            upper as char
+        ));
+    }
+    if let Some(bad) = repository.bytes().find(|b| {
+        !(b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || b"._-/".contains(b)
+            || GLOB_META.contains(b))
+    }) {
+        return Err(format!("repository names never hold {:?}", bad as char));
+    }
+    let repository = if registry == DOCKER_HUB && !repository.contains('/') && repository != "**" {
+        format!("library/{repository}")
+    } else {
+        repository.to_owned()
+    };
+    let base = format!("{registry}/{repository}");
+    if let Some(tag) = suffix.strip_prefix(':') {
+        if tag.is_empty()
+            || tag.bytes().any(|b| {
+                !(b.is_ascii_alphanumeric() || b"._-".contains(&b) || GLOB_META.contains(&b))
+            })
+        {
+            return Err(format!(
+                "tag {tag:?} can never match: tags are letters, digits, `.`, `_` and `-`"
+            ));
+        }
+        out.patterns.push(format!("{base}:{tag}"));
+        out.digest_patterns.push(format!("{base}@sha256:*"));
+    } else if let Some(digest) = suffix.strip_prefix('@') {
+        let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
+            format!("digest {digest:?} can never match: references pin sha256 digests")
+        })?;
+        if hex.is_empty()
+            || hex.bytes().any(|b| {
+                !(b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || GLOB_META.contains(&b))
+            })
+        {
+            return Err(format!(
+                "digest {digest:?} can never match: a digest is sha256: and lower-case hex"
+            ));
+        }
+        out.patterns.push(format!("{base}@{digest}"));
+    } else {
+        out.patterns.push(base);
+    }
+    Ok(())
 }
 
 /// Compiles `policy`, reading referenced Secrets through `secrets`.
@@ -139,6 +386,11 @@ pub fn compile(
         ca_bundle: access.ca_bundle.clone(),
         credentials,
         registryx_api: access.registryx_api.clone(),
+        token_hosts: access
+            .token_hosts
+            .iter()
+            .map(|host| host.trim().to_ascii_lowercase())
+            .collect(),
     };
     let rego = match &spec.rego {
         Some(rules) => compile_rego(rules, secrets, default_namespace)?,
@@ -202,6 +454,8 @@ pub struct RegistryAccess {
     pub credentials: Option<DockerConfig>,
     /// RegistryX's REST API, for `input.vulnerabilities`.
     pub registryx_api: Option<String>,
+    /// Hosts besides the registry's own that may serve its tokens (and so receive its credentials).
+    pub token_hosts: Vec<String>,
 }
 
 impl RegistryAccess {
@@ -217,6 +471,7 @@ impl RegistryAccess {
             insecure: self.insecure,
             ca_bundle: self.ca_bundle.clone(),
             credentials,
+            token_hosts: self.token_hosts.clone(),
             ..RegistryConfig::default()
         }
     }
@@ -224,3 +479,166 @@ impl RegistryAccess {
 
 /// Shared, immutable compiled policies.
 pub type PolicySet = Arc<Vec<Arc<CompiledPolicy>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher(globs: &[&str]) -> ImageMatcher {
+        ImageMatcher::new(&globs.iter().map(|g| (*g).to_owned()).collect::<Vec<_>>()).unwrap()
+    }
+
+    /// As [`governing_policies`] decides for one policy alone.
+    fn governs(globs: &[&str], image: &str) -> bool {
+        let (matcher, image) = (matcher(globs), ImageRef::parse(image).unwrap());
+        matcher.matches(&image) || matcher.matches_by_digest(&image)
+    }
+
+    const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn every_spelling_of_a_governed_registry_is_governed() {
+        let globs = ["registryx.example.com/prod/**"];
+        for image in [
+            "registryx.example.com/prod/app",
+            "Registryx.Example.COM/prod/app",
+            "registryx.example.com:443/prod/app:1",
+            "registryx.example.com:80/prod/app:1",
+            &format!("registryx.example.com:0443/prod/app@{DIGEST}"),
+        ] {
+            assert!(governs(&globs, image), "{image} escapes {globs:?}");
+        }
+        assert!(!governs(&globs, "registryx.example.com:8443/prod/app"));
+        assert!(!governs(&globs, "registryx.example.com/dev/app"));
+        // A glob spelled differently means the same registry.
+        for glob in [
+            "Registryx.Example.COM/prod/**",
+            "registryx.example.com:443/prod/**",
+        ] {
+            assert!(
+                governs(&[glob], "registryx.example.com/prod/app:1"),
+                "{glob}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_hub_names_and_hub_aliases_mean_what_runtimes_pull() {
+        for glob in [
+            "nginx",
+            "nginx:*",
+            "docker.io/nginx",
+            "docker.io/library/**",
+            "index.docker.io/library/nginx",
+            "registry-1.docker.io/nginx:*",
+        ] {
+            for image in [
+                "nginx:1.27",
+                "docker.io/library/nginx:1.27",
+                "registry-1.docker.io/library/nginx:1.27",
+                "index.docker.io/nginx:1.27",
+                "Index.Docker.io:443/nginx:1.27",
+            ] {
+                assert!(governs(&[glob], image), "{glob} must govern {image}");
+            }
+        }
+        assert!(governs(&["docker.io/redis:*"], "redis:7"));
+        assert!(governs(&["team/app"], "docker.io/team/app:1"));
+        assert!(!governs(&["nginx"], "docker.io/team/nginx:1"));
+        assert!(governs(&["*"], "alpine"), "`*` is every official image");
+        // A wildcard first segment is read as any registry and as a Hub organisation.
+        assert!(governs(&["*/nginx"], "nginx:1"));
+        assert!(governs(&["*/nginx"], "r.example/nginx:1"));
+        assert!(governs(&["myorg-*/app"], "docker.io/myorg-a/app:1"));
+        // A port wildcard also covers the canonical form without a port.
+        for image in [
+            "registry.example.com/x:1",
+            "registry.example.com:443/x:1",
+            "registry.example.com:5000/x:1",
+        ] {
+            assert!(governs(&["registry.example.com:*/**"], image), "{image}");
+        }
+    }
+
+    #[test]
+    fn a_glob_over_tags_governs_the_repositorys_digests() {
+        for glob in [
+            "registry.example.com/team/app:*",
+            "registry.example.com/team/app:1.*",
+        ] {
+            assert!(governs(
+                &[glob],
+                &format!("registry.example.com/team/app@{DIGEST}")
+            ));
+            assert!(governs(
+                &[glob],
+                &format!("registry.example.com/team/app:9@{DIGEST}")
+            ));
+            assert!(!governs(
+                &[glob],
+                &format!("registry.example.com/team/other@{DIGEST}")
+            ));
+        }
+        // Policies split by tag keep their own tags once pinned; a tag no glob names falls back on every
+        // tag glob of the repository.
+        let dev = matcher(&["registry.example.com/team/app:dev-*"]);
+        let prod = matcher(&["registry.example.com/team/app:prod-*"]);
+        let which = |image: &str| {
+            let image = ImageRef::parse(image).unwrap();
+            let mut names = Vec::new();
+            let direct: Vec<bool> = [&dev, &prod].iter().map(|m| m.matches(&image)).collect();
+            let fallback = !direct.iter().any(|d| *d) && image.digest.is_some();
+            for (name, (m, d)) in ["dev", "prod"].iter().zip([&dev, &prod].iter().zip(direct)) {
+                if d || ((image.tag.is_none() || fallback) && m.matches_by_digest(&image)) {
+                    names.push(*name);
+                }
+            }
+            names
+        };
+        assert_eq!(
+            which(&format!("registry.example.com/team/app:prod-1@{DIGEST}")),
+            ["prod"]
+        );
+        assert_eq!(
+            which(&format!("registry.example.com/team/app@{DIGEST}")),
+            ["dev", "prod"]
+        );
+        assert_eq!(
+            which(&format!("registry.example.com/team/app:other@{DIGEST}")),
+            ["dev", "prod"]
+        );
+        assert!(!governs(
+            &["registry.example.com/team/app:1.*"],
+            "registry.example.com/team/app:2.0"
+        ));
+        assert!(governs(
+            &[&format!("registry.example.com/team/app@{DIGEST}")],
+            &format!("registry.example.com/team/app:1@{DIGEST}")
+        ));
+    }
+
+    #[test]
+    fn a_glob_that_can_never_match_says_why() {
+        for (glob, why) in [
+            ("https://registry.example.com/app", "drop the scheme"),
+            ("registry.example.com/Team/app", "lower case"),
+            ("Nginx", "lower case"),
+            ("registry.example.com/app ", "whitespace"),
+            ("registry.example.com//app", "empty path segment"),
+            ("registry.example.com/", "no repository"),
+            ("registry.example.com/app:", "tag"),
+            ("registry.example.com/app:v1+x", "tag"),
+            ("registry.example.com/app@md5:abc", "sha256"),
+            ("registry.example.com:99999/app", "port"),
+            ("registry.example.com/app#1", "never hold"),
+            ("registry.example.com/prod**", "whole path segment"),
+            ("", "empty"),
+        ] {
+            let error = ImageMatcher::new(&[glob.to_owned()])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(why), "{glob:?}: {error}");
+            assert!(error.contains(&format!("{glob:?}")), "{error}");
+        }
+    }
+}

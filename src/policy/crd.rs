@@ -29,9 +29,17 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("(has(self.signatureRequired) && !self.signatureRequired) || (has(self.authorities) && size(self.authorities) > 0)").message("signatureRequired needs at least one authority"))]
 #[serde(rename_all = "camelCase")]
 pub struct ImageSigningPolicySpec {
-    /// Image references this policy governs, as globs over the full reference
-    /// (`registry/repository:tag`): `*` matches within one path segment, `**` also crosses `/`.
-    #[schemars(length(min = 1))]
+    /// Image references this policy governs, as globs over the canonical reference
+    /// (`registry/repository:tag`): `*` matches within one path segment, `**` also crosses `/`. Globs
+    /// are normalised as references are: `nginx` is `docker.io/library/nginx`, hosts are
+    /// case-insensitive, `:443` is no port, and a glob over tags (`repo:*`) also governs the
+    /// repository's digests (`repo@sha256:...`). A glob that can never match makes the policy not Ready.
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(
+        validation = Rule::new("self.all(g, !g.contains('://'))").message("spec.images: a glob names image references (registry/repository:tag), not URLs: drop the scheme"),
+        validation = Rule::new("self.all(g, !g.matches('[[:space:]]'))").message("spec.images: a glob with whitespace can never match an image reference"),
+        validation = Rule::new("self.all(g, !g.matches('^[^/]*/[^:@]*[A-Z]') && (g.contains('/') || !g.matches('^[^:@]*[A-Z]')))").message("spec.images: repository names are lower case; a glob with upper case in the repository can never match (host names may be any case)")
+    )]
     pub images: Vec<String>,
 
     /// Only workloads in namespaces whose labels match are governed; all namespaces when absent.
@@ -59,9 +67,13 @@ pub struct ImageSigningPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryAccess>,
 
-    /// When true, admitted images are pinned to the digest that was verified (`repo:tag@sha256:...`) by
-    /// the mutating webhook, so the kubelet pulls exactly what was checked.
-    #[serde(default)]
+    /// When true (the default), admitted tags are pinned to the digest that was verified
+    /// (`repo:tag@sha256:...`) by the mutating webhook, so the node pulls exactly what was checked, and
+    /// validation refuses a tag that reaches it unpinned. When false (GitOps tools that cannot accept a
+    /// changed image field), the verified digest is recorded in the `registryx.io/verified-digests`
+    /// annotation and a later admission whose tag moved is refused; the tag can still move between
+    /// admission and pull.
+    #[serde(default = "default_true")]
     pub mutate_digest: bool,
 
     /// For a multi-platform image index: `index` (default, what `cosign sign` signs) requires a signature
@@ -243,6 +255,13 @@ pub struct RegistryAccess {
     /// `input.vulnerabilities` is filled from it for Rego.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registryx_api: Option<String>,
+    /// Hosts other than the registry's own whose token endpoint (the `realm` of the registry's 401
+    /// challenge) may receive this policy's credentials, e.g. `auth.example.com`. A realm on any other
+    /// host is refused, and a realm on localhost is always mapped onto the registry's own host.
+    /// Docker Hub's `auth.docker.io` is allowed for `docker.io` without being named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub token_hosts: Vec<String>,
 }
 
 /// What the controller last concluded about the policy.

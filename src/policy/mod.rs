@@ -8,7 +8,10 @@ mod snapshot;
 
 use std::path::Path;
 
-pub use compiled::{CompiledPolicy, ImageMatcher, PolicyError, PolicySet, RegistryAccess, compile};
+pub use compiled::{
+    CompiledPolicy, ImageMatcher, NormalizedGlob, PolicyError, PolicySet, RegistryAccess, compile,
+    governing_policies, normalize_glob,
+};
 pub use crd::*;
 use kube::CustomResourceExt;
 use serde::Deserialize as _;

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::ImageSigningPolicy;
-use super::compiled::{CompiledPolicy, ImageMatcher, compile};
+use super::compiled::{CompiledPolicy, ImageMatcher, compile, governing_policies};
 use crate::registry::ImageRef;
 use crate::verify::authority::SecretSource;
 
@@ -73,7 +73,12 @@ impl PolicySnapshot {
                     snapshot.not_ready.push(NotReady {
                         name: name.clone(),
                         message: message.clone(),
-                        images: ImageMatcher::new(&policy.spec.images).ok(),
+                        // Globs that do not compile stand for every image: a typo in a strict
+                        // policy must not let its images through under a weaker one.
+                        images: Some(
+                            ImageMatcher::new(&policy.spec.images)
+                                .unwrap_or_else(|_| ImageMatcher::everything()),
+                        ),
                         namespace_selector: policy.spec.namespace_selector.clone(),
                     });
                     results.insert(name, Err(message));
@@ -95,18 +100,23 @@ impl PolicySnapshot {
             (Some(selector), Some(labels)) => selector_matches(selector, labels),
             _ => true,
         };
+        let in_namespace: Vec<&Arc<CompiledPolicy>> = self
+            .policies
+            .iter()
+            .filter(|p| in_scope(&p.namespace_selector))
+            .collect();
         Governing {
-            policies: self
-                .policies
-                .iter()
-                .filter(|p| p.governs(image) && in_scope(&p.namespace_selector))
+            policies: governing_policies(in_namespace.iter().copied(), image)
+                .into_iter()
                 .cloned()
                 .collect(),
             not_ready: self
                 .not_ready
                 .iter()
                 .filter(|p| {
-                    p.images.as_ref().is_some_and(|m| m.matches(image))
+                    p.images
+                        .as_ref()
+                        .is_some_and(|m| m.matches(image) || m.matches_by_digest(image))
                         && in_scope(&p.namespace_selector)
                 })
                 .map(|p| (p.name.clone(), p.message.clone()))

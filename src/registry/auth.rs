@@ -114,10 +114,9 @@ fn normalize_server(server: &str) -> String {
         .split('/')
         .next()
         .unwrap_or_default();
-    match host {
-        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
-        other => other.to_owned(),
-    }
+    // The same canonical host as image references, so `Registry.Example.com:443` in a Docker config
+    // holds the credentials of `registry.example.com/...`.
+    super::reference::canonical_registry(host).unwrap_or_else(|_| host.to_owned())
 }
 
 /// A `WWW-Authenticate` challenge.

@@ -35,6 +35,8 @@ pub struct RegistryConfig {
     pub max_blob_bytes: usize,
     /// Requests in flight to this registry at once.
     pub max_concurrent_requests: usize,
+    /// Hosts besides the registry's own whose token realm may receive the credentials.
+    pub token_hosts: Vec<String>,
 }
 
 impl Default for RegistryConfig {
@@ -48,6 +50,7 @@ impl Default for RegistryConfig {
             max_manifest_bytes: 4 << 20,
             max_blob_bytes: 4 << 20,
             max_concurrent_requests: 16,
+            token_hosts: Vec::new(),
         }
     }
 }
@@ -467,8 +470,11 @@ impl RegistryClient {
                 scope: challenge_scope,
             }) => {
                 let scope_wanted = challenge_scope.unwrap_or_else(|| scope.to_owned());
+                // Where the token is asked for is decided before any request: credentials go only to
+                // the registry's own host or to a host the policy names.
+                let realm = self.token_endpoint(step, &realm)?;
                 let token_step = format!("{step}: get a token from {realm}");
-                let response = match self
+                let response = self
                     .request_token(
                         &token_step,
                         &realm,
@@ -476,24 +482,7 @@ impl RegistryClient {
                         &scope_wanted,
                         deadline,
                     )
-                    .await
-                {
-                    Err(RegistryError::Transport { .. })
-                        if let Some(local) = self.rewrite_loopback_realm(&realm) =>
-                    {
-                        // RegistryX names http://localhost:5000/auth/token in its challenge wherever it runs:
-                        // an unreachable loopback realm is taken to mean this registry's own token endpoint.
-                        self.request_token(
-                            &token_step,
-                            &local,
-                            service.as_deref(),
-                            &scope_wanted,
-                            deadline,
-                        )
-                        .await?
-                    }
-                    other => other?,
-                };
+                    .await?;
                 let status = response.status();
                 let body = self
                     .read_body(&token_step, response, 64 << 10, deadline)
@@ -562,6 +551,43 @@ impl RegistryClient {
             request = request.basic_auth(&credentials.username, Some(&credentials.password));
         }
         self.send(step, request, deadline).await
+    }
+
+    /// The token endpoint to ask: a loopback realm of a registry reached elsewhere is RegistryX's
+    /// `http://localhost:5000/auth/token` quirk and means the registry's own host (whatever listens on
+    /// this process's localhost must never see the credentials); a realm on the registry's own host, or
+    /// on a host the policy names in `tokenHosts` (Docker Hub's `auth.docker.io` for `docker.io`), is
+    /// used as it is; any other realm is refused.
+    fn token_endpoint(&self, step: &str, realm: &str) -> Result<String, RegistryError> {
+        if let Some(mapped) = self.rewrite_loopback_realm(realm) {
+            return Ok(mapped);
+        }
+        let refused = |detail: String| RegistryError::Unauthorized {
+            registry: self.registry.clone(),
+            step: step.to_owned(),
+            detail,
+        };
+        let url = reqwest::Url::parse(realm)
+            .map_err(|e| refused(format!("the token realm {realm:?} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(refused(format!("the token realm {realm:?} is not http(s)")));
+        }
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let base = reqwest::Url::parse(&self.base).ok();
+        let own = base
+            .as_ref()
+            .and_then(|b| b.host_str())
+            .is_some_and(|b| b.eq_ignore_ascii_case(&host));
+        let hub = self.registry == crate::registry::DOCKER_HUB && host == "auth.docker.io";
+        let named = self.config.token_hosts.contains(&host);
+        if own || hub || named {
+            Ok(realm.to_owned())
+        } else {
+            Err(refused(format!(
+                "the registry sends its token requests to {host}, another host than its own; add \
+                 {host} to spec.registry.tokenHosts of the policy if it is the registry's token service"
+            )))
+        }
     }
 
     /// The realm moved onto this registry's own scheme and host, when it names another loopback address.
@@ -730,8 +756,9 @@ pub(crate) fn is_sha256_digest(value: &str) -> bool {
         .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The message of a distribution-API error body (`{"errors":[{"code","message"}]}`), else the body's
-/// first line, shortened: registries' error pages can be large HTML.
+/// The message of a distribution-API error body (`{"errors":[{"code","message"}]}`), each message
+/// shortened and stripped of control characters. Any other body is never quoted: a refusal is shown to
+/// whoever created the pod, and an image naming an internal service must not make its answers readable.
 fn error_message(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct Errors {
@@ -744,44 +771,53 @@ fn error_message(body: &[u8]) -> String {
         #[serde(default)]
         message: String,
     }
+    let clean = |text: &str, limit: usize| -> String {
+        text.chars()
+            .filter(|c| !c.is_control())
+            .take(limit)
+            .collect()
+    };
     if let Ok(errors) = serde_json::from_slice::<Errors>(body)
         && !errors.errors.is_empty()
     {
         return errors
             .errors
             .iter()
+            .take(3)
             .map(|e| {
-                if e.code.is_empty() {
-                    e.message.clone()
+                let (code, message) = (clean(&e.code, 40), clean(&e.message, 200));
+                if code.is_empty() {
+                    message
                 } else {
-                    format!("{} {}", e.code, e.message)
+                    format!("{code} {message}")
                 }
             })
             .collect::<Vec<_>>()
             .join("; ");
     }
-    let text = String::from_utf8_lossy(body);
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.is_empty() {
+    if body.is_empty() {
         return "empty answer".into();
     }
-    line.chars().take(200).collect()
+    format!(
+        "an answer that is not a registry error ({} bytes, not shown)",
+        body.len()
+    )
 }
 
+/// The same words whatever the cause (a closed port, a reset, a TLS failure, something that is not a
+/// registry): a refusal must not tell a caller which internal ports are open. The cause goes to the
+/// webhook's own log.
 fn describe_transport_error(error: &reqwest::Error) -> String {
     use std::error::Error as _;
-    let mut message = if error.is_connect() {
-        "cannot connect".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
+    let mut cause = String::new();
     let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
+    while let Some(inner) = source {
+        cause.push_str(": ");
+        cause.push_str(&inner.to_string());
+        source = inner.source();
     }
-    message
+    tracing::info!(url = error.url().map(|u| u.as_str()).unwrap_or(""), cause = %cause, "registry connection failed");
+    "cannot connect, or the connection failed (the webhook's log has the cause)".to_owned()
 }
 
 #[cfg(test)]
@@ -795,7 +831,14 @@ mod tests {
             error_message(body),
             "DENIED policy violation: critical vulnerabilities"
         );
-        assert_eq!(error_message(b"<html>\nbig page"), "<html>");
+        assert_eq!(
+            error_message(b"<html>\ninternal secrets"),
+            "an answer that is not a registry error (23 bytes, not shown)"
+        );
+        assert_eq!(
+            error_message(br#"{"errors":[{"code":"X","message":"a\u0007b"}]}"#),
+            "X ab"
+        );
         assert_eq!(error_message(b""), "empty answer");
     }
 

@@ -16,7 +16,7 @@ pub use client::{
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, Fetched, OCI_INDEX, OCI_MANIFEST,
     RegistryClient, RegistryConfig, Resolved,
 };
-pub use reference::ImageRef;
+pub use reference::{DOCKER_HUB, ImageRef, canonical_registry};
 
 /// A registry step that failed, naming the registry, the step and the cause.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! HTTP servers: the HTTPS admission endpoints and, on a separate plain port, the probes and Prometheus
 //! metrics that the kubelet and the monitoring stack scrape.
 
+pub mod events;
 mod probes;
 mod tls;
 pub mod webhook;
@@ -36,6 +37,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             let policies = dir::load_dir(folder)?;
             publish(&snapshot, &policies, &args.namespace, 1);
             probes.set_policies_synced();
+            probes.set_namespaces_synced(); // no cluster: selectors do not restrict
             tokio::spawn(watch_policy_dir(
                 folder.clone(),
                 snapshot.clone(),
@@ -50,32 +52,39 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             let settings =
                 crate::controller::ControllerSettings::new(&args.namespace, &args.identity);
             let namespaces = crate::controller::namespace_store(client.clone());
-            let (snapshot, probes) = (snapshot.clone(), probes.clone());
+            let (store, ready) = (namespaces.clone(), probes.clone());
+            tokio::spawn(async move {
+                if store.wait_until_ready().await.is_ok() {
+                    ready.set_namespaces_synced();
+                }
+            });
+            let (snapshot, probes, controller_client) =
+                (snapshot.clone(), probes.clone(), client.clone());
             tokio::spawn(async move {
                 let synced = probes.clone();
-                if let Err(error) = crate::controller::run(client, snapshot, settings, move || {
-                    synced.set_policies_synced()
-                })
-                .await
+                if let Err(error) =
+                    crate::controller::run(controller_client, snapshot, settings, move || {
+                        synced.set_policies_synced()
+                    })
+                    .await
                 {
                     tracing::error!(%error, "the policy controller stopped");
                 }
             });
-            Some(namespaces)
+            Some((namespaces, client))
         }
     };
 
     let settings = AdmissionSettings {
-        default_deny: args.default_deny,
+        unmatched: args.unmatched,
         ..AdmissionSettings::default()
     };
-    let admission = Arc::new(Admission::new(
-        snapshot,
-        verifier,
-        namespaces,
-        settings,
-        Some(metrics),
-    ));
+    let (store, client) = namespaces.unzip();
+    let mut admission = Admission::new(snapshot, verifier, store, settings, Some(metrics));
+    if let Some(client) = client {
+        admission = admission.with_namespace_lookup(client);
+    }
+    let admission = Arc::new(admission);
     let reloader = CertificateReloader::load(&args.tls_cert, &args.tls_key)?;
     reloader.spawn_watch(Duration::from_secs(5));
     probes.set_tls_loaded();
@@ -99,7 +108,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let webhook = webhook::router(webhook::WebhookState::new(admission));
+    let events = events::EventsToken::new(args.events_token.as_deref()).map_err(Error::Config)?;
+    let webhook = webhook::router(webhook::WebhookState::with_events_token(admission, events));
     let https = serve_https(
         https,
         server_config(reloader)?,

@@ -20,6 +20,7 @@ pub struct Probes {
 #[derive(Default)]
 struct Inner {
     policies_synced: AtomicBool,
+    namespaces_synced: AtomicBool,
     tls_loaded: AtomicBool,
     metrics: Registry,
 }
@@ -38,13 +39,20 @@ impl Probes {
         self.inner.policies_synced.store(true, Ordering::Release);
     }
 
+    /// The namespace cache holds every namespace's labels (set at once when there is no cluster).
+    pub fn set_namespaces_synced(&self) {
+        self.inner.namespaces_synced.store(true, Ordering::Release);
+    }
+
     pub fn set_tls_loaded(&self) {
         self.inner.tls_loaded.store(true, Ordering::Release);
     }
 
-    /// Ready once the first full policy sync is done and a certificate is loaded.
+    /// Ready once the first full policy sync is done, the namespaces' labels that `namespaceSelector`s
+    /// read are synced, and a certificate is loaded: before that, a decision could be wrong.
     pub fn is_ready(&self) -> bool {
         self.inner.policies_synced.load(Ordering::Acquire)
+            && self.inner.namespaces_synced.load(Ordering::Acquire)
             && self.inner.tls_loaded.load(Ordering::Acquire)
     }
 }
@@ -63,7 +71,7 @@ async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: waiting for the policy sync and the TLS certificate",
+            "not ready: waiting for the policy sync, the namespace labels and the TLS certificate",
         )
     }
 }
@@ -122,6 +130,12 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         probes.set_tls_loaded();
+        assert_eq!(
+            get(&probes, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready before the namespaces' labels are synced"
+        );
+        probes.set_namespaces_synced();
         assert_eq!(
             get(&probes, "/readyz").await,
             (StatusCode::OK, "ready".to_owned())

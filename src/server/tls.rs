@@ -41,6 +41,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP/2 pings on idle connections, so that peers that vanished without a FIN are noticed.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// Open connections at once. The API server keeps a handful per replica; the rest is headroom, and the
+/// cap (with the body budget of the webhook) bounds what a flood of connections can hold.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// HTTP/2 streams in flight on one connection (the API server multiplexes reviews over few connections).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
 /// Back-off after an accept error that is not about one connection (e.g. out of file descriptors),
 /// so the loop does not spin while the condition lasts.
@@ -237,8 +242,10 @@ pub async fn serve_https(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL);
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let builder = Arc::new(builder);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -260,6 +267,13 @@ pub async fn serve_https(
                 }
             },
         };
+        // Beyond the cap a connection is closed at once: the kernel's backlog must not fill with
+        // connections that wait for a slot while the API server's own connections queue behind them.
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection refused: too many open connections");
+            drop(tcp);
+            continue;
+        };
         // Admission reviews are small request/response exchanges: do not let Nagle hold back the tail.
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
@@ -270,6 +284,7 @@ pub async fn serve_https(
         // Taken before the handshake so that shutdown also waits for connections still handshaking.
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {

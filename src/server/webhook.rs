@@ -3,41 +3,65 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::Request;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use serde::Deserialize;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::events::{EventsToken, PushEvents};
 use crate::admission::Admission;
 
 /// The API server allows at most 30 s, and defaults to 10 s.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the answer needs to travel back: the work stops this much before the API server gives up.
 const MARGIN: Duration = Duration::from_millis(500);
+/// How much earlier than the backstop the work itself gives up.
+const BACKSTOP_MARGIN: Duration = Duration::from_millis(200);
 /// AdmissionReviews of real pods are a few KiB; the API server's own request limit is 3 MiB.
 pub const MAX_BODY_BYTES: usize = 3 << 20;
+/// The API server sends a review at once; a body still arriving after this is a caller stalling.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request bodies being read at once, over all connections and streams: 64 MiB, so that a flood of
+/// large or stalled bodies is bounded in memory (the chart's limit is 256 MiB) and waits its turn.
+pub const BODY_BUDGET_BYTES: usize = 64 << 20;
 
 #[derive(Clone)]
 pub struct WebhookState {
     admission: Arc<Admission>,
-    notifications: Arc<Mutex<RateLimit>>,
+    events: PushEvents,
+    /// KiB of request bodies being read at once (see [`BODY_BUDGET_BYTES`]).
+    body_budget: Arc<Semaphore>,
 }
 
 impl WebhookState {
+    /// The endpoints with push events off (no token).
     pub fn new(admission: Arc<Admission>) -> WebhookState {
+        WebhookState::with_events_token(admission, EventsToken::disabled())
+    }
+
+    /// The endpoints with push events authenticated by `token`; starts the task that applies them.
+    pub fn with_events_token(admission: Arc<Admission>, token: EventsToken) -> WebhookState {
+        let events = PushEvents::new(token, admission.verifier().clone());
+        events.spawn_flusher();
         WebhookState {
             admission,
-            notifications: Arc::new(Mutex::new(RateLimit::new(20.0, 40.0))),
+            events,
+            body_budget: Arc::new(Semaphore::new(BODY_BUDGET_BYTES / 1024)),
         }
+    }
+
+    /// Applies pending push events now instead of at the next sweep.
+    pub fn flush_events(&self) {
+        self.events.flush_now();
     }
 }
 
@@ -45,25 +69,91 @@ pub fn router(state: WebhookState) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
+        // Each endpoint reads its body itself, bounded in size, time and (for events) only once the
+        // caller is authenticated.
         .route("/registryx/events", post(registryx_event))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-async fn validate(
-    State(state): State<WebhookState>,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Response {
-    review(&state, &query, &body, false).await
+async fn validate(State(state): State<WebhookState>, request: Request) -> Response {
+    receive(&state, request, false).await
 }
 
-async fn mutate(
-    State(state): State<WebhookState>,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Response {
-    review(&state, &query, &body, true).await
+async fn mutate(State(state): State<WebhookState>, request: Request) -> Response {
+    receive(&state, request, true).await
+}
+
+/// Reads an AdmissionReview body within its limits, then reviews it. The permits of the body budget
+/// are held until the answer is built: the parsed object lives as long as that.
+async fn receive(state: &WebhookState, request: Request, mutate: bool) -> Response {
+    let (parts, body) = request.into_parts();
+    let query: HashMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (body, _permits) = match read_body(&state.body_budget, body).await {
+        Ok(read) => read,
+        Err(refusal) => return refusal.into_response(),
+    };
+    review(state, &query, &body, mutate).await
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`] within [`BODY_READ_TIMEOUT`], taking a share of the
+/// [`BODY_BUDGET_BYTES`] that all bodies being read share, so that stalled or huge bodies on many
+/// connections cannot add up to more memory than the budget.
+async fn read_body(
+    budget: &Arc<Semaphore>,
+    body: axum::body::Body,
+) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), (StatusCode, String)> {
+    use futures::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let too_slow = || {
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+        )
+    };
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("an AdmissionReview is at most {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return Err(too_slow()),
+            Ok(None) => return Ok((bytes, held)),
+            Ok(Some(Err(_))) => {
+                return Err((StatusCode::BAD_REQUEST, "the body could not be read".into()));
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        let kib = (bytes.len() + chunk.len()).div_ceil(1024) - bytes.len().div_ceil(1024);
+        if kib > 0 {
+            let permit =
+                tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(kib as u32))
+                    .await
+                    .map_err(|_| too_slow())?
+                    .map_err(|_| too_slow())?;
+            match &mut held {
+                Some(held) => held.merge(permit),
+                None => held = Some(permit),
+            }
+        }
+        bytes.extend_from_slice(&chunk);
+    }
 }
 
 async fn review(
@@ -101,10 +191,14 @@ async fn review(
         + budget
             .saturating_sub(MARGIN)
             .max(Duration::from_millis(100));
-    // Everything below honours the deadline; this is the backstop that guarantees an answer in time.
+    // The work stops a little before the backstop, so that its own reason (which registry, which step)
+    // is what the user reads; the backstop only guarantees an answer in time whatever happens.
+    let work_deadline = deadline
+        .checked_sub(BACKSTOP_MARGIN.min(budget / 10))
+        .unwrap_or(deadline);
     let response = match tokio::time::timeout_at(
         deadline.into(),
-        state.admission.review(&request, deadline, mutate),
+        state.admission.review(&request, work_deadline, mutate),
     )
     .await
     {
@@ -133,74 +227,14 @@ fn parse_timeout(value: &str) -> Option<Duration> {
     (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(30.0)))
 }
 
-/// A RegistryX push notification. It carries no signature: it is only a hint to drop cached results,
-/// never evidence that anything is signed.
-#[derive(Deserialize)]
-struct PushEvent {
-    action: String,
-    repository: String,
-}
-
-async fn registryx_event(State(state): State<WebhookState>, body: Bytes) -> Response {
-    let allowed = state
-        .notifications
-        .lock()
-        .map(|mut limit| limit.try_take())
-        .unwrap_or(false);
-    if !allowed {
-        return (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
-    }
-    let event: PushEvent = match serde_json::from_slice(&body) {
-        Ok(event) => event,
-        Err(error) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("not a RegistryX push event: {error}"),
-            )
-                .into_response();
-        }
-    };
-    if event.action != "push" {
-        return (StatusCode::ACCEPTED, "ignored").into_response();
-    }
-    tracing::info!(repository = %event.repository, "RegistryX push: dropping cached results");
+/// RegistryX push notifications: see [`super::events`].
+async fn registryx_event(State(state): State<WebhookState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
     state
-        .admission
-        .verifier()
-        .invalidate_repository(&event.repository);
-    (StatusCode::ACCEPTED, "cache dropped").into_response()
-}
-
-/// A token bucket: `rate` per second, bursts up to `burst`.
-struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(rate: f64, burst: f64) -> RateLimit {
-        RateLimit {
-            rate,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    fn try_take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+        .events
+        .handle(&parts.headers, parts.uri.query(), body)
+        .await
+        .into_response()
 }
 
 #[cfg(test)]
@@ -219,12 +253,5 @@ mod tests {
         );
         assert_eq!(parse_timeout("soon"), None);
         assert_eq!(parse_timeout("0s"), None);
-    }
-
-    #[test]
-    fn the_rate_limit_allows_a_burst_then_refuses() {
-        let mut limit = RateLimit::new(1.0, 3.0);
-        assert!((0..3).all(|_| limit.try_take()));
-        assert!(!limit.try_take());
     }
 }

@@ -10,9 +10,8 @@ mod check;
 mod report;
 mod signatures;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -104,6 +103,10 @@ pub struct VerifierSettings {
     /// How long one discovery is shared; short, it only coalesces concurrent lookups.
     pub signatures_ttl: Duration,
     pub max_cached_results: u64,
+    /// Registry clients held at once; the least recently used beyond this is dropped.
+    pub max_clients: u64,
+    /// A registry client unused for this long is dropped.
+    pub client_idle: Duration,
 }
 
 impl Default for VerifierSettings {
@@ -113,6 +116,8 @@ impl Default for VerifierSettings {
             refused_ttl: Duration::from_secs(30),
             signatures_ttl: Duration::from_secs(5),
             max_cached_results: 200_000,
+            max_clients: 256,
+            client_idle: Duration::from_secs(600),
         }
     }
 }
@@ -123,7 +128,11 @@ type SetKey = (String, RegistryConfig, String);
 /// The verification engine, shared by all requests.
 pub struct Verifier {
     settings: VerifierSettings,
-    clients: Mutex<HashMap<(String, RegistryConfig), Arc<RegistryClient>>>,
+    /// One client (connection pool, token cache, request permits) per registry and configuration;
+    /// bounded and evicted when idle, so that pods naming thousands of registries cannot grow it.
+    clients: moka::sync::Cache<(String, RegistryConfig), Arc<RegistryClient>>,
+    /// Requests of clients that were evicted, so that the total never goes back.
+    evicted_requests: Arc<AtomicU64>,
     signature_sets: moka::future::Cache<SetKey, Arc<Result<SignatureSet, RegistryError>>>,
     evidence: moka::future::Cache<EvidenceKey, Arc<AuthorityEvidence>>,
     fallback_credentials: Option<DockerConfig>,
@@ -176,9 +185,19 @@ impl Verifier {
             .max_capacity(10_000)
             .time_to_live(settings.signatures_ttl)
             .build();
+        let evicted_requests = Arc::new(AtomicU64::new(0));
+        let evicted = evicted_requests.clone();
+        let clients = moka::sync::Cache::builder()
+            .max_capacity(settings.max_clients)
+            .time_to_idle(settings.client_idle)
+            .eviction_listener(move |_key, client: Arc<RegistryClient>, _cause| {
+                evicted.fetch_add(client.requests(), Ordering::Relaxed);
+            })
+            .build();
         Verifier {
             settings,
-            clients: Mutex::new(HashMap::new()),
+            clients,
+            evicted_requests,
             signature_sets,
             evidence,
             fallback_credentials,
@@ -204,27 +223,45 @@ impl Verifier {
 
     /// Registry requests sent so far, over all registries.
     pub fn registry_requests(&self) -> u64 {
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|c| c.requests())
-            .sum()
+        let live: u64 = self.clients.iter().map(|(_, c)| c.requests()).sum();
+        live + self.evicted_requests.load(Ordering::Relaxed)
+    }
+
+    /// Registry clients held now (bounded by [`VerifierSettings::max_clients`]).
+    pub fn client_count(&self) -> u64 {
+        self.clients.run_pending_tasks();
+        self.clients.entry_count()
     }
 
     /// Drops every cached result about `registry/repository` (a push notification's hint).
     pub fn invalidate_repository(&self, repository: &str) {
+        self.invalidate_repositories(std::iter::once(repository.to_owned()).collect());
+    }
+
+    /// Drops every cached result about any of `repositories`, in one sweep of the cache (moka keeps
+    /// each predicate until its sweep runs: one per batch, not one per event, keeps that bounded).
+    pub fn invalidate_repositories(&self, repositories: std::collections::HashSet<String>) {
         // Entries are keyed `registry/repository@digest`; a notification names only the repository, so
         // every registry's copy of it is dropped (RegistryX also serves `x` as `library/x`).
-        let wanted = repository.trim_start_matches("library/").to_owned();
+        let wanted: std::collections::HashSet<String> = repositories
+            .into_iter()
+            .map(|r| r.trim_start_matches("library/").to_owned())
+            .collect();
         let result = self.evidence.invalidate_entries_if(move |key, _| {
             let name = key.0.split('@').next().unwrap_or_default();
             let path = name.split_once('/').map(|(_, path)| path).unwrap_or(name);
-            path.trim_start_matches("library/") == wanted
+            wanted.contains(path.trim_start_matches("library/"))
         });
         if let Err(error) = result {
-            tracing::warn!(%error, "cannot invalidate cached results");
+            tracing::warn!(%error, "cannot invalidate cached results; dropping them all");
+            self.evidence.invalidate_all();
         }
+        self.signature_sets.invalidate_all();
+    }
+
+    /// Drops every cached result.
+    pub fn invalidate_all(&self) {
+        self.evidence.invalidate_all();
         self.signature_sets.invalidate_all();
     }
 
@@ -498,13 +535,13 @@ impl Verifier {
             .registry
             .config_for(image, self.fallback_credentials.as_ref());
         let key = (image.registry.clone(), config.clone());
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let client = Arc::new(RegistryClient::new(image, config)?);
-        clients.insert(key, client.clone());
-        Ok(client)
+        // A miss builds the client under moka's per-key lock only: other registries are not held up.
+        self.clients
+            .try_get_with(key, || RegistryClient::new(image, config).map(Arc::new))
+            .map_err(|error| RegistryError::Config {
+                registry: image.registry.clone(),
+                detail: error.to_string(),
+            })
     }
 }
 

@@ -41,3 +41,15 @@ pub fn free_port() -> u16 {
         .map(|addr| addr.port())
         .expect("no free loopback port")
 }
+
+/// Writes a self-signed certificate for 127.0.0.1 as `tls.crt` and `tls.key` in `dir`, and a `policies`
+/// folder holding `policy` as `p.yaml`; returns the policies folder, for `serve --policy-dir`.
+pub fn serve_files(dir: &std::path::Path, policy: &str) -> PathBuf {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(dir.join("tls.crt"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), certified.signing_key.serialize_pem()).unwrap();
+    let policies = dir.join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("p.yaml"), policy).unwrap();
+    policies
+}

@@ -48,8 +48,16 @@ clientConfig:
   {{- end }}
 {{- end -}}
 {{- define "rxg.namespaceSelector" -}}
+{{- if not (has .Values.webhook.namespaces (list "optIn" "all")) -}}
+{{- fail (printf "webhook.namespaces must be optIn or all, not %q" .Values.webhook.namespaces) -}}
+{{- end -}}
 namespaceSelector:
   matchExpressions:
+    {{- if eq .Values.webhook.namespaces "optIn" }}
+    - key: {{ .Values.webhook.optInLabel }}
+      operator: In
+      values: ["true"]
+    {{- end }}
     - key: kubernetes.io/metadata.name
       operator: NotIn
       values: {{ concat (list .Release.Namespace) .Values.webhook.excludedNamespaces | uniq | toJson }}

@@ -1,0 +1,308 @@
+//! RegistryX push notifications (`POST /registryx/events`): hints that a repository changed, so that its
+//! cached verdicts are dropped. They are never evidence of anything, and the endpoint shares the TLS port
+//! that every pod in the cluster can reach, so it is built to survive whoever calls it:
+//!
+//! - **authenticated** before the body is read: a shared token, as `Authorization: Bearer <token>` or,
+//!   because RegistryX's `WEBHOOK_URL` can carry nothing but a URL, as `?token=<token>`; without a
+//!   configured token the endpoint is off;
+//! - **bounded**: a 64 KiB body read under a timeout, a repository name checked against the
+//!   distribution grammar (at most 255 characters);
+//! - **coalesced**: names go into a bounded set that one task drains every [`FLUSH_INTERVAL`] with a
+//!   single cache sweep, so a flood of events costs one sweep, repeated names cost nothing, and a set
+//!   that fills up drops every cached verdict instead of refusing genuine events.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::verify::Verifier;
+
+/// A push event is ~200 bytes; anything near this is not one.
+pub const MAX_EVENT_BYTES: usize = 64 << 10;
+/// The whole body must arrive within this: a caller that stalls is dropped.
+pub const EVENT_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Distinct repositories held between two sweeps; beyond, every cached verdict is dropped at once.
+pub const MAX_PENDING_REPOSITORIES: usize = 1024;
+/// How often pending repositories are swept out of the caches.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// The distribution spec's limit on a repository name.
+pub const MAX_REPOSITORY_LENGTH: usize = 255;
+
+/// The shared token that authenticates RegistryX (stored as its SHA-256, compared in constant time).
+#[derive(Clone)]
+pub struct EventsToken(Option<[u8; 32]>);
+
+impl EventsToken {
+    /// `None` turns the endpoint off. A token shorter than 16 characters is refused: it would be guessed.
+    pub fn new(token: Option<&str>) -> Result<EventsToken, String> {
+        match token.map(str::trim) {
+            None | Some("") => Ok(EventsToken(None)),
+            Some(token) if token.len() < 16 => Err(format!(
+                "the push-events token has {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
+                token.len()
+            )),
+            Some(token) => Ok(EventsToken(Some(Sha256::digest(token.as_bytes()).into()))),
+        }
+    }
+
+    pub fn disabled() -> EventsToken {
+        EventsToken(None)
+    }
+
+    fn accepts(&self, given: &str) -> bool {
+        let Some(expected) = &self.0 else {
+            return false;
+        };
+        let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        // Constant time: the difference of every byte is folded before one comparison.
+        expected
+            .iter()
+            .zip(given.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// Repositories waiting for the next sweep.
+#[derive(Default)]
+struct Pending {
+    repositories: HashSet<String>,
+    overflowed: bool,
+}
+
+/// The endpoint's state: the token, and the pending set that one task sweeps.
+#[derive(Clone)]
+pub struct PushEvents {
+    token: EventsToken,
+    pending: Arc<Mutex<Pending>>,
+    verifier: Arc<Verifier>,
+}
+
+impl PushEvents {
+    pub fn new(token: EventsToken, verifier: Arc<Verifier>) -> PushEvents {
+        PushEvents {
+            token,
+            pending: Arc::default(),
+            verifier,
+        }
+    }
+
+    /// Starts the sweeping task on the current Tokio runtime (none: events wait for [`Self::flush_now`]);
+    /// it ends with the last clone of this state.
+    pub fn spawn_flusher(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pending = Arc::downgrade(&self.pending);
+        let verifier = self.verifier.clone();
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pending) = pending.upgrade() else {
+                    return;
+                };
+                flush(&pending, &verifier);
+            }
+        });
+    }
+
+    /// Applies what is pending now (tests, and shutdown).
+    pub fn flush_now(&self) {
+        flush(&self.pending, &self.verifier);
+    }
+
+    /// Handles one request: authentication first, then a bounded read, then validation.
+    pub async fn handle(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: Body,
+    ) -> (StatusCode, String) {
+        if self.token.0.is_none() {
+            return (
+                StatusCode::NOT_FOUND,
+                "push events are off: start registryx-guard with --events-token".into(),
+            );
+        }
+        let bearer = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let from_query = query.and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("token="))
+                .map(percent_decode)
+        });
+        let authenticated = bearer.is_some_and(|t| self.token.accepts(t))
+            || from_query.is_some_and(|t| self.token.accepts(&t));
+        if !authenticated {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "push events need the shared token".into(),
+            );
+        }
+        let bytes = match tokio::time::timeout(
+            EVENT_BODY_TIMEOUT,
+            axum::body::to_bytes(body, MAX_EVENT_BYTES),
+        )
+        .await
+        {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("a push event is at most {MAX_EVENT_BYTES} bytes"),
+                );
+            }
+            Err(_) => {
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the event did not arrive in time".into(),
+                );
+            }
+        };
+        #[derive(Deserialize)]
+        struct PushEvent {
+            action: String,
+            repository: String,
+        }
+        let event: PushEvent = match serde_json::from_slice(&bytes) {
+            Ok(event) => event,
+            Err(error) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("not a RegistryX push event: {error}"),
+                );
+            }
+        };
+        if event.action != "push" {
+            return (StatusCode::ACCEPTED, "ignored".into());
+        }
+        if let Err(reason) = check_repository(&event.repository) {
+            return (StatusCode::BAD_REQUEST, reason);
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.repositories.len() >= MAX_PENDING_REPOSITORIES
+            && !pending.repositories.contains(&event.repository)
+        {
+            pending.overflowed = true;
+        } else {
+            pending.repositories.insert(event.repository);
+        }
+        (
+            StatusCode::ACCEPTED,
+            "cached results will be dropped".into(),
+        )
+    }
+}
+
+fn flush(pending: &Mutex<Pending>, verifier: &Verifier) {
+    let taken = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+    if taken.overflowed {
+        tracing::info!("RegistryX push events overflowed: dropping every cached result");
+        verifier.invalidate_all();
+    } else if !taken.repositories.is_empty() {
+        tracing::info!(
+            repositories = taken.repositories.len(),
+            "RegistryX push: dropping cached results"
+        );
+        verifier.invalidate_repositories(taken.repositories);
+    }
+}
+
+/// The distribution spec's repository grammar: path components of lower-case letters and digits joined
+/// by `.`, `_`, `__` or runs of `-`, separated by `/`, 255 characters at most.
+pub fn check_repository(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_REPOSITORY_LENGTH {
+        return Err(format!(
+            "a repository name has 1 to {MAX_REPOSITORY_LENGTH} characters, not {}",
+            name.len()
+        ));
+    }
+    let component_ok = |c: &str| {
+        let bytes = c.as_bytes();
+        if bytes.is_empty()
+            || !bytes[0].is_ascii_alphanumeric()
+            || !bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        {
+            return false;
+        }
+        let mut previous = b'a';
+        let mut underscores = 0;
+        for &b in bytes {
+            let ok = b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
+            if !ok || (b == b'.' && b"._-".contains(&previous)) {
+                return false;
+            }
+            underscores = if b == b'_' { underscores + 1 } else { 0 };
+            if underscores > 2 || (b == b'_' && b"-.".contains(&previous)) {
+                return false;
+            }
+            previous = b;
+        }
+        true
+    };
+    if name.split('/').all(component_ok) {
+        Ok(())
+    } else {
+        Err("the repository name does not follow the distribution grammar".into())
+    }
+}
+
+/// `%XX` decoding of a query value (a token may be URL-encoded by whoever wrote `WEBHOOK_URL`).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_names_follow_the_distribution_grammar() {
+        for good in [
+            "app", "team/app", "a/b/c", "my-app", "my__app", "v1.2", "a--b",
+        ] {
+            assert!(check_repository(good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(256);
+        for bad in [
+            "", "Team/app", "app/", "/app", "a//b", "-app", "a..b", "a___b", &long, "a b",
+        ] {
+            assert!(check_repository(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_long_and_compared_whole() {
+        assert!(EventsToken::new(Some("short")).is_err());
+        let token = EventsToken::new(Some("0123456789abcdef0123")).unwrap();
+        assert!(token.accepts("0123456789abcdef0123"));
+        assert!(!token.accepts("0123456789abcdef012"));
+        assert!(!EventsToken::disabled().accepts(""));
+        assert_eq!(percent_decode("a%2Bb+c"), "a+b c");
+    }
+}
