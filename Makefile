@@ -8,7 +8,7 @@ CRD := crds/imagesigningpolicies.registryx.io.yaml
 CHART := charts/registryx-guard
 HELM := $(RXG_TOOLS_DIR)/bin/helm
 
-.PHONY: all tools fmt fmt-check lint crds crds-check chart test demo bench clean
+.PHONY: all tools fmt fmt-check lint crds crds-check chart test demo bench soak fuzz image image-push clean
 
 all: test
 
@@ -58,6 +58,26 @@ demo: tools
 ## BENCHMARKS.md with the figures of this run (RXG_BENCH_SECONDS, RXG_BENCH_E2E_RUNS: see bench/run.sh)
 bench: tools
 	bash bench/run.sh
+
+## image: the release binary as a reproducible OCI image, no Docker engine (target/image/oci and the
+## docker-save tarball target/image/registryx-guard.tar); prints its digest
+image:
+	bash e2e/image/build.sh
+
+## image-push: push it to REGISTRY with crane and sign it with cosign (COSIGN_KEY, default cosign.key)
+image-push: tools
+	bash e2e/image/push.sh
+
+## soak: one server under mixed load for an hour (RXG_SOAK_SECONDS), RSS sampled; writes bench/soak-*.
+soak: tools
+	bash bench/soak.sh
+
+## fuzz: every cargo-fuzz target of fuzz/ for FUZZ_SECONDS each (nightly toolchain; cargo-fuzz is
+## installed into .tools on first use), from the committed corpus in fuzz/corpus
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS := admission_review image_reference signature_payload bundle
+fuzz:
+	bash fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	$(CARGO) clean

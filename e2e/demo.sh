@@ -1,38 +1,51 @@
 #!/usr/bin/env bash
-# The local demo (README, Quick start): a control plane and a registry on this machine, registryx-guard
-# installed with helm, a policy applied with kubectl, and an unsigned pod refused while a signed one is
-# admitted. Stops everything it started when it ends (RXG_DEMO_HOLD=1 keeps it up until Ctrl-C).
+# The local demo (README, Quick start): a cluster that runs pods on this machine (etcd, kube-apiserver,
+# and one node: containerd, runc, kubelet, scheduler, controller-manager), registryx-guard's own image
+# built without a Docker engine and installed with `helm install` (chart defaults), a policy applied with
+# kubectl in a namespace that opts in, a signed Deployment running and an unsigned one refused. Stops
+# everything it started when it ends (RXG_DEMO_HOLD=1 keeps it up until Ctrl-C). Needs root.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-trap cleanup EXIT
+source "$RXG_ROOT/e2e/node.sh"
+node_work=$RXG_WORK/node
+teardown() {
+	[[ -d $node_work ]] && stop_node "$node_work"
+	cleanup
+}
+trap teardown EXIT
 show() { printf '\n$ %s\n' "$*"; "$@"; }
 
-say "Building registryx-guard"
+say "Building registryx-guard and its image (no Docker engine: e2e/image/build.sh)"
 (cd "$RXG_ROOT" && cargo build --quiet --locked)
+BINARY=$RXG_ROOT/target/debug/registryx-guard OUT=$RXG_WORK/image bash "$RXG_ROOT/e2e/image/build.sh"
 
-say "Starting etcd and kube-apiserver (no kubelet: pods are admitted and stored, never run)"
-start_control_plane
-echo "KUBECONFIG=$KUBECONFIG"
+say "Starting etcd, kube-apiserver and a node that runs pods"
+start_control_plane pods
+start_node "$node_work" "$KUBECONFIG" "$APISERVER"
+node_load_image "$RXG_WORK/image/registryx-guard.tar" >/dev/null
+show kubectl get nodes
 
-say "Starting an OCI registry and pushing two images"
-start_registry
-signed=$(push_image demo/app signed "signed $RANDOM")
-unsigned=$(push_image demo/app unsigned "unsigned $RANDOM")
-echo "signed:   $signed"
-echo "unsigned: $unsigned"
+say "Installing registryx-guard with helm, the chart's defaults"
+show helm install rxg "$RXG_ROOT/charts/registryx-guard" --namespace registryx-guard --create-namespace --wait --timeout 180s
+show kubectl -n registryx-guard get pods
 
-say "Signing one of them, as RegistryX's signing guide does"
+say "A registry on the node's address, with a signed and an unsigned image (a static binary that runs)"
+# shellcheck disable=SC1091
+source "$node_work/node.env"
+start_registry "$NODE_IP"
+mkdir -p "$node_work/containerd/certs.d/$REGISTRY"
+printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$REGISTRY" "$REGISTRY" \
+	>"$node_work/containerd/certs.d/$REGISTRY/hosts.toml"
+for seed in signed unsigned; do
+	python3 "$RXG_ROOT/e2e/image/oci-image.py" --file "$RXG_TOOLS_DIR/bin/pause:/pause" --entrypoint /pause \
+		--label "seed=$seed $RANDOM" --oci-dir "$RXG_WORK/app-$seed" >/dev/null
+	crane push --insecure "$RXG_WORK/app-$seed" "$REGISTRY/demo/app:$seed" >/dev/null 2>&1
+done
+signed=$REGISTRY/demo/app:signed unsigned=$REGISTRY/demo/app:unsigned
 export COSIGN_PASSWORD=demo
 (cd "$RXG_WORK" && cosign generate-key-pair >/dev/null 2>&1)
-cosign sign --yes --key "$RXG_WORK/cosign.key" --tlog-upload=false --use-signing-config=false \
-	--new-bundle-format=false "$signed" >/dev/null 2>&1
-echo "signed $signed with $RXG_WORK/cosign.key"
-
-say "Installing registryx-guard with helm (the webhook process runs outside the cluster)"
-port=$(free_port)
-show helm install rxg "$RXG_ROOT/charts/registryx-guard" --namespace registryx-guard --create-namespace \
-	--set "webhook.url=https://127.0.0.1:$port" --set replicaCount=0
-start_webhook "$port"
+show cosign sign --yes --key "$RXG_WORK/cosign.key" --tlog-upload=false --use-signing-config=false \
+	--new-bundle-format=false --allow-http-registry "$signed" 2>/dev/null
 
 say "Applying a policy: every image of $REGISTRY/demo must be signed with the demo key"
 {
@@ -53,25 +66,25 @@ say "Applying a policy: every image of $REGISTRY/demo must be signed with the de
 } >"$RXG_WORK/policy.yaml"
 cat "$RXG_WORK/policy.yaml"
 show kubectl apply -f "$RXG_WORK/policy.yaml"
-wait_for "the policy to be Ready" 20 bash -c "kubectl get isp demo-signed -o jsonpath='{.status.conditions[0].status}' | grep -qx True"
+wait_for "the policy to be Ready" 30 bash -c "kubectl get isp demo-signed -o jsonpath='{.status.conditions[0].status}' | grep -qx True"
 show kubectl get imagesigningpolicies
 
 say "Namespaces opt in with a label (the chart's default); in them, only what a policy vouches for runs"
 show kubectl label namespace default registryx.io/include=true
 
-say "The signed image is admitted, pinned to the digest that was verified"
-show kubectl run signed --image "$signed" --restart Never
+say "The signed Deployment runs, pinned to the digest that was verified"
+show kubectl create deployment signed --image "$signed"
+wait_for "the signed pod to run" 90 bash -c "kubectl get pods -l app=signed -o jsonpath='{.items[*].status.phase}' | grep -qx Running"
+show kubectl get pods -l app=signed -o 'custom-columns=POD:.metadata.name,STATUS:.status.phase,IMAGE:.spec.containers[0].image'
 
-show kubectl get pod signed -o 'jsonpath={.spec.containers[0].image}{"\n"}'
-
-say "The unsigned image is refused, with the reason"
-if show kubectl run unsigned --image "$unsigned" --restart Never; then
+say "The unsigned Deployment is refused, with the reason"
+if show kubectl create deployment unsigned --image "$unsigned"; then
 	echo "UNEXPECTED: the unsigned image was admitted" >&2
 	exit 1
 fi
 
 say "Another spelling of the registry is the same registry: refused as well"
-respelled=${unsigned/127.0.0.1:/127.0.0.1:0}
+respelled=${unsigned/:/:0}
 if show kubectl run respelled --image "$respelled" --restart Never; then
 	echo "UNEXPECTED: the respelled unsigned image was admitted" >&2
 	exit 1

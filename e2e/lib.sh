@@ -39,26 +39,30 @@ cleanup() {
 	[[ -n ${RXG_KEEP_WORK:-} ]] || rm -rf "$RXG_WORK"
 }
 
-# start_registry: the distribution registry; sets REGISTRY (host:port).
+# start_registry [IP]: the distribution registry on IP (default 127.0.0.1); sets REGISTRY (IP:port).
 start_registry() {
-	local port
+	local port ip=${1:-127.0.0.1}
 	port=$(free_port)
 	mkdir -p "$RXG_WORK/registry"
 	cat >"$RXG_WORK/registry/config.yml" <<-YAML
 		version: 0.1
 		log: {level: warn}
 		storage: {filesystem: {rootdirectory: $RXG_WORK/registry/data}}
-		http: {addr: 127.0.0.1:$port}
+		http: {addr: $ip:$port}
 	YAML
 	registry serve "$RXG_WORK/registry/config.yml" >"$RXG_WORK/registry.log" 2>&1 &
 	RXG_PIDS+=($!)
-	REGISTRY=127.0.0.1:$port
+	REGISTRY=$ip:$port
 	wait_for "the registry" 20 curl -fsS "http://$REGISTRY/v2/"
 }
 
-# start_control_plane: etcd and kube-apiserver; sets KUBECONFIG.
+# start_control_plane [pods]: etcd and kube-apiserver; sets KUBECONFIG and APISERVER. With `pods`, for a
+# node that runs them (e2e/node.sh): the ServiceAccount admission plugin on, Services reached by their
+# endpoints (no kube-proxy needed for webhooks).
 start_control_plane() {
 	local dir=$RXG_WORK/cluster client peer api token=demo-admin-$RANDOM$RANDOM
+	local mode=(--disable-admission-plugins ServiceAccount)
+	[[ ${1:-} == pods ]] && mode=(--enable-aggregator-routing=true)
 	mkdir -p "$dir"
 	client=$(free_port) peer=$(free_port) api=$(free_port)
 	etcd --data-dir "$dir/etcd" --log-level warn --unsafe-no-fsync \
@@ -75,9 +79,9 @@ start_control_plane() {
 		--secure-port "$api" --cert-dir "$dir/certs" --token-auth-file "$dir/tokens.csv" \
 		--service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
 		--service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.96.0.0/16 \
-		--authorization-mode Node,RBAC --disable-admission-plugins ServiceAccount -v 1 >"$RXG_WORK/kube-apiserver.log" 2>&1 &
+		--authorization-mode Node,RBAC "${mode[@]}" -v 1 >"$RXG_WORK/kube-apiserver.log" 2>&1 &
 	RXG_PIDS+=($!)
-	export KUBECONFIG=$dir/kubeconfig
+	export KUBECONFIG=$dir/kubeconfig APISERVER=https://127.0.0.1:$api
 	kubectl config set-cluster demo --server "https://127.0.0.1:$api" --insecure-skip-tls-verify=true >/dev/null
 	kubectl config set-credentials admin --token "$token" >/dev/null
 	kubectl config set-context demo --cluster demo --user admin >/dev/null

@@ -87,6 +87,11 @@ pub struct ServeArgs {
     /// is off.
     #[arg(long, env = "RXG_EVENTS_TOKEN", hide_env_values = true)]
     pub events_token: Option<String>,
+
+    /// On SIGTERM, report not ready and keep answering this many seconds before stopping, while the
+    /// cluster takes the replica out of its Service (the chart's grace period is longer).
+    #[arg(long, env = "RXG_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+    pub shutdown_delay_seconds: u64,
 }
 
 fn default_identity() -> String {

@@ -10,6 +10,7 @@
 #   etcd           built from go.etcd.io/etcd/server/v3 by the wrapper module etcd/
 #   registry       Debian's docker-registry (the CNCF distribution registry), linked into bin/
 #   ociregistry, crane        go-containerregistry (OCI 1.1 referrers API), wrapper module ociregistry/
+#   containerd, runc, CNI, kubelet, kube-scheduler, kube-controller-manager, pause: install-node.sh
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -86,5 +87,9 @@ install_docker_registry() {
 }
 
 build registry "$DOCKER_REGISTRY_DEB" install_docker_registry
+
+# The node that runs pods (tests/cluster.rs, the demo): containerd, runc, CNI plugins, kubelet,
+# kube-scheduler, kube-controller-manager and the pause image.
+bash "$here/install-node.sh" >&2
 
 echo "$bin"

@@ -104,8 +104,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         })?;
     tracing::info!(listen = %args.listen, probes = %args.probes_listen, "serving /validate, /mutate and /registryx/events over HTTPS; probes and metrics over HTTP");
 
+    let (draining, drain) = (
+        probes.clone(),
+        Duration::from_secs(args.shutdown_delay_seconds),
+    );
     tokio::spawn(async move {
         shutdown_signal().await;
+        // Keep answering while the cluster takes this replica out of the Service: the API server dials
+        // endpoints directly, and a webhook that stopped at once would fail the admissions routed to it
+        // in that window (failurePolicy: Fail). Not ready first, then the drain, then the stop.
+        draining.set_shutting_down();
+        tracing::info!(
+            seconds = drain.as_secs(),
+            "shutting down: not ready, draining"
+        );
+        tokio::time::sleep(drain).await;
         let _ = stop.send(true);
     });
     let events = events::EventsToken::new(args.events_token.as_deref()).map_err(Error::Config)?;

@@ -22,6 +22,7 @@ struct Inner {
     policies_synced: AtomicBool,
     namespaces_synced: AtomicBool,
     tls_loaded: AtomicBool,
+    shutting_down: AtomicBool,
     metrics: Registry,
 }
 
@@ -44,6 +45,11 @@ impl Probes {
         self.inner.namespaces_synced.store(true, Ordering::Release);
     }
 
+    /// The process is stopping: not ready any more, so that the Service stops routing to it.
+    pub fn set_shutting_down(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+    }
+
     pub fn set_tls_loaded(&self) {
         self.inner.tls_loaded.store(true, Ordering::Release);
     }
@@ -54,6 +60,7 @@ impl Probes {
         self.inner.policies_synced.load(Ordering::Acquire)
             && self.inner.namespaces_synced.load(Ordering::Acquire)
             && self.inner.tls_loaded.load(Ordering::Acquire)
+            && !self.inner.shutting_down.load(Ordering::Acquire)
     }
 }
 

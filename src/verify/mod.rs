@@ -7,6 +7,8 @@
 
 pub mod authority;
 mod check;
+#[doc(hidden)]
+pub mod fuzzing;
 mod report;
 mod signatures;
 

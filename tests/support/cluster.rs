@@ -25,7 +25,19 @@ pub struct ControlPlane {
 const TOKEN: &str = "registryx-guard-test-admin-token";
 
 impl ControlPlane {
+    /// A control plane for objects that are stored and admitted, never run.
     pub fn start() -> ControlPlane {
+        ControlPlane::start_with(false)
+    }
+
+    /// A control plane for a node that runs pods ([`super::node::Node`]): the ServiceAccount admission
+    /// plugin on (its controller runs), and Services reached by their endpoints (no kube-proxy needed
+    /// for webhooks).
+    pub fn start_for_pods() -> ControlPlane {
+        ControlPlane::start_with(true)
+    }
+
+    fn start_with(pods: bool) -> ControlPlane {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
 
@@ -92,9 +104,13 @@ impl ControlPlane {
             .args(["--service-account-issuer", "https://kubernetes.default.svc"])
             .args(["--service-cluster-ip-range", "10.96.0.0/16"])
             .args(["--authorization-mode", "Node,RBAC"])
-            // No controller-manager creates the default ServiceAccount that this plugin insists on.
-            .args(["--disable-admission-plugins", "ServiceAccount"])
             .args(["-v", "1"]);
+        if pods {
+            command.arg("--enable-aggregator-routing=true");
+        } else {
+            // No controller-manager creates the default ServiceAccount that this plugin insists on.
+            command.args(["--disable-admission-plugins", "ServiceAccount"]);
+        }
         let mut apiserver = Process::start("kube-apiserver", command, path);
 
         let server = format!("https://127.0.0.1:{port}");

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod cosign;
 pub mod fakes;
 pub mod keyless;
+pub mod node;
 pub mod process;
 pub mod registry;
 pub mod verdicts;

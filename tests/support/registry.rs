@@ -52,20 +52,26 @@ pub fn sha256(bytes: &[u8]) -> String {
 impl Registry {
     /// The distribution registry (no referrers API: signatures are found through tags).
     pub fn distribution() -> Registry {
+        Registry::distribution_at("127.0.0.1")
+    }
+
+    /// The distribution registry listening on `ip` (a node's address, which pods reach as well as
+    /// this machine), named `ip:<port>` in references.
+    pub fn distribution_at(ip: &str) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {ip}:{port}}}\n",
                 dir.path().join("data").display()
             ),
         )
         .unwrap();
         let mut command = Command::new(tool("registry"));
         command.arg("serve").arg(&config);
-        Self::started("registry", command, port, dir)
+        Self::started_at("registry", command, ip, port, dir)
     }
 
     /// go-containerregistry's registry with the OCI 1.1 referrers API.
@@ -78,11 +84,15 @@ impl Registry {
     }
 
     fn started(name: &str, command: Command, port: u16, dir: TempDir) -> Registry {
+        Self::started_at(name, command, "127.0.0.1", port, dir)
+    }
+
+    fn started_at(name: &str, command: Command, ip: &str, port: u16, dir: TempDir) -> Registry {
         let mut process = Process::start(name, command, dir.path());
-        let url = format!("http://127.0.0.1:{port}/v2/");
+        let url = format!("http://{ip}:{port}/v2/");
         process.wait_until("answering /v2/", Duration::from_secs(20), || http_ok(&url));
         Registry {
-            host: format!("127.0.0.1:{port}"),
+            host: format!("{ip}:{port}"),
             scheme: "http",
             client: reqwest::Client::new(),
             ca_pem: None,

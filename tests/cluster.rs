@@ -1,0 +1,472 @@
+//! registryx-guard where users run it: its own image, built here without a Docker engine, installed by
+//! `helm install` with the chart's defaults into a cluster whose node really runs pods (containerd, runc,
+//! kubelet, scheduler, controller-manager: `e2e/node.sh`). Two replicas Ready through their probes, with
+//! the chart's RBAC; policies applied with kubectl; a Deployment of a signed image whose pods run, an
+//! unsigned one refused with the reason; the webhook's own image verified by its own policy; no failed
+//! admission while a replica is deleted, and the status Lease moving to the survivor.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::cluster::ControlPlane;
+use support::cosign::{Cosign, Format, assert_success};
+use support::node::Node;
+use support::registry::Registry;
+
+const NAMESPACE: &str = "registryx-guard";
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Polls `condition` every 250 ms until it holds, or fails with `what` and `context()` after `limit`.
+fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) -> Duration {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    start.elapsed()
+}
+
+/// Builds an image with `e2e/image/oci-image.py` from the static pause binary (it runs and waits),
+/// labelled `seed` so that each seed is another digest; returns the OCI layout folder.
+fn pause_image(dir: &std::path::Path, seed: &str) -> std::path::PathBuf {
+    let layout = dir.join(format!("oci-{seed}"));
+    let output = Command::new("python3")
+        .arg(support::repo_root().join("e2e/image/oci-image.py"))
+        .arg("--file")
+        .arg(format!("{}:/pause", support::tool("pause").display()))
+        .args(["--entrypoint", "/pause", "--label", &format!("seed={seed}")])
+        .arg("--oci-dir")
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert_success("oci-image.py", &output);
+    layout
+}
+
+fn crane_push(layout: &std::path::Path, reference: &str) {
+    let output = Command::new(support::tool("crane"))
+        .args(["push", "--insecure"])
+        .arg(layout)
+        .arg(reference)
+        .output()
+        .unwrap();
+    assert_success(&format!("crane push {reference}"), &output);
+}
+
+fn policy(name: &str, glob: &str, pem: &str) -> String {
+    let pem = pem.trim_end().replace('\n', "\n          ");
+    format!(
+        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata:\n  name: {name}\nspec:\n  images: ['{glob}']\n  \
+         registry: {{insecure: true}}\n  authorities:\n    - name: release-key\n      key:\n        data: |\n          {pem}\n"
+    )
+}
+
+fn deployment(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  replicas: 1\n  \
+         selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      \
+         containers: [{{name: app, image: '{image}', imagePullPolicy: IfNotPresent}}]\n"
+    )
+}
+
+fn jsonpath(cluster: &ControlPlane, args: &[&str], path: &str) -> String {
+    let mut all = args.to_vec();
+    let expression = format!("jsonpath={path}");
+    all.extend(["-o", expression.as_str()]);
+    String::from_utf8_lossy(&cluster.kubectl(&all).stdout).into_owned()
+}
+
+#[test]
+fn helm_install_into_a_cluster_that_runs_pods() {
+    let cluster = ControlPlane::start_for_pods();
+    let node = Node::start(&cluster);
+    let work = tempfile::tempdir().unwrap();
+
+    // 1. The image, built without a Docker engine, loaded into the node under the chart's default name.
+    let image_dir = work.path().join("image");
+    let output = Command::new("bash")
+        .arg(support::repo_root().join("e2e/image/build.sh"))
+        .env("BINARY", env!("CARGO_BIN_EXE_registryx-guard"))
+        .env("OUT", &image_dir)
+        .output()
+        .unwrap();
+    assert_success("e2e/image/build.sh", &output);
+    let again = Command::new("bash")
+        .arg(support::repo_root().join("e2e/image/build.sh"))
+        .env("BINARY", env!("CARGO_BIN_EXE_registryx-guard"))
+        .env("OUT", work.path().join("image-again"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&again.stdout),
+        "two builds of one binary gave two digests"
+    );
+    node.load_image(&image_dir.join("registryx-guard.tar"));
+
+    // 2. helm install with the chart's defaults: two replicas Ready through their probes, with the
+    // chart's own ServiceAccount and RBAC talking to the API server from inside the cluster.
+    let installed_at = Instant::now();
+    let install = Command::new(support::tool("helm"))
+        .args(["install", "rxg"])
+        .arg(support::repo_root().join("charts/registryx-guard"))
+        .args([
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--kubeconfig",
+        ])
+        .arg(&cluster.kubeconfig)
+        .args(["--wait", "--timeout", "180s"])
+        .output()
+        .unwrap();
+    assert_success(
+        &format!(
+            "helm install\n{}\n{}",
+            text(&cluster.kubectl(&["get", "pods,events", "-A"])),
+            node.logs()
+        ),
+        &install,
+    );
+    let ready = jsonpath(
+        &cluster,
+        &["get", "deployment", "rxg", "-n", NAMESPACE],
+        "{.status.readyReplicas}",
+    );
+    assert_eq!(ready, "2", "two replicas Ready");
+    println!(
+        "helm install -> 2 replicas Ready: {:?}",
+        installed_at.elapsed()
+    );
+
+    // 3. A registry with a signed and an unsigned image that really run (the static pause binary).
+    let registry = Registry::distribution_at(&node.ip());
+    node.allow_plain_http(&registry.host);
+    let cosign = Cosign::with_new_key_pair();
+    let signed = format!("{}/demo/app:signed", registry.host);
+    let unsigned = format!("{}/demo/app:unsigned", registry.host);
+    crane_push(&pause_image(work.path(), "signed"), &signed);
+    crane_push(&pause_image(work.path(), "unsigned"), &unsigned);
+    cosign.sign(&signed, Format::Legacy);
+
+    // 4. Policies with kubectl, a namespace that opts in.
+    let pem = cosign.public_key_pem();
+    assert_success(
+        "apply policy",
+        &cluster.kubectl_with_stdin(
+            &["apply", "-f", "-"],
+            &policy("demo", &format!("{}/demo/**", registry.host), &pem),
+        ),
+    );
+    assert_success(
+        "opt in",
+        &cluster.kubectl(&["label", "namespace", "default", "registryx.io/include=true"]),
+    );
+    let status = || {
+        jsonpath(
+            &cluster,
+            &["get", "isp", "demo"],
+            "{.status.conditions[0].status}",
+        )
+    };
+    wait_until(
+        "the policy to be Ready (status written from inside the cluster)",
+        Duration::from_secs(30),
+        || status() == "True",
+        || {
+            text(&cluster.kubectl(&[
+                "logs",
+                "-n",
+                NAMESPACE,
+                "-l",
+                "app.kubernetes.io/name=registryx-guard",
+                "--tail",
+                "20",
+            ]))
+        },
+    );
+
+    // 5. The signed Deployment runs, pinned to the digest that was verified; the unsigned one is refused.
+    assert_success(
+        "signed deployment",
+        &cluster.kubectl_with_stdin(&["apply", "-f", "-"], &deployment("signed", &signed)),
+    );
+    let running = || {
+        jsonpath(
+            &cluster,
+            &["get", "pods", "-n", "default", "-l", "app=signed"],
+            "{.items[*].status.phase}",
+        )
+    };
+    wait_until(
+        "the signed pod to run",
+        Duration::from_secs(90),
+        || running() == "Running",
+        || {
+            format!(
+                "{}\n{}",
+                text(&cluster.kubectl(&["describe", "pods", "-n", "default", "-l", "app=signed"])),
+                node.logs()
+            )
+        },
+    );
+    let pod_image = jsonpath(
+        &cluster,
+        &["get", "pods", "-n", "default", "-l", "app=signed"],
+        "{.items[0].spec.containers[0].image}",
+    );
+    assert!(
+        pod_image.starts_with(&format!("{signed}@sha256:")),
+        "{pod_image}"
+    );
+    let refused =
+        cluster.kubectl_with_stdin(&["apply", "-f", "-"], &deployment("unsigned", &unsigned));
+    assert!(
+        !refused.status.success()
+            && text(&refused).contains("no signature found")
+            && text(&refused).contains("policy demo"),
+        "{}",
+        text(&refused)
+    );
+
+    // 6. The webhook's own image, pushed and signed, is governed by a policy: it verifies itself.
+    let own = format!("{}/registryx-guard/registryx-guard:e2e", registry.host);
+    crane_push(&image_dir.join("oci"), &own);
+    cosign.sign(&own, Format::Legacy);
+    assert_success(
+        "apply own policy",
+        &cluster.kubectl_with_stdin(
+            &["apply", "-f", "-"],
+            &policy(
+                "self",
+                &format!("{}/registryx-guard/**", registry.host),
+                &pem,
+            ),
+        ),
+    );
+    wait_until(
+        "the self policy to be Ready",
+        Duration::from_secs(30),
+        || {
+            jsonpath(
+                &cluster,
+                &["get", "isp", "self"],
+                "{.status.conditions[0].status}",
+            ) == "True"
+        },
+        String::new,
+    );
+    let itself = cluster.kubectl(&[
+        "run",
+        "itself",
+        "-n",
+        "default",
+        "--image",
+        &own,
+        "--restart",
+        "Never",
+        "--dry-run=server",
+        "--",
+        "--version",
+    ]);
+    assert_success("the webhook admits its own signed image", &itself);
+
+    // 7. Availability: a stream of admissions while a replica is deleted: none fails, and the status
+    // Lease moves to the survivor, which keeps writing policy status.
+    let holder = || {
+        jsonpath(
+            &cluster,
+            &[
+                "get",
+                "lease",
+                "registryx-guard-status-writer",
+                "-n",
+                NAMESPACE,
+            ],
+            "{.spec.holderIdentity}",
+        )
+    };
+    let first_holder = holder();
+    assert!(
+        first_holder.starts_with("rxg-"),
+        "lease holder {first_holder:?}"
+    );
+    let stream = Stream::start(&cluster, &signed);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_success(
+        "delete the lease holder",
+        &cluster.kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            NAMESPACE,
+            &first_holder,
+            "--wait=false",
+        ]),
+    );
+    let moved = wait_until(
+        "the Lease to move to the survivor",
+        Duration::from_secs(60),
+        || {
+            let now = holder();
+            !now.is_empty() && now != first_holder
+        },
+        || text(&cluster.kubectl(&["get", "pods,lease", "-n", NAMESPACE])),
+    );
+    println!("lease moved in {moved:?}");
+    wait_until(
+        "two replicas Ready again",
+        Duration::from_secs(90),
+        || {
+            jsonpath(
+                &cluster,
+                &["get", "deployment", "rxg", "-n", NAMESPACE],
+                "{.status.readyReplicas}",
+            ) == "2"
+        },
+        || text(&cluster.kubectl(&["get", "pods", "-n", NAMESPACE])),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stream.finish("a replica was deleted");
+    // The survivor writes status: a new policy becomes Ready.
+    assert_success(
+        "apply after the move",
+        &cluster.kubectl_with_stdin(
+            &["apply", "-f", "-"],
+            &policy("after-move", &format!("{}/after/**", registry.host), &pem),
+        ),
+    );
+    wait_until(
+        "status written by the new holder",
+        Duration::from_secs(30),
+        || {
+            jsonpath(
+                &cluster,
+                &["get", "isp", "after-move"],
+                "{.status.conditions[0].status}",
+            ) == "True"
+        },
+        holder,
+    );
+
+    // 8. A rolling `helm upgrade` (new pods first, old ones drained): no admission fails.
+    let stream = Stream::start(&cluster, &signed);
+    std::thread::sleep(Duration::from_secs(1));
+    let upgrade = Command::new(support::tool("helm"))
+        .args(["upgrade", "rxg"])
+        .arg(support::repo_root().join("charts/registryx-guard"))
+        .args([
+            "--namespace",
+            NAMESPACE,
+            "--reuse-values",
+            "--set-string",
+            "podAnnotations.rollout=second",
+        ])
+        .args(["--wait", "--timeout", "180s", "--kubeconfig"])
+        .arg(&cluster.kubeconfig)
+        .output()
+        .unwrap();
+    assert_success("helm upgrade", &upgrade);
+    wait_until(
+        "the old replicas to be gone",
+        Duration::from_secs(60),
+        || {
+            jsonpath(
+                &cluster,
+                &["get", "pods", "-n", NAMESPACE],
+                "{.items[*].metadata.name}",
+            )
+            .split_whitespace()
+            .count()
+                == 2
+        },
+        || text(&cluster.kubectl(&["get", "pods", "-n", NAMESPACE])),
+    );
+    stream.finish("a rolling helm upgrade ran");
+    drop(node);
+}
+
+/// Admissions in a loop (`kubectl run --dry-run=server`, which goes through both webhooks), counting
+/// the failures, until [`Stream::finish`].
+struct Stream {
+    stop: Arc<AtomicBool>,
+    attempts: Arc<AtomicUsize>,
+    failures: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<Option<String>>,
+}
+
+impl Stream {
+    fn start(cluster: &ControlPlane, image: &str) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (attempts, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (flag, tried, failed) = (stop.clone(), attempts.clone(), failures.clone());
+        let kubeconfig = cluster.kubeconfig.clone();
+        let image = image.to_owned();
+        let thread = std::thread::spawn(move || {
+            let mut first_failure = None;
+            let mut n = 0;
+            while !flag.load(Ordering::SeqCst) {
+                n += 1;
+                let output = Command::new(support::tool("kubectl"))
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args([
+                        "run",
+                        &format!("stream-{n}"),
+                        "-n",
+                        "default",
+                        "--image",
+                        &image,
+                    ])
+                    .args(["--restart", "Never", "--dry-run=server"])
+                    .output()
+                    .unwrap();
+                tried.fetch_add(1, Ordering::SeqCst);
+                if !output.status.success() {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    first_failure.get_or_insert_with(|| text(&output));
+                }
+            }
+            first_failure
+        });
+        Stream {
+            stop,
+            attempts,
+            failures,
+            thread,
+        }
+    }
+
+    fn finish(self, during: &str) {
+        self.stop.store(true, Ordering::SeqCst);
+        let first_failure = self.thread.join().unwrap();
+        let attempts = self.attempts.load(Ordering::SeqCst);
+        let failures = self.failures.load(Ordering::SeqCst);
+        println!("admissions while {during}: {attempts}, failed: {failures}");
+        assert!(attempts > 5, "the stream hardly ran: {attempts}");
+        assert_eq!(
+            failures, 0,
+            "failed admissions while {during}: {first_failure:?}"
+        );
+    }
+}
