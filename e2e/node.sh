@@ -232,6 +232,10 @@ start_node() {
 	cat >"$w/kubelet/config.yaml" <<-YAML
 		apiVersion: kubelet.config.k8s.io/v1beta1
 		kind: KubeletConfiguration
+		# Mounted Secrets follow their object within seconds (the default is about a minute): a rotated
+		# certificate reaches the webhook pods while a test waits.
+		syncFrequency: 5s
+		configMapAndSecretChangeDetectionStrategy: Watch
 		failCgroupV1: false
 		cgroupDriver: cgroupfs
 		cgroupRoot: $NODE_CGROUP_ROOT

@@ -403,7 +403,97 @@ fn helm_install_into_a_cluster_that_runs_pods() {
         || text(&cluster.kubectl(&["get", "pods", "-n", NAMESPACE])),
     );
     stream.finish("a rolling helm upgrade ran");
+
+    // 9. Certificate rotation in the cluster: a new serving certificate (same CA) replaces the Secret;
+    // every replica serves it within seconds, and no admission fails meanwhile.
+    let secret_cert = || {
+        jsonpath(
+            &cluster,
+            &["get", "secret", "rxg-tls", "-n", NAMESPACE],
+            "{.data.tls\\.crt}",
+        )
+    };
+    let before = secret_cert();
+    let stream = Stream::start(&cluster, &signed);
+    std::thread::sleep(Duration::from_secs(1));
+    let rotate = Command::new(support::tool("helm"))
+        .args(["upgrade", "rxg"])
+        .arg(support::repo_root().join("charts/registryx-guard"))
+        .args([
+            "--namespace",
+            NAMESPACE,
+            "--reuse-values",
+            "--set-string",
+            "tls.rotation=2",
+        ])
+        .args(["--wait", "--timeout", "180s", "--kubeconfig"])
+        .arg(&cluster.kubeconfig)
+        .output()
+        .unwrap();
+    assert_success("helm upgrade --set-string tls.rotation=2", &rotate);
+    let after = secret_cert();
+    assert_ne!(before, after, "the Secret holds the same certificate");
+    let served_everywhere = || {
+        let ips = jsonpath(
+            &cluster,
+            &["get", "pods", "-n", NAMESPACE],
+            "{.items[*].status.podIP}",
+        );
+        let expected = pem_of_base64(&after);
+        !ips.is_empty()
+            && ips
+                .split_whitespace()
+                .all(|ip| served_certificate(ip) == expected)
+    };
+    let took = wait_until(
+        "every replica to serve the new certificate",
+        Duration::from_secs(120),
+        served_everywhere,
+        || {
+            text(&cluster.kubectl(&[
+                "logs",
+                "-n",
+                NAMESPACE,
+                "-l",
+                "app.kubernetes.io/name=registryx-guard",
+                "--tail",
+                "5",
+            ]))
+        },
+    );
+    println!("rotated certificate served by every replica {took:?} after helm upgrade returned");
+    std::thread::sleep(Duration::from_secs(2));
+    stream.finish("the serving certificate was rotated");
     drop(node);
+}
+
+fn pem_of_base64(data: &str) -> String {
+    use base64::Engine as _;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .unwrap_or_default();
+    first_certificate(&String::from_utf8_lossy(&pem))
+}
+
+fn first_certificate(pem: &str) -> String {
+    let begin = pem.find("-----BEGIN CERTIFICATE-----");
+    let end = pem
+        .find("-----END CERTIFICATE-----")
+        .map(|i| i + "-----END CERTIFICATE-----".len());
+    match (begin, end) {
+        (Some(b), Some(e)) if b < e => pem[b..e].to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The certificate a webhook pod serves on its port, read with `openssl s_client` from this machine.
+fn served_certificate(ip: &str) -> String {
+    let output = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("{ip}:8443"), "-showcerts"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    first_certificate(&String::from_utf8_lossy(&output.stdout))
 }
 
 /// Admissions in a loop (`kubectl run --dry-run=server`, which goes through both webhooks), counting

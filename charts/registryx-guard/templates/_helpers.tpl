@@ -11,18 +11,35 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- define "rxg.service" -}}{{ include "rxg.name" . }}-webhook{{- end -}}
 {{- define "rxg.tlsSecret" -}}{{ default (printf "%s-tls" (include "rxg.name" .)) .Values.tls.existingSecret }}{{- end -}}
-{{/* The generated CA and certificate, reused from the existing Secret so upgrades keep them. */}}
+{{/* The generated CA and certificate, reused from the existing Secret so upgrades keep them; a new
+     tls.rotation issues a new serving certificate from the same CA (kept in the Secret as ca.key), so
+     that the webhooks' caBundle never changes under running replicas. */}}
 {{- define "rxg.generatedTLS" -}}
 {{- $secret := lookup "v1" "Secret" .Release.Namespace (include "rxg.tlsSecret" .) -}}
+{{- $svc := include "rxg.service" . -}}
+{{- $names := list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) "localhost" -}}
+{{- $rotation := toString .Values.tls.rotation -}}
 {{- if and $secret $secret.data (index $secret.data "ca.crt") -}}
+{{- $annotations := $secret.metadata.annotations | default dict -}}
+{{- $issued := index $annotations "registryx.io/tls-rotation" | default "" -}}
+{{- if and (ne $issued $rotation) (index $secret.data "ca.key") -}}
+{{- $ca := buildCustomCert (index $secret.data "ca.crt") (index $secret.data "ca.key") -}}
+{{- $cert := genSignedCert $svc (list "127.0.0.1") $names 3650 $ca -}}
 ca: {{ index $secret.data "ca.crt" }}
+caKey: {{ index $secret.data "ca.key" }}
+crt: {{ $cert.Cert | b64enc }}
+key: {{ $cert.Key | b64enc }}
+{{- else -}}
+ca: {{ index $secret.data "ca.crt" }}
+caKey: {{ index $secret.data "ca.key" | default "" }}
 crt: {{ index $secret.data "tls.crt" }}
 key: {{ index $secret.data "tls.key" }}
+{{- end -}}
 {{- else -}}
 {{- $ca := genCA "registryx-guard-ca" 3650 -}}
-{{- $svc := include "rxg.service" . -}}
-{{- $cert := genSignedCert $svc (list "127.0.0.1") (list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) "localhost") 3650 $ca -}}
+{{- $cert := genSignedCert $svc (list "127.0.0.1") $names 3650 $ca -}}
 ca: {{ $ca.Cert | b64enc }}
+caKey: {{ $ca.Key | b64enc }}
 crt: {{ $cert.Cert | b64enc }}
 key: {{ $cert.Key | b64enc }}
 {{- end -}}
