@@ -255,7 +255,7 @@ impl Admission {
             mutate,
             images = images.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
-            decisions = %serde_json::to_string(&decisions).unwrap_or_default(),
+            decisions = %bounded_log(serde_json::to_string(&decided).unwrap_or_default()),
             "admission decision"
         );
         response
@@ -661,6 +661,25 @@ fn request_context(
     }
 }
 
+/// The longest decision text one log line carries: a pod naming many images must not make a line of
+/// megabytes (log pipelines drop or split those).
+const MAX_LOGGED_DECISIONS_BYTES: usize = 16 << 10;
+
+/// `text`, cut at [`MAX_LOGGED_DECISIONS_BYTES`] (on a character boundary) with a note of what was cut.
+fn bounded_log(mut text: String) -> String {
+    if text.len() <= MAX_LOGGED_DECISIONS_BYTES {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = MAX_LOGGED_DECISIONS_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("... ({} more bytes)", total - cut));
+    text
+}
+
 /// The JSON pointer of the metadata that goes with the pod spec of `kind` (the Pod's own, or the
 /// template's).
 fn pod_metadata_pointer(kind: &str) -> String {
@@ -744,5 +763,24 @@ fn reason_label(verdict: &ImageVerdict) -> &'static str {
         "registry"
     } else {
         "unsigned"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_stay_bounded_whatever_a_pod_names() {
+        let short = "a".repeat(100);
+        assert_eq!(bounded_log(short.clone()), short);
+        let long = "é".repeat(MAX_LOGGED_DECISIONS_BYTES);
+        let logged = bounded_log(long);
+        assert!(
+            logged.len() < MAX_LOGGED_DECISIONS_BYTES + 64,
+            "{}",
+            logged.len()
+        );
+        assert!(logged.ends_with("more bytes)"));
     }
 }
