@@ -18,7 +18,9 @@ pub struct DecisionLabels {
     pub decision: String,
     /// The policy that decided, or "none".
     pub policy: String,
-    /// verified | unsigned | not_ready | invalid_reference | registry | rego | no_policy | malformed
+    /// verified, a refusal's reason (`no_signature`, `other_signer`, `empty_blob`, `unauthorized`,
+    /// `unreachable`, `rego`, ...: see `verify::reason::Reason`), or an admission-level one (`no_policy`,
+    /// `not_ready`, `unpinned`, `tag_moved`, `invalid_reference`, `malformed`, `too_many_images`)
     pub reason: String,
 }
 

@@ -374,7 +374,7 @@ impl Admission {
                          in flight already (is it slow or down?)",
                         container.image, image.registry, self.settings.max_concurrent_verifications
                     );
-                    return decision.refused(refusal, "registry");
+                    return decision.refused(refusal, "unreachable");
                 }
             }
         };
@@ -748,22 +748,16 @@ fn changed_images(
     }
 }
 
-/// A metrics label for why a verdict refused.
+/// The metrics label of why a verdict refused: the typed reason of the first enforcing policy that
+/// failed (never read out of the messages, where a repository named `team/rego-app` would pass for a
+/// Rego refusal).
 fn reason_label(verdict: &ImageVerdict) -> &'static str {
-    let reasons: String = verdict
+    verdict
         .policies
         .iter()
-        .flat_map(|p| p.reasons.iter())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(" ");
-    if reasons.contains("Rego") || reasons.contains("rego") {
-        "rego"
-    } else if reasons.contains("cannot resolve") || reasons.contains("cannot read the signatures") {
-        "registry"
-    } else {
-        "unsigned"
-    }
+        .filter(|p| !p.passed && p.mode == Mode::Enforce)
+        .find_map(|p| p.reason_kind)
+        .map_or("refused", crate::verify::reason::Reason::label)
 }
 
 #[cfg(test)]

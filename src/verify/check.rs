@@ -13,6 +13,7 @@ use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
 use super::authority::{CompiledAuthority, Trust};
+use super::reason::Failure;
 use super::signatures::{BundleSignature, FoundSignature, LegacySignature};
 
 const COSIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
@@ -41,7 +42,7 @@ pub fn check(
     authority: &CompiledAuthority,
     digest: &str,
     signature: &FoundSignature,
-) -> Result<Proof, String> {
+) -> Result<Proof, Failure> {
     match signature {
         FoundSignature::Legacy(legacy) => check_legacy(authority, digest, legacy),
         FoundSignature::Bundle(bundle) => check_bundle(authority, digest, bundle),
@@ -52,7 +53,7 @@ fn check_legacy(
     authority: &CompiledAuthority,
     digest: &str,
     signature: &LegacySignature,
-) -> Result<Proof, String> {
+) -> Result<Proof, Failure> {
     let mut proof = Proof {
         format: "legacy",
         signature_digest: signature.layer_digest.clone(),
@@ -60,7 +61,7 @@ fn check_legacy(
     };
     let raw_signature = STANDARD
         .decode(signature.signature.trim())
-        .map_err(|_| "the signature annotation is not base64".to_owned())?;
+        .map_err(|_| Failure::unreadable("the signature annotation is not base64"))?;
 
     let leaf = signature.certificate.as_deref().and_then(|pem| {
         Certificate::load_pem_chain(pem.as_bytes())
@@ -79,14 +80,14 @@ fn check_legacy(
                 &signature.signature,
                 &signers,
             ),
-        )?,
+        )
+        .map_err(Failure::tlog)?,
         _ => None,
     };
     if authority.tlog_required && integrated_time.is_none() {
-        return Err(
-            "no transparency-log entry accompanies the signature, and this authority requires one"
-                .into(),
-        );
+        return Err(Failure::tlog(
+            "no transparency-log entry accompanies the signature, and this authority requires one",
+        ));
     }
     proof.rekor_integrated_time = integrated_time;
 
@@ -98,7 +99,7 @@ fn check_legacy(
         &mut proof,
     )?;
     key.verify_signature(Signature::Raw(&raw_signature), &signature.payload)
-        .map_err(|_| describe_key_mismatch(authority, &proof))?;
+        .map_err(|_| Failure::other_signer(describe_key_mismatch(authority, &proof)))?;
 
     #[derive(Deserialize)]
     struct SimpleSigning {
@@ -115,19 +116,22 @@ fn check_legacy(
         #[serde(rename = "docker-manifest-digest")]
         digest: String,
     }
-    let payload: SimpleSigning = serde_json::from_slice(&signature.payload)
-        .map_err(|e| format!("the signed payload is not a cosign simple-signing document: {e}"))?;
+    let payload: SimpleSigning = serde_json::from_slice(&signature.payload).map_err(|e| {
+        Failure::unreadable(format!(
+            "the signed payload is not a cosign simple-signing document: {e}"
+        ))
+    })?;
     if payload.critical.kind != "cosign container image signature" {
-        return Err(format!(
+        return Err(Failure::unreadable(format!(
             "the signed payload has type {:?}, not a cosign container image signature",
             payload.critical.kind
-        ));
+        )));
     }
     if payload.critical.image.digest != digest {
-        return Err(format!(
+        return Err(Failure::other_digest(format!(
             "the signature is for {}, not for this image's {digest} (a signature copied from another image, or the tag moved after signing)",
             payload.critical.image.digest
-        ));
+        )));
     }
     Ok(proof)
 }
@@ -208,48 +212,48 @@ fn check_bundle(
     authority: &CompiledAuthority,
     digest: &str,
     signature: &BundleSignature,
-) -> Result<Proof, String> {
+) -> Result<Proof, Failure> {
     let mut proof = Proof {
         format: "bundle",
         signature_digest: signature.manifest_digest.clone(),
         ..Proof::default()
     };
     let bundle: Bundle = serde_json::from_slice(&signature.bundle)
-        .map_err(|e| format!("the referrer is not a sigstore bundle: {e}"))?;
+        .map_err(|e| Failure::unreadable(format!("the referrer is not a sigstore bundle: {e}")))?;
     if !bundle
         .media_type
         .starts_with("application/vnd.dev.sigstore.bundle")
     {
-        return Err(format!(
+        return Err(Failure::unreadable(format!(
             "the referrer has media type {:?}, not a sigstore bundle",
             bundle.media_type
-        ));
+        )));
     }
     let Some(envelope) = bundle.dsse_envelope else {
-        return Err(if bundle.message_signature.is_some() {
-            "the bundle signs a blob (messageSignature), not an image".into()
+        return Err(Failure::unreadable(if bundle.message_signature.is_some() {
+            "the bundle signs a blob (messageSignature), not an image"
         } else {
-            "the bundle holds no signature".into()
-        });
+            "the bundle holds no signature"
+        }));
     };
     if envelope.payload_type != IN_TOTO_PAYLOAD {
-        return Err(format!(
+        return Err(Failure::unreadable(format!(
             "the bundle's payload type is {:?}, not an in-toto statement",
             envelope.payload_type
-        ));
+        )));
     }
     let payload = STANDARD
         .decode(&envelope.payload)
-        .map_err(|_| "the bundle's payload is not base64".to_owned())?;
+        .map_err(|_| Failure::unreadable("the bundle's payload is not base64"))?;
     let [envelope_signature] = envelope.signatures.as_slice() else {
-        return Err(format!(
+        return Err(Failure::unreadable(format!(
             "the bundle has {} signatures; cosign writes exactly one",
             envelope.signatures.len()
-        ));
+        )));
     };
     let raw_signature = STANDARD
         .decode(&envelope_signature.sig)
-        .map_err(|_| "the bundle's signature is not base64".to_owned())?;
+        .map_err(|_| Failure::unreadable("the bundle's signature is not base64"))?;
 
     let material = &bundle.verification_material;
     let leaf = material
@@ -264,7 +268,7 @@ fn check_bundle(
         .map(|c| {
             STANDARD
                 .decode(&c.raw_bytes)
-                .map_err(|_| "the bundle's certificate is not base64".to_owned())
+                .map_err(|_| Failure::unreadable("the bundle's certificate is not base64"))
         })
         .transpose()?;
     let signers = signer_hashes(authority, leaf.as_deref());
@@ -278,13 +282,15 @@ fn check_bundle(
                 &envelope_signature.sig,
                 &signers,
             );
-            integrated_time = optional_entry(authority, checked)?.or(integrated_time);
+            integrated_time = optional_entry(authority, checked)
+                .map_err(Failure::tlog)?
+                .or(integrated_time);
         }
     }
     if authority.tlog_required && integrated_time.is_none() {
-        return Err(
-            "the bundle has no transparency-log entry, and this authority requires one".into(),
-        );
+        return Err(Failure::tlog(
+            "the bundle has no transparency-log entry, and this authority requires one",
+        ));
     }
     proof.rekor_integrated_time = integrated_time;
 
@@ -310,7 +316,7 @@ fn check_bundle(
         Signature::Raw(&raw_signature),
         &pae(&envelope.payload_type, &payload),
     )
-    .map_err(|_| describe_key_mismatch(authority, &proof))?;
+    .map_err(|_| Failure::other_signer(describe_key_mismatch(authority, &proof)))?;
 
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -326,19 +332,22 @@ fn check_bundle(
         #[serde(default)]
         digest: std::collections::BTreeMap<String, String>,
     }
-    let statement: Statement = serde_json::from_slice(&payload)
-        .map_err(|e| format!("the bundle's payload is not an in-toto statement: {e}"))?;
+    let statement: Statement = serde_json::from_slice(&payload).map_err(|e| {
+        Failure::unreadable(format!(
+            "the bundle's payload is not an in-toto statement: {e}"
+        ))
+    })?;
     if !statement.kind.starts_with("https://in-toto.io/Statement/") {
-        return Err(format!(
+        return Err(Failure::unreadable(format!(
             "the bundle's payload has _type {:?}, not an in-toto statement",
             statement.kind
-        ));
+        )));
     }
     if statement.predicate_type != COSIGN_PREDICATE {
-        return Err(format!(
+        return Err(Failure::unreadable(format!(
             "the bundle is an attestation of type {:?}, not a cosign signature",
             statement.predicate_type
-        ));
+        )));
     }
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     if !statement
@@ -352,14 +361,14 @@ fn check_bundle(
             .filter_map(|s| s.digest.get("sha256"))
             .map(|d| format!("sha256:{d}"))
             .collect();
-        return Err(format!(
+        return Err(Failure::other_digest(format!(
             "the signature is for {}, not for this image's {digest} (a signature copied from another image, or the tag moved after signing)",
             if signed.is_empty() {
                 "no digest".to_owned()
             } else {
                 signed.join(", ")
             }
-        ));
+        )));
     }
     Ok(proof)
 }
@@ -388,14 +397,14 @@ fn signing_key(
     chain_pem: Option<&str>,
     integrated_time: Option<i64>,
     proof: &mut Proof,
-) -> Result<CosignVerificationKey, String> {
+) -> Result<CosignVerificationKey, Failure> {
     let leaf = match certificate {
         Some(Material::Pem(pem)) => Some(
             Certificate::load_pem_chain(pem.as_bytes())
                 .ok()
                 .and_then(|certs| certs.into_iter().next())
                 .and_then(|c| c.to_der().ok())
-                .ok_or_else(|| "the signature's certificate does not parse".to_owned())?,
+                .ok_or_else(|| Failure::unreadable("the signature's certificate does not parse"))?,
         ),
         None => None,
     };
@@ -412,7 +421,7 @@ fn signing_key_der(
     chain: &[Vec<u8>],
     integrated_time: Option<i64>,
     proof: &mut Proof,
-) -> Result<CosignVerificationKey, String> {
+) -> Result<CosignVerificationKey, Failure> {
     match &authority.trust {
         Trust::Key { key, key_id } => {
             proof.key_id = Some(key_id.clone());
@@ -424,10 +433,13 @@ fn signing_key_der(
             intermediates,
         } => {
             let leaf = leaf.ok_or_else(|| {
-                "the signature carries no certificate (was it made with a key?)".to_owned()
+                Failure::other_signer(
+                    "the signature carries no certificate (was it made with a key?)",
+                )
             })?;
-            let certificate = Certificate::from_der(leaf)
-                .map_err(|e| format!("the signature's certificate does not parse: {e}"))?;
+            let certificate = Certificate::from_der(leaf).map_err(|e| {
+                Failure::unreadable(format!("the signature's certificate does not parse: {e}"))
+            })?;
             let (issuer, sans) = identity_of(&certificate);
             proof.issuer = issuer.clone();
             proof.subject = sans.first().cloned();
@@ -446,8 +458,9 @@ fn signing_key_der(
                 intermediates.iter().cloned().collect();
             all_intermediates.extend(chain.iter().map(|der| CertificateDer::from(der.as_slice())));
             let leaf_der = CertificateDer::from(leaf);
-            let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
-                .map_err(|e| format!("the signature's certificate is unusable: {e:?}"))?;
+            let end_entity = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| {
+                Failure::certificate(format!("the signature's certificate is unusable: {e:?}"))
+            })?;
             end_entity
                 .verify_for_usage(
                     webpki::ALL_VERIFICATION_ALGS,
@@ -458,7 +471,11 @@ fn signing_key_der(
                     None,
                     None,
                 )
-                .map_err(|e| format!("the signing certificate does not chain to this authority's trust root ({e:?})"))?;
+                .map_err(|e| {
+                    Failure::certificate(format!(
+                        "the signing certificate does not chain to this authority's trust root ({e:?})"
+                    ))
+                })?;
 
             let issuer_value = issuer.clone().unwrap_or_default();
             let accepted = identities.iter().any(|identity| {
@@ -470,16 +487,17 @@ fn signing_key_der(
                     .iter()
                     .map(|i| format!("issuer {} subject {}", i.issuer, i.subject))
                     .collect();
-                return Err(format!(
+                return Err(Failure::other_signer(format!(
                     "signed by issuer {:?} subject {:?}, which this authority does not accept (wants {})",
                     issuer.as_deref().unwrap_or("<none>"),
                     sans.first().map(String::as_str).unwrap_or("<none>"),
                     wanted.join(" or ")
-                ));
+                )));
             }
             let spki = certificate.tbs_certificate().subject_public_key_info();
-            CosignVerificationKey::try_from(spki)
-                .map_err(|e| format!("the certificate's public key is unsupported: {e}"))
+            CosignVerificationKey::try_from(spki).map_err(|e| {
+                Failure::certificate(format!("the certificate's public key is unsupported: {e}"))
+            })
         }
     }
 }

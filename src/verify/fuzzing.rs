@@ -48,7 +48,7 @@ pub fn check_legacy(
         chain: None,
         rekor_bundle,
     });
-    check(authority, DIGEST, &signature)
+    check(authority, DIGEST, &signature).map_err(|failure| failure.message)
 }
 
 /// Checks a sigstore bundle of these bytes against `authority`.
@@ -57,7 +57,7 @@ pub fn check_bundle(authority: &CompiledAuthority, bundle: &[u8]) -> Result<Proo
         manifest_digest: DIGEST.to_owned(),
         bundle: bundle.to_vec(),
     });
-    check(authority, DIGEST, &signature)
+    check(authority, DIGEST, &signature).map_err(|failure| failure.message)
 }
 
 #[cfg(test)]

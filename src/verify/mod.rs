@@ -9,6 +9,7 @@ pub mod authority;
 mod check;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod reason;
 mod report;
 mod signatures;
 
@@ -33,6 +34,7 @@ use crate::rego::{
     RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, fetch_vulnerabilities,
 };
 use authority::{CompiledAuthority, Trust};
+use reason::{Failure, Problem, Reason};
 
 /// What the admission request says about the workload, for the Rego input document. Empty for the
 /// command line (operation `pull`, no namespace).
@@ -54,6 +56,9 @@ pub struct AuthorityEvidence {
     pub verified: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Why it did not verify, as a code (`no_signature`, `empty_blob`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_kind: Option<Reason>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub proof: Option<Proof>,
 }
@@ -70,6 +75,9 @@ pub struct PolicyVerdict {
     pub reasons: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remedy: Option<String>,
+    /// Why the policy failed, as a code: the reasons' most telling one (see [`Reason`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_kind: Option<Reason>,
 }
 
 /// Every governing policy's verdict on one image.
@@ -307,7 +315,11 @@ impl Verifier {
             Ok(resolved) => resolved,
             Err(error) => {
                 let reason = format!("cannot resolve {image} to a digest: {error}");
-                verdict.policies = policies.iter().map(|p| failed(p, reason.clone())).collect();
+                let kind = Reason::of_registry_error(&error);
+                verdict.policies = policies
+                    .iter()
+                    .map(|p| failed(p, reason.clone(), kind, &image.registry))
+                    .collect();
                 return verdict;
             }
         };
@@ -331,16 +343,22 @@ impl Verifier {
     ) -> PolicyVerdict {
         let client = match self.client(image, policy) {
             Ok(client) => client,
-            Err(error) => return failed(policy, error.to_string()),
+            Err(error) => {
+                let kind = Reason::of_registry_error(&error);
+                return failed(policy, error.to_string(), kind, &image.registry);
+            }
         };
         let mut digests = vec![resolved.digest.clone()];
         if policy.multi_arch == MultiArch::EveryPlatform {
             match platform_digests(&client, image, resolved, deadline).await {
                 Ok(platforms) => digests.extend(platforms),
                 Err(error) => {
+                    let kind = Reason::of_registry_error(&error);
                     return failed(
                         policy,
                         format!("cannot list the platforms of {image}: {error}"),
+                        kind,
+                        &image.registry,
                     );
                 }
             }
@@ -363,6 +381,7 @@ impl Verifier {
             authorities: Vec::new(),
             reasons: Vec::new(),
             remedy: None,
+            reason_kind: None,
         };
         for (digest, evidence) in digests.iter().zip(per_digest) {
             let verified = evidence.iter().any(|e| e.verified);
@@ -380,8 +399,15 @@ impl Verifier {
                         failure.reason.as_deref().unwrap_or("not verified")
                     ));
                 }
-                if verdict.remedy.is_none() {
-                    verdict.remedy = remedy(policy, image, digest);
+                if verdict.reason_kind.is_none() {
+                    let kind = Reason::most_telling(evidence.iter().filter_map(|e| e.reason_kind))
+                        .unwrap_or(Reason::NoSignature);
+                    verdict.reason_kind = Some(kind);
+                    verdict.remedy = if kind.is_fixed_by_signing() {
+                        remedy(policy, image, digest, kind)
+                    } else {
+                        kind.remedy(&image.registry)
+                    };
                 }
             }
             verdict
@@ -403,6 +429,7 @@ impl Verifier {
             if !denials.is_empty() {
                 verdict.passed = false;
                 verdict.reasons.extend(denials);
+                verdict.reason_kind.get_or_insert(Reason::Rego);
             }
         }
         verdict
@@ -517,11 +544,13 @@ impl Verifier {
             // the short life of the shared discovery.
             Err(error) => {
                 self.registry_errors.fetch_add(1, Ordering::Relaxed);
+                let problem = Problem::from(error);
                 Arc::new(AuthorityEvidence {
                     authority: authority.name.clone(),
                     digest: digest.to_owned(),
                     verified: false,
-                    reason: Some(format!("cannot read the signatures: {error}")),
+                    reason: Some(format!("cannot read the signatures: {}", problem.message)),
+                    reason_kind: Some(problem.reason),
                     proof: None,
                 })
             }
@@ -595,9 +624,10 @@ fn evaluate(
         digest: digest.to_owned(),
         verified: false,
         reason: None,
+        reason_kind: None,
         proof: None,
     };
-    let mut failures: Vec<String> = Vec::new();
+    let mut failures: Vec<Failure> = Vec::new();
     for signature in &set.signatures {
         match check::check(authority, digest, signature) {
             Ok(proof) => {
@@ -605,54 +635,78 @@ fn evaluate(
                 evidence.proof = Some(proof);
                 return evidence;
             }
-            Err(reason) if !failures.contains(&reason) => failures.push(reason),
+            Err(failure) if !failures.contains(&failure) => failures.push(failure),
             Err(_) => {}
         }
     }
     let problems = if set.problems.is_empty() {
         String::new()
     } else {
-        format!(" (registry problems: {})", set.problems.join("; "))
+        let messages: Vec<&str> = set.problems.iter().map(|p| p.message.as_str()).collect();
+        format!(" (registry problems: {})", messages.join("; "))
     };
+    // What explains the refusal best: a signature that failed says more than a read that failed, and
+    // with no signature at all, a failed read (an empty blob, a refusal) is the reason, not "unsigned".
+    evidence.reason_kind = Some(
+        Reason::most_telling(failures.iter().map(|f| f.reason))
+            .or_else(|| Reason::most_telling(set.problems.iter().map(|p| p.reason)))
+            .unwrap_or(Reason::NoSignature),
+    );
     evidence.reason = Some(match failures.as_slice() {
+        [] if set.problems.is_empty() => {
+            format!("no signature found for {digest} in {}", image.name())
+        }
         [] => format!(
-            "no signature found for {digest} in {}{problems}",
+            "no signature could be read for {digest} in {}{problems}",
             image.name()
         ),
-        [only] => format!("{only}{problems}"),
+        [only] => format!("{}{problems}", only.message),
         many => format!(
             "none of {} signatures verifies: {}{problems}",
             set.signatures.len(),
-            many.join("; ")
+            many.iter()
+                .map(|f| f.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     });
     evidence
 }
 
-fn remedy(policy: &CompiledPolicy, image: &ImageRef, digest: &str) -> Option<String> {
+/// The remedy when signing is what fixes it: sign the verified digest with the authority's key or as
+/// an identity it accepts.
+fn remedy(policy: &CompiledPolicy, image: &ImageRef, digest: &str, kind: Reason) -> Option<String> {
     let target = image.with_digest(digest);
+    let context = match kind {
+        Reason::OtherDigest => {
+            "the signatures found are for another digest (re-pushed without re-signing?): "
+        }
+        Reason::OtherSigner => "signatures exist, but by other signers: ",
+        _ => "",
+    };
     policy
         .authorities
         .first()
         .map(|authority| match &authority.trust {
             Trust::Key { .. } => format!(
-                "sign it with: cosign sign --key <the private key of authority {}> {target}",
+                "{context}sign it with: cosign sign --key <the private key of authority {}> {target}",
                 authority.name
             ),
             Trust::Keyless { .. } => format!(
-                "sign it with: cosign sign {target}, as an identity authority {} accepts",
+                "{context}sign it with: cosign sign {target}, as an identity authority {} accepts",
                 authority.name
             ),
         })
 }
 
-fn failed(policy: &CompiledPolicy, reason: String) -> PolicyVerdict {
+fn failed(policy: &CompiledPolicy, reason: String, kind: Reason, registry: &str) -> PolicyVerdict {
     PolicyVerdict {
         policy: policy.name.clone(),
         mode: policy.mode,
         passed: false,
         authorities: Vec::new(),
         reasons: vec![reason],
-        remedy: None,
+        remedy: kind.remedy(registry),
+        reason_kind: Some(kind),
     }
 }

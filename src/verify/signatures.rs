@@ -6,6 +6,7 @@
 //! `sha256-<hex>` fallback tag that cosign's registry library maintains when the registry has no
 //! referrers API.
 
+use super::reason::{Problem, Reason};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -28,7 +29,7 @@ const MAX_SIGNATURES: usize = 32;
 pub struct SignatureSet {
     pub signatures: Vec<FoundSignature>,
     /// Reads that failed; reported when no authority verifies, since they may explain why.
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
 }
 
 #[derive(Clone, Debug)]
@@ -93,7 +94,7 @@ pub async fn discover(
             | RegistryError::Unauthorized { .. }),
         ) => return Err(error),
         Err(error) => {
-            set.problems.push(error.to_string());
+            set.problems.push(Problem::from(&error));
             Some(Vec::new())
         }
     };
@@ -103,13 +104,13 @@ pub async fn discover(
             Ok(index) => client
                 .index_manifests(&format!("read fallback tag {repository}:{tag}"), &index)
                 .unwrap_or_else(|e| {
-                    set.problems.push(e.to_string());
+                    set.problems.push(Problem::from(&e));
                     Vec::new()
                 }),
             Err(error) if error.is_not_found() => Vec::new(),
             Err(error @ RegistryError::Timeout { .. }) => return Err(error),
             Err(error) => {
-                set.problems.push(error.to_string());
+                set.problems.push(Problem::from(&error));
                 Vec::new()
             }
         },
@@ -119,10 +120,13 @@ pub async fn discover(
         Ok(manifest) => match serde_json::from_slice::<Manifest>(&manifest.bytes) {
             Ok(manifest) => manifest.layers,
             Err(error) => {
-                set.problems.push(format!(
-                    "{}: {legacy_tag} is not an image manifest: {error}",
-                    client.registry()
-                ));
+                set.problems.push(Problem {
+                    reason: Reason::SignatureUnreadable,
+                    message: format!(
+                        "{}: {legacy_tag} is not an image manifest: {error}",
+                        client.registry()
+                    ),
+                });
                 Vec::new()
             }
         },
@@ -131,7 +135,7 @@ pub async fn discover(
         }
         Err(error) if error.is_not_found() => Vec::new(),
         Err(error) => {
-            set.problems.push(error.to_string());
+            set.problems.push(Problem::from(&error));
             Vec::new()
         }
     };
@@ -150,7 +154,7 @@ pub async fn discover(
         match result {
             Ok(signature) => set.signatures.push(signature),
             Err(error @ RegistryError::Timeout { .. }) => return Err(error),
-            Err(error) => set.problems.push(error.to_string()),
+            Err(error) => set.problems.push(Problem::from(&error)),
         }
     }
     Ok(set)

@@ -215,6 +215,8 @@ struct ProxyState {
     scopes: Mutex<Vec<String>>,
     counts: Mutex<RequestCounts>,
     serial: AtomicU64,
+    /// RegistryX's chunked-upload defect: every blob is served as 0 bytes.
+    empty_blobs: std::sync::atomic::AtomicBool,
 }
 
 impl ProxyState {
@@ -307,6 +309,12 @@ impl RegistryxProxy {
             .insert(repository.to_owned(), message.to_owned());
     }
 
+    /// Serves every blob as 0 bytes, as RegistryX stores a blob that was uploaded in chunks (what
+    /// cosign, crane and docker do): signatures exist, their layers read empty.
+    pub fn serve_empty_blobs(&self) {
+        self.state.empty_blobs.store(true, Ordering::SeqCst);
+    }
+
     /// `127.0.0.1:<port>`, as it appears in image references.
     pub fn host(&self) -> String {
         self.server.host.clone()
@@ -378,6 +386,8 @@ async fn registryx(State(state): State<Arc<ProxyState>>, request: Request) -> Re
         }
     } else if !state.has_token(request.headers()) {
         return unauthorized();
+    } else if repository.kind == Kind::Blob && state.empty_blobs.load(Ordering::SeqCst) {
+        return (StatusCode::OK, [(header::CONTENT_LENGTH, "0")], "").into_response();
     }
     let upstream_path = format!("/v2/{}/{}", repository.name, repository.rest);
     let response = forward(&state, &method, request.headers(), &upstream_path, &query).await;
