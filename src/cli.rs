@@ -102,9 +102,29 @@ fn default_identity() -> String {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// The image reference, e.g. `registry.example.com/team/app:1.4` or `...@sha256:<hex>`.
-    #[arg(env = "RXG_IMAGE")]
-    pub image: String,
+    /// Image references, e.g. `registry.example.com/team/app:1.4` or `...@sha256:<hex>`; several are
+    /// verified at once.
+    #[arg(env = "RXG_IMAGE", value_delimiter = ',')]
+    pub images: Vec<String>,
+
+    /// A Pod or workload manifest (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, a YAML
+    /// file as `kubectl apply` takes it): every image of it is verified, and its pod metadata feeds Rego
+    /// as in admission.
+    #[arg(long, env = "RXG_RESOURCE")]
+    pub resource: Option<PathBuf>,
+
+    /// Decide as in this namespace: policies' namespaceSelectors apply, and Rego sees the namespace.
+    #[arg(long, env = "RXG_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// The labels of --namespace, `key=value` separated by commas.
+    #[arg(
+        long,
+        env = "RXG_NAMESPACE_LABELS",
+        value_delimiter = ',',
+        requires = "namespace"
+    )]
+    pub namespace_labels: Vec<String>,
 
     /// An ImageSigningPolicy YAML file (the same file `kubectl apply` takes); repeat for several.
     #[arg(
@@ -171,15 +191,42 @@ fn crdgen(args: CrdgenArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    use crate::policy::{CompiledPolicy, compile};
+    use crate::policy::{CompiledPolicy, compile, selector_matches};
     use crate::registry::{DockerConfig, ImageRef};
     use crate::verify::authority::NoSecrets;
-    use crate::verify::{Verifier, VerifierSettings, render_text};
+    use crate::verify::{RequestContext, Verifier, VerifierSettings, render_text};
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     // The input is checked in full first, so that a wrong file is reported as such (exit 2) whatever
     // the state of the registry.
-    let image = ImageRef::parse(&args.image)?;
+    let mut written: Vec<String> = args.images.clone();
+    let mut context = RequestContext::default();
+    if let Some(path) = &args.resource {
+        let (images, pod) = read_resource(path)?;
+        written.extend(images);
+        context.pod = Some(pod);
+    }
+    anyhow::ensure!(
+        !written.is_empty(),
+        "name at least one image, or a manifest with --resource"
+    );
+    let mut images: Vec<(String, ImageRef)> = Vec::new();
+    for image in written {
+        let parsed = ImageRef::parse(&image)?;
+        if !images.iter().any(|(w, _)| *w == image) {
+            images.push((image, parsed));
+        }
+    }
+    let mut labels = BTreeMap::new();
+    for pair in &args.namespace_labels {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--namespace-labels: {pair:?} is not key=value"))?;
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    context.namespace = args.namespace.clone();
+    context.namespace_labels = labels.clone();
     let mut policies: Vec<Arc<CompiledPolicy>> = Vec::new();
     for path in &args.policies {
         for policy in crate::policy::load_file(path)? {
@@ -194,33 +241,105 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         "no ImageSigningPolicy found in {:?}",
         args.policies
     );
+    // As in admission: with a namespace, only the policies whose namespaceSelector takes it.
+    if args.namespace.is_some() {
+        policies.retain(|p| {
+            p.namespace_selector
+                .as_ref()
+                .is_none_or(|selector| selector_matches(selector, &labels))
+        });
+    }
     let credentials =
         DockerConfig::from_environment().map_err(|e| anyhow::anyhow!("Docker credentials: {e}"))?;
-    let governing: Vec<_> = crate::policy::governing_policies(policies.iter(), &image)
-        .into_iter()
-        .cloned()
-        .collect();
-    if governing.is_empty() {
-        return Ok(unmatched(&args, &image));
-    }
 
     let verifier = Verifier::new(VerifierSettings::default(), Some(credentials));
     let deadline =
         std::time::Instant::now() + std::time::Duration::from_secs(args.timeout_seconds.max(1));
-    let verdict = runtime()?.block_on(verifier.verify(&image, &governing, deadline));
+    // Every image at once, through one verifier: its clients and caches are shared.
+    let outcomes = runtime()?.block_on(futures::future::join_all(images.iter().map(
+        |(written, image)| {
+            let governing: Vec<Arc<CompiledPolicy>> =
+                crate::policy::governing_policies(policies.iter(), image)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+            let (verifier, context, args) = (&verifier, &context, &args);
+            async move {
+                if governing.is_empty() {
+                    return unmatched(args, written, image);
+                }
+                let verdict = verifier
+                    .verify_in(image, &governing, context, deadline)
+                    .await;
+                let text = render_text(&verdict);
+                let json = serde_json::to_value(&verdict).unwrap_or_default();
+                (verdict.admitted(), text, json)
+            }
+        },
+    )));
+    let admitted = outcomes.iter().all(|(admitted, _, _)| *admitted);
     match args.output {
-        OutputFormat::Text => print!("{}", render_text(&verdict)),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&verdict)?),
+        OutputFormat::Text => {
+            for (_, text, _) in &outcomes {
+                print!("{text}");
+            }
+        }
+        OutputFormat::Json => {
+            let mut values: Vec<serde_json::Value> =
+                outcomes.into_iter().map(|(_, _, json)| json).collect();
+            let value = if values.len() == 1 {
+                values.remove(0)
+            } else {
+                serde_json::Value::from(values)
+            };
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
     }
-    Ok(ExitCode::from(if verdict.admitted() {
+    Ok(ExitCode::from(if admitted {
         EXIT_ADMITTED
     } else {
         EXIT_REFUSED
     }))
 }
 
+/// The images of a Pod or workload manifest, and its pod (template) metadata for Rego.
+fn read_resource(path: &std::path::Path) -> anyhow::Result<(Vec<String>, crate::rego::RegoPod)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let object: serde_json::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a YAML or JSON manifest", path.display()))?;
+    let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+    let images = crate::admission::images_of(&kind, &object)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let spec = crate::admission::pod_spec_pointer(&kind).unwrap_or("/spec");
+    let metadata = match spec.strip_suffix("/spec") {
+        Some(template) if !template.is_empty() => format!("{template}/metadata"),
+        _ => "/metadata".to_owned(),
+    };
+    let map = |pointer: String| {
+        object
+            .pointer(&pointer)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let pod = crate::rego::RegoPod {
+        labels: map(format!("{metadata}/labels")),
+        annotations: map(format!("{metadata}/annotations")),
+        service_account_name: object
+            .pointer(&format!("{spec}/serviceAccountName"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+    };
+    Ok((images.into_iter().map(|i| i.image).collect(), pod))
+}
+
 /// The verdict on an image that no given policy governs: `--unmatched` decides, as in the webhook.
-fn unmatched(args: &VerifyArgs, image: &crate::registry::ImageRef) -> ExitCode {
+/// Returns (admitted, text, JSON).
+fn unmatched(
+    args: &VerifyArgs,
+    written: &str,
+    image: &crate::registry::ImageRef,
+) -> (bool, String, serde_json::Value) {
     let admitted = args.unmatched != Unmatched::Deny;
     let reason = match args.unmatched {
         Unmatched::Deny => {
@@ -233,25 +352,11 @@ fn unmatched(args: &VerifyArgs, image: &crate::registry::ImageRef) -> ExitCode {
             "no policy governs this image: admitted without looking it up (--unmatched=allow)"
         }
     };
-    match args.output {
-        OutputFormat::Text => {
-            let result = if admitted { "admitted" } else { "refused" };
-            print!(
-                "image {} (canonically {image})\n  {reason}\nresult: {result}\n",
-                args.image
-            );
-        }
-        OutputFormat::Json => println!(
-            "{:#}",
-            serde_json::json!({
-                "image": args.image, "canonical": image.to_string(), "digest": null,
-                "policies": [], "admitted": admitted, "unmatched": args.unmatched, "reason": reason,
-            })
-        ),
-    }
-    ExitCode::from(if admitted {
-        EXIT_ADMITTED
-    } else {
-        EXIT_REFUSED
-    })
+    let result = if admitted { "admitted" } else { "refused" };
+    let text = format!("image {written} (canonically {image})\n  {reason}\nresult: {result}\n");
+    let json = serde_json::json!({
+        "image": written, "canonical": image.to_string(), "digest": null,
+        "policies": [], "admitted": admitted, "unmatched": args.unmatched, "reason": reason,
+    });
+    (admitted, text, json)
 }

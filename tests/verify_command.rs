@@ -128,3 +128,96 @@ fn a_policy_with_a_broken_key_is_bad_input() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn verify_sees_what_the_webhook_sees_several_images_a_manifest_a_namespace() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let signed = registry
+        .push_image("team/app", "signed", "cli-many-signed")
+        .await;
+    let other = registry
+        .push_image("team/other", "signed", "cli-many-other")
+        .await;
+    let unsigned = registry
+        .push_image("team/app", "unsigned", "cli-many-unsigned")
+        .await;
+    cosign.sign(&signed.reference, Format::Legacy);
+    cosign.sign(&other.reference, Format::Legacy);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), &registry, &cosign);
+    let policy = policy.to_str().unwrap();
+
+    // Several images in one run: all admitted, or exit 1 naming the one that is not.
+    let output = verify(&[&signed.reference, &other.reference, "--policy", policy]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(
+        text(&output).matches("result: admitted").count(),
+        2,
+        "{}",
+        text(&output)
+    );
+    let output = verify(&[
+        &signed.reference,
+        &unsigned.reference,
+        "--policy",
+        policy,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json.as_array().map(Vec::len), Some(2), "{json:#}");
+    assert_eq!(json[1]["policies"][0]["reasonKind"], "no_signature");
+
+    // A Deployment manifest: every image of its pod template.
+    let manifest = dir.path().join("deployment.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    \
+             metadata: {{labels: {{app: web}}}}\n    spec:\n      initContainers: [{{name: init, image: '{}'}}]\n      containers: [{{name: web, image: '{}'}}]\n",
+            other.reference, signed.reference
+        ),
+    )
+    .unwrap();
+    let output = verify(&["--resource", manifest.to_str().unwrap(), "--policy", policy]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(text(&output).contains(&other.reference) && text(&output).contains(&signed.reference));
+
+    // A namespace whose labels the policy's namespaceSelector does not take: the image is governed by
+    // no policy there, and refused as the webhook would refuse it.
+    let scoped = dir.path().join("scoped.yaml");
+    let yaml = std::fs::read_to_string(policy).unwrap();
+    std::fs::write(
+        &scoped,
+        format!("{yaml}  namespaceSelector: {{matchLabels: {{env: prod}}}}\n"),
+    )
+    .unwrap();
+    let scoped = scoped.to_str().unwrap();
+    let output = verify(&[
+        &signed.reference,
+        "--policy",
+        scoped,
+        "--namespace",
+        "dev",
+        "--namespace-labels",
+        "env=dev",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("no policy governs"),
+        "{}",
+        text(&output)
+    );
+    let output = verify(&[
+        &signed.reference,
+        "--policy",
+        scoped,
+        "--namespace",
+        "prod",
+        "--namespace-labels",
+        "env=prod",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+}

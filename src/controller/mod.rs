@@ -103,18 +103,35 @@ pub async fn run(
     let api: Api<ImageSigningPolicy> = Api::all(client);
     let mut synced = Some(synced);
     let mut revision = 0;
+    let mut last_summary = Vec::new();
     loop {
         revision += 1;
         let current: Vec<ImageSigningPolicy> =
             policies.state().iter().map(|p| (**p).clone()).collect();
         let (next, results) =
             PolicySnapshot::build(&current, &sources, &settings.namespace, revision);
-        tracing::info!(
-            revision,
-            ready = next.policies.len(),
-            not_ready = next.not_ready.len(),
-            "policy snapshot published"
-        );
+        // The loop also turns with every lease renewal: only a snapshot that differs is news.
+        let summary: Vec<(String, Option<i64>, bool)> = next
+            .policies
+            .iter()
+            .map(|p| (p.name.clone(), p.generation, true))
+            .chain(
+                next.not_ready
+                    .iter()
+                    .map(|p| (format!("{}: {}", p.name, p.message), None, false)),
+            )
+            .collect();
+        if summary != last_summary {
+            tracing::info!(
+                revision,
+                ready = next.policies.len(),
+                not_ready = next.not_ready.len(),
+                "policy snapshot published"
+            );
+            last_summary = summary;
+        } else {
+            tracing::debug!(revision, "policy snapshot republished, unchanged");
+        }
         snapshot.store(Arc::new(next));
         if let Some(synced) = synced.take() {
             synced();
