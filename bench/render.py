@@ -587,7 +587,7 @@ if fill:
       f"policy of {results // max(1, fill['digests'])} key authorities on the in-memory registry. Each digest "
       "costs one signature discovery (3 requests, all answered \"nothing\") and leaves one refusal per "
       "authority in the result cache, keyed (image@digest, authority fingerprint), as a verified result is. "
-      f"The server's own counter (`registryx_guard_verification_cache_misses`) rose by {results:,}, with "
+      f"The server's own counter (`registryx_guard_verification_cache_lookups_total{{result=\"miss\"}}`) rose by {results:,}, with "
       f"{memory.get('fill_registry_errors')} registry errors. Refusals live 30 s; the fill took "
       f"{fill['elapsed_s']} s, so "
       + ("every result was still cached when the RSS was read." if fill["elapsed_s"] < 30 else

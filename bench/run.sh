@@ -317,14 +317,14 @@ logged "$LOADGEN" once --label "cached 20" --url "$URL" --ca "$tls/ca.crt" --bod
 
 # --- 4. memory with 100,000 cached results -----------------------------------------------------------
 say "4. Filling the cache: $FILL_DIGESTS unsigned digests x $FILL_AUTHORITIES authorities"
-misses_before=$(metric registryx_guard_verification_cache_misses)
+misses_before=$(metric 'registryx_guard_verification_cache_lookups_total{result="miss"}')
 errors_before=$(metric registryx_guard_registry_errors)
 logged "$LOADGEN" fill --url "$URL" --ca "$tls/ca.crt" --image-prefix "$OCI/fill/app" --digests "$FILL_DIGESTS" \
 	--per-review 50 --concurrency 8 >"$RESULTS/fill.json"
 {
 	echo "filled_rss_kib=$(rss_kib "$SERVER_PID")"
 	echo "filled_hwm_kib=$(hwm_kib "$SERVER_PID")"
-	echo "fill_results=$(($(metric registryx_guard_verification_cache_misses) - misses_before))"
+	echo "fill_results=$(($(metric 'registryx_guard_verification_cache_lookups_total{result="miss"}') - misses_before))"
 	echo "fill_registry_errors=$(($(metric registryx_guard_registry_errors) - errors_before))"
 } >>"$RESULTS/memory.env"
 

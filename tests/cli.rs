@@ -168,10 +168,16 @@ fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
     assert_eq!(ready, Some(200), "not ready: {}", stderr(&output));
-    assert!(
-        metrics.contains("registryx_guard_verification_cache_hits_total 0"),
-        "{metrics}"
-    );
+    for line in [
+        "registryx_guard_verification_cache_lookups_total{result=\"hit\"} 0",
+        "registryx_guard_verification_cache_lookups_total{result=\"miss\"} 0",
+        "registryx_guard_policies{ready=\"true\"} 1",
+        "registryx_guard_policies{ready=\"false\"} 0",
+        "registryx_guard_policy_reconciles_total 1",
+        "registryx_guard_push_events_received_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
     let logs = stderr(&output);
     let lines: Vec<serde_json::Value> = logs
         .lines()

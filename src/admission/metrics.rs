@@ -72,17 +72,18 @@ struct VerifierCollector(Arc<Verifier>);
 impl Collector for VerifierCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (hits, misses) = self.0.cache_stats();
+        // One counter, two results: a hit ratio is one query, `rate(..{result="hit"}) / rate(..)`.
+        let mut lookups = encoder.encode_descriptor(
+            "registryx_guard_verification_cache_lookups",
+            "Verification results looked up in the cache, by result (hit: served from it, miss: computed)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (result, value) in [("hit", hits), ("miss", misses)] {
+            let labels = [("result", result)];
+            ConstCounter::new(value).encode(lookups.encode_family(&labels)?)?;
+        }
         let counters = [
-            (
-                "registryx_guard_verification_cache_hits",
-                "Verification results served from the cache",
-                hits,
-            ),
-            (
-                "registryx_guard_verification_cache_misses",
-                "Verification results computed",
-                misses,
-            ),
             (
                 "registryx_guard_registry_requests",
                 "Requests sent to registries",
@@ -101,4 +102,17 @@ impl Collector for VerifierCollector {
         }
         Ok(())
     }
+}
+
+/// Counters read at scrape time from `(name, help, value)` triples.
+pub fn encode_counters(
+    encoder: &mut DescriptorEncoder,
+    counters: &[(&str, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    for (name, help, value) in counters {
+        let counter = ConstCounter::new(*value);
+        let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+        counter.encode(metric)?;
+    }
+    Ok(())
 }

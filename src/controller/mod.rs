@@ -160,6 +160,12 @@ pub async fn run(
     }
 }
 
+/// Policy statuses written by this process (the Lease holder), for `/metrics`.
+pub static STATUS_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Policy status writes the API server refused, for `/metrics`.
+pub static STATUS_WRITE_FAILURES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// A live cache of namespaces and their labels, for policies' namespaceSelectors.
 pub fn namespace_store(client: Client) -> Store<k8s_openapi::api::core::v1::Namespace> {
     watch(Api::all(client), Arc::new(Notify::new()))
@@ -250,9 +256,11 @@ async fn write_status(
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
+        STATUS_WRITE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(policy = name, %error, "cannot write policy status");
         return;
     }
+    STATUS_WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(policy = name, ready = %status, %message, "policy status written");
     if flipped {
         let event = Event {

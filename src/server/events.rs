@@ -68,6 +68,19 @@ impl EventsToken {
     }
 }
 
+/// What the endpoint did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct EventCounters {
+    /// Requests that reached the endpoint.
+    pub received: std::sync::atomic::AtomicU64,
+    /// Refused: no or a wrong token, too large, too slow, not an event, a bad repository name.
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Repositories whose cached results were dropped (after coalescing).
+    pub repositories_dropped: std::sync::atomic::AtomicU64,
+    /// Sweeps that dropped every cached result because too many repositories were pending.
+    pub overflows: std::sync::atomic::AtomicU64,
+}
+
 /// Repositories waiting for the next sweep.
 #[derive(Default)]
 struct Pending {
@@ -81,14 +94,20 @@ pub struct PushEvents {
     token: EventsToken,
     pending: Arc<Mutex<Pending>>,
     verifier: Arc<Verifier>,
+    counters: Arc<EventCounters>,
 }
 
 impl PushEvents {
-    pub fn new(token: EventsToken, verifier: Arc<Verifier>) -> PushEvents {
+    pub fn new(
+        token: EventsToken,
+        verifier: Arc<Verifier>,
+        counters: Arc<EventCounters>,
+    ) -> PushEvents {
         PushEvents {
             token,
             pending: Arc::default(),
             verifier,
+            counters,
         }
     }
 
@@ -99,7 +118,7 @@ impl PushEvents {
             return;
         };
         let pending = Arc::downgrade(&self.pending);
-        let verifier = self.verifier.clone();
+        let (verifier, counters) = (self.verifier.clone(), self.counters.clone());
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(FLUSH_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -108,18 +127,33 @@ impl PushEvents {
                 let Some(pending) = pending.upgrade() else {
                     return;
                 };
-                flush(&pending, &verifier);
+                flush(&pending, &verifier, &counters);
             }
         });
     }
 
     /// Applies what is pending now (tests, and shutdown).
     pub fn flush_now(&self) {
-        flush(&self.pending, &self.verifier);
+        flush(&self.pending, &self.verifier, &self.counters);
     }
 
     /// Handles one request: authentication first, then a bounded read, then validation.
     pub async fn handle(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: Body,
+    ) -> (StatusCode, String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counters.received.fetch_add(1, Relaxed);
+        let answer = self.answer(headers, query, body).await;
+        if answer.0 != StatusCode::ACCEPTED {
+            self.counters.refused.fetch_add(1, Relaxed);
+        }
+        answer
+    }
+
+    async fn answer(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
@@ -203,9 +237,14 @@ impl PushEvents {
     }
 }
 
-fn flush(pending: &Mutex<Pending>, verifier: &Verifier) {
+fn flush(pending: &Mutex<Pending>, verifier: &Verifier, counters: &EventCounters) {
+    use std::sync::atomic::Ordering::Relaxed;
     let taken = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+    counters
+        .repositories_dropped
+        .fetch_add(taken.repositories.len() as u64, Relaxed);
     if taken.overflowed {
+        counters.overflows.fetch_add(1, Relaxed);
         tracing::info!("RegistryX push events overflowed: dropping every cached result");
         verifier.invalidate_all();
     } else if !taken.repositories.is_empty() {

@@ -2,6 +2,7 @@
 //! metrics that the kubelet and the monitoring stack scrape.
 
 pub mod events;
+mod metrics;
 mod probes;
 mod tls;
 pub mod webhook;
@@ -27,8 +28,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = AdmissionMetrics::register(&mut registry, verifier.clone());
-    let probes = Probes::with_metrics(registry);
     let snapshot = crate::policy::shared(PolicySnapshot::default());
+    let event_counters = Arc::new(events::EventCounters::default());
+    registry.register_collector(Box::new(metrics::ServerCollector {
+        snapshot: snapshot.clone(),
+        events: event_counters.clone(),
+    }));
+    let probes = Probes::with_metrics(registry);
     let (stop, stopped) = tokio::sync::watch::channel(false);
 
     let namespaces = match &args.policy_dir {
@@ -122,7 +128,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let _ = stop.send(true);
     });
     let events = events::EventsToken::new(args.events_token.as_deref()).map_err(Error::Config)?;
-    let webhook = webhook::router(webhook::WebhookState::with_events_token(admission, events));
+    let webhook = webhook::router(webhook::WebhookState::with_events(
+        admission,
+        events,
+        event_counters,
+    ));
     let https = serve_https(
         https,
         server_config(reloader)?,

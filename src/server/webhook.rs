@@ -17,7 +17,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::events::{EventsToken, PushEvents};
+use super::events::{EventCounters, EventsToken, PushEvents};
 use crate::admission::Admission;
 
 /// The API server allows at most 30 s, and defaults to 10 s.
@@ -50,7 +50,16 @@ impl WebhookState {
 
     /// The endpoints with push events authenticated by `token`; starts the task that applies them.
     pub fn with_events_token(admission: Arc<Admission>, token: EventsToken) -> WebhookState {
-        let events = PushEvents::new(token, admission.verifier().clone());
+        WebhookState::with_events(admission, token, Arc::default())
+    }
+
+    /// As [`WebhookState::with_events_token`], counting what the events endpoint does in `counters`.
+    pub fn with_events(
+        admission: Arc<Admission>,
+        token: EventsToken,
+        counters: Arc<EventCounters>,
+    ) -> WebhookState {
+        let events = PushEvents::new(token, admission.verifier().clone(), counters);
         events.spawn_flusher();
         WebhookState {
             admission,
