@@ -221,3 +221,37 @@ async fn verify_sees_what_the_webhook_sees_several_images_a_manifest_a_namespace
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
 }
+
+#[tokio::test]
+async fn json_output_carries_the_rego_input_the_webhook_would_give() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let signed = registry
+        .push_image("team/app", "signed", "cli-rego-input")
+        .await;
+    cosign.sign(&signed.reference, Format::Legacy);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("rego.yaml");
+    let yaml = PolicyYaml::key(&registry.host, &cosign.public_key_pem())
+        .named("with-rego")
+        .spec("rego:\n    modules:\n      - name: pass.rego\n        source: |\n          package registryx.policy\n          default allow = true")
+        .yaml();
+    std::fs::write(&policy, yaml).unwrap();
+    let output = verify(&[
+        &signed.reference,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--namespace",
+        "payments",
+        "--namespace-labels",
+        "environment=prod",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let input = &json["policies"][0]["regoInput"];
+    assert_eq!(input["namespace"], "payments", "{json:#}");
+    assert_eq!(input["signed"], true, "{json:#}");
+    assert_eq!(input["operation"], "pull", "{json:#}");
+}

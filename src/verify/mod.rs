@@ -78,6 +78,10 @@ pub struct PolicyVerdict {
     /// Why the policy failed, as a code: the reasons' most telling one (see [`Reason`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason_kind: Option<Reason>,
+    /// The input document the policy's Rego rules were evaluated on (`verify --output json` shows it,
+    /// so that a module can be debugged offline on exactly what the webhook gave it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rego_input: Option<serde_json::Value>,
 }
 
 /// Every governing policy's verdict on one image.
@@ -382,6 +386,7 @@ impl Verifier {
             reasons: Vec::new(),
             remedy: None,
             reason_kind: None,
+            rego_input: None,
         };
         for (digest, evidence) in digests.iter().zip(per_digest) {
             let verified = evidence.iter().any(|e| e.verified);
@@ -415,7 +420,7 @@ impl Verifier {
                 .extend(evidence.iter().map(|e| (**e).clone()));
         }
         if let Some(rego) = &policy.rego {
-            let denials = self
+            let (denials, input) = self
                 .evaluate_rego(
                     rego,
                     policy,
@@ -426,6 +431,7 @@ impl Verifier {
                     deadline,
                 )
                 .await;
+            verdict.rego_input = Some(input);
             if !denials.is_empty() {
                 verdict.passed = false;
                 verdict.reasons.extend(denials);
@@ -435,8 +441,9 @@ impl Verifier {
         verdict
     }
 
-    /// Runs the policy's Rego rules on the input document; the messages that refuse, if any. An
-    /// evaluation error or a runaway policy refuses too: rules that cannot be evaluated are not skipped.
+    /// Runs the policy's Rego rules on the input document; the messages that refuse, if any, and the
+    /// document. An evaluation error or a runaway policy refuses too: rules that cannot be evaluated
+    /// are not skipped.
     #[allow(clippy::too_many_arguments)]
     async fn evaluate_rego(
         &self,
@@ -447,7 +454,7 @@ impl Verifier {
         verdict: &PolicyVerdict,
         context: &RequestContext,
         deadline: Instant,
-    ) -> Vec<String> {
+    ) -> (Vec<String>, serde_json::Value) {
         let mut refusals = Vec::new();
         let vulnerabilities = match &policy.registry.registryx_api {
             Some(api) => {
@@ -502,14 +509,16 @@ impl Verifier {
         .to_value();
         // Evaluation is CPU work bounded by the policy's own time limit: off the async threads.
         let rego = rego.clone();
-        match tokio::task::spawn_blocking(move || rego.evaluate(&input)).await {
+        let evaluated = input.clone();
+        let outcome = tokio::task::spawn_blocking(move || rego.evaluate(&evaluated)).await;
+        match outcome {
             Ok(Ok(decision)) => {
                 refusals.extend(decision.denials.into_iter().map(|d| format!("rego: {d}")))
             }
             Ok(Err(error)) => refusals.push(format!("rego: evaluation failed, refusing: {error}")),
             Err(error) => refusals.push(format!("rego: evaluation aborted, refusing: {error}")),
         }
-        refusals
+        (refusals, input)
     }
 
     async fn evidence_for(
@@ -708,5 +717,6 @@ fn failed(policy: &CompiledPolicy, reason: String, kind: Reason, registry: &str)
         reasons: vec![reason],
         remedy: kind.remedy(registry),
         reason_kind: Some(kind),
+        rego_input: None,
     }
 }
