@@ -55,6 +55,38 @@ fn router_and_verifier(
     (router(WebhookState::new(Arc::new(admission))), verifier)
 }
 
+const EVENTS_TOKEN: &str = "webhook-test-events-token-0123";
+
+/// A router whose push events are on (token [`EVENTS_TOKEN`]), its state (to flush events at once)
+/// and its verifier.
+fn events_router(policies: &[String]) -> (axum::Router, WebhookState, Arc<Verifier>) {
+    registryx_guard::tls::install_crypto_provider();
+    let parsed: Vec<ImageSigningPolicy> = policies
+        .iter()
+        .map(|y| serde_yaml::from_str(y).unwrap())
+        .collect();
+    let (snapshot, _) = PolicySnapshot::build(&parsed, &NoSecrets, "registryx-guard", 1);
+    let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
+    let admission = Admission::new(
+        shared(snapshot),
+        verifier.clone(),
+        None,
+        AdmissionSettings::default(),
+        None,
+    );
+    let state = WebhookState::with_events_token(
+        Arc::new(admission),
+        EventsToken::new(Some(EVENTS_TOKEN)).unwrap(),
+    );
+    (router(state.clone()), state, verifier)
+}
+
+fn push_event(repository: &str) -> String {
+    format!(
+        r#"{{"action":"push","repository":"{repository}","tag":"signed","digest":"sha256:00","timestamp":"2026-11-25T00:00:00Z","user":"ci"}}"#
+    )
+}
+
 async fn fixture(extra: &str) -> Fixture {
     let registry = Registry::distribution();
     let cosign = Cosign::with_new_key_pair();
@@ -814,8 +846,14 @@ async fn a_tag_that_reaches_validation_unpinned_is_refused() {
 #[tokio::test]
 async fn policies_that_do_not_pin_record_the_digest_and_refuse_a_moved_tag() {
     let f = fixture("  mutateDigest: false\n").await;
+    let (router, state, _) = events_router(&[policy_yaml(
+        "team-signed",
+        &f.registry.host,
+        &f.cosign.public_key_pem(),
+        "  mutateDigest: false\n",
+    )]);
     let ((_, admitted), object) =
-        admit_object(&f.router, review_with_image(&f.signed.reference)).await;
+        admit_object(&router, review_with_image(&f.signed.reference)).await;
     assert_eq!(admitted["response"]["allowed"], true, "{admitted:#}");
     let template = &object["spec"]["jobTemplate"]["spec"]["template"];
     assert_eq!(
@@ -837,7 +875,16 @@ async fn policies_that_do_not_pin_record_the_digest_and_refuse_a_moved_tag() {
     f.cosign.sign(&moved.reference, Format::Legacy);
     let mut body: Value = serde_json::from_str(&review_with_image(&f.signed.reference)).unwrap();
     body["request"]["object"] = object;
-    let (_, refused) = admit(&f.router, body.to_string()).await;
+    // RegistryX announces the push: the tag's cached digest is dropped at once.
+    let (status, _) = post(
+        &router,
+        &format!("/registryx/events?token={EVENTS_TOKEN}"),
+        push_event("team/app"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    state.flush_events();
+    let (_, refused) = admit(&router, body.to_string()).await;
     assert_eq!(refused["response"]["allowed"], false, "{refused:#}");
     assert!(message(&refused).contains("the tag moved"), "{refused:#}");
 }
@@ -923,5 +970,43 @@ async fn a_namespace_missing_from_the_cache_is_never_treated_as_unlabelled() {
     assert!(
         message(&refused).contains("namespace payments are not known yet"),
         "{refused:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_tags_digest_is_shared_for_seconds_and_dropped_by_a_push_event() {
+    let f = fixture("").await;
+    let (router, state, verifier) = events_router(&[policy_yaml(
+        "team-signed",
+        &f.registry.host,
+        &f.cosign.public_key_pem(),
+        "  mutateDigest: false\n",
+    )]);
+    let body = review_with_image(&f.signed.reference);
+    let (_, first) = post(&router, "/validate", body.clone()).await;
+    assert_eq!(first["response"]["allowed"], true, "{first:#}");
+    let after_first = verifier.registry_requests();
+    for _ in 0..5 {
+        let (_, again) = post(&router, "/validate", body.clone()).await;
+        assert_eq!(again["response"]["allowed"], true);
+    }
+    assert_eq!(
+        verifier.registry_requests(),
+        after_first,
+        "a cached review by tag asked the registry again"
+    );
+    let (status, _) = post(
+        &router,
+        &format!("/registryx/events?token={EVENTS_TOKEN}"),
+        push_event("team/app"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    state.flush_events();
+    let (_, after_push) = post(&router, "/validate", body).await;
+    assert_eq!(after_push["response"]["allowed"], true);
+    assert!(
+        verifier.registry_requests() > after_first,
+        "the push event did not drop the tag's digest"
     );
 }

@@ -121,6 +121,11 @@ pub struct VerifierSettings {
     pub max_clients: u64,
     /// A registry client unused for this long is dropped.
     pub client_idle: Duration,
+    /// How long a tag's digest is reused without asking the registry again (zero: never). Safe because
+    /// admitted tags are pinned to the digest that was verified: a stale answer can only pin a pod to
+    /// the digest the tag named up to this long ago, never let unverified bytes run. A RegistryX push
+    /// event for the repository drops it at once.
+    pub tag_ttl: Duration,
 }
 
 impl Default for VerifierSettings {
@@ -132,12 +137,15 @@ impl Default for VerifierSettings {
             max_cached_results: 200_000,
             max_clients: 256,
             client_idle: Duration::from_secs(600),
+            tag_ttl: Duration::from_secs(10),
         }
     }
 }
 
 type EvidenceKey = (String, String);
 type SetKey = (String, RegistryConfig, String);
+/// `(registry/repository, how it is reached, tag)`.
+type TagKey = (String, RegistryConfig, String);
 
 /// The verification engine, shared by all requests.
 pub struct Verifier {
@@ -148,6 +156,8 @@ pub struct Verifier {
     /// Requests of clients that were evicted, so that the total never goes back.
     evicted_requests: Arc<AtomicU64>,
     signature_sets: moka::future::Cache<SetKey, Arc<Result<SignatureSet, RegistryError>>>,
+    /// Tag resolutions, shared by concurrent lookups of one tag and kept [`VerifierSettings::tag_ttl`].
+    tags: moka::future::Cache<TagKey, crate::registry::Resolved>,
     evidence: moka::future::Cache<EvidenceKey, Arc<AuthorityEvidence>>,
     fallback_credentials: Option<DockerConfig>,
     cache_hits: AtomicU64,
@@ -195,6 +205,11 @@ impl Verifier {
                 refused: settings.refused_ttl,
             })
             .build();
+        let tags = moka::future::Cache::builder()
+            .max_capacity(50_000)
+            .time_to_live(settings.tag_ttl.max(Duration::from_millis(1)))
+            .support_invalidation_closures()
+            .build();
         let signature_sets = moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(settings.signatures_ttl)
@@ -213,6 +228,7 @@ impl Verifier {
             clients,
             evicted_requests,
             signature_sets,
+            tags,
             evidence,
             fallback_credentials,
             cache_hits: AtomicU64::new(0),
@@ -261,6 +277,7 @@ impl Verifier {
             .into_iter()
             .map(|r| r.trim_start_matches("library/").to_owned())
             .collect();
+        let wanted_tags = wanted.clone();
         let result = self.evidence.invalidate_entries_if(move |key, _| {
             let name = key.0.split('@').next().unwrap_or_default();
             let path = name.split_once('/').map(|(_, path)| path).unwrap_or(name);
@@ -270,12 +287,29 @@ impl Verifier {
             tracing::warn!(%error, "cannot invalidate cached results; dropping them all");
             self.evidence.invalidate_all();
         }
+        // Tags of those repositories may name new digests now: ask the registry again.
+        let tag_names = wanted_tags;
+        if self
+            .tags
+            .invalidate_entries_if(move |key, _| {
+                let path = key
+                    .0
+                    .split_once('/')
+                    .map(|(_, path)| path)
+                    .unwrap_or(&key.0);
+                tag_names.contains(path.trim_start_matches("library/"))
+            })
+            .is_err()
+        {
+            self.tags.invalidate_all();
+        }
         self.signature_sets.invalidate_all();
     }
 
     /// Drops every cached result.
     pub fn invalidate_all(&self) {
         self.evidence.invalidate_all();
+        self.tags.invalidate_all();
         self.signature_sets.invalidate_all();
     }
 
@@ -312,14 +346,14 @@ impl Verifier {
         };
         // Policies that govern one image reach one registry; the first one's access resolves the tag.
         let resolved = match self.client(image, first) {
-            Ok(client) => client.resolve(image, deadline).await,
-            Err(error) => Err(error),
+            Ok(client) => self.resolve(&client, image, deadline).await,
+            Err(error) => Err(Arc::new(error)),
         };
         let resolved = match resolved {
             Ok(resolved) => resolved,
             Err(error) => {
                 let reason = format!("cannot resolve {image} to a digest: {error}");
-                let kind = Reason::of_registry_error(&error);
+                let kind = Reason::of_registry_error(error.as_ref());
                 verdict.policies = policies
                     .iter()
                     .map(|p| failed(p, reason.clone(), kind, &image.registry))
@@ -564,6 +598,26 @@ impl Verifier {
                 })
             }
         }
+    }
+
+    /// The digest `image` names: itself when it has one; for a tag, the registry's answer, shared by
+    /// concurrent lookups and reused for [`VerifierSettings::tag_ttl`]. Failures are not kept.
+    async fn resolve(
+        &self,
+        client: &Arc<RegistryClient>,
+        image: &ImageRef,
+        deadline: Instant,
+    ) -> Result<crate::registry::Resolved, Arc<RegistryError>> {
+        let Some(tag) = image.tag.clone().filter(|_| image.digest.is_none()) else {
+            return client.resolve(image, deadline).await.map_err(Arc::new);
+        };
+        if self.settings.tag_ttl.is_zero() {
+            return client.resolve(image, deadline).await.map_err(Arc::new);
+        }
+        let key = (image.name(), client.config().clone(), tag);
+        self.tags
+            .try_get_with(key, client.resolve(image, deadline))
+            .await
     }
 
     fn client(
