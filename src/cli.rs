@@ -226,6 +226,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         labels.insert(key.to_owned(), value.to_owned());
     }
     context.namespace = args.namespace.clone();
+    context.keep_rego_input = true;
     context.namespace_labels = labels.clone();
     let mut policies: Vec<Arc<CompiledPolicy>> = Vec::new();
     for path in &args.policies {

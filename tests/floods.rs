@@ -77,9 +77,16 @@ fn rss_mib(pid: u32) -> u64 {
 }
 
 fn client(http2: bool) -> reqwest::Client {
+    client_from(http2, [127, 0, 0, 1])
+}
+
+/// A client whose connections come from `source` (any 127.0.0.0/8 address reaches the server): another
+/// peer, as far as the server can tell.
+fn client_from(http2: bool, source: [u8; 4]) -> reqwest::Client {
     registryx_guard::tls::install_crypto_provider();
     let builder = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
+        .local_address(std::net::IpAddr::from(source))
         .timeout(Duration::from_secs(30));
     if http2 {
         builder.http2_prior_knowledge().build().unwrap()
@@ -199,4 +206,46 @@ async fn unauthenticated_push_events_cost_nothing() {
         .unwrap()
         .status();
     assert_eq!(status, 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_stalling_bodies_does_not_hold_up_anothers_reviews() {
+    let server = start_server();
+    let url = format!("https://127.0.0.1:{}/validate", server.https);
+    // 40 stalled bodies of 1 MiB from 127.0.0.2: more than its share of the body budget.
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        let (client, url) = (client_from(false, [127, 0, 0, 2]), url.clone());
+        stalled.push(tokio::spawn(async move {
+            let chunk = bytes::Bytes::from(vec![b' '; 1 << 20]);
+            let head = futures::stream::iter([Ok::<_, std::io::Error>(chunk)]);
+            let body = futures::StreamExt::chain(head, futures::stream::pending());
+            let _ = client
+                .post(&url)
+                .header("content-length", (2 << 20).to_string())
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The API server's reviews, from another address, are answered at once, not after the stall.
+    let started = Instant::now();
+    for _ in 0..5 {
+        let answer = client(false)
+            .post(&url)
+            .body(review("elsewhere.example/app:1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "reviews waited behind another peer's stalled bodies: {:?}",
+        started.elapsed()
+    );
+    for caller in stalled {
+        caller.abort();
+    }
 }

@@ -99,7 +99,7 @@ pub struct ImageDecision {
     pub refusal: Option<String>,
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<ImageVerdict>,
+    pub verdict: Option<Arc<ImageVerdict>>,
     #[serde(skip)]
     reason_label: &'static str,
     /// Some governing policy pins admitted tags to their verified digest.
@@ -422,7 +422,7 @@ impl Admission {
                 recorded,
             );
         }
-        decision.verdict = Some(verdict);
+        decision.verdict = Some(Arc::new(verdict));
         decision
     }
 
@@ -658,6 +658,7 @@ fn request_context(
                 .and_then(|v| v.as_str())
                 .map(str::to_owned),
         }),
+        keep_rego_input: false,
     }
 }
 

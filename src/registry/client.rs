@@ -520,7 +520,9 @@ impl RegistryClient {
                         detail: "token answer holds no token".into(),
                     })?;
                 // Renew a little early so that a token never expires between check and use.
-                let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).max(10) - 5);
+                // Bounded: a registry that claims a token lives for ever must not overflow the clock.
+                let lifetime =
+                    Duration::from_secs(answer.expires_in.unwrap_or(60).clamp(10, 86_400) - 5);
                 let mut tokens = self
                     .tokens
                     .lock()
@@ -574,10 +576,12 @@ impl RegistryClient {
         }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         let base = reqwest::Url::parse(&self.base).ok();
-        let own = base
-            .as_ref()
-            .and_then(|b| b.host_str())
-            .is_some_and(|b| b.eq_ignore_ascii_case(&host));
+        // The registry's own host, over the scheme it is reached with: Basic credentials must not go
+        // in clear text to a port of that host the registry never named.
+        let own = base.as_ref().is_some_and(|b| {
+            b.host_str().is_some_and(|h| h.eq_ignore_ascii_case(&host))
+                && b.scheme() == url.scheme()
+        });
         let hub = self.registry == crate::registry::DOCKER_HUB && host == "auth.docker.io";
         let named = self.config.token_hosts.contains(&host);
         if own || hub || named {

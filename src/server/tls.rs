@@ -46,6 +46,49 @@ const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const MAX_CONNECTIONS: usize = 1024;
 /// HTTP/2 streams in flight on one connection (the API server multiplexes reviews over few connections).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Open connections from one address: the API server needs a handful; one pod holding idle connections
+/// must not take the whole [`MAX_CONNECTIONS`].
+pub const MAX_CONNECTIONS_PER_PEER: usize = 128;
+
+/// The address a request came from, as a request extension.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
+/// Connections open per peer address; a [`PeerSlot`] gives its place back when dropped.
+#[derive(Clone, Default)]
+struct PeerConnections(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+struct PeerSlot {
+    peers: PeerConnections,
+    ip: std::net::IpAddr,
+}
+
+impl PeerConnections {
+    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_default();
+        if *count >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Back-off after an accept error that is not about one connection (e.g. out of file descriptors),
 /// so the loop does not spin while the condition lasts.
@@ -246,6 +289,7 @@ pub async fn serve_https(
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let builder = Arc::new(builder);
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let peers = PeerConnections::default();
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -274,17 +318,24 @@ pub async fn serve_https(
             drop(tcp);
             continue;
         };
+        let Some(peer_slot) = peers.take(peer.ip()) else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS_PER_PEER, "connection refused: too many from this address");
+            drop(tcp);
+            continue;
+        };
         // Admission reviews are small request/response exchanges: do not let Nagle hold back the tail.
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
         let acceptor = acceptor.clone();
         let builder = Arc::clone(&builder);
-        let service = TowerToHyperService::new(router.clone());
+        // The peer's address travels with each request: the webhook shares its body budget per peer.
+        let service =
+            TowerToHyperService::new(router.clone().layer(axum::Extension(PeerAddr(peer.ip()))));
         // Taken before the handshake so that shutdown also waits for connections still handshaking.
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, peer_slot);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {

@@ -30,9 +30,16 @@ const BACKSTOP_MARGIN: Duration = Duration::from_millis(200);
 pub const MAX_BODY_BYTES: usize = 3 << 20;
 /// The API server sends a review at once; a body still arriving after this is a caller stalling.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Request bodies being read at once, over all connections and streams: 64 MiB, so that a flood of
-/// large or stalled bodies is bounded in memory (the chart's limit is 256 MiB) and waits its turn.
+/// Request bodies being read (and parsed) at once, over all connections and streams: 64 MiB of
+/// budget, so that a flood of large or stalled bodies is bounded in memory (the chart's limit is
+/// 256 MiB) and waits its turn. A received byte costs [`BUDGET_PER_BYTE`] bytes of it: the parsed
+/// review and its copies weigh several times the raw JSON.
 pub const BODY_BUDGET_BYTES: usize = 64 << 20;
+/// What one received byte costs of [`BODY_BUDGET_BYTES`].
+pub const BUDGET_PER_BYTE: usize = 4;
+/// The share of [`BODY_BUDGET_BYTES`] one peer address may hold: a caller that stalls many bodies
+/// holds its own share, not the budget the API server's reviews need.
+pub const PEER_BUDGET_SHARE: usize = 4;
 
 #[derive(Clone)]
 pub struct WebhookState {
@@ -40,6 +47,8 @@ pub struct WebhookState {
     events: PushEvents,
     /// KiB of request bodies being read at once (see [`BODY_BUDGET_BYTES`]).
     body_budget: Arc<Semaphore>,
+    /// Each peer's share of it (see [`PEER_BUDGET_SHARE`]), bounded and evicted when idle.
+    peer_budgets: moka::sync::Cache<std::net::IpAddr, Arc<Semaphore>>,
 }
 
 impl WebhookState {
@@ -65,6 +74,10 @@ impl WebhookState {
             admission,
             events,
             body_budget: Arc::new(Semaphore::new(BODY_BUDGET_BYTES / 1024)),
+            peer_budgets: moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
         }
     }
 
@@ -106,7 +119,15 @@ async fn receive(state: &WebhookState, request: Request, mutate: bool) -> Respon
                 .collect()
         })
         .unwrap_or_default();
-    let (body, _permits) = match read_body(&state.body_budget, body).await {
+    // Requests that did not come through the TLS server (tests) count as one peer.
+    let peer = parts
+        .extensions
+        .get::<super::tls::PeerAddr>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0);
+    let share = state.peer_budgets.get_with(peer, || {
+        Arc::new(Semaphore::new(BODY_BUDGET_BYTES / 1024 / PEER_BUDGET_SHARE))
+    });
+    let (body, _permits) = match read_body(&state.body_budget, &share, body).await {
         Ok(read) => read,
         Err(refusal) => return refusal.into_response(),
     };
@@ -118,8 +139,9 @@ async fn receive(state: &WebhookState, request: Request, mutate: bool) -> Respon
 /// connections cannot add up to more memory than the budget.
 async fn read_body(
     budget: &Arc<Semaphore>,
+    share: &Arc<Semaphore>,
     body: axum::body::Body,
-) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), (StatusCode, String)> {
+) -> Result<(Vec<u8>, Vec<OwnedSemaphorePermit>), (StatusCode, String)> {
     use futures::StreamExt as _;
     let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
     let too_slow = || {
@@ -136,11 +158,12 @@ async fn read_body(
     };
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
-    let mut held: Option<OwnedSemaphorePermit> = None;
+    // This peer's share first (a caller that stalls waits on its own share), then the whole budget.
+    let mut held: [Option<OwnedSemaphorePermit>; 2] = [None, None];
     loop {
         let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
             Err(_) => return Err(too_slow()),
-            Ok(None) => return Ok((bytes, held)),
+            Ok(None) => return Ok((bytes, held.into_iter().flatten().collect())),
             Ok(Some(Err(_))) => {
                 return Err((StatusCode::BAD_REQUEST, "the body could not be read".into()));
             }
@@ -149,16 +172,21 @@ async fn read_body(
         if bytes.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(too_large());
         }
-        let kib = (bytes.len() + chunk.len()).div_ceil(1024) - bytes.len().div_ceil(1024);
+        let kib = ((bytes.len() + chunk.len()).div_ceil(1024) - bytes.len().div_ceil(1024))
+            * BUDGET_PER_BYTE;
         if kib > 0 {
-            let permit =
-                tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(kib as u32))
-                    .await
-                    .map_err(|_| too_slow())?
-                    .map_err(|_| too_slow())?;
-            match &mut held {
-                Some(held) => held.merge(permit),
-                None => held = Some(permit),
+            for (semaphore, held) in [share, budget].into_iter().zip(held.iter_mut()) {
+                let permit = tokio::time::timeout_at(
+                    deadline,
+                    semaphore.clone().acquire_many_owned(kib as u32),
+                )
+                .await
+                .map_err(|_| too_slow())?
+                .map_err(|_| too_slow())?;
+                match held {
+                    Some(held) => held.merge(permit),
+                    None => *held = Some(permit),
+                }
             }
         }
         bytes.extend_from_slice(&chunk);

@@ -344,10 +344,15 @@ fn check_bundle(
         )));
     }
     if statement.predicate_type != COSIGN_PREDICATE {
-        return Err(Failure::unreadable(format!(
-            "the bundle is an attestation of type {:?}, not a cosign signature",
-            statement.predicate_type
-        )));
+        // An attestation (provenance, SBOM) beside the image is not a malformed signature: as far as
+        // signing goes, there is none.
+        return Err(Failure::new(
+            crate::verify::reason::Reason::NoSignature,
+            format!(
+                "the bundle is an attestation of type {:?}, not a cosign signature",
+                statement.predicate_type
+            ),
+        ));
     }
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     if !statement

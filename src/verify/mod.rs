@@ -44,6 +44,9 @@ pub struct RequestContext {
     pub namespace_labels: std::collections::BTreeMap<String, String>,
     pub request: Option<RegoRequest>,
     pub pod: Option<RegoPod>,
+    /// Keep each policy's Rego input document in its verdict (`verify --output json`); admission does
+    /// not, since a document carries the pod's annotations.
+    pub keep_rego_input: bool,
 }
 
 /// What one authority concluded about one digest.
@@ -465,7 +468,7 @@ impl Verifier {
                     deadline,
                 )
                 .await;
-            verdict.rego_input = Some(input);
+            verdict.rego_input = context.keep_rego_input.then_some(input);
             if !denials.is_empty() {
                 verdict.passed = false;
                 verdict.reasons.extend(denials);
@@ -710,10 +713,16 @@ fn evaluate(
     };
     // What explains the refusal best: a signature that failed says more than a read that failed, and
     // with no signature at all, a failed read (an empty blob, a refusal) is the reason, not "unsigned".
+    let empty_blob = set.problems.iter().any(|p| p.reason == Reason::EmptyBlob);
     evidence.reason_kind = Some(
-        Reason::most_telling(failures.iter().map(|f| f.reason))
-            .or_else(|| Reason::most_telling(set.problems.iter().map(|p| p.reason)))
-            .unwrap_or(Reason::NoSignature),
+        Reason::most_telling(
+            failures
+                .iter()
+                .map(|f| f.reason)
+                .chain(empty_blob.then_some(Reason::EmptyBlob)),
+        )
+        .or_else(|| Reason::most_telling(set.problems.iter().map(|p| p.reason)))
+        .unwrap_or(Reason::NoSignature),
     );
     evidence.reason = Some(match failures.as_slice() {
         [] if set.problems.is_empty() => {

@@ -66,7 +66,12 @@ impl Reason {
             | RegistryError::Transport { .. }
             | RegistryError::Config { .. } => Reason::Unreachable,
             RegistryError::Unauthorized { .. } => Reason::Unauthorized,
-            RegistryError::Denied { .. } | RegistryError::Status { .. } => Reason::RegistryRefused,
+            RegistryError::Denied { .. } => Reason::RegistryRefused,
+            // Overloaded, rate-limiting or failing: not a decision of the registry's policy.
+            RegistryError::Status { status, .. } if *status == 429 || *status >= 500 => {
+                Reason::Unreachable
+            }
+            RegistryError::Status { .. } => Reason::RegistryRefused,
             RegistryError::NotFound { .. } => Reason::ImageNotFound,
             RegistryError::DigestMismatch { actual, .. } if actual == EMPTY_BLOB_DIGEST => {
                 Reason::EmptyBlob
@@ -81,12 +86,14 @@ impl Reason {
     /// Of several reasons, the one that explains a refusal best: a signature for another digest says
     /// more than one by another signer, a failed check more than a failed read.
     pub fn most_telling(reasons: impl IntoIterator<Item = Reason>) -> Option<Reason> {
+        // An empty blob ranks above another signer: with a CI signature by another key beside the
+        // release signature whose blob reads empty, "sign again" would only make another empty blob.
         const ORDER: [Reason; 12] = [
             Reason::OtherDigest,
+            Reason::EmptyBlob,
             Reason::OtherSigner,
             Reason::Certificate,
             Reason::TransparencyLog,
-            Reason::EmptyBlob,
             Reason::Unauthorized,
             Reason::RegistryRefused,
             Reason::Unreachable,

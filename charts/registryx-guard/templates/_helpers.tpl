@@ -21,8 +21,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $rotation := toString .Values.tls.rotation -}}
 {{- if and $secret $secret.data (index $secret.data "ca.crt") -}}
 {{- $annotations := $secret.metadata.annotations | default dict -}}
-{{- $issued := index $annotations "registryx.io/tls-rotation" | default "" -}}
-{{- if and (ne $issued $rotation) (index $secret.data "ca.key") -}}
+{{- $issued := index $annotations "registryx.io/tls-rotation" | default "1" -}}
+{{- if and (ne $issued $rotation) (not (index $secret.data "ca.key")) -}}
+{{- fail (printf "tls.rotation changed, but the Secret %s holds no ca.key (made by an older chart): delete the Secret and upgrade to make a new CA and certificate" (include "rxg.tlsSecret" .)) -}}
+{{- end -}}
+{{- if ne $issued $rotation -}}
 {{- $ca := buildCustomCert (index $secret.data "ca.crt") (index $secret.data "ca.key") -}}
 {{- $cert := genSignedCert $svc (list "127.0.0.1") $names 3650 $ca -}}
 ca: {{ index $secret.data "ca.crt" }}
