@@ -229,3 +229,24 @@ async fn the_metrics_label_is_the_typed_reason_not_a_word_in_the_message() {
     assert!(line.contains("reason=\"no_signature\""), "{line}");
     assert!(!line.contains("rego"), "{line}");
 }
+
+#[tokio::test]
+async fn a_registry_whose_image_manifest_does_not_check_out_is_not_a_signing_problem() {
+    let registry = support::fakes::LyingRegistry::start().await;
+    let cosign = Cosign::with_new_key_pair();
+    let policy = support::verdicts::PolicyYaml::key(&registry.host(), &cosign.public_key_pem())
+        .spec("multiArch: everyPlatform")
+        .compile();
+    let verdict = verify_within(
+        &format!("{}/team/app:v1", registry.host()),
+        &policy,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_reason(
+        &verdict,
+        "image_unreadable",
+        "content does not match its digest",
+        "does not check out",
+    );
+}

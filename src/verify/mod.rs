@@ -356,7 +356,7 @@ impl Verifier {
             Ok(resolved) => resolved,
             Err(error) => {
                 let reason = format!("cannot resolve {image} to a digest: {error}");
-                let kind = Reason::of_registry_error(error.as_ref());
+                let kind = Reason::of_image_read(error.as_ref());
                 verdict.policies = policies
                     .iter()
                     .map(|p| failed(p, reason.clone(), kind, &image.registry))
@@ -394,7 +394,7 @@ impl Verifier {
             match platform_digests(&client, image, resolved, deadline).await {
                 Ok(platforms) => digests.extend(platforms),
                 Err(error) => {
-                    let kind = Reason::of_registry_error(&error);
+                    let kind = Reason::of_image_read(&error);
                     return failed(
                         policy,
                         format!("cannot list the platforms of {image}: {error}"),

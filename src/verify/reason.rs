@@ -30,6 +30,8 @@ pub enum Reason {
     RegistryRefused,
     /// The image (or its tag) does not exist in the registry.
     ImageNotFound,
+    /// The registry's answer for the image itself does not check out (not its digest, malformed).
+    ImageUnreadable,
     /// No answer, or no connection, in time.
     Unreachable,
     /// The transparency-log entry is missing or does not verify.
@@ -52,10 +54,21 @@ impl Reason {
             Reason::Unauthorized => "unauthorized",
             Reason::RegistryRefused => "registry_refused",
             Reason::ImageNotFound => "image_not_found",
+            Reason::ImageUnreadable => "image_unreadable",
             Reason::Unreachable => "unreachable",
             Reason::TransparencyLog => "transparency_log",
             Reason::Certificate => "certificate",
             Reason::Rego => "rego",
+        }
+    }
+
+    /// What a registry failure reading the image itself (its tag, its manifest, its platforms) means:
+    /// as [`Reason::of_registry_error`], but bytes that do not check out are the image's, not a
+    /// signature's.
+    pub fn of_image_read(error: &RegistryError) -> Reason {
+        match Reason::of_registry_error(error) {
+            Reason::EmptyBlob | Reason::SignatureUnreadable => Reason::ImageUnreadable,
+            other => other,
         }
     }
 
@@ -88,7 +101,8 @@ impl Reason {
     pub fn most_telling(reasons: impl IntoIterator<Item = Reason>) -> Option<Reason> {
         // An empty blob ranks above another signer: with a CI signature by another key beside the
         // release signature whose blob reads empty, "sign again" would only make another empty blob.
-        const ORDER: [Reason; 12] = [
+        const ORDER: [Reason; 13] = [
+            Reason::ImageUnreadable,
             Reason::OtherDigest,
             Reason::EmptyBlob,
             Reason::OtherSigner,
@@ -141,6 +155,10 @@ impl Reason {
             Reason::ImageNotFound => {
                 format!("{registry} does not hold this image: check the name and the tag")
             }
+            Reason::ImageUnreadable => format!(
+                "{registry} served the image's manifest in a form that does not check out (not its \
+                 digest, or malformed): the registry is broken or lies; nothing here can be verified"
+            ),
             Reason::Unreachable => format!(
                 "check that {registry} answers from registryx-guard's network, and the policy's \
                  spec.registry (insecure, caBundle)"
