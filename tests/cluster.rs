@@ -372,21 +372,7 @@ fn helm_install_into_a_cluster_that_runs_pods() {
     // 8. A rolling `helm upgrade` (new pods first, old ones drained): no admission fails.
     let stream = Stream::start(&cluster, &signed);
     std::thread::sleep(Duration::from_secs(1));
-    let upgrade = Command::new(support::tool("helm"))
-        .args(["upgrade", "rxg"])
-        .arg(support::repo_root().join("charts/registryx-guard"))
-        .args([
-            "--namespace",
-            NAMESPACE,
-            "--reuse-values",
-            "--set-string",
-            "podAnnotations.rollout=second",
-        ])
-        .args(["--wait", "--timeout", "180s", "--kubeconfig"])
-        .arg(&cluster.kubeconfig)
-        .output()
-        .unwrap();
-    assert_success("helm upgrade", &upgrade);
+    helm_upgrade(&cluster, "podAnnotations.rollout=second");
     wait_until(
         "the old replicas to be gone",
         Duration::from_secs(60),
@@ -416,21 +402,7 @@ fn helm_install_into_a_cluster_that_runs_pods() {
     let before = secret_cert();
     let stream = Stream::start(&cluster, &signed);
     std::thread::sleep(Duration::from_secs(1));
-    let rotate = Command::new(support::tool("helm"))
-        .args(["upgrade", "rxg"])
-        .arg(support::repo_root().join("charts/registryx-guard"))
-        .args([
-            "--namespace",
-            NAMESPACE,
-            "--reuse-values",
-            "--set-string",
-            "tls.rotation=2",
-        ])
-        .args(["--wait", "--timeout", "180s", "--kubeconfig"])
-        .arg(&cluster.kubeconfig)
-        .output()
-        .unwrap();
-    assert_success("helm upgrade --set-string tls.rotation=2", &rotate);
+    helm_upgrade(&cluster, "tls.rotation=2");
     let after = secret_cert();
     assert_ne!(before, after, "the Secret holds the same certificate");
     let served_everywhere = || {
@@ -465,6 +437,25 @@ fn helm_install_into_a_cluster_that_runs_pods() {
     std::thread::sleep(Duration::from_secs(2));
     stream.finish("the serving certificate was rotated");
     drop(node);
+}
+
+/// `helm upgrade --reuse-values --set-string VALUE --wait`, as an operator runs it.
+fn helm_upgrade(cluster: &ControlPlane, value: &str) {
+    let output = Command::new(support::tool("helm"))
+        .args(["upgrade", "rxg"])
+        .arg(support::repo_root().join("charts/registryx-guard"))
+        .args([
+            "--namespace",
+            NAMESPACE,
+            "--reuse-values",
+            "--set-string",
+            value,
+        ])
+        .args(["--wait", "--timeout", "180s", "--kubeconfig"])
+        .arg(&cluster.kubeconfig)
+        .output()
+        .unwrap();
+    assert_success(&format!("helm upgrade --set-string {value}"), &output);
 }
 
 fn pem_of_base64(data: &str) -> String {
