@@ -50,7 +50,10 @@ pub fn canonical_registry(host: &str) -> Result<String, String> {
                 .flatten()
                 .filter(|port| *port != 0)
                 .ok_or_else(|| format!("registry {host:?} has port {digits:?}, not 1-65535"))?;
-            (number != 443 && number != 80).then_some(number)
+            // A single-label host (`rg:443`) needs its port to stay a registry: written without one
+            // (`rg/app`) it would name a Docker Hub organisation.
+            let recognisable = name.contains('.') || name == "localhost" || name.starts_with('[');
+            (number != 443 && number != 80 || !recognisable).then_some(number)
         }
     };
     let name = match name.as_str() {
@@ -255,6 +258,12 @@ mod tests {
             same(hub, "docker.io/library/nginx:1");
         }
         same("LocalHost:05000/app", "localhost:5000/app");
+        // A single-label host keeps its port: without it, `rg/t` would be a Docker Hub name (found by
+        // fuzzing: the canonical form must parse back to itself).
+        same("rg:0443/t", "rg:443/t");
+        let single = ImageRef::parse("rg:443/t").unwrap();
+        assert_eq!(ImageRef::parse(&single.to_string()).unwrap(), single);
+        assert_ne!(single, ImageRef::parse("rg/t").unwrap());
         // Hosts the reference grammar refuses (IPv6 literals, a trailing dot) cannot be a way around:
         // an image that does not parse is refused.
         for refused in [
