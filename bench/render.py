@@ -674,7 +674,11 @@ w("")
 # The soak (`make soak`, an hour) and the in-cluster figures (tests/cluster.rs) come from their own runs:
 # copied as they were written.
 
-for name, title in [("soak-results.md", "## 8. Soak: an hour of mixed load"), ("cluster-results.md", None)]:
+for name, title in [
+    ("soak-results.md", "## 8. Soak: an hour of mixed load"),
+    ("cluster-results.md", None),
+    ("fuzz-results.md", None),
+]:
     text_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     if os.path.exists(text_path):
         if title:
