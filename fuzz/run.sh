@@ -18,7 +18,7 @@ for target in "$@"; do
 	[[ -d seeds/$target ]] && cp -n seeds/"$target"/* "corpus/$target/" 2>/dev/null || true
 	echo "== $target: ${seconds}s"
 	cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 \
-		-max_len=65536 2>&1 | grep -E '^(#[0-9]+ *DONE|==|INFO: Done|.*SUMMARY|.*panicked)' || true
+		-max_len=65536 2>&1 | grep -E '^(#[0-9]+ *DONE|Done [0-9]+ runs|==|.*SUMMARY|.*panicked)' || true
 	[[ -z $(ls -A "artifacts/$target" 2>/dev/null) ]] || { echo "crash in $target: fuzz/artifacts/$target" >&2; exit 1; }
 	cargo +nightly fuzz cmin "$target" "corpus/$target" >/dev/null 2>&1 || true
 done
