@@ -312,25 +312,7 @@ fn read_resource(path: &std::path::Path) -> anyhow::Result<(Vec<String>, crate::
     let kind = object["kind"].as_str().unwrap_or_default().to_owned();
     let images = crate::admission::images_of(&kind, &object)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let spec = crate::admission::pod_spec_pointer(&kind).unwrap_or("/spec");
-    let metadata = match spec.strip_suffix("/spec") {
-        Some(template) if !template.is_empty() => format!("{template}/metadata"),
-        _ => "/metadata".to_owned(),
-    };
-    let map = |pointer: String| {
-        object
-            .pointer(&pointer)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default()
-    };
-    let pod = crate::rego::RegoPod {
-        labels: map(format!("{metadata}/labels")),
-        annotations: map(format!("{metadata}/annotations")),
-        service_account_name: object
-            .pointer(&format!("{spec}/serviceAccountName"))
-            .and_then(|v| v.as_str())
-            .map(str::to_owned),
-    };
+    let pod = crate::admission::pod_of(&kind, &object);
     Ok((images.into_iter().map(|i| i.image).collect(), pod))
 }
 

@@ -44,6 +44,15 @@ fn router_and_verifier(
     policies: &[String],
     settings: AdmissionSettings,
 ) -> (axum::Router, Arc<Verifier>) {
+    let (admission, verifier) = admission_for(policies, settings);
+    (router(WebhookState::new(admission)), verifier)
+}
+
+/// The admission engine over `policies`, and its verifier.
+fn admission_for(
+    policies: &[String],
+    settings: AdmissionSettings,
+) -> (Arc<Admission>, Arc<Verifier>) {
     registryx_guard::tls::install_crypto_provider();
     let parsed: Vec<ImageSigningPolicy> = policies
         .iter()
@@ -52,7 +61,7 @@ fn router_and_verifier(
     let (snapshot, _) = PolicySnapshot::build(&parsed, &NoSecrets, "registryx-guard", 1);
     let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
     let admission = Admission::new(shared(snapshot), verifier.clone(), None, settings, None);
-    (router(WebhookState::new(Arc::new(admission))), verifier)
+    (Arc::new(admission), verifier)
 }
 
 const EVENTS_TOKEN: &str = "webhook-test-events-token-0123";
@@ -60,24 +69,9 @@ const EVENTS_TOKEN: &str = "webhook-test-events-token-0123";
 /// A router whose push events are on (token [`EVENTS_TOKEN`]), its state (to flush events at once)
 /// and its verifier.
 fn events_router(policies: &[String]) -> (axum::Router, WebhookState, Arc<Verifier>) {
-    registryx_guard::tls::install_crypto_provider();
-    let parsed: Vec<ImageSigningPolicy> = policies
-        .iter()
-        .map(|y| serde_yaml::from_str(y).unwrap())
-        .collect();
-    let (snapshot, _) = PolicySnapshot::build(&parsed, &NoSecrets, "registryx-guard", 1);
-    let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
-    let admission = Admission::new(
-        shared(snapshot),
-        verifier.clone(),
-        None,
-        AdmissionSettings::default(),
-        None,
-    );
-    let state = WebhookState::with_events_token(
-        Arc::new(admission),
-        EventsToken::new(Some(EVENTS_TOKEN)).unwrap(),
-    );
+    let (admission, verifier) = admission_for(policies, AdmissionSettings::default());
+    let state =
+        WebhookState::with_events_token(admission, EventsToken::new(Some(EVENTS_TOKEN)).unwrap());
     (router(state.clone()), state, verifier)
 }
 
@@ -554,27 +548,17 @@ async fn registryx_push_events_are_authenticated_bounded_and_only_drop_cached_re
         .push_image("team/app", "signed", "events-signed")
         .await;
     cosign.sign(&signed.reference, Format::Legacy);
-    let policy: ImageSigningPolicy = serde_yaml::from_str(&policy_yaml(
-        "team-signed",
-        &registry.host,
-        &cosign.public_key_pem(),
-        "",
-    ))
-    .unwrap();
-    let (snapshot, _) = PolicySnapshot::build(&[policy], &NoSecrets, "registryx-guard", 1);
-    let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
-    let admission = Admission::new(
-        shared(snapshot),
-        verifier.clone(),
-        None,
+    let (admission, verifier) = admission_for(
+        &[policy_yaml(
+            "team-signed",
+            &registry.host,
+            &cosign.public_key_pem(),
+            "",
+        )],
         AdmissionSettings::default(),
-        None,
     );
     let token = "events-token-0123456789abcdef";
-    let state = WebhookState::with_events_token(
-        Arc::new(admission),
-        EventsToken::new(Some(token)).unwrap(),
-    );
+    let state = WebhookState::with_events_token(admission, EventsToken::new(Some(token)).unwrap());
     let router = router(state.clone());
     let body = review_with_image(&signed.by_digest());
 

@@ -622,18 +622,6 @@ fn request_context(
     object: &serde_json::Value,
     labels: Option<&BTreeMap<String, String>>,
 ) -> RequestContext {
-    let spec = pod_spec_pointer(kind).unwrap_or("/spec");
-    let metadata = if kind == "Pod" {
-        "/metadata".to_owned()
-    } else {
-        format!("{}/metadata", spec.trim_end_matches("/spec"))
-    };
-    let map = |pointer: String| -> BTreeMap<String, String> {
-        object
-            .pointer(&pointer)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default()
-    };
     let user = &request.user_info;
     RequestContext {
         namespace: request.namespace.clone(),
@@ -650,14 +638,7 @@ fn request_context(
                 extra: user.extra.clone().unwrap_or_default().into_iter().collect(),
             },
         }),
-        pod: Some(RegoPod {
-            labels: map(format!("{metadata}/labels")),
-            annotations: map(format!("{metadata}/annotations")),
-            service_account_name: object
-                .pointer(&format!("{spec}/serviceAccountName"))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
-        }),
+        pod: Some(pod_of(kind, object)),
         keep_rego_input: false,
     }
 }
@@ -683,6 +664,27 @@ fn bounded_log(mut text: String) -> String {
 
 /// The JSON pointer of the metadata that goes with the pod spec of `kind` (the Pod's own, or the
 /// template's).
+/// The pod (or pod template) of an object of `kind` as Rego sees it: labels, annotations, service
+/// account. Used by admission and by `verify --resource` alike.
+pub fn pod_of(kind: &str, object: &serde_json::Value) -> RegoPod {
+    let metadata = pod_metadata_pointer(kind);
+    let spec = pod_spec_pointer(kind).unwrap_or("/spec");
+    let map = |pointer: String| -> BTreeMap<String, String> {
+        object
+            .pointer(&pointer)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    RegoPod {
+        labels: map(format!("{metadata}/labels")),
+        annotations: map(format!("{metadata}/annotations")),
+        service_account_name: object
+            .pointer(&format!("{spec}/serviceAccountName"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+    }
+}
+
 fn pod_metadata_pointer(kind: &str) -> String {
     let spec = pod_spec_pointer(kind).unwrap_or("/spec");
     match spec.strip_suffix("/spec") {
