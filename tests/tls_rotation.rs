@@ -2,7 +2,9 @@
 //! certificates from two test CAs written the way a Secret volume update writes them (a new file renamed
 //! over the old path), and reqwest clients that trust one CA or the other. Rotation must not fail a
 //! single request, must change what new handshakes see, and a broken file must leave the last good
-//! certificate in service. Also: graceful shutdown and misbehaving clients do not stop the accept loop.
+//! certificate in service. Also: graceful shutdown and misbehaving clients do not stop the accept loop,
+//! and HTTP/1.1 keep-alive connections are never closed under a client that may be reusing them (idle
+//! ones outlive the API server's pool, draining ones close after a response).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +17,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use registryx_guard::server::{CertificateReloader, HANDSHAKE_TIMEOUT, serve_https, server_config};
+use registryx_guard::server::{
+    CertificateReloader, Draining, HANDSHAKE_TIMEOUT, HEAD_TIMEOUT, serve_https, server_config,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -99,6 +103,7 @@ struct Server {
     reloader: Arc<CertificateReloader>,
     cert_path: PathBuf,
     key_path: PathBuf,
+    draining: Draining,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
@@ -118,15 +123,23 @@ impl Server {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_https(listener, config, router(), async move {
-            let _ = stopped.await;
-        }));
+        let draining = Draining::default();
+        let task = tokio::spawn(serve_https(
+            listener,
+            config,
+            router(),
+            draining.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Server {
             url: format!("https://{addr}"),
             addr,
             reloader,
             cert_path,
             key_path,
+            draining,
             stop: Some(stop),
             task,
             _dir: dir,
@@ -443,5 +456,157 @@ async fn bad_and_stalled_handshakes_do_not_stop_the_server() {
     ping(&trusting, &server.url)
         .await
         .expect("still serving afterwards");
+    server.shut_down().await;
+}
+
+/// A raw HTTP/1.1-over-TLS connection, to see exactly when the server closes it.
+struct RawConnection {
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+}
+
+impl RawConnection {
+    async fn open(ca: &Ca, addr: std::net::SocketAddr) -> RawConnection {
+        Self::open_with(ca, addr, b"http/1.1").await
+    }
+
+    async fn open_with(ca: &Ca, addr: std::net::SocketAddr, alpn: &[u8]) -> RawConnection {
+        registryx_guard::tls::install_crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.issuer.der().clone()).expect("add the test CA");
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        RawConnection { tls }
+    }
+
+    /// GET /ping on this connection; the response head and body as text.
+    async fn ping(&mut self) -> String {
+        self.tls
+            .write_all(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .expect("write the request");
+        let mut response = Vec::new();
+        let mut chunk = [0_u8; 1024];
+        while !response.ends_with(b"pong") {
+            let read = tokio::time::timeout(Duration::from_secs(5), self.tls.read(&mut chunk))
+                .await
+                .expect("the response comes")
+                .expect("read the response");
+            assert!(
+                read > 0,
+                "the server closed the connection mid-response: {:?}",
+                String::from_utf8_lossy(&response)
+            );
+            response.extend_from_slice(&chunk[..read]);
+        }
+        String::from_utf8(response)
+            .expect("a text response")
+            .to_ascii_lowercase()
+    }
+
+    /// Waits up to `within` for the server to close the connection (reading past what it sends, an
+    /// HTTP/2 SETTINGS frame or an error response); how long it took, or None.
+    async fn closed_within(&mut self, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let mut chunk = [0_u8; 1024];
+        let closed = async {
+            while let Ok(read @ 1..) = self.tls.read(&mut chunk).await {
+                let _ = read;
+            }
+        };
+        tokio::time::timeout(within, closed)
+            .await
+            .ok()
+            .map(|()| started.elapsed())
+    }
+}
+
+#[tokio::test]
+async fn draining_closes_http1_connections_after_a_response_never_while_idle() {
+    let ca = Ca::new("test CA");
+    let server = Server::start(&ca.leaf()).await;
+    let mut before = RawConnection::open(&ca, server.addr).await;
+    let mut idle = RawConnection::open(&ca, server.addr).await;
+    let response = before.ping().await;
+    assert!(
+        !response.contains("connection: close"),
+        "closes before draining: {response}"
+    );
+    idle.ping().await;
+
+    server.draining.start();
+    // The next response on a pooled connection says so, and the server closes it right after.
+    let response = before.ping().await;
+    assert!(
+        response.contains("connection: close"),
+        "no Connection: close while draining: {response}"
+    );
+    assert!(
+        before.closed_within(Duration::from_secs(2)).await.is_some(),
+        "the connection stays open after Connection: close"
+    );
+    // A connection nobody uses is left alone while draining: closing it could cross a request.
+    assert_eq!(
+        idle.closed_within(Duration::from_millis(500)).await,
+        None,
+        "an idle connection was closed while draining"
+    );
+    // HTTP/2 clients are served as before (their connections get a GOAWAY at the stop).
+    let h2 = client(&[&ca], Connections::KeepAliveH2);
+    ping(&h2, &server.url).await.expect("HTTP/2 while draining");
+    server.shut_down().await;
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_outlives_the_head_timeout_a_trickled_head_does_not() {
+    let ca = Ca::new("test CA");
+    let server = Server::start(&ca.leaf()).await;
+    let mut idle = RawConnection::open(&ca, server.addr).await;
+    idle.ping().await;
+    // Go's client may dial a connection and pool it before its first request: as idle as the other.
+    let mut unused = RawConnection::open(&ca, server.addr).await;
+    let mut trickling = RawConnection::open(&ca, server.addr).await;
+    trickling
+        .tls
+        .write_all(b"GET /ping HTTP/1.1\r\n")
+        .await
+        .expect("write half a head");
+    // An HTTP/2 client sends its preface at once; this one never does.
+    let mut silent_h2 = RawConnection::open_with(&ca, server.addr, b"h2").await;
+
+    let (idle_closed, unused_closed, trickling_closed, silent_closed) = tokio::join!(
+        idle.closed_within(HEAD_TIMEOUT + Duration::from_secs(2)),
+        unused.closed_within(HEAD_TIMEOUT + Duration::from_secs(2)),
+        trickling.closed_within(HEAD_TIMEOUT * 2),
+        silent_h2.closed_within(HEAD_TIMEOUT * 2),
+    );
+    assert_eq!(
+        idle_closed, None,
+        "an idle keep-alive connection was closed"
+    );
+    assert_eq!(unused_closed, None, "a new, unused connection was closed");
+    for (what, closed) in [
+        (
+            "a connection that never finishes its head",
+            trickling_closed,
+        ),
+        ("an HTTP/2 connection without a preface", silent_closed),
+    ] {
+        let took = closed.unwrap_or_else(|| panic!("{what} is never closed"));
+        assert!(
+            took >= HEAD_TIMEOUT - Duration::from_millis(500),
+            "{what} closed after {took:?}, before the head timeout"
+        );
+    }
+    // The idle connections still serve.
+    assert!(idle.ping().await.contains("pong"));
+    assert!(unused.ping().await.contains("pong"));
     server.shut_down().await;
 }

@@ -2,6 +2,7 @@
 //! metrics that the kubelet and the monitoring stack scrape.
 
 pub mod events;
+mod keepalive;
 mod metrics;
 mod probes;
 mod tls;
@@ -9,6 +10,7 @@ pub mod webhook;
 
 use std::sync::Arc;
 
+pub use keepalive::{Draining, HEAD_TIMEOUT, IDLE_TIMEOUT};
 pub use probes::{Probes, router as probes_router};
 pub use tls::{CertificateReloader, HANDSHAKE_TIMEOUT, serve_https, server_config};
 
@@ -110,16 +112,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         })?;
     tracing::info!(listen = %args.listen, probes = %args.probes_listen, "serving /validate, /mutate and /registryx/events over HTTPS; probes and metrics over HTTP");
 
-    let (draining, drain) = (
+    let draining = Draining::default();
+    let (not_ready, closing, drain) = (
         probes.clone(),
+        draining.clone(),
         Duration::from_secs(args.shutdown_delay_seconds),
     );
     tokio::spawn(async move {
         shutdown_signal().await;
         // Keep answering while the cluster takes this replica out of the Service: the API server dials
         // endpoints directly, and a webhook that stopped at once would fail the admissions routed to it
-        // in that window (failurePolicy: Fail). Not ready first, then the drain, then the stop.
-        draining.set_shutting_down();
+        // in that window (failurePolicy: Fail). Not ready first, then the drain (during which HTTP/1.1
+        // connections close after a response rather than idle), then the stop.
+        not_ready.set_shutting_down();
+        closing.start();
         tracing::info!(
             seconds = drain.as_secs(),
             "shutting down: not ready, draining"
@@ -137,6 +143,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         https,
         server_config(reloader)?,
         webhook,
+        draining,
         stopped_signal(stopped.clone()),
     );
     let probes_server =

@@ -30,14 +30,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest as _, Sha256};
 use tokio_rustls::TlsAcceptor;
 
+use super::keepalive::{self, CountingIo, Draining, HeadTimer};
 use crate::Error;
 
 /// How long a client may take to complete the TLS handshake. Without a bound, clients that open a
 /// connection and stall would each hold a task and a socket forever.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a client may take to send an HTTP/1.1 request head once the connection is up.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP/2 pings on idle connections, so that peers that vanished without a FIN are noticed.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -264,7 +262,8 @@ pub fn server_config(
 
 /// Serves `router` over TLS on `listener` until `shutdown` completes, then stops accepting and waits for
 /// the open connections to finish what they are doing (idle HTTP/1.1 connections close at once, HTTP/2
-/// connections get a GOAWAY and finish their streams).
+/// connections get a GOAWAY and finish their streams). Once `draining` is set, before `shutdown`,
+/// HTTP/1.1 connections close after their next response (see [`keepalive`]).
 ///
 /// One client cannot stop the loop: a failed or slow (over [`HANDSHAKE_TIMEOUT`]) handshake and a broken
 /// connection are logged at debug and dropped. Accept errors are retried, so the result is `Ok` once
@@ -273,21 +272,14 @@ pub async fn serve_https(
     listener: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
     router: axum::Router,
+    draining: Draining,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(config);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
-    let builder = Arc::new(builder);
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        draining,
+        keepalive::close_when_draining,
+    ));
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let peers = PeerConnections::default();
     let graceful = GracefulShutdown::new();
@@ -328,7 +320,6 @@ pub async fn serve_https(
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
         let acceptor = acceptor.clone();
-        let builder = Arc::clone(&builder);
         // The peer's address travels with each request: the webhook shares its body budget per peer.
         let service =
             TowerToHyperService::new(router.clone().layer(axum::Extension(PeerAddr(peer.ip()))));
@@ -347,8 +338,26 @@ pub async fn serve_https(
                     return;
                 }
             };
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(error) = watcher.watch(connection).await {
+            // The protocol is the one ALPN agreed (no ALPN: HTTP/1.1), not one sniffed from the first
+            // bytes: sniffing reads ahead of the HTTP/1.1 head timer and waits without a bound.
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let (io, received) = CountingIo::new(tls);
+            let builder = connection_builder(h2, received.head_timer(keepalive::IDLE_TIMEOUT));
+            let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+            let ended = if h2 {
+                // An HTTP/2 client sends its preface right after the handshake; one that stays
+                // silent is cut off like a stalled HTTP/1.1 head.
+                tokio::select! {
+                    ended = connection => ended,
+                    () = received.silent_for(keepalive::HEAD_TIMEOUT) => {
+                        tracing::debug!(%peer, "HTTP/2 preface timed out");
+                        return;
+                    }
+                }
+            } else {
+                connection.await
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
         });
@@ -362,6 +371,28 @@ pub async fn serve_https(
     );
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The protocol settings of one connection. Built per connection because the HTTP/1.1 head timer is
+/// the connection's own (it reads the connection's byte count).
+fn connection_builder(h2: bool, timer: HeadTimer) -> auto::Builder<TokioExecutor> {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(timer)
+        .header_read_timeout(keepalive::HEAD_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+    builder
 }
 
 /// Errors about one connection that died in the backlog, which say nothing about the listener.
