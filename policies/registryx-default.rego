@@ -1,22 +1,21 @@
-# RegistryX's default policy-editor module (Rego v0), runnable unchanged by registryx-guard.
-# input.is_signed is what registryx-guard verified cryptographically, never RegistryX's own flag;
-# input.vulnerabilities comes from RegistryX's REST API when the policy sets spec.registry.registryxApi.
-package registryx.policy
 
-default allow = true
+		package registryx.policy
 
-# Images with critical vulnerabilities are refused.
-violations[msg] {
-    input.vulnerabilities.critical > 0
-    msg := sprintf("%s has %d critical vulnerabilities", [input.image, input.vulnerabilities.critical])
-}
-
-# Unsigned images are refused.
-violations[msg] {
-    not input.is_signed
-    msg := sprintf("%s is not signed", [input.image])
-}
-
-allow = false {
-    count(violations) > 0
-}
+		default allow = true
+		
+		violations[msg] {
+			input.vulnerabilities.critical > 0
+			input.environment == "prod"
+			msg := sprintf("Image has %d critical vulnerabilities. Blocked in Prod.", [input.vulnerabilities.critical])
+		}
+		
+		violations[msg] {
+			input.environment == "prod"
+			input.is_signed == false
+			msg := "Image is not signed (cosign signature missing). Blocked in Prod."
+		}
+		
+		allow = false {
+			count(violations) > 0
+		}
+	

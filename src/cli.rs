@@ -82,6 +82,12 @@ pub struct ServeArgs {
     #[arg(long, env = "RXG_UNMATCHED", value_enum, default_value_t = Unmatched::Deny)]
     pub unmatched: Unmatched,
 
+    /// Rego's `input.environment` for namespaces without an `environment` (or `env`) label, as
+    /// RegistryX's POLICY_ENVIRONMENT (e.g. `prod` on a production cluster); without it, such a
+    /// namespace's environment is its name.
+    #[arg(long, env = "RXG_ENVIRONMENT")]
+    pub environment: Option<String>,
+
     /// The shared token that RegistryX push events must carry (`Authorization: Bearer <token>`, or
     /// `?token=<token>` in RegistryX's WEBHOOK_URL); at least 16 characters. Without it, /registryx/events
     /// is off.
@@ -125,6 +131,12 @@ pub struct VerifyArgs {
         requires = "namespace"
     )]
     pub namespace_labels: Vec<String>,
+
+    /// Rego's `input.environment` when --namespace-labels name none, as `serve --environment` (and
+    /// RegistryX's POLICY_ENVIRONMENT): `--environment prod` shows what RegistryX's default module
+    /// decides in production.
+    #[arg(long, env = "RXG_ENVIRONMENT")]
+    pub environment: Option<String>,
 
     /// An ImageSigningPolicy YAML file (the same file `kubectl apply` takes); repeat for several.
     #[arg(
@@ -228,6 +240,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     context.namespace = args.namespace.clone();
     context.keep_rego_input = true;
     context.namespace_labels = labels.clone();
+    context.default_environment = args.environment.clone();
     let mut policies: Vec<Arc<CompiledPolicy>> = Vec::new();
     for path in &args.policies {
         for policy in crate::policy::load_file(path)? {

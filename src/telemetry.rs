@@ -1,7 +1,21 @@
 //! Structured logging: human-readable text by default, one JSON object per line with `--log-format json`.
 
+use std::fmt;
+
 use clap::{Args, ValueEnum};
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime as _, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Fields whose value is JSON text (the admission decisions): the JSON format writes them as the
+/// objects they are, so that a log pipeline reads `decisions[0].verdict.policies` without parsing a
+/// string inside the line.
+pub const JSON_FIELDS: &[&str] = &["decisions"];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -37,6 +51,97 @@ pub fn init(args: &LogArgs) {
     // `try_init` so that a second call (in tests) is harmless.
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
+            .try_init(),
     };
+}
+
+/// tracing-subscriber's JSON lines (timestamp, level, the event's fields at the top, target, the
+/// current span and every span), except that [`JSON_FIELDS`] are embedded as JSON values.
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = Map::new();
+        let mut timestamp = String::new();
+        if SystemTime
+            .format_time(&mut Writer::new(&mut timestamp))
+            .is_ok()
+        {
+            line.insert("timestamp".into(), timestamp.into());
+        }
+        line.insert("level".into(), event.metadata().level().as_str().into());
+        event.record(&mut JsonVisitor(&mut line));
+        line.insert("target".into(), event.metadata().target().into());
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<Value> = scope
+                .from_root()
+                .map(|span| {
+                    // With JsonFields, a span's recorded fields are one JSON object's text.
+                    let mut fields: Map<String, Value> = span
+                        .extensions()
+                        .get::<FormattedFields<N>>()
+                        .and_then(|fields| serde_json::from_str(fields.as_str()).ok())
+                        .unwrap_or_default();
+                    fields.insert("name".into(), span.name().into());
+                    Value::Object(fields)
+                })
+                .collect();
+            if let Some(current) = spans.last() {
+                line.insert("span".into(), current.clone());
+            }
+            line.insert("spans".into(), Value::Array(spans));
+        }
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl JsonVisitor<'_> {
+    fn text(&mut self, field: &Field, text: String) {
+        let value = if JSON_FIELDS.contains(&field.name()) {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        } else {
+            Value::String(text)
+        };
+        self.0.insert(field.name().to_owned(), value);
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.text(field, value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.text(field, format!("{value:?}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
 }

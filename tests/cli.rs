@@ -165,6 +165,20 @@ fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
         .send()
         .map(|r| r.text().unwrap_or_default())
         .unwrap_or_default();
+    // One review, of a pod whose image no policy governs: refused, and logged as a decision.
+    let mut review: serde_json::Value =
+        serde_json::from_str(include_str!("data/pod-create.json")).unwrap();
+    review["request"]["object"]["spec"]["containers"] =
+        serde_json::json!([{"name": "app", "image": "elsewhere.example/app:1"}]);
+    review["request"]["object"]["spec"]["initContainers"] = serde_json::json!([]);
+    let answered = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .post(format!("https://127.0.0.1:{https}/validate"))
+        .json(&review)
+        .send()
+        .and_then(|r| r.json::<serde_json::Value>());
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
     assert_eq!(ready, Some(200), "not ready: {}", stderr(&output));
@@ -189,6 +203,25 @@ fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
             .any(|l| l["level"] == "INFO" && l["policy"] == "from-dir"),
         "{logs}"
     );
+    let answered = answered.expect("the review is answered");
+    assert_eq!(answered["response"]["allowed"], false, "{answered}");
+    // The decision log carries the decisions as JSON objects, not as a string of JSON.
+    let decision = lines
+        .iter()
+        .find(|l| l["message"] == "admission decision")
+        .unwrap_or_else(|| panic!("no decision logged: {logs}"));
+    assert_eq!(
+        decision["decisions"][0]["image"], "elsewhere.example/app:1",
+        "{decision}"
+    );
+    assert_eq!(decision["decisions"][0]["admitted"], false, "{decision}");
+    assert!(
+        decision["decisions"][0]["refusal"].is_string(),
+        "{decision}"
+    );
+    assert_eq!(decision["decisions_omitted"], 0, "{decision}");
+    assert_eq!(decision["allowed"], false, "{decision}");
+    assert_eq!(decision["span"]["kind"], "Pod", "{decision}");
 }
 
 #[test]

@@ -107,6 +107,51 @@ async fn a_signature_for_another_digest_says_re_pushed() {
 }
 
 #[tokio::test]
+async fn a_tag_re_pushed_without_re_signing_says_so() {
+    let (registry, cosign, first) = legacy_signed_image("reason-repushed").await;
+    // New content under the same tag, never signed: the old digest's `.sig` tag is all there is.
+    let second = registry
+        .push_image("team/app", "v1", "reason-repushed-2")
+        .await;
+    assert_ne!(first.digest, second.digest);
+    let verdict = verify_within(
+        &format!("{}/team/app:v1", registry.host),
+        &key_policy(&registry.host, &cosign),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_reason(
+        &verdict,
+        "other_digest",
+        "was v1 re-pushed without re-signing?",
+        "cosign sign --key",
+    );
+    let (_, remedy, reasons) = explain(&verdict);
+    assert!(reasons.contains(&first.digest), "{reasons}");
+    assert!(
+        remedy.contains(&second.digest),
+        "signs the new digest: {remedy}"
+    );
+
+    // Another repository's signatures say nothing about this one.
+    let lone = registry
+        .push_image("team/other", "v1", "reason-repushed-3")
+        .await;
+    let verdict = verify_within(
+        &lone.reference,
+        &key_policy(&registry.host, &cosign),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_reason(
+        &verdict,
+        "no_signature",
+        "no signature found",
+        "cosign sign --key",
+    );
+}
+
+#[tokio::test]
 async fn an_empty_blob_is_registryx_chunked_upload_defect_not_unsigned() {
     let (upstream, cosign, _) = legacy_signed_image("reason-empty").await;
     let proxy = RegistryxProxy::start(&upstream.host).await;

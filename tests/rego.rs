@@ -199,7 +199,7 @@ fn unknown_fields_are_null() {
 }
 
 #[test]
-fn environment_comes_from_namespace_labels_then_name() {
+fn environment_comes_from_namespace_labels_then_the_default_then_the_name() {
     let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -207,14 +207,29 @@ fn environment_comes_from_namespace_labels_then_name() {
             .collect()
     };
     let cases = [
-        (labels(&[("environment", "prod"), ("env", "x")]), "prod"),
-        (labels(&[("env", "staging")]), "staging"),
-        (labels(&[("team", "a")]), "payments"),
-        (labels(&[("environment", "")]), "payments"),
+        (
+            labels(&[("environment", "prod"), ("env", "x")]),
+            None,
+            "prod",
+        ),
+        (labels(&[("env", "staging")]), Some("prod"), "staging"),
+        (labels(&[("team", "a")]), None, "payments"),
+        (labels(&[("team", "a")]), Some("prod"), "prod"),
+        (labels(&[("environment", "")]), Some(""), "payments"),
     ];
-    for (labels, expected) in cases {
-        assert_eq!(RegoInput::environment_of("payments", &labels), expected);
+    for (labels, default, expected) in cases {
+        assert_eq!(
+            RegoInput::environment_of(Some("payments"), &labels, default).as_deref(),
+            Some(expected)
+        );
     }
+    // The command line without a namespace: the default, or nothing.
+    let none = BTreeMap::new();
+    assert_eq!(
+        RegoInput::environment_of(None, &none, Some("prod")).as_deref(),
+        Some("prod")
+    );
+    assert_eq!(RegoInput::environment_of(None, &none, None), None);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -310,33 +325,38 @@ fn registryx_default_module_runs_unchanged() {
             "data.registryx.policy.allow"
         ]
     );
-    let image = "registryx.example.com/prod/api:1.4";
-    let cases: [(&str, RegoInput, Vec<String>); 5] = [
+    // RegistryX's text as its API serves it: a blank first line, tabs, no final newline.
+    let text = std::fs::read_to_string(policies_dir().join("registryx-default.rego")).unwrap();
+    assert!(
+        text.starts_with("\n\t\tpackage registryx.policy\n"),
+        "{text:?}"
+    );
+    assert!(text.ends_with("\t\t}\n\t"), "{text:?}");
+    assert!(!text.contains("    "), "re-indented with spaces: {text:?}");
+
+    let critical = "Image has 3 critical vulnerabilities. Blocked in Prod.";
+    let unsigned_message = "Image is not signed (cosign signature missing). Blocked in Prod.";
+    let allow_false = "policy registryx.policy: allow is false";
+    let staging = |input: RegoInput| RegoInput {
+        environment: Some("staging".into()),
+        ..input
+    };
+    let cases: [(&str, RegoInput, Vec<&str>); 7] = [
         ("clean and signed", input(), vec![]),
         (
             "critical vulnerabilities",
             with_critical(input(), 3),
-            vec![
-                format!("{image} has 3 critical vulnerabilities"),
-                "policy registryx.policy: allow is false".into(),
-            ],
+            vec![critical, allow_false],
         ),
         (
             "not signed",
             unsigned(input()),
-            vec![
-                format!("{image} is not signed"),
-                "policy registryx.policy: allow is false".into(),
-            ],
+            vec![unsigned_message, allow_false],
         ),
         (
             "both",
-            unsigned(with_critical(input(), 1)),
-            vec![
-                format!("{image} has 1 critical vulnerabilities"),
-                format!("{image} is not signed"),
-                "policy registryx.policy: allow is false".into(),
-            ],
+            unsigned(with_critical(input(), 3)),
+            vec![critical, unsigned_message, allow_false],
         ),
         (
             "no scan known",
@@ -346,9 +366,19 @@ fn registryx_default_module_runs_unchanged() {
             },
             vec![],
         ),
+        // Its rules fire only in production, as in RegistryX.
+        ("not signed, staging", staging(unsigned(input())), vec![]),
+        (
+            "critical, no environment",
+            RegoInput {
+                environment: None,
+                ..with_critical(input(), 3)
+            },
+            vec![],
+        ),
     ];
     for (case, input, expected) in cases {
-        let mut expected = expected;
+        let mut expected: Vec<String> = expected.into_iter().map(str::to_owned).collect();
         expected.sort();
         assert_eq!(denials(&policy, &input), expected, "{case}");
     }

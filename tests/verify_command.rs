@@ -255,3 +255,67 @@ async fn json_output_carries_the_rego_input_the_webhook_would_give() {
     assert_eq!(input["signed"], true, "{json:#}");
     assert_eq!(input["operation"], "pull", "{json:#}");
 }
+
+#[tokio::test]
+async fn registryx_default_module_decides_by_the_environment_offline_too() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let unsigned = registry
+        .push_image("team/app", "unsigned", "cli-environment")
+        .await;
+    // The example policy as shipped, its module byte for byte RegistryX's, pointed at this registry.
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/registryx-default-rego.yaml"
+    ))
+    .unwrap();
+    let mut policy: serde_yaml::Value = serde_yaml::from_str(&shipped).unwrap();
+    let spec = &mut policy["spec"];
+    spec["images"] = serde_yaml::to_value([format!("{}/**", registry.host)]).unwrap();
+    spec["authorities"][0]["key"]["data"] = cosign.public_key_pem().into();
+    spec["registry"] = serde_yaml::from_str("{insecure: true}").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registryx-default.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&policy).unwrap()).unwrap();
+    let path = path.to_str().unwrap();
+
+    // Not production: RegistryX's module lets an unsigned image through, as RegistryX does.
+    let output = verify(&[&unsigned.reference, "--policy", path]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    // Production, from the flag or from the namespace's label: refused with the module's message.
+    for flags in [
+        vec!["--environment", "prod"],
+        vec![
+            "--namespace",
+            "shop",
+            "--namespace-labels",
+            "environment=prod",
+        ],
+    ] {
+        let mut args = vec![
+            unsigned.reference.as_str(),
+            "--policy",
+            path,
+            "--output",
+            "json",
+        ];
+        args.extend(flags.iter().copied());
+        let output = verify(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{flags:?}: {}",
+            text(&output)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let verdict = &json["policies"][0];
+        assert_eq!(verdict["regoInput"]["environment"], "prod", "{json:#}");
+        assert_eq!(verdict["reasonKind"], "rego", "{json:#}");
+        assert!(
+            verdict["reasons"]
+                .to_string()
+                .contains("Image is not signed (cosign signature missing). Blocked in Prod."),
+            "{json:#}"
+        );
+    }
+}

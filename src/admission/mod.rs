@@ -57,6 +57,8 @@ pub struct AdmissionSettings {
     pub max_concurrent_verifications: usize,
     /// Distinct images one object may name; an object naming more is refused with the reason.
     pub max_images_per_review: usize,
+    /// Rego's `input.environment` for namespaces that label none (`--environment`).
+    pub environment: Option<String>,
 }
 
 impl Default for AdmissionSettings {
@@ -65,6 +67,7 @@ impl Default for AdmissionSettings {
             unmatched: Unmatched::Deny,
             max_concurrent_verifications: 32,
             max_images_per_review: MAX_IMAGES_PER_REVIEW,
+            environment: None,
         }
     }
 }
@@ -200,7 +203,13 @@ impl Admission {
                 return response.deny(format!("registryx-guard cannot decide: {reason}"));
             }
         };
-        let context = request_context(request, kind, &object, labels.as_ref());
+        let context = request_context(
+            request,
+            kind,
+            &object,
+            labels.as_ref(),
+            self.settings.environment.clone(),
+        );
         let recorded = recorded_digests(kind, &object);
         // Each distinct image is decided once, however many containers name it.
         let mut distinct: Vec<&ContainerImage> = Vec::new();
@@ -250,12 +259,14 @@ impl Admission {
         if let Some(metrics) = &self.metrics {
             metrics.duration.observe(started.elapsed().as_secs_f64());
         }
+        let (logged, omitted) = logged_decisions(&decided);
         tracing::info!(
             allowed = response.allowed,
             mutate,
             images = images.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
-            decisions = %bounded_log(serde_json::to_string(&decided).unwrap_or_default()),
+            decisions = %logged,
+            decisions_omitted = omitted,
             "admission decision"
         );
         response
@@ -621,11 +632,13 @@ fn request_context(
     kind: &str,
     object: &serde_json::Value,
     labels: Option<&BTreeMap<String, String>>,
+    default_environment: Option<String>,
 ) -> RequestContext {
     let user = &request.user_info;
     RequestContext {
         namespace: request.namespace.clone(),
         namespace_labels: labels.cloned().unwrap_or_default(),
+        default_environment,
         request: Some(RegoRequest {
             kind: kind.to_owned(),
             operation: format!("{:?}", request.operation).to_uppercase(),
@@ -647,19 +660,27 @@ fn request_context(
 /// megabytes (log pipelines drop or split those).
 const MAX_LOGGED_DECISIONS_BYTES: usize = 16 << 10;
 
-/// `text`, cut at [`MAX_LOGGED_DECISIONS_BYTES`] (on a character boundary) with a note of what was cut.
-fn bounded_log(mut text: String) -> String {
-    if text.len() <= MAX_LOGGED_DECISIONS_BYTES {
-        return text;
+/// The decisions as a JSON array for the log line, and how many were left out: whole decisions are
+/// kept while they fit in [`MAX_LOGGED_DECISIONS_BYTES`], so the array stays valid JSON that log
+/// pipelines read as objects (the JSON log format writes it as one, see `telemetry`).
+fn logged_decisions(decided: &[ImageDecision]) -> (String, usize) {
+    let mut text = String::from("[");
+    let mut kept = 0;
+    for decision in decided {
+        let Ok(one) = serde_json::to_string(decision) else {
+            break;
+        };
+        if text.len() + one.len() + 2 > MAX_LOGGED_DECISIONS_BYTES {
+            break;
+        }
+        if kept > 0 {
+            text.push(',');
+        }
+        text.push_str(&one);
+        kept += 1;
     }
-    let total = text.len();
-    let mut cut = MAX_LOGGED_DECISIONS_BYTES;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    text.truncate(cut);
-    text.push_str(&format!("... ({} more bytes)", total - cut));
-    text
+    text.push(']');
+    (text, decided.len() - kept)
 }
 
 /// The JSON pointer of the metadata that goes with the pod spec of `kind` (the Pod's own, or the
@@ -768,16 +789,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn log_lines_stay_bounded_whatever_a_pod_names() {
-        let short = "a".repeat(100);
-        assert_eq!(bounded_log(short.clone()), short);
-        let long = "é".repeat(MAX_LOGGED_DECISIONS_BYTES);
-        let logged = bounded_log(long);
-        assert!(
-            logged.len() < MAX_LOGGED_DECISIONS_BYTES + 64,
-            "{}",
-            logged.len()
-        );
-        assert!(logged.ends_with("more bytes)"));
+    fn log_lines_stay_bounded_and_valid_json_whatever_a_pod_names() {
+        let decision = |image: String| ImageDecision {
+            container: "app".into(),
+            image,
+            admitted: false,
+            refusal: Some("no signature".into()),
+            warnings: Vec::new(),
+            verdict: None,
+            reason_label: "no_signature",
+            pins: false,
+        };
+        let few: Vec<_> = (0..3)
+            .map(|i| decision(format!("r.example/a:{i}")))
+            .collect();
+        let (text, omitted) = logged_decisions(&few);
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!((parsed.as_array().unwrap().len(), omitted), (3, 0));
+        assert_eq!(parsed[1]["image"], "r.example/a:1");
+
+        let many: Vec<_> = (0..64)
+            .map(|i| decision(format!("r.example/{}:{i}", "é".repeat(200))))
+            .collect();
+        let (text, omitted) = logged_decisions(&many);
+        assert!(text.len() <= MAX_LOGGED_DECISIONS_BYTES, "{}", text.len());
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let kept = parsed.as_array().unwrap().len();
+        assert!(kept > 0 && omitted > 0, "kept {kept}, omitted {omitted}");
+        assert_eq!(kept + omitted, 64);
     }
 }

@@ -356,6 +356,36 @@ impl RegistryClient {
         Ok(Some(index.manifests))
     }
 
+    /// The repository's tags, first page only (`n` of them at most): enough to tell whether cosign
+    /// signed other digests of it, which is all the caller asks.
+    pub async fn list_tags(
+        &self,
+        repository: &str,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let step = format!("list tags of {repository}");
+        let path = format!("/v2/{repository}/tags/list?n={n}");
+        let response = self
+            .execute(&step, repository, Method::GET, &path, None, deadline)
+            .await?;
+        let response = self.successful(&step, response, deadline).await?;
+        let bytes = self
+            .read_body(&step, response, self.config.max_manifest_bytes, deadline)
+            .await?;
+        let tags: Tags = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Malformed {
+            registry: self.registry.clone(),
+            step,
+            detail: format!("not a tag list: {e}"),
+        })?;
+        Ok(tags.tags.unwrap_or_default())
+    }
+
     /// The descriptors of an image index (platform manifests, or the entries of a fallback tag).
     pub fn index_manifests(
         &self,

@@ -147,15 +147,23 @@ impl RegoInput {
     }
 
     /// `input.environment`: the namespace's `environment` label, else its `env` label, else the
-    /// namespace's name. Clusters label namespaces `env: prod` (the README's namespaceSelector does), or
-    /// name them after the environment; either way a policy reads one field.
-    pub fn environment_of(namespace: &str, labels: &BTreeMap<String, String>) -> String {
+    /// configured default (`--environment`, RegistryX's server-wide POLICY_ENVIRONMENT), else the
+    /// namespace's name. Clusters label namespaces `env: prod` (the README's namespaceSelector does),
+    /// name them after the environment, or are one environment each; either way a policy reads one
+    /// field. None only without a namespace and a default (`verify` with neither flag).
+    pub fn environment_of(
+        namespace: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        default: Option<&str>,
+    ) -> Option<String> {
         labels
             .get("environment")
             .or_else(|| labels.get("env"))
+            .map(String::as_str)
             .filter(|value| !value.is_empty())
-            .cloned()
-            .unwrap_or_else(|| namespace.to_string())
+            .or(default.filter(|value| !value.is_empty()))
+            .or(namespace)
+            .map(str::to_owned)
     }
 
     /// The document, exactly as policies see it.

@@ -85,6 +85,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     let settings = AdmissionSettings {
         unmatched: args.unmatched,
+        environment: args.environment.clone(),
         ..AdmissionSettings::default()
     };
     let (store, client) = namespaces.unzip();

@@ -42,6 +42,9 @@ use reason::{Failure, Problem, Reason};
 pub struct RequestContext {
     pub namespace: Option<String>,
     pub namespace_labels: std::collections::BTreeMap<String, String>,
+    /// `input.environment` when the namespace has no `environment` (or `env`) label, as RegistryX's
+    /// server-wide POLICY_ENVIRONMENT; without it, the namespace's name.
+    pub default_environment: Option<String>,
     pub request: Option<RegoRequest>,
     pub pod: Option<RegoPod>,
     /// Keep each policy's Rego input document in its verdict (`verify --output json`); admission does
@@ -530,10 +533,11 @@ impl Verifier {
             digest: Some(digest.to_owned()),
             signatures,
             vulnerabilities,
-            environment: context
-                .namespace
-                .as_deref()
-                .map(|ns| RegoInput::environment_of(ns, &context.namespace_labels)),
+            environment: RegoInput::environment_of(
+                context.namespace.as_deref(),
+                &context.namespace_labels,
+                context.default_environment.as_deref(),
+            ),
             namespace: context.namespace.clone(),
             user: context
                 .request
@@ -577,7 +581,17 @@ impl Verifier {
         let set = self
             .signature_sets
             .get_with(set_key, async {
-                Arc::new(signatures::discover(client, &repository, digest, deadline).await)
+                let discovered = signatures::discover(client, &repository, digest, deadline).await;
+                Arc::new(match discovered {
+                    Ok(mut set) => {
+                        signatures::find_signed_elsewhere(
+                            client, image, digest, &mut set, deadline,
+                        )
+                        .await;
+                        Ok(set)
+                    }
+                    failed => failed,
+                })
             })
             .await;
         match &*set {
@@ -722,11 +736,27 @@ fn evaluate(
                 .chain(empty_blob.then_some(Reason::EmptyBlob)),
         )
         .or_else(|| Reason::most_telling(set.problems.iter().map(|p| p.reason)))
-        .unwrap_or(Reason::NoSignature),
+        .unwrap_or(if set.signed_elsewhere.is_empty() {
+            Reason::NoSignature
+        } else {
+            Reason::OtherDigest
+        }),
     );
     evidence.reason = Some(match failures.as_slice() {
-        [] if set.problems.is_empty() => {
+        [] if set.problems.is_empty() && set.signed_elsewhere.is_empty() => {
             format!("no signature found for {digest} in {}", image.name())
+        }
+        [] if set.problems.is_empty() => {
+            let question = match &image.tag {
+                Some(tag) => format!(": was {tag} re-pushed without re-signing?"),
+                None => String::new(),
+            };
+            format!(
+                "no signature found for {digest} in {}, but signatures exist for other digests of it \
+                 ({}){question}",
+                image.name(),
+                set.signed_elsewhere.join(", ")
+            )
         }
         [] => format!(
             "no signature could be read for {digest} in {}{problems}",

@@ -13,7 +13,7 @@ use std::time::Instant;
 use futures::future::join_all;
 use serde::Deserialize;
 
-use crate::registry::{Descriptor, RegistryClient, RegistryError};
+use crate::registry::{Descriptor, ImageRef, RegistryClient, RegistryError};
 
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 const BUNDLE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
@@ -30,6 +30,80 @@ pub struct SignatureSet {
     pub signatures: Vec<FoundSignature>,
     /// Reads that failed; reported when no authority verifies, since they may explain why.
     pub problems: Vec<Problem>,
+    /// When nothing at all is stored for the digest: digests of the repository that cosign signed (a
+    /// `sha256-<hex>.sig` tag) and that no tag names any more, a few at most. That is what a tag
+    /// re-pushed without re-signing leaves behind; a signed `v1` beside an unsigned `v2` is not it.
+    pub signed_elsewhere: Vec<String>,
+}
+
+/// Tags read to find other signed digests: one page, so one request, on the refusal path only.
+const TAGS_PAGE: usize = 1000;
+/// Ordinary tags resolved to see which signed digests they still name; a repository with more gives
+/// no hint (its refusals say "no signature", which is true too).
+const MAX_TAGS_RESOLVED: usize = 32;
+/// Other signed digests named in a refusal.
+const MAX_SIGNED_ELSEWHERE: usize = 3;
+
+/// Fills [`SignatureSet::signed_elsewhere`] when the set is empty and every read succeeded: lists the
+/// repository's tags, and resolves the ordinary ones to drop the signed digests that some tag still
+/// names (the image's own tag included: the set is shared by every reference to the digest). A failed listing or resolution (many registries refuse
+/// listings to pull-only credentials) only means the hint is not given.
+pub async fn find_signed_elsewhere(
+    client: &RegistryClient,
+    image: &ImageRef,
+    digest: &str,
+    set: &mut SignatureSet,
+    deadline: Instant,
+) {
+    if !set.signatures.is_empty() || !set.problems.is_empty() {
+        return;
+    }
+    let Ok(tags) = client
+        .list_tags(&image.repository, TAGS_PAGE, deadline)
+        .await
+    else {
+        return;
+    };
+    let mut signed: Vec<String> = tags
+        .iter()
+        .filter_map(|tag| signed_digest_of(tag))
+        .filter(|signed| signed != digest)
+        .collect();
+    // cosign's own tags (signatures, attestations, SBOMs, referrers fallbacks) all start so.
+    let ordinary: Vec<&String> = tags
+        .iter()
+        .filter(|tag| !tag.starts_with("sha256-"))
+        .collect();
+    if signed.is_empty() || ordinary.len() > MAX_TAGS_RESOLVED {
+        return;
+    }
+    let resolutions = join_all(ordinary.into_iter().map(|tag| {
+        let tagged = ImageRef {
+            tag: Some(tag.clone()),
+            digest: None,
+            ..image.clone()
+        };
+        async move { client.resolve(&tagged, deadline).await }
+    }))
+    .await;
+    for resolved in resolutions {
+        let Ok(resolved) = resolved else {
+            return;
+        };
+        signed.retain(|d| *d != resolved.digest);
+    }
+    signed.truncate(MAX_SIGNED_ELSEWHERE);
+    set.signed_elsewhere = signed;
+}
+
+/// `sha256-<64 hex>.sig` -> `sha256:<hex>`.
+fn signed_digest_of(tag: &str) -> Option<String> {
+    let hex = tag.strip_prefix("sha256-")?.strip_suffix(".sig")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| format!("sha256:{hex}"))
 }
 
 #[derive(Clone, Debug)]
