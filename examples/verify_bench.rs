@@ -31,9 +31,9 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use registryx_guard::policy::authority::NoSecrets;
 use registryx_guard::policy::{CompiledPolicy, compile, load_file};
 use registryx_guard::registry::{ImageRef, RegistryClient, RegistryConfig};
-use registryx_guard::verify::authority::NoSecrets;
 use registryx_guard::verify::{Verifier, VerifierSettings};
 use serde_json::{Value, json};
 

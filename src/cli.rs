@@ -203,10 +203,11 @@ fn crdgen(args: CrdgenArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    use crate::policy::{CompiledPolicy, compile, selector_matches};
+    use crate::decide::{RequestContext, decide};
+    use crate::policy::authority::NoSecrets;
+    use crate::policy::{CompiledPolicy, compile, in_scope};
     use crate::registry::{DockerConfig, ImageRef};
-    use crate::verify::authority::NoSecrets;
-    use crate::verify::{RequestContext, Verifier, VerifierSettings, render_text};
+    use crate::verify::{Verifier, VerifierSettings, render_text};
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -257,11 +258,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     );
     // As in admission: with a namespace, only the policies whose namespaceSelector takes it.
     if args.namespace.is_some() {
-        policies.retain(|p| {
-            p.namespace_selector
-                .as_ref()
-                .is_none_or(|selector| selector_matches(selector, &labels))
-        });
+        policies.retain(|p| in_scope(p.namespace_selector.as_ref(), &labels));
     }
     let credentials =
         DockerConfig::from_environment().map_err(|e| anyhow::anyhow!("Docker credentials: {e}"))?;
@@ -282,9 +279,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 if governing.is_empty() {
                     return unmatched(args, written, image);
                 }
-                let verdict = verifier
-                    .verify_in(image, &governing, context, deadline)
-                    .await;
+                let verdict = decide(verifier, image, &governing, context, deadline).await;
                 let text = render_text(&verdict);
                 let json = serde_json::to_value(&verdict).unwrap_or_default();
                 (verdict.admitted(), text, json)

@@ -1,12 +1,15 @@
 //! registryx-guard: a Kubernetes admission webhook that admits a workload only when every image it runs
 //! carries a cosign signature that the matching `ImageSigningPolicy` resources accept.
 //!
-//! The crate is one library with a thin binary (`src/main.rs`). Modules are named after what they do;
-//! see DESIGN.md in the repository for the data flow between them.
+//! The crate is one library with a thin binary (`src/main.rs`). Modules are named after what they do,
+//! and the decision pipeline's stages use only the stages before them (see [`decide`] for the list):
+//! `registry` → `rego` (the engine) → `policy` → `verify` → `decide` → `admission`; `controller`,
+//! `server` and `cli` drive them.
 
 pub mod admission;
 pub mod cli;
 pub mod controller;
+pub mod decide;
 pub mod policy;
 pub mod registry;
 pub mod rego;

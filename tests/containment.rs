@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use registryx_guard::admission::{Admission, AdmissionSettings};
+use registryx_guard::policy::authority::NoSecrets;
 use registryx_guard::policy::{ImageSigningPolicy, PolicySnapshot, shared};
 use registryx_guard::registry::DockerConfig;
-use registryx_guard::verify::authority::NoSecrets;
 use registryx_guard::verify::{Verifier, VerifierSettings};
 use support::cosign::{Cosign, Format};
 use support::fakes::{HangingRegistry, RegistryxProxy};

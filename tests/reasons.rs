@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use registryx_guard::admission::{Admission, AdmissionMetrics, AdmissionSettings};
+use registryx_guard::policy::authority::NoSecrets;
 use registryx_guard::policy::{ImageSigningPolicy, PolicySnapshot, shared};
-use registryx_guard::verify::authority::NoSecrets;
 use registryx_guard::verify::{ImageVerdict, Verifier, VerifierSettings};
 use support::cosign::Cosign;
 use support::fakes::{HangingRegistry, RegistryxProxy};

@@ -44,6 +44,26 @@ async fn a_private_ca_is_trusted_through_the_policy_ca_bundle_only() {
     );
     assert_admitted(&verify(&image.reference, &compile_policy(&with_ca)).await);
 
+    // RegistryX's REST API on the same host is read with the same trust: with the old bare client the
+    // handshake failed and the Rego stage refused. (The distribution registry answers 404 there: no
+    // summary, and the module allows.)
+    let with_api = with_ca
+        .replace(
+            "registry:\n    caBundle:",
+            &format!("registry:\n    registryxApi: https://{}\n    caBundle:", registry.host),
+        )
+        .replace(
+            "spec:\n",
+            "spec:\n  rego:\n    modules:\n      - name: allow.rego\n        source: |\n          package registryx.policy\n          default allow = true\n",
+        );
+    let verdict = verify(&image.reference, &compile_policy(&with_api)).await;
+    assert_admitted(&verdict);
+    let json = serde_json::to_value(&verdict).unwrap();
+    assert!(
+        !json.to_string().contains("vulnerability summary"),
+        "{json:#}"
+    );
+
     let without_ca = base.replace("registry: {insecure: true}", "registry: {}");
     let verdict = verify(&image.reference, &compile_policy(&without_ca)).await;
     assert_refused_because(&verdict, &[&registry.host, "cannot connect"]);

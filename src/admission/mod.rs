@@ -23,10 +23,11 @@ use tokio::sync::Semaphore;
 pub use images::{ContainerImage, images_of, pod_spec_pointer};
 pub use metrics::AdmissionMetrics;
 
+use crate::decide::{RequestContext, decide};
 use crate::policy::{Mode, SharedSnapshot};
 use crate::registry::ImageRef;
 use crate::rego::{RegoPod, RegoRequest, RegoUserInfo};
-use crate::verify::{ImageVerdict, RequestContext, Verifier};
+use crate::verify::{ImageVerdict, Verifier};
 
 /// The default cap on distinct images in one object: real pods name a handful; a pod naming hundreds is
 /// an attempt to make one review cost hundreds of registry round trips.
@@ -375,9 +376,14 @@ impl Admission {
             });
             match tokio::time::timeout(remaining, slots.acquire()).await {
                 Ok(Ok(_permit)) => {
-                    self.verifier
-                        .verify_in(&image, &governing.policies, context, deadline)
-                        .await
+                    decide(
+                        &self.verifier,
+                        &image,
+                        &governing.policies,
+                        context,
+                        deadline,
+                    )
+                    .await
                 }
                 _ => {
                     let refusal = format!(

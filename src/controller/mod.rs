@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 pub use lease::LeaseLock;
 pub use sources::ClusterSources;
 
-use crate::policy::{ImageSigningPolicy, PolicySnapshot, SharedSnapshot};
+use crate::policy::{ImageSigningPolicy, Publisher, SharedSnapshot};
 
 /// Who this replica is and where it keeps its lease.
 #[derive(Clone, Debug)]
@@ -102,37 +102,11 @@ pub async fn run(
     );
     let api: Api<ImageSigningPolicy> = Api::all(client);
     let mut synced = Some(synced);
-    let mut revision = 0;
-    let mut last_summary = Vec::new();
+    let mut publisher = Publisher::new(snapshot);
     loop {
-        revision += 1;
         let current: Vec<ImageSigningPolicy> =
             policies.state().iter().map(|p| (**p).clone()).collect();
-        let (next, results) =
-            PolicySnapshot::build(&current, &sources, &settings.namespace, revision);
-        // The loop also turns with every lease renewal: only a snapshot that differs is news.
-        let summary: Vec<(String, Option<i64>, bool)> = next
-            .policies
-            .iter()
-            .map(|p| (p.name.clone(), p.generation, true))
-            .chain(
-                next.not_ready
-                    .iter()
-                    .map(|p| (format!("{}: {}", p.name, p.message), None, false)),
-            )
-            .collect();
-        if summary != last_summary {
-            tracing::info!(
-                revision,
-                ready = next.policies.len(),
-                not_ready = next.not_ready.len(),
-                "policy snapshot published"
-            );
-            last_summary = summary;
-        } else {
-            tracing::debug!(revision, "policy snapshot republished, unchanged");
-        }
-        snapshot.store(Arc::new(next));
+        let results = publisher.publish(&current, &sources, &settings.namespace);
         if let Some(synced) = synced.take() {
             synced();
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::verify::authority::SecretSource;
+use crate::policy::authority::SecretSource;
 
 pub struct ClusterSources {
     namespace: String,

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::{ImageSigningPolicy, Mode, MultiArch, RegoRules};
+use crate::policy::authority::{self, CompiledAuthority, SecretSource};
 use crate::registry::{DOCKER_HUB, DockerConfig, ImageRef, RegistryConfig, canonical_registry};
 use crate::rego::RegoPolicy;
-use crate::verify::authority::{self, CompiledAuthority, SecretSource};
 
 /// Why a policy cannot be used; the message names the field and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +25,8 @@ pub enum PolicyError {
     Registry(String),
     #[error("spec.rego: {0}")]
     Rego(String),
+    #[error("spec.namespaceSelector: {0}")]
+    NamespaceSelector(String),
 }
 
 #[derive(Clone, Debug)]
@@ -35,7 +36,8 @@ pub struct CompiledPolicy {
     pub mode: Mode,
     pub image_globs: Vec<String>,
     images: ImageMatcher,
-    pub namespace_selector: Option<LabelSelector>,
+    /// `spec.namespaceSelector` in kube's selector form (see [`super::in_scope`]).
+    pub namespace_selector: Option<kube::core::Selector>,
     pub signature_required: bool,
     pub authorities: Vec<CompiledAuthority>,
     pub registry: RegistryAccess,
@@ -396,6 +398,14 @@ pub fn compile(
         Some(rules) => compile_rego(rules, secrets, default_namespace)?,
         None => None,
     };
+    // An operator the API server's schema lets through but no selector knows makes the policy not
+    // Ready (and it then refuses in every namespace), never a selector that matches nothing.
+    let namespace_selector = spec
+        .namespace_selector
+        .clone()
+        .map(kube::core::Selector::try_from)
+        .transpose()
+        .map_err(|e| PolicyError::NamespaceSelector(e.to_string()))?;
     if let Some(bundle) = &registry.ca_bundle
         && !bundle.contains("-----BEGIN CERTIFICATE-----")
     {
@@ -409,7 +419,7 @@ pub fn compile(
         mode: spec.mode,
         image_globs: spec.images.clone(),
         images,
-        namespace_selector: spec.namespace_selector.clone(),
+        namespace_selector,
         signature_required: spec.signature_required,
         authorities,
         registry,

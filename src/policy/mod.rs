@@ -1,6 +1,7 @@
 //! Policies: the `ImageSigningPolicy` resource types and loading them from YAML files, the same files
 //! that `kubectl apply` takes.
 
+pub mod authority;
 mod compiled;
 mod crd;
 pub mod dir;
@@ -15,7 +16,9 @@ pub use compiled::{
 pub use crd::*;
 use kube::CustomResourceExt;
 use serde::Deserialize as _;
-pub use snapshot::{Governing, NotReady, PolicySnapshot, SharedSnapshot, selector_matches, shared};
+pub use snapshot::{
+    Governing, NotReady, PolicySnapshot, Publisher, SharedSnapshot, in_scope, shared,
+};
 
 use crate::{Error, Result};
 

@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt as _};
 
 use super::ImageSigningPolicy;
 use super::compiled::{CompiledPolicy, ImageMatcher, compile, governing_policies};
+use crate::policy::authority::SecretSource;
 use crate::registry::ImageRef;
-use crate::verify::authority::SecretSource;
 
 /// A policy that does not compile, and the images it would govern.
 #[derive(Clone, Debug)]
@@ -23,7 +23,8 @@ pub struct NotReady {
     pub name: String,
     pub message: String,
     images: Option<ImageMatcher>,
-    namespace_selector: Option<LabelSelector>,
+    /// None when the policy has none, or one that does not parse: a broken policy refuses everywhere.
+    namespace_selector: Option<Selector>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -79,7 +80,11 @@ impl PolicySnapshot {
                             ImageMatcher::new(&policy.spec.images)
                                 .unwrap_or_else(|_| ImageMatcher::everything()),
                         ),
-                        namespace_selector: policy.spec.namespace_selector.clone(),
+                        namespace_selector: policy
+                            .spec
+                            .namespace_selector
+                            .clone()
+                            .and_then(|selector| Selector::try_from(selector).ok()),
                     });
                     results.insert(name, Err(message));
                 }
@@ -96,9 +101,9 @@ impl PolicySnapshot {
         image: &ImageRef,
         namespace_labels: Option<&BTreeMap<String, String>>,
     ) -> Governing {
-        let in_scope = |selector: &Option<LabelSelector>| match (selector, namespace_labels) {
-            (Some(selector), Some(labels)) => selector_matches(selector, labels),
-            _ => true,
+        let in_scope = |selector: &Option<Selector>| match namespace_labels {
+            Some(labels) => in_scope(selector.as_ref(), labels),
+            None => true,
         };
         let in_namespace: Vec<&Arc<CompiledPolicy>> = self
             .policies
@@ -128,40 +133,89 @@ impl PolicySnapshot {
 /// The snapshot as the webhook holds it.
 pub type SharedSnapshot = Arc<ArcSwap<PolicySnapshot>>;
 
+/// The one way snapshots are published, for the controller and for `--policy-dir` alike: compile,
+/// number, log what changed, swap in. The controller republishes with every lease renewal, so only a
+/// change is logged at info.
+pub struct Publisher {
+    shared: SharedSnapshot,
+    revision: u64,
+    last: Vec<(String, Option<i64>, Result<(), String>)>,
+}
+
+impl Publisher {
+    pub fn new(shared: SharedSnapshot) -> Publisher {
+        Publisher {
+            shared,
+            revision: 0,
+            last: Vec::new(),
+        }
+    }
+
+    /// Publishes `policies` compiled; each policy's result, by name, for its status.
+    pub fn publish(
+        &mut self,
+        policies: &[ImageSigningPolicy],
+        sources: &dyn SecretSource,
+        default_namespace: &str,
+    ) -> BTreeMap<String, Result<(), String>> {
+        self.revision += 1;
+        let revision = self.revision;
+        let (next, results) = PolicySnapshot::build(policies, sources, default_namespace, revision);
+        let summary: Vec<(String, Option<i64>, Result<(), String>)> = policies
+            .iter()
+            .map(|policy| {
+                let name = policy.metadata.name.clone().unwrap_or_default();
+                let result = results.get(&name).cloned().unwrap_or(Ok(()));
+                (name, policy.metadata.generation, result)
+            })
+            .collect();
+        if summary == self.last {
+            tracing::debug!(revision, "policy snapshot republished, unchanged");
+        } else {
+            for (name, generation, result) in &summary {
+                if self
+                    .last
+                    .iter()
+                    .any(|(n, g, r)| n == name && g == generation && r == result)
+                {
+                    continue;
+                }
+                match result {
+                    Ok(()) => tracing::info!(policy = %name, "policy ready"),
+                    Err(message) => tracing::warn!(
+                        policy = %name,
+                        %message,
+                        "policy not ready; its images are refused"
+                    ),
+                }
+            }
+            tracing::info!(
+                revision,
+                ready = next.policies.len(),
+                not_ready = next.not_ready.len(),
+                "policy snapshot published"
+            );
+            self.last = summary;
+        }
+        self.shared.store(Arc::new(next));
+        results
+    }
+}
+
 pub fn shared(snapshot: PolicySnapshot) -> SharedSnapshot {
     Arc::new(ArcSwap::from_pointee(snapshot))
 }
 
-/// Kubernetes label-selector semantics: every matchLabels pair and every expression must hold.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(key, value)| labels.get(key) == Some(value));
-    let expressions_ok = selector
-        .match_expressions
-        .iter()
-        .flatten()
-        .all(|expression| {
-            let values = expression.values.as_deref().unwrap_or_default();
-            let value = labels.get(&expression.key);
-            match expression.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                // An operator the API server would have refused: match nothing rather than everything.
-                _ => false,
-            }
-        });
-    labels_ok && expressions_ok
+/// Whether a namespace with `labels` is in the scope of `selector` (none: every namespace), by kube's
+/// own selector semantics.
+pub fn in_scope(selector: Option<&Selector>, labels: &BTreeMap<String, String>) -> bool {
+    selector.is_none_or(|selector| selector.matches(labels))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -172,25 +226,28 @@ mod tests {
 
     #[test]
     fn selectors_follow_kubernetes_semantics() {
-        let selector = LabelSelector {
+        let selector: Selector = LabelSelector {
             match_labels: Some(labels(&[("env", "prod")])),
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: "tier".into(),
                 operator: "NotIn".into(),
                 values: Some(vec!["sandbox".into()]),
             }]),
-        };
-        assert!(selector_matches(&selector, &labels(&[("env", "prod")])));
-        assert!(selector_matches(
-            &selector,
+        }
+        .try_into()
+        .unwrap();
+        let selector = Some(&selector);
+        assert!(in_scope(selector, &labels(&[("env", "prod")])));
+        assert!(in_scope(
+            selector,
             &labels(&[("env", "prod"), ("tier", "web")])
         ));
-        assert!(!selector_matches(
-            &selector,
+        assert!(!in_scope(
+            selector,
             &labels(&[("env", "prod"), ("tier", "sandbox")])
         ));
-        assert!(!selector_matches(&selector, &labels(&[("env", "dev")])));
-        assert!(selector_matches(&LabelSelector::default(), &labels(&[])));
+        assert!(!in_scope(selector, &labels(&[("env", "dev")])));
+        assert!(in_scope(None, &labels(&[])));
     }
 
     fn policy(yaml: &str) -> ImageSigningPolicy {
@@ -204,7 +261,7 @@ mod tests {
              spec:\n  images: ['r.example/prod/**']\n  authorities: [{name: k, key: {data: nope}}]\n",
         );
         let (snapshot, results) =
-            PolicySnapshot::build(&[broken], &crate::verify::authority::NoSecrets, "ns", 1);
+            PolicySnapshot::build(&[broken], &crate::policy::authority::NoSecrets, "ns", 1);
         assert!(
             results["broken"]
                 .as_ref()
@@ -220,5 +277,30 @@ mod tests {
                 .governing(&ImageRef::parse("r.example/dev/api:1").unwrap(), None)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_selector_no_one_can_evaluate_makes_the_policy_refuse_everywhere() {
+        let odd = policy(
+            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {name: odd}\n\
+             spec:\n  images: ['r.example/**']\n  signatureRequired: false\n  namespaceSelector:\n    \
+             matchExpressions: [{key: env, operator: Bogus, values: [prod]}]\n",
+        );
+        let (snapshot, results) =
+            PolicySnapshot::build(&[odd], &crate::policy::authority::NoSecrets, "ns", 1);
+        let message = results["odd"].as_ref().unwrap_err();
+        assert!(message.contains("namespaceSelector"), "{message}");
+        let image = ImageRef::parse("r.example/app:1").unwrap();
+        for labels in [
+            labels(&[("env", "prod")]),
+            labels(&[("env", "dev")]),
+            labels(&[]),
+        ] {
+            assert_eq!(
+                snapshot.governing(&image, Some(&labels)).not_ready.len(),
+                1,
+                "{labels:?}"
+            );
+        }
     }
 }

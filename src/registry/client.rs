@@ -168,6 +168,12 @@ impl RegistryClient {
         &self.config
     }
 
+    /// The HTTP client behind this registry's requests (its caBundle, timeouts and pool), for the
+    /// registry's other APIs.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The digest of `image`: the pinned one without any request, else one HEAD (GET when HEAD does not
     /// give a digest).
     pub async fn resolve(

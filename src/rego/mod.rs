@@ -5,7 +5,7 @@
 //! - **The input document** ([`RegoInput`], `input.rs`): one per (image, policy), the stable contract
 //!   of DESIGN.md ("Rego input"). `signed` and `is_signed` are true iff at least one signature verified
 //!   cryptographically; `environment` is the namespace's `environment` label, else its `env` label, else
-//!   the namespace's name; `vulnerabilities` comes from RegistryX's REST API (`registryx_api.rs`), whose
+//!   the configured default, else the namespace's name; `vulnerabilities` comes from RegistryX's REST API (`registryx_api.rs`), whose
 //!   `isSigned` is never read.
 //! - **Compilation** ([`RegoPolicy::compile`], `policy.rs`): the modules of one policy are parsed once
 //!   (each as Rego v1, else as Rego v0), checked for recursion and excessive nesting (`analysis.rs`),

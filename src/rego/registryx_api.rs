@@ -92,18 +92,30 @@ pub async fn fetch_vulnerabilities(
             Err(e) => return Err(fail(format!("reading the answer: {e}"))),
         }
     }
+    // The answer's body is not quoted: a refusal must not carry what an arbitrary server said.
     if !status.is_success() {
-        let text = String::from_utf8_lossy(&body);
-        let text: String = text.chars().take(200).collect();
-        return Err(fail(format!("HTTP {status}: {}", text.trim())));
+        return Err(fail(format!("HTTP {status}")));
     }
 
     let details: ManifestDetails =
-        serde_json::from_slice(&body).map_err(|e| fail(format!("not a manifest summary: {e}")))?;
+        // Where the JSON broke, not serde's message: that can quote the answer's own strings.
+        serde_json::from_slice(&body).map_err(|e| {
+            fail(format!(
+                "not a manifest summary (invalid JSON at line {} column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
     if let Some(answered) = &details.digest
         && !answered.is_empty()
         && answered != digest
     {
+        // Quoted only when it is a digest: anything else the server put there is not repeated.
+        let answered = if is_digest(answered) && answered.len() <= 128 {
+            answered.as_str()
+        } else {
+            "another digest"
+        };
         return Err(fail(format!("answered for {answered}, not {digest}")));
     }
     Ok(details.vulnerabilities.map(|v| Vulnerabilities {

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use crate::admission::{Admission, AdmissionMetrics, AdmissionSettings};
 use crate::cli::ServeArgs;
-use crate::policy::{PolicySnapshot, SharedSnapshot, dir};
-use crate::verify::authority::NoSecrets;
+use crate::policy::authority::NoSecrets;
+use crate::policy::{PolicySnapshot, Publisher, dir};
 use crate::verify::{Verifier, VerifierSettings};
 use crate::{Error, Result};
 
@@ -43,12 +43,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Some(folder) => {
             // Checked before serving: a wrong folder is a start-up error, not a silent empty policy set.
             let policies = dir::load_dir(folder)?;
-            publish(&snapshot, &policies, &args.namespace, 1);
+            let mut publisher = Publisher::new(snapshot.clone());
+            publisher.publish(&policies, &NoSecrets, &args.namespace);
             probes.set_policies_synced();
             probes.set_namespaces_synced(); // no cluster: selectors do not restrict
             tokio::spawn(watch_policy_dir(
                 folder.clone(),
-                snapshot.clone(),
+                publisher,
                 args.namespace.clone(),
             ));
             None
@@ -166,29 +167,10 @@ async fn stopped_signal(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-fn publish(
-    snapshot: &SharedSnapshot,
-    policies: &[crate::policy::ImageSigningPolicy],
-    namespace: &str,
-    revision: u64,
-) {
-    let (next, results) = PolicySnapshot::build(policies, &NoSecrets, namespace, revision);
-    for (name, result) in &results {
-        match result {
-            Ok(()) => tracing::info!(policy = %name, "policy ready"),
-            Err(message) => {
-                tracing::warn!(policy = %name, %message, "policy not ready; its images are refused")
-            }
-        }
-    }
-    snapshot.store(Arc::new(next));
-}
-
 /// Reloads the folder when a file changes. A folder that stops parsing keeps the last good snapshot:
 /// a half-edited file must not drop enforcement.
-async fn watch_policy_dir(folder: std::path::PathBuf, snapshot: SharedSnapshot, namespace: String) {
+async fn watch_policy_dir(folder: std::path::PathBuf, mut publisher: Publisher, namespace: String) {
     let mut seen = dir::fingerprint(&folder);
-    let mut revision = 1;
     loop {
         tokio::time::sleep(dir::POLL_INTERVAL).await;
         let now = dir::fingerprint(&folder);
@@ -198,8 +180,7 @@ async fn watch_policy_dir(folder: std::path::PathBuf, snapshot: SharedSnapshot, 
         seen = now;
         match dir::load_dir(&folder) {
             Ok(policies) => {
-                revision += 1;
-                publish(&snapshot, &policies, &namespace, revision);
+                publisher.publish(&policies, &NoSecrets, &namespace);
             }
             Err(error) => {
                 tracing::error!(%error, "policy folder does not load; keeping the previous policies")

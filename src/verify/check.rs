@@ -12,9 +12,9 @@ use x509_cert::der::{Decode as _, Encode as _, asn1::Utf8StringRef};
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
-use super::authority::{CompiledAuthority, Trust};
 use super::reason::Failure;
 use super::signatures::{BundleSignature, FoundSignature, LegacySignature};
+use crate::policy::authority::{CompiledAuthority, Trust};
 
 const COSIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 const IN_TOTO_PAYLOAD: &str = "application/vnd.in-toto+json";

@@ -3,9 +3,9 @@
 
 use std::sync::OnceLock;
 
-use super::authority::{CompiledAuthority, NoSecrets};
 use super::check::{Proof, check};
 use super::signatures::{BundleSignature, FoundSignature, LegacySignature};
+use crate::policy::authority::{CompiledAuthority, NoSecrets};
 
 /// The digest every fuzzed signature claims to be about.
 pub const DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";

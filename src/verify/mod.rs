@@ -5,7 +5,8 @@
 //! for a short one, so that a freshly signed image is admitted soon after. Concurrent lookups of one
 //! image share one signature fetch. An image that no policy governs is never looked up at all.
 
-pub mod authority;
+/// Where the compiled authorities live: the policy layer compiles them, this one only checks with them.
+pub use crate::policy::authority;
 mod check;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -25,32 +26,13 @@ pub use check::Proof;
 pub use report::render_text;
 pub use signatures::{FoundSignature, SignatureSet};
 
+use crate::policy::authority::{CompiledAuthority, Trust};
 use crate::policy::{CompiledPolicy, Mode, MultiArch};
 use crate::registry::{
     DOCKER_MANIFEST_LIST, DockerConfig, ImageRef, OCI_INDEX, RegistryClient, RegistryConfig,
     RegistryError,
 };
-use crate::rego::{
-    RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, fetch_vulnerabilities,
-};
-use authority::{CompiledAuthority, Trust};
 use reason::{Failure, Problem, Reason};
-
-/// What the admission request says about the workload, for the Rego input document. Empty for the
-/// command line (operation `pull`, no namespace).
-#[derive(Clone, Debug, Default)]
-pub struct RequestContext {
-    pub namespace: Option<String>,
-    pub namespace_labels: std::collections::BTreeMap<String, String>,
-    /// `input.environment` when the namespace has no `environment` (or `env`) label, as RegistryX's
-    /// server-wide POLICY_ENVIRONMENT; without it, the namespace's name.
-    pub default_environment: Option<String>,
-    pub request: Option<RegoRequest>,
-    pub pod: Option<RegoPod>,
-    /// Keep each policy's Rego input document in its verdict (`verify --output json`); admission does
-    /// not, since a document carries the pod's annotations.
-    pub keep_rego_input: bool,
-}
 
 /// What one authority concluded about one digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -88,6 +70,10 @@ pub struct PolicyVerdict {
     /// so that a module can be debugged offline on exactly what the webhook gave it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rego_input: Option<serde_json::Value>,
+    /// Every authority was checked against the resolved digest: the evidence the Rego stage reads
+    /// exists. False when the registry could not be reached or the image not resolved.
+    #[serde(skip)]
+    pub evidence_complete: bool,
 }
 
 /// Every governing policy's verdict on one image.
@@ -169,8 +155,6 @@ pub struct Verifier {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     registry_errors: AtomicU64,
-    /// For RegistryX's REST API (vulnerability summaries).
-    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -240,7 +224,6 @@ impl Verifier {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
-            http: reqwest::Client::new(),
         }
     }
 
@@ -323,23 +306,12 @@ impl Verifier {
         &self.settings
     }
 
-    /// Verifies `image` against `policies` (those that govern it). No policy, no network call.
+    /// Verifies the signatures of `image` against `policies` (those that govern it). No policy, no
+    /// network call. Rego rules are not this stage's: `decide` runs them on this verdict.
     pub async fn verify(
         &self,
         image: &ImageRef,
         policies: &[Arc<CompiledPolicy>],
-        deadline: Instant,
-    ) -> ImageVerdict {
-        self.verify_in(image, policies, &RequestContext::default(), deadline)
-            .await
-    }
-
-    /// As [`Verifier::verify`], for a request whose context (namespace, user, pod) feeds Rego.
-    pub async fn verify_in(
-        &self,
-        image: &ImageRef,
-        policies: &[Arc<CompiledPolicy>],
-        context: &RequestContext,
         deadline: Instant,
     ) -> ImageVerdict {
         let mut verdict = ImageVerdict {
@@ -371,7 +343,7 @@ impl Verifier {
         verdict.policies = join_all(
             policies
                 .iter()
-                .map(|policy| self.verify_policy(image, &resolved, policy, context, deadline)),
+                .map(|policy| self.verify_policy(image, &resolved, policy, deadline)),
         )
         .await;
         verdict
@@ -382,7 +354,6 @@ impl Verifier {
         image: &ImageRef,
         resolved: &crate::registry::Resolved,
         policy: &CompiledPolicy,
-        context: &RequestContext,
         deadline: Instant,
     ) -> PolicyVerdict {
         let client = match self.client(image, policy) {
@@ -427,6 +398,7 @@ impl Verifier {
             remedy: None,
             reason_kind: None,
             rego_input: None,
+            evidence_complete: true,
         };
         for (digest, evidence) in digests.iter().zip(per_digest) {
             let verified = evidence.iter().any(|e| e.verified);
@@ -459,107 +431,7 @@ impl Verifier {
                 .authorities
                 .extend(evidence.iter().map(|e| (**e).clone()));
         }
-        if let Some(rego) = &policy.rego {
-            let (denials, input) = self
-                .evaluate_rego(
-                    rego,
-                    policy,
-                    image,
-                    &resolved.digest,
-                    &verdict,
-                    context,
-                    deadline,
-                )
-                .await;
-            verdict.rego_input = context.keep_rego_input.then_some(input);
-            if !denials.is_empty() {
-                verdict.passed = false;
-                verdict.reasons.extend(denials);
-                verdict.reason_kind.get_or_insert(Reason::Rego);
-            }
-        }
         verdict
-    }
-
-    /// Runs the policy's Rego rules on the input document; the messages that refuse, if any, and the
-    /// document. An evaluation error or a runaway policy refuses too: rules that cannot be evaluated
-    /// are not skipped.
-    #[allow(clippy::too_many_arguments)]
-    async fn evaluate_rego(
-        &self,
-        rego: &Arc<RegoPolicy>,
-        policy: &CompiledPolicy,
-        image: &ImageRef,
-        digest: &str,
-        verdict: &PolicyVerdict,
-        context: &RequestContext,
-        deadline: Instant,
-    ) -> (Vec<String>, serde_json::Value) {
-        let mut refusals = Vec::new();
-        let vulnerabilities = match &policy.registry.registryx_api {
-            Some(api) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match fetch_vulnerabilities(&self.http, api, &image.repository, digest, left).await
-                {
-                    Ok(found) => found,
-                    Err(error) => {
-                        refusals.push(format!(
-                            "rego: cannot read the vulnerability summary: {error}"
-                        ));
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        let signatures = verdict
-            .authorities
-            .iter()
-            .filter(|e| e.digest == digest)
-            .map(|e| RegoSignature {
-                authority: e.authority.clone(),
-                verified: e.verified,
-                key_id: e.proof.as_ref().and_then(|p| p.key_id.clone()),
-                issuer: e.proof.as_ref().and_then(|p| p.issuer.clone()),
-                subject: e.proof.as_ref().and_then(|p| p.subject.clone()),
-                rekor_integrated_time: e.proof.as_ref().and_then(|p| p.rekor_integrated_time),
-            })
-            .collect();
-        let input = RegoInput {
-            image: image.to_string(),
-            registry: image.registry.clone(),
-            repository: image.repository.clone(),
-            tag: image.tag.clone(),
-            digest: Some(digest.to_owned()),
-            signatures,
-            vulnerabilities,
-            environment: RegoInput::environment_of(
-                context.namespace.as_deref(),
-                &context.namespace_labels,
-                context.default_environment.as_deref(),
-            ),
-            namespace: context.namespace.clone(),
-            user: context
-                .request
-                .as_ref()
-                .map(|r| r.user_info.username.clone()),
-            request: context.request.clone(),
-            pod: context.pod.clone(),
-            ..RegoInput::default()
-        }
-        .to_value();
-        // Evaluation is CPU work bounded by the policy's own time limit: off the async threads.
-        let rego = rego.clone();
-        let evaluated = input.clone();
-        let outcome = tokio::task::spawn_blocking(move || rego.evaluate(&evaluated)).await;
-        match outcome {
-            Ok(Ok(decision)) => {
-                refusals.extend(decision.denials.into_iter().map(|d| format!("rego: {d}")))
-            }
-            Ok(Err(error)) => refusals.push(format!("rego: evaluation failed, refusing: {error}")),
-            Err(error) => refusals.push(format!("rego: evaluation aborted, refusing: {error}")),
-        }
-        (refusals, input)
     }
 
     async fn evidence_for(
@@ -637,7 +509,10 @@ impl Verifier {
             .await
     }
 
-    fn client(
+    /// The client for `image`'s registry under `policy`'s access settings (shared, bounded). Later
+    /// stages use it for the registry's other APIs (RegistryX's REST API), so that they honour the
+    /// policy's `caBundle` too.
+    pub fn client(
         &self,
         image: &ImageRef,
         policy: &CompiledPolicy,
@@ -811,5 +686,6 @@ fn failed(policy: &CompiledPolicy, reason: String, kind: Reason, registry: &str)
         remedy: kind.remedy(registry),
         reason_kind: Some(kind),
         rego_input: None,
+        evidence_complete: false,
     }
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use registryx_guard::policy::authority::NoSecrets;
 use registryx_guard::policy::{CompiledPolicy, ImageSigningPolicy, compile};
 use registryx_guard::registry::ImageRef;
-use registryx_guard::verify::authority::NoSecrets;
 use registryx_guard::verify::{ImageVerdict, Proof, Verifier, VerifierSettings};
 use serde_json::Value;
 
@@ -212,9 +212,15 @@ pub async fn verify_with(
         .into_iter()
         .filter(|p| p.governs(&image))
         .collect();
-    verifier
-        .verify(&image, &governing, Instant::now() + budget)
-        .await
+    // Both stages, as `registryx-guard verify` runs them: signatures, then Rego.
+    registryx_guard::decide::decide(
+        verifier,
+        &image,
+        &governing,
+        &registryx_guard::decide::RequestContext::default(),
+        Instant::now() + budget,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------------

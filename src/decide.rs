@@ -1,0 +1,181 @@
+//! The decision stage: the verification verdict, then each policy's Rego rules on it, to the verdict
+//! admission and `verify` report.
+//!
+//! The stages, in the order data flows (each module uses only those before it):
+//!
+//! 1. `registry`: references in canonical form, and the OCI distribution API.
+//! 2. `rego`: the Rego engine and its input document (knows nothing of policies or signatures).
+//! 3. `policy`: the resources, compiled (authorities, globs, selectors, Rego modules) into snapshots.
+//! 4. `verify`: signatures found and checked, per policy and authority: evidence and a typed reason.
+//! 5. `decide` (this module): Rego, fed by that evidence and by the request, amends the verdict.
+//! 6. `admission` (and `verify` on the command line): which policies govern which image, the
+//!    response, pins, metrics and the decision log.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::join_all;
+
+use crate::policy::CompiledPolicy;
+use crate::registry::ImageRef;
+use crate::rego::{
+    RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, fetch_vulnerabilities,
+};
+use crate::verify::reason::Reason;
+use crate::verify::{ImageVerdict, PolicyVerdict, Verifier};
+
+/// What the admission request says about the workload, for the Rego input document. Empty for the
+/// command line (operation `pull`, no namespace).
+#[derive(Clone, Debug, Default)]
+pub struct RequestContext {
+    pub namespace: Option<String>,
+    pub namespace_labels: std::collections::BTreeMap<String, String>,
+    /// `input.environment` when the namespace has no `environment` (or `env`) label, as RegistryX's
+    /// server-wide POLICY_ENVIRONMENT; without it, the namespace's name.
+    pub default_environment: Option<String>,
+    pub request: Option<RegoRequest>,
+    pub pod: Option<RegoPod>,
+    /// Keep each policy's Rego input document in its verdict (`verify --output json`); admission does
+    /// not, since a document carries the pod's annotations.
+    pub keep_rego_input: bool,
+}
+
+/// Verifies `image` against `policies`, then runs each policy's Rego rules on the evidence: the
+/// verdict admission and the command line report.
+pub async fn decide(
+    verifier: &Verifier,
+    image: &ImageRef,
+    policies: &[Arc<CompiledPolicy>],
+    context: &RequestContext,
+    deadline: Instant,
+) -> ImageVerdict {
+    let mut verdict = verifier.verify(image, policies, deadline).await;
+    let Some(digest) = verdict.digest.clone() else {
+        return verdict;
+    };
+    let stage = Stage {
+        verifier,
+        image,
+        digest: &digest,
+        context,
+        deadline,
+    };
+    join_all(
+        verdict
+            .policies
+            .iter_mut()
+            .zip(policies)
+            .filter(|(checked, policy)| checked.evidence_complete && policy.rego.is_some())
+            .map(|(checked, policy)| stage.apply(policy, checked)),
+    )
+    .await;
+    verdict
+}
+
+/// One image's Rego stage: what every policy's rules are evaluated against.
+struct Stage<'a> {
+    verifier: &'a Verifier,
+    image: &'a ImageRef,
+    digest: &'a str,
+    context: &'a RequestContext,
+    deadline: Instant,
+}
+
+impl Stage<'_> {
+    async fn apply(&self, policy: &CompiledPolicy, verdict: &mut PolicyVerdict) {
+        let Some(rego) = &policy.rego else {
+            return;
+        };
+        let (denials, input) = self.evaluate(rego, policy, verdict).await;
+        verdict.rego_input = self.context.keep_rego_input.then_some(input);
+        if !denials.is_empty() {
+            verdict.passed = false;
+            verdict.reasons.extend(denials);
+            verdict.reason_kind.get_or_insert(Reason::Rego);
+        }
+    }
+
+    /// Runs the policy's Rego rules on the input document; the messages that refuse, if any, and the
+    /// document. An evaluation error or a runaway policy refuses too: rules that cannot be evaluated
+    /// are not skipped.
+    async fn evaluate(
+        &self,
+        rego: &Arc<RegoPolicy>,
+        policy: &CompiledPolicy,
+        verdict: &PolicyVerdict,
+    ) -> (Vec<String>, serde_json::Value) {
+        let (image, digest, context) = (self.image, self.digest, self.context);
+        let mut refusals = Vec::new();
+        let vulnerabilities = match &policy.registry.registryx_api {
+            Some(api) => {
+                let left = self.deadline.saturating_duration_since(Instant::now());
+                // The registry's own client: the policy's caBundle applies to its REST API too.
+                let read = match self.verifier.client(image, policy) {
+                    Ok(client) => {
+                        fetch_vulnerabilities(client.http(), api, &image.repository, digest, left)
+                            .await
+                    }
+                    Err(error) => Err(error.to_string()),
+                };
+                match read {
+                    Ok(found) => found,
+                    Err(error) => {
+                        refusals.push(format!(
+                            "rego: cannot read the vulnerability summary: {error}"
+                        ));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let signatures = verdict
+            .authorities
+            .iter()
+            .filter(|e| e.digest == digest)
+            .map(|e| RegoSignature {
+                authority: e.authority.clone(),
+                verified: e.verified,
+                key_id: e.proof.as_ref().and_then(|p| p.key_id.clone()),
+                issuer: e.proof.as_ref().and_then(|p| p.issuer.clone()),
+                subject: e.proof.as_ref().and_then(|p| p.subject.clone()),
+                rekor_integrated_time: e.proof.as_ref().and_then(|p| p.rekor_integrated_time),
+            })
+            .collect();
+        let input = RegoInput {
+            image: image.to_string(),
+            registry: image.registry.clone(),
+            repository: image.repository.clone(),
+            tag: image.tag.clone(),
+            digest: Some(digest.to_owned()),
+            signatures,
+            vulnerabilities,
+            environment: RegoInput::environment_of(
+                context.namespace.as_deref(),
+                &context.namespace_labels,
+                context.default_environment.as_deref(),
+            ),
+            namespace: context.namespace.clone(),
+            user: context
+                .request
+                .as_ref()
+                .map(|r| r.user_info.username.clone()),
+            request: context.request.clone(),
+            pod: context.pod.clone(),
+            ..RegoInput::default()
+        }
+        .to_value();
+        // Evaluation is CPU work bounded by the policy's own time limit: off the async threads.
+        let rego = rego.clone();
+        let evaluated = input.clone();
+        let outcome = tokio::task::spawn_blocking(move || rego.evaluate(&evaluated)).await;
+        match outcome {
+            Ok(Ok(decision)) => {
+                refusals.extend(decision.denials.into_iter().map(|d| format!("rego: {d}")))
+            }
+            Ok(Err(error)) => refusals.push(format!("rego: evaluation failed, refusing: {error}")),
+            Err(error) => refusals.push(format!("rego: evaluation aborted, refusing: {error}")),
+        }
+        (refusals, input)
+    }
+}
