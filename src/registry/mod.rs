@@ -9,6 +9,7 @@
 
 mod auth;
 mod client;
+pub mod grammar;
 mod reference;
 
 pub use auth::{Credentials, DockerConfig};

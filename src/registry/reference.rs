@@ -88,8 +88,7 @@ impl ImageRef {
         if reference.trim() != reference || reference.is_empty() {
             return Err(invalid("it is empty or has surrounding whitespace".into()));
         }
-        let parsed =
-            oci_client::Reference::try_from(reference).map_err(|e| invalid(e.to_string()))?;
+        let parsed = super::grammar::parse(reference).map_err(|e| invalid(e.to_owned()))?;
         // The distribution spec's path-component grammar, which oci-client does not enforce (it takes
         // `UPPER/case` as a Docker Hub repository that no registry could hold).
         let component = |c: &str| {
@@ -99,14 +98,14 @@ impl ImageRef {
                 && c.as_bytes()[0].is_ascii_alphanumeric()
                 && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
         };
-        if !parsed.repository().split('/').all(component) {
+        if !parsed.repository.split('/').all(component) {
             return Err(invalid(format!(
                 "repository {:?} must be lowercase letters, digits and separators (._-) between them",
-                parsed.repository()
+                parsed.repository
             )));
         }
         // oci-spec's tag pattern is `\w`, which is Unicode in Rust's regex; runtimes take ASCII only.
-        if let Some(tag) = parsed.tag()
+        if let Some(tag) = &parsed.tag
             && !tag
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
@@ -115,15 +114,15 @@ impl ImageRef {
                 "tag {tag:?} must be ASCII letters, digits, `.`, `_` and `-`"
             )));
         }
-        let registry = canonical_registry(parsed.registry()).map_err(invalid)?;
+        let registry = canonical_registry(parsed.registry).map_err(invalid)?;
         // A single-segment Docker Hub name is an official image under `library/`, whichever of Hub's
         // names the reference used (oci-client only knows this of `docker.io` itself).
-        let repository = if registry == DOCKER_HUB && !parsed.repository().contains('/') {
-            format!("library/{}", parsed.repository())
+        let repository = if registry == DOCKER_HUB && !parsed.repository.contains('/') {
+            format!("library/{}", parsed.repository)
         } else {
-            parsed.repository().to_owned()
+            parsed.repository.into_owned()
         };
-        let digest = parsed.digest().map(str::to_owned);
+        let digest = parsed.digest.map(str::to_owned);
         if let Some(digest) = &digest {
             let hex = digest
                 .strip_prefix("sha256:")
@@ -138,10 +137,10 @@ impl ImageRef {
                 )));
             }
         }
-        // oci-client fills in `latest` for a reference without tag or digest, as runtimes do; keep the tag
+        // `latest` for a reference without tag or digest, as runtimes do; keep the tag
         // the user gave alongside a digest (`repo:1.4@sha256:...`) for messages and patches.
         let tag = parsed
-            .tag()
+            .tag
             .map(str::to_owned)
             .or_else(|| digest.is_none().then(|| "latest".to_owned()));
         Ok(ImageRef {
