@@ -347,6 +347,11 @@ compare() {
 }
 compare legacy "$DIST/bench/app:1" "$RXG_WORK/policies/legacy.yaml" false
 compare bundle "${bundle[0]}" "$RXG_WORK/policies/bundle.yaml" true
+# Process start: an image no policy governs (refused without a network call) next to --version.
+logged hyperfine -N --warmup 3 --runs 30 -i --export-json "$RESULTS/hyperfine-startup.json" \
+	-n "verify, no policy governs the image" "$BIN verify elsewhere.example/app:1 --policy $RXG_WORK/policies/legacy.yaml" \
+	-n "version" "$BIN --version" >"$RXG_WORK/hyperfine-startup.log" 2>&1 ||
+	{ cat "$RXG_WORK/hyperfine-startup.log" >&2; exit 1; }
 
 say "2. Where registryx-guard verify spends its time (perf over 20 runs)"
 logged perf record -F 10000 -o "$RXG_WORK/cli.data" -- bash -c \

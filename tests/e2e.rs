@@ -276,6 +276,30 @@ async fn the_product_end_to_end() {
             "{needle:?} missing from kubectl's answer:\n{message}"
         );
     }
+    // The refusal is also a Warning event on the policy, its reason the typed one.
+    let events = || {
+        text(&cluster.kubectl(&[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            "involvedObject.name=demo-signed,reason=NoSignature,type=Warning",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]))
+    };
+    let waited = Instant::now();
+    while !(events().contains("Pod default/unsigned")
+        && events().contains(unsigned.digest.as_str()))
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "no refusal event on the policy: {:?}\n{}",
+            events(),
+            webhook.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // 2b. No side doors. Another spelling of the registry is the same registry: the unsigned image is
     // refused as unsigned, the signed one admitted and stored pinned to the digest that was verified.

@@ -5,6 +5,7 @@
 //!
 //! Business logic only: no HTTP here (see `server`), so that it is tested on typed requests.
 
+pub mod events;
 mod images;
 pub mod metrics;
 
@@ -89,6 +90,7 @@ pub struct Admission {
     /// Verification slots per canonical registry (bounded, evicted when idle).
     registry_permits: moka::sync::Cache<String, Arc<Semaphore>>,
     metrics: Option<AdmissionMetrics>,
+    events: Option<events::RefusalEvents>,
 }
 
 /// What was decided about one image.
@@ -139,7 +141,14 @@ impl Admission {
             namespace_api: None,
             settings,
             metrics,
+            events: None,
         }
+    }
+
+    /// Writes a Warning event on each policy that refuses an image (see [`events`]).
+    pub fn with_refusal_events(mut self, events: events::RefusalEvents) -> Admission {
+        self.events = Some(events);
+        self
     }
 
     /// Looks namespaces missing from the cache up in the API server instead of refusing their images.
@@ -255,6 +264,9 @@ impl Admission {
         let response = if mutate {
             self.pin_digests(response, kind, &object, &images, &decisions, &recorded)
         } else {
+            if !request.dry_run {
+                self.publish_refusals(request, &decided);
+            }
             self.verdict_response(response, &decisions)
         };
         if let Some(metrics) = &self.metrics {
@@ -621,6 +633,46 @@ impl Admission {
             Err(error) => {
                 tracing::warn!(%error, "cannot serialize the digest patch; validation refuses what is unpinned");
                 response
+            }
+        }
+    }
+
+    /// One event per (refused image, enforcing policy that refused it), on the policy.
+    fn publish_refusals(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        decided: &[ImageDecision],
+    ) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        let name = if request.name.is_empty() {
+            "(name not yet generated)"
+        } else {
+            request.name.as_str()
+        };
+        let workload = match request.namespace.as_deref() {
+            Some(namespace) => format!("{} {namespace}/{name}", request.kind.kind),
+            None => format!("{} {name}", request.kind.kind),
+        };
+        for decision in decided.iter().filter(|d| !d.admitted) {
+            let (Some(verdict), Some(message)) = (&decision.verdict, &decision.refusal) else {
+                continue;
+            };
+            for policy in verdict
+                .policies
+                .iter()
+                .filter(|p| !p.passed && p.mode == Mode::Enforce)
+            {
+                events.refused(events::Refusal {
+                    policy: &policy.policy,
+                    policy_uid: policy.policy_uid.as_deref(),
+                    reason: policy
+                        .reason_kind
+                        .map_or("refused", crate::verify::reason::Reason::label),
+                    workload: workload.clone(),
+                    message,
+                });
             }
         }
     }

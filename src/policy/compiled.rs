@@ -32,6 +32,8 @@ pub enum PolicyError {
 #[derive(Clone, Debug)]
 pub struct CompiledPolicy {
     pub name: String,
+    /// `metadata.uid` (none for files loaded with `--policy-dir` or `verify --policy`).
+    pub uid: Option<String>,
     pub generation: Option<i64>,
     pub mode: Mode,
     pub image_globs: Vec<String>,
@@ -415,6 +417,7 @@ pub fn compile(
     }
     Ok(CompiledPolicy {
         name: policy.metadata.name.clone().unwrap_or_default(),
+        uid: policy.metadata.uid.clone(),
         generation: policy.metadata.generation,
         mode: spec.mode,
         image_globs: spec.images.clone(),

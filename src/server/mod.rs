@@ -92,7 +92,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let (store, client) = namespaces.unzip();
     let mut admission = Admission::new(snapshot, verifier, store, settings, Some(metrics));
     if let Some(client) = client {
-        admission = admission.with_namespace_lookup(client);
+        admission = admission
+            .with_refusal_events(crate::admission::events::RefusalEvents::new(
+                client.clone(),
+                &args.identity,
+            ))
+            .with_namespace_lookup(client);
     }
     let admission = Arc::new(admission);
     let reloader = CertificateReloader::load(&args.tls_cert, &args.tls_key)?;

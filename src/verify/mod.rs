@@ -56,6 +56,9 @@ pub struct AuthorityEvidence {
 #[serde(rename_all = "camelCase")]
 pub struct PolicyVerdict {
     pub policy: String,
+    /// The policy's uid, for what refers to the policy object (its refusal events).
+    #[serde(skip)]
+    pub policy_uid: Option<String>,
     pub mode: Mode,
     pub passed: bool,
     pub authorities: Vec<AuthorityEvidence>,
@@ -391,6 +394,7 @@ impl Verifier {
 
         let mut verdict = PolicyVerdict {
             policy: policy.name.clone(),
+            policy_uid: policy.uid.clone(),
             mode: policy.mode,
             passed: true,
             authorities: Vec::new(),
@@ -679,6 +683,7 @@ fn remedy(policy: &CompiledPolicy, image: &ImageRef, digest: &str, kind: Reason)
 fn failed(policy: &CompiledPolicy, reason: String, kind: Reason, registry: &str) -> PolicyVerdict {
     PolicyVerdict {
         policy: policy.name.clone(),
+        policy_uid: policy.uid.clone(),
         mode: policy.mode,
         passed: false,
         authorities: Vec::new(),
