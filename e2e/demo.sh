@@ -96,6 +96,11 @@ if show kubectl run unmatched --image docker.io/library/busybox:1.36 --restart N
 	exit 1
 fi
 
+say "Each refusal is also an event on the policy that refused (reason NoSignature)"
+sleep 2
+show kubectl get events --field-selector involvedObject.name=demo-signed,type=Warning \
+	-o 'custom-columns=REASON:.reason,MESSAGE:.message' || true
+
 say "The same decision from a shell: registryx-guard verify"
 show "$RXG_ROOT/target/debug/registryx-guard" verify "$unsigned" --policy "$RXG_WORK/policy.yaml" || true
 
