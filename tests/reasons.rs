@@ -133,6 +133,20 @@ async fn a_tag_re_pushed_without_re_signing_says_so() {
         "signs the new digest: {remedy}"
     );
 
+    // By digest there is no tag that could have moved: no listing, no question.
+    let verdict = verify_within(
+        &format!("{}/team/app@{}", registry.host, second.digest),
+        &key_policy(&registry.host, &cosign),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_reason(
+        &verdict,
+        "no_signature",
+        "no signature found",
+        "cosign sign --key",
+    );
+
     // Another repository's signatures say nothing about this one.
     let lone = registry
         .push_image("team/other", "v1", "reason-repushed-3")

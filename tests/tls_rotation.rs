@@ -578,8 +578,13 @@ async fn an_idle_http1_connection_outlives_the_head_timeout_a_trickled_head_does
         .write_all(b"GET /ping HTTP/1.1\r\n")
         .await
         .expect("write half a head");
-    // An HTTP/2 client sends its preface at once; this one never does.
+    // An HTTP/2 client sends its preface at once; this one sends one byte of it and stops.
     let mut silent_h2 = RawConnection::open_with(&ca, server.addr, b"h2").await;
+    silent_h2
+        .tls
+        .write_all(b"P")
+        .await
+        .expect("write a byte of the preface");
 
     let (idle_closed, unused_closed, trickling_closed, silent_closed) = tokio::join!(
         idle.closed_within(HEAD_TIMEOUT + Duration::from_secs(2)),

@@ -3,8 +3,11 @@
 //! the refusal, so that `kubectl describe isp NAME` and event pipelines show who was refused and why.
 //!
 //! Best effort and bounded: events are written in the background, never on the review's path; past
-//! [`MAX_IN_FLIGHT`] writes in flight the event is dropped and counted; kube's recorder folds repeats of
-//! one event into a series. Dry runs write none (the webhooks declare `sideEffects: NoneOnDryRun`).
+//! [`MAX_IN_FLIGHT`] writes in flight the event is dropped and counted. kube's recorder folds the
+//! refusals of one (policy, reason) within its series window into one event, whose note names the
+//! first workload and whose count says how many followed: keyed by workload instead, a flood of pods
+//! with fresh names would grow the recorder's cache without bound. Dry runs write none (the webhooks
+//! declare `sideEffects: NoneOnDryRun`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +18,8 @@ use tokio::sync::Semaphore;
 
 /// Event writes in flight at once; a flood of refused pods beyond this costs the API server nothing.
 pub const MAX_IN_FLIGHT: usize = 16;
-/// The longest note (the API server's limit is 1 KiB).
-const MAX_NOTE_CHARS: usize = 1000;
+/// The longest note in bytes (the API server's limit is 1 KiB).
+const MAX_NOTE_BYTES: usize = 1000;
 
 /// Writes refusal events.
 #[derive(Clone)]
@@ -71,10 +74,14 @@ impl RefusalEvents {
             uid: refusal.policy_uid.map(str::to_owned),
             ..ObjectReference::default()
         };
-        let note: String = format!("{}: {}", refusal.workload, refusal.message)
-            .chars()
-            .take(MAX_NOTE_CHARS)
-            .collect();
+        let mut note = format!("{}: {}", refusal.workload, refusal.message);
+        if note.len() > MAX_NOTE_BYTES {
+            let mut cut = MAX_NOTE_BYTES;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
         let event = Event {
             type_: EventType::Warning,
             reason: camel_case(refusal.reason),

@@ -725,11 +725,32 @@ fn logged_decisions(decided: &[ImageDecision]) -> (String, usize) {
     let mut text = String::from("[");
     let mut kept = 0;
     for decision in decided {
-        let Ok(one) = serde_json::to_string(decision) else {
-            break;
+        let full = serde_json::to_string(decision).unwrap_or_default();
+        // A decision too large to log whole (many policies x authorities x platforms) is logged as its
+        // summary: image, container, admitted, reason and the refusal's first 512 bytes.
+        let one = if text.len() + full.len() + 2 <= MAX_LOGGED_DECISIONS_BYTES {
+            full
+        } else {
+            let mut refusal = decision.refusal.clone().unwrap_or_default();
+            if refusal.len() > 512 {
+                let mut cut = 512;
+                while !refusal.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                refusal.truncate(cut);
+            }
+            serde_json::json!({
+                "container": decision.container,
+                "image": decision.image,
+                "admitted": decision.admitted,
+                "reason": decision.reason_label,
+                "refusal": refusal,
+                "summarized": true,
+            })
+            .to_string()
         };
         if text.len() + one.len() + 2 > MAX_LOGGED_DECISIONS_BYTES {
-            break;
+            continue;
         }
         if kept > 0 {
             text.push(',');
@@ -875,5 +896,16 @@ mod tests {
         let kept = parsed.as_array().unwrap().len();
         assert!(kept > 0 && omitted > 0, "kept {kept}, omitted {omitted}");
         assert_eq!(kept + omitted, 64);
+
+        // One decision larger than the bound on its own is logged as its summary, not dropped.
+        let mut huge = decision("r.example/huge:1".into());
+        huge.refusal = Some("x".repeat(MAX_LOGGED_DECISIONS_BYTES * 2));
+        let (text, omitted) = logged_decisions(&[huge, decision("r.example/small:1".into())]);
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(omitted, 0, "{text}");
+        assert_eq!(parsed[0]["image"], "r.example/huge:1");
+        assert_eq!(parsed[0]["summarized"], true);
+        assert_eq!(parsed[0]["reason"], "no_signature");
+        assert_eq!(parsed[1]["image"], "r.example/small:1");
     }
 }

@@ -362,14 +362,14 @@ impl RegistryClient {
         Ok(Some(index.manifests))
     }
 
-    /// The repository's tags, first page only (`n` of them at most): enough to tell whether cosign
-    /// signed other digests of it, which is all the caller asks.
+    /// The repository's tags, first page only (`n` of them at most), and whether that page is the
+    /// whole list (fewer than `n`, no `Link` to a next page).
     pub async fn list_tags(
         &self,
         repository: &str,
         n: usize,
         deadline: Instant,
-    ) -> Result<Vec<String>, RegistryError> {
+    ) -> Result<(Vec<String>, bool), RegistryError> {
         #[derive(serde::Deserialize)]
         struct Tags {
             #[serde(default)]
@@ -381,6 +381,7 @@ impl RegistryClient {
             .execute(&step, repository, Method::GET, &path, None, deadline)
             .await?;
         let response = self.successful(&step, response, deadline).await?;
+        let more = header(&response, "link").is_some();
         let bytes = self
             .read_body(&step, response, self.config.max_manifest_bytes, deadline)
             .await?;
@@ -389,7 +390,9 @@ impl RegistryClient {
             step,
             detail: format!("not a tag list: {e}"),
         })?;
-        Ok(tags.tags.unwrap_or_default())
+        let tags = tags.tags.unwrap_or_default();
+        let complete = !more && tags.len() < n;
+        Ok((tags, complete))
     }
 
     /// The descriptors of an image index (platform manifests, or the entries of a fallback tag).

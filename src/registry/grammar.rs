@@ -152,7 +152,7 @@ fn is_domain(domain: &str) -> bool {
 
 /// `\w[\w.-]{0,127}`, ASCII only: a tag with other word characters is refused later anyway, since
 /// runtimes take ASCII tags only.
-fn is_tag(tag: &str) -> bool {
+pub fn is_tag(tag: &str) -> bool {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let bytes = tag.as_bytes();
     !bytes.is_empty()

@@ -102,10 +102,10 @@ impl Received {
         }
     }
 
-    /// Resolves once `within` has passed without a single byte received (never, if one came).
-    pub async fn silent_for(&self, within: Duration) {
+    /// Resolves once `within` has passed with fewer than `bytes` received (never, if they came).
+    pub async fn short_of(&self, bytes: u64, within: Duration) {
         tokio::time::sleep(within).await;
-        if self.0.load(Ordering::Relaxed) > 0 {
+        if self.0.load(Ordering::Relaxed) >= bytes {
             std::future::pending::<()>().await;
         }
     }

@@ -37,6 +37,12 @@ use crate::Error;
 /// connection and stall would each hold a task and a socket forever.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The length of the HTTP/2 client connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+const H2_PREFACE_BYTES: u64 = 24;
+/// The longest a stop waits for open connections to finish: a client that never lets its connection
+/// end must not keep the process from exiting (the chart's grace period is shorter anyway).
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+
 /// HTTP/2 pings on idle connections, so that peers that vanished without a FIN are noticed.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// Open connections at once. The API server keeps a handful per replica; the rest is headroom, and the
@@ -345,11 +351,12 @@ pub async fn serve_https(
             let builder = connection_builder(h2, received.head_timer(keepalive::IDLE_TIMEOUT));
             let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
             let ended = if h2 {
-                // An HTTP/2 client sends its preface right after the handshake; one that stays
-                // silent is cut off like a stalled HTTP/1.1 head.
+                // An HTTP/2 client sends its 24-byte preface right after the handshake; one that
+                // has not within the head timeout is cut off like a stalled HTTP/1.1 head (hyper's
+                // HTTP/2 handshake has no timer of its own).
                 tokio::select! {
                     ended = connection => ended,
-                    () = received.silent_for(keepalive::HEAD_TIMEOUT) => {
+                    () = received.short_of(H2_PREFACE_BYTES, keepalive::HEAD_TIMEOUT) => {
                         tracing::debug!(%peer, "HTTP/2 preface timed out");
                         return;
                     }
@@ -369,7 +376,15 @@ pub async fn serve_https(
         connections = graceful.count(),
         "waiting for open connections to finish"
     );
-    graceful.shutdown().await;
+    if tokio::time::timeout(SHUTDOWN_LIMIT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            seconds = SHUTDOWN_LIMIT.as_secs(),
+            "connections still open after the shutdown limit; stopping anyway"
+        );
+    }
     Ok(())
 }
 

@@ -40,7 +40,10 @@ pub struct SignatureSet {
 const TAGS_PAGE: usize = 1000;
 /// Ordinary tags resolved to see which signed digests they still name; a repository with more gives
 /// no hint (its refusals say "no signature", which is true too).
-const MAX_TAGS_RESOLVED: usize = 32;
+const MAX_TAGS_RESOLVED: usize = 16;
+/// Tag resolutions in flight at once for the hint: the registry's request slots stay free for
+/// verifications.
+const RESOLUTIONS_IN_FLIGHT: usize = 4;
 /// Other signed digests named in a refusal.
 const MAX_SIGNED_ELSEWHERE: usize = 3;
 
@@ -55,10 +58,16 @@ pub async fn find_signed_elsewhere(
     set: &mut SignatureSet,
     deadline: Instant,
 ) {
-    if !set.signatures.is_empty() || !set.problems.is_empty() {
+    // Only a tag can have been re-pushed: a reference by digest gets no hint (and costs no listing).
+    if !set.signatures.is_empty()
+        || !set.problems.is_empty()
+        || image.tag.is_none()
+        || image.digest.is_some()
+    {
         return;
     }
-    let Ok(tags) = client
+    // Only a whole listing can show that no tag names a signed digest any more.
+    let Ok((tags, true)) = client
         .list_tags(&image.repository, TAGS_PAGE, deadline)
         .await
     else {
@@ -70,20 +79,26 @@ pub async fn find_signed_elsewhere(
         .filter(|signed| signed != digest)
         .collect();
     // cosign's own tags (signatures, attestations, SBOMs, referrers fallbacks) all start so.
+    // Tags come from the registry: only well-formed ones go into a request path.
     let ordinary: Vec<&String> = tags
         .iter()
-        .filter(|tag| !tag.starts_with("sha256-"))
+        .filter(|tag| !tag.starts_with("sha256-") && crate::registry::grammar::is_tag(tag))
         .collect();
     if signed.is_empty() || ordinary.len() > MAX_TAGS_RESOLVED {
         return;
     }
+    let in_flight = tokio::sync::Semaphore::new(RESOLUTIONS_IN_FLIGHT);
     let resolutions = join_all(ordinary.into_iter().map(|tag| {
         let tagged = ImageRef {
             tag: Some(tag.clone()),
             digest: None,
             ..image.clone()
         };
-        async move { client.resolve(&tagged, deadline).await }
+        let in_flight = &in_flight;
+        async move {
+            let _slot = in_flight.acquire().await;
+            client.resolve(&tagged, deadline).await
+        }
     }))
     .await;
     for resolved in resolutions {
