@@ -17,6 +17,17 @@ use support::fakes::{HangingRegistry, RegistryxProxy};
 use support::registry::Registry;
 use support::verdicts::{key_policy, legacy_signed_image, verify_within};
 
+/// The verdict on `reference` under a policy that trusts `cosign`'s key for every image of `host`,
+/// within the 10 s every case here allows.
+async fn verify_under_key(reference: &str, host: &str, cosign: &Cosign) -> ImageVerdict {
+    verify_within(
+        reference,
+        &key_policy(host, cosign),
+        Duration::from_secs(10),
+    )
+    .await
+}
+
 /// The verdict's reason code, remedy and messages, as `verify --output json` shows them.
 fn explain(verdict: &ImageVerdict) -> (String, String, String) {
     let json = serde_json::to_value(verdict).unwrap();
@@ -50,12 +61,7 @@ async fn no_signature_at_all() {
         .push_image("team/app", "v1", "reason-unsigned")
         .await;
     let cosign = Cosign::with_new_key_pair();
-    let verdict = verify_within(
-        &image.reference,
-        &key_policy(&registry.host, &cosign),
-        Duration::from_secs(10),
-    )
-    .await;
+    let verdict = verify_under_key(&image.reference, &registry.host, &cosign).await;
     assert_reason(
         &verdict,
         "no_signature",
@@ -68,12 +74,7 @@ async fn no_signature_at_all() {
 async fn signed_but_by_another_key() {
     let (registry, _, image) = legacy_signed_image("reason-other-key").await;
     let other = Cosign::with_new_key_pair();
-    let verdict = verify_within(
-        &image.reference,
-        &key_policy(&registry.host, &other),
-        Duration::from_secs(10),
-    )
-    .await;
+    let verdict = verify_under_key(&image.reference, &registry.host, &other).await;
     assert_reason(
         &verdict,
         "other_signer",
@@ -92,12 +93,7 @@ async fn a_signature_for_another_digest_says_re_pushed() {
         .await;
     let signature = support::verdicts::signature_manifest(&registry, &image).await;
     support::verdicts::put_signature_manifest(&registry, &second, &signature).await;
-    let verdict = verify_within(
-        &second.reference,
-        &key_policy(&registry.host, &cosign),
-        Duration::from_secs(10),
-    )
-    .await;
+    let verdict = verify_under_key(&second.reference, &registry.host, &cosign).await;
     assert_reason(
         &verdict,
         "other_digest",
@@ -114,10 +110,10 @@ async fn a_tag_re_pushed_without_re_signing_says_so() {
         .push_image("team/app", "v1", "reason-repushed-2")
         .await;
     assert_ne!(first.digest, second.digest);
-    let verdict = verify_within(
+    let verdict = verify_under_key(
         &format!("{}/team/app:v1", registry.host),
-        &key_policy(&registry.host, &cosign),
-        Duration::from_secs(10),
+        &registry.host,
+        &cosign,
     )
     .await;
     assert_reason(
@@ -134,10 +130,10 @@ async fn a_tag_re_pushed_without_re_signing_says_so() {
     );
 
     // By digest there is no tag that could have moved: no listing, no question.
-    let verdict = verify_within(
+    let verdict = verify_under_key(
         &format!("{}/team/app@{}", registry.host, second.digest),
-        &key_policy(&registry.host, &cosign),
-        Duration::from_secs(10),
+        &registry.host,
+        &cosign,
     )
     .await;
     assert_reason(
@@ -151,12 +147,7 @@ async fn a_tag_re_pushed_without_re_signing_says_so() {
     let lone = registry
         .push_image("team/other", "v1", "reason-repushed-3")
         .await;
-    let verdict = verify_within(
-        &lone.reference,
-        &key_policy(&registry.host, &cosign),
-        Duration::from_secs(10),
-    )
-    .await;
+    let verdict = verify_under_key(&lone.reference, &registry.host, &cosign).await;
     assert_reason(
         &verdict,
         "no_signature",
@@ -170,10 +161,10 @@ async fn an_empty_blob_is_registryx_chunked_upload_defect_not_unsigned() {
     let (upstream, cosign, _) = legacy_signed_image("reason-empty").await;
     let proxy = RegistryxProxy::start(&upstream.host).await;
     proxy.serve_empty_blobs();
-    let verdict = verify_within(
+    let verdict = verify_under_key(
         &format!("{}/team/app:v1", proxy.host()),
-        &key_policy(&proxy.host(), &cosign),
-        Duration::from_secs(10),
+        &proxy.host(),
+        &cosign,
     )
     .await;
     assert_reason(
@@ -190,10 +181,10 @@ async fn credentials_the_token_endpoint_rejects() {
     let proxy = RegistryxProxy::start(&upstream.host)
         .await
         .with_credentials("robot", "s3cret");
-    let verdict = verify_within(
+    let verdict = verify_under_key(
         &format!("{}/team/app:v1", proxy.host()),
-        &key_policy(&proxy.host(), &cosign),
-        Duration::from_secs(10),
+        &proxy.host(),
+        &cosign,
     )
     .await;
     assert_reason(
@@ -209,10 +200,10 @@ async fn registryx_denied_is_the_registrys_refusal() {
     let (upstream, cosign, _) = legacy_signed_image("reason-denied").await;
     let proxy = RegistryxProxy::start(&upstream.host).await;
     proxy.deny("team/app", "critical vulnerabilities");
-    let verdict = verify_within(
+    let verdict = verify_under_key(
         &format!("{}/team/app:v1", proxy.host()),
-        &key_policy(&proxy.host(), &cosign),
-        Duration::from_secs(10),
+        &proxy.host(),
+        &cosign,
     )
     .await;
     assert_reason(

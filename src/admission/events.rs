@@ -75,13 +75,7 @@ impl RefusalEvents {
             ..ObjectReference::default()
         };
         let mut note = format!("{}: {}", refusal.workload, refusal.message);
-        if note.len() > MAX_NOTE_BYTES {
-            let mut cut = MAX_NOTE_BYTES;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-        }
+        note.truncate(note.floor_char_boundary(MAX_NOTE_BYTES));
         let event = Event {
             type_: EventType::Warning,
             reason: camel_case(refusal.reason),

@@ -272,16 +272,19 @@ impl Admission {
         if let Some(metrics) = &self.metrics {
             metrics.duration.observe(started.elapsed().as_secs_f64());
         }
-        let (logged, omitted) = logged_decisions(&decided);
-        tracing::info!(
-            allowed = response.allowed,
-            mutate,
-            images = images.len(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            decisions = %logged,
-            decisions_omitted = omitted,
-            "admission decision"
-        );
+        // Serializing the decisions is most of a cached review's logging cost: only when logged.
+        if tracing::enabled!(tracing::Level::INFO) {
+            let (logged, omitted) = logged_decisions(&decided);
+            tracing::info!(
+                allowed = response.allowed,
+                mutate,
+                images = images.len(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                decisions = %logged,
+                decisions_omitted = omitted,
+                "admission decision"
+            );
+        }
         response
     }
 
@@ -732,13 +735,7 @@ fn logged_decisions(decided: &[ImageDecision]) -> (String, usize) {
             full
         } else {
             let mut refusal = decision.refusal.clone().unwrap_or_default();
-            if refusal.len() > 512 {
-                let mut cut = 512;
-                while !refusal.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                refusal.truncate(cut);
-            }
+            refusal.truncate(refusal.floor_char_boundary(512));
             serde_json::json!({
                 "container": decision.container,
                 "image": decision.image,
@@ -762,8 +759,6 @@ fn logged_decisions(decided: &[ImageDecision]) -> (String, usize) {
     (text, decided.len() - kept)
 }
 
-/// The JSON pointer of the metadata that goes with the pod spec of `kind` (the Pod's own, or the
-/// template's).
 /// The pod (or pod template) of an object of `kind` as Rego sees it: labels, annotations, service
 /// account. Used by admission and by `verify --resource` alike.
 pub fn pod_of(kind: &str, object: &serde_json::Value) -> RegoPod {
@@ -785,6 +780,8 @@ pub fn pod_of(kind: &str, object: &serde_json::Value) -> RegoPod {
     }
 }
 
+/// The JSON pointer of the metadata that goes with the pod spec of `kind` (the Pod's own, or the
+/// template's).
 fn pod_metadata_pointer(kind: &str) -> String {
     let spec = pod_spec_pointer(kind).unwrap_or("/spec");
     match spec.strip_suffix("/spec") {

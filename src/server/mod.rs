@@ -119,10 +119,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         })?;
     tracing::info!(listen = %args.listen, probes = %args.probes_listen, "serving /validate, /mutate and /registryx/events over HTTPS; probes and metrics over HTTP");
 
-    let draining = Draining::default();
-    let (not_ready, closing, drain) = (
+    let (draining, drain) = (
         probes.clone(),
-        draining.clone(),
         Duration::from_secs(args.shutdown_delay_seconds),
     );
     tokio::spawn(async move {
@@ -131,8 +129,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         // endpoints directly, and a webhook that stopped at once would fail the admissions routed to it
         // in that window (failurePolicy: Fail). Not ready first, then the drain (during which HTTP/1.1
         // connections close after a response rather than idle), then the stop.
-        not_ready.set_shutting_down();
-        closing.start();
+        draining.set_shutting_down();
         tracing::info!(
             seconds = drain.as_secs(),
             "shutting down: not ready, draining"
@@ -150,7 +147,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         https,
         server_config(reloader)?,
         webhook,
-        draining,
+        probes.draining(),
         stopped_signal(stopped.clone()),
     );
     let probes_server =

@@ -22,7 +22,8 @@ struct Inner {
     policies_synced: AtomicBool,
     namespaces_synced: AtomicBool,
     tls_loaded: AtomicBool,
-    shutting_down: AtomicBool,
+    /// Set on SIGTERM: not ready, and HTTP/1.1 connections close after their next response.
+    draining: super::Draining,
     metrics: Registry,
 }
 
@@ -45,9 +46,15 @@ impl Probes {
         self.inner.namespaces_synced.store(true, Ordering::Release);
     }
 
-    /// The process is stopping: not ready any more, so that the Service stops routing to it.
+    /// The process is stopping: not ready any more, so that the Service stops routing to it, and its
+    /// HTTP/1.1 connections close after their next response (the admission server reads the same flag).
     pub fn set_shutting_down(&self) {
-        self.inner.shutting_down.store(true, Ordering::Release);
+        self.inner.draining.start();
+    }
+
+    /// The flag [`Probes::set_shutting_down`] sets, for the admission server.
+    pub fn draining(&self) -> super::Draining {
+        self.inner.draining.clone()
     }
 
     pub fn set_tls_loaded(&self) {
@@ -60,7 +67,7 @@ impl Probes {
         self.inner.policies_synced.load(Ordering::Acquire)
             && self.inner.namespaces_synced.load(Ordering::Acquire)
             && self.inner.tls_loaded.load(Ordering::Acquire)
-            && !self.inner.shutting_down.load(Ordering::Acquire)
+            && !self.inner.draining.is_draining()
     }
 }
 

@@ -49,8 +49,9 @@ const MAX_SIGNED_ELSEWHERE: usize = 3;
 
 /// Fills [`SignatureSet::signed_elsewhere`] when the set is empty and every read succeeded: lists the
 /// repository's tags, and resolves the ordinary ones to drop the signed digests that some tag still
-/// names (the image's own tag included: the set is shared by every reference to the digest). A failed listing or resolution (many registries refuse
-/// listings to pull-only credentials) only means the hint is not given.
+/// names. The image's own tag is not resolved: it names `digest`, which is not among them. A failed
+/// listing or resolution (many registries refuse listings to pull-only credentials) only means the
+/// hint is not given.
 pub async fn find_signed_elsewhere(
     client: &RegistryClient,
     image: &ImageRef,
@@ -82,7 +83,11 @@ pub async fn find_signed_elsewhere(
     // Tags come from the registry: only well-formed ones go into a request path.
     let ordinary: Vec<&String> = tags
         .iter()
-        .filter(|tag| !tag.starts_with("sha256-") && crate::registry::grammar::is_tag(tag))
+        .filter(|tag| {
+            !tag.starts_with("sha256-")
+                && Some(*tag) != image.tag.as_ref()
+                && crate::registry::grammar::is_tag(tag)
+        })
         .collect();
     if signed.is_empty() || ordinary.len() > MAX_TAGS_RESOLVED {
         return;
