@@ -9,7 +9,7 @@ RXG_PIDS=()
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { python3 "$RXG_ROOT/e2e/free_port.py"; }
 
 # wait_for WHAT SECONDS COMMAND...: retries COMMAND until it succeeds.
 wait_for() {

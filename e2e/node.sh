@@ -31,7 +31,7 @@ source "$RXG_ROOT/e2e/tools/node-versions.env"
 
 _node_log() { printf '[node] %s\n' "$*" >&2; }
 
-_node_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+_node_free_port() { python3 "$RXG_ROOT/e2e/free_port.py"; }
 
 # _node_wait WHAT SECONDS COMMAND...: retries COMMAND until it succeeds.
 _node_wait() {

@@ -47,15 +47,20 @@ fn start_server() -> Server {
         .arg(&policies)
         .env("RXG_EVENTS_TOKEN", TOKEN)
         .env("RXG_LOG", "warn")
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
         .spawn()
         .unwrap();
     let ready = format!("http://127.0.0.1:{probes}/readyz");
     let start = Instant::now();
+    let mut child = child;
     while support::process::http_status(&ready) != Some(200) {
+        let exited = child.try_wait().unwrap();
+        let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        assert!(exited.is_none(), "server exited ({exited:?}): {}", log());
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "server never ready"
+            "server never ready: {}",
+            log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -34,13 +34,36 @@ pub fn tool(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port that was free a moment ago. The tools we start take their port on the command line,
-/// so the tiny race between this probe and their bind is accepted; a clash shows as a start failure.
+/// A loopback port that was free a moment ago, chosen below the kernel's ephemeral range. The tools we
+/// start take their port on the command line, so a tiny race between this probe and their bind remains.
+/// Why not bind port 0: the kernel gives out the ephemeral range, which is also where the source ports
+/// of outgoing connections come from; a test opening hundreds of connections in parallel (tests/floods.rs)
+/// took a probed port as a source port before the server bound it. Same rule as e2e/free_port.py.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("no free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .max(FIRST + 1_000);
+    let span = low - FIRST;
+    // A start that differs between test processes; a stride (prime, so it visits every port of the span)
+    // that keeps the threads of one process apart.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let start = std::process::id().wrapping_mul(7_919) ^ nanos;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + start.wrapping_add(step.wrapping_mul(4_099)) % span;
+        let port = u16::try_from(port).expect("ports below the ephemeral range fit in u16");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {low}")
 }
 
 /// Writes a self-signed certificate for 127.0.0.1 as `tls.crt` and `tls.key` in `dir`, and a `policies`
