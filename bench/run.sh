@@ -35,7 +35,7 @@ RATES=(500 1000 2000)
 SATURATION_CONCURRENCY=32
 COLD_IMAGES=100
 FILL_AUTHORITIES=4
-FILL_DIGESTS=25000 # x FILL_AUTHORITIES = 100,000 cached results
+FILL_DIGESTS=${RXG_BENCH_FILL_DIGESTS:-25000} # x FILL_AUTHORITIES = 100,000 cached results
 RESULTS=$RXG_WORK/results
 mkdir -p "$RESULTS"
 cd "$ROOT"
@@ -85,11 +85,11 @@ VERIFY_BENCH=$ROOT/target/release/examples/verify_bench
 # --- registries, images, signatures ------------------------------------------------------------------
 say "Starting the registries"
 start_registry
-DIST=$REGISTRY
+DIST=$REGISTRY DIST_PID=${RXG_PIDS[-1]}
 port=$(free_port)
 ociregistry -addr "127.0.0.1:$port" >"$RXG_WORK/ociregistry.log" 2>&1 &
 RXG_PIDS+=($!)
-OCI=127.0.0.1:$port
+OCI=127.0.0.1:$port OCI_PID=$!
 wait_for "ociregistry" 20 curl -fsS "http://$OCI/v2/"
 
 # push HOST REPOSITORY TAG: a one-layer image whose digest is unique to (host, repository, tag).
@@ -181,6 +181,26 @@ done
 		indent "$RXG_WORK/fill-$i.pub"
 	done
 } >"$RXG_WORK/policies/fill.yaml"
+# The same for verified results: FILL_AUTHORITIES keys whose private halves `loadgen fill --sign-with`
+# signs every pushed image with, so that each digest leaves that many verified results.
+{
+	echo "apiVersion: registryx.io/v1alpha1"
+	echo "kind: ImageSigningPolicy"
+	echo "metadata: {name: bench-fill-signed}"
+	echo "spec:"
+	echo "  images: [\"$OCI/signed-fill/**\"]"
+	echo "  mutateDigest: false"
+	echo "  registry: {insecure: true}"
+	echo "  authorities:"
+	for ((i = 1; i <= FILL_AUTHORITIES; i++)); do
+		openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$RXG_WORK/signed-fill-$i.key" 2>/dev/null
+		openssl pkey -in "$RXG_WORK/signed-fill-$i.key" -pubout -out "$RXG_WORK/signed-fill-$i.pub" 2>/dev/null
+		echo "    - name: signed-fill-key-$i"
+		echo "      key:"
+		echo "        data: |"
+		indent "$RXG_WORK/signed-fill-$i.pub"
+	done
+} >"$RXG_WORK/policies/fill-signed.yaml"
 
 say "Making a CA and the server's certificate"
 tls=$RXG_WORK/tls
@@ -211,6 +231,8 @@ start_server() {
 	wait_for "registryx-guard to be ready" 30 curl -fsS "$PROBES/readyz"
 }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# CPU time (user + system) of process $1 so far, in ticks of 10 ms.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 metric() { curl -fsS "$PROBES/metrics" | awk -v m="$1" '$1 == m || $1 == m"_total" {print $2}'; }
 
@@ -303,12 +325,12 @@ for rep in 1 2 3; do
 	for size in 1 20; do
 		pod_of "${legacy[@]:next:size}" >"$RXG_WORK/pod-$size-$rep.json"
 		next=$((next + size))
-		before=$(metric registryx_guard_registry_requests)
+		before=$(metric registryx_guard_registry_requests) cpu_before=$(cpu_ticks "$DIST_PID")
 		logged "$LOADGEN" once --label "cold $size" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/pod-$size-$rep.json" \
 			>"$RXG_WORK/once.json"
-		after=$(metric registryx_guard_registry_requests)
-		python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))[0]; r["registry_requests"] = int(sys.argv[2]); print(json.dumps(r))' \
-			"$RXG_WORK/once.json" "$((after - before))" >>"$RESULTS/cold-pods.jsonl"
+		after=$(metric registryx_guard_registry_requests) cpu_after=$(cpu_ticks "$DIST_PID")
+		python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))[0]; r["registry_requests"] = int(sys.argv[2]); r["registry_cpu_ms"] = 10 * int(sys.argv[3]); print(json.dumps(r))' \
+			"$RXG_WORK/once.json" "$((after - before))" "$((cpu_after - cpu_before))" >>"$RESULTS/cold-pods.jsonl"
 	done
 done
 # The last 20-image Pod again: now every image is cached (tags are still resolved).
@@ -328,14 +350,38 @@ logged "$LOADGEN" fill --url "$URL" --ca "$tls/ca.crt" --image-prefix "$OCI/fill
 	echo "fill_registry_errors=$(($(metric registryx_guard_registry_errors) - errors_before))"
 } >>"$RESULTS/memory.env"
 
+say "4. Filling a fresh server's cache: $FILL_DIGESTS signed digests x $FILL_AUTHORITIES authorities"
+first_server=$SERVER_PID first_url=$URL first_probes=$PROBES
+start_server verified-fill
+sleep 1
+echo "verified_idle_rss_kib=$(rss_kib "$SERVER_PID")" >>"$RESULTS/memory.env"
+misses_before=$(metric 'registryx_guard_verification_cache_lookups_total{result="miss"}')
+errors_before=$(metric registryx_guard_registry_errors)
+sign_with=()
+for ((i = 1; i <= FILL_AUTHORITIES; i++)); do sign_with+=(--sign-with "$RXG_WORK/signed-fill-$i.key"); done
+logged "$LOADGEN" fill --url "$URL" --ca "$tls/ca.crt" --image-prefix "$OCI/signed-fill/app" --digests "$FILL_DIGESTS" \
+	--per-review 50 --concurrency 8 --seed signed "${sign_with[@]}" >"$RESULTS/fill-verified.json"
+{
+	echo "verified_rss_kib=$(rss_kib "$SERVER_PID")"
+	echo "verified_hwm_kib=$(hwm_kib "$SERVER_PID")"
+	echo "verified_results=$(($(metric 'registryx_guard_verification_cache_lookups_total{result="miss"}') - misses_before))"
+	echo "verified_registry_errors=$(($(metric registryx_guard_registry_errors) - errors_before))"
+} >>"$RESULTS/memory.env"
+kill "$SERVER_PID" && wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=$first_server URL=$first_url PROBES=$first_probes
+
 # --- 2. cold verification ----------------------------------------------------------------------------
 say "2. Cold verification in-process (examples/verify_bench.rs)"
 for rtt in 0 20; do
 	logged "$VERIFY_BENCH" --label legacy --policy "$RXG_WORK/policies/legacy.yaml" --images "$RXG_WORK/cold-legacy.txt" \
-		--rtt-ms "$rtt" >>"$RESULTS/cold.jsonl"
+		--rtt-ms "$rtt" --registry-pid "$DIST_PID" >>"$RESULTS/cold.jsonl"
 	logged "$VERIFY_BENCH" --label bundle --policy "$RXG_WORK/policies/bundle.yaml" --images "$RXG_WORK/cold-bundle.txt" \
-		--rtt-ms "$rtt" >>"$RESULTS/cold.jsonl"
+		--rtt-ms "$rtt" --registry-pid "$OCI_PID" >>"$RESULTS/cold.jsonl"
 done
+# The same bundles named by digest: no tag to resolve, so the referrers path's own round trips.
+while read -r image; do by_digest "$image"; done <"$RXG_WORK/cold-bundle.txt" >"$RXG_WORK/cold-bundle-digest.txt"
+logged "$VERIFY_BENCH" --label bundle-digest --policy "$RXG_WORK/policies/bundle.yaml" \
+	--images "$RXG_WORK/cold-bundle-digest.txt" --rtt-ms 20 >>"$RESULTS/cold.jsonl"
 
 say "2. registryx-guard verify next to cosign verify (hyperfine)"
 compare() {
@@ -347,6 +393,19 @@ compare() {
 }
 compare legacy "$DIST/bench/app:1" "$RXG_WORK/policies/legacy.yaml" false
 compare bundle "${bundle[0]}" "$RXG_WORK/policies/bundle.yaml" true
+# Many images in one process: 20 cold images against one, and against one `cosign verify` of the 20.
+twenty=("${legacy[@]:0:20}")
+logged env HOME="$RXG_WORK/home" hyperfine -N --warmup 2 --runs 10 --export-json "$RESULTS/hyperfine-many.json" \
+	-n "registryx-guard verify, 1 image" "$BIN verify ${twenty[0]} --policy $RXG_WORK/policies/legacy.yaml" \
+	-n "registryx-guard verify, 20 images" "$BIN verify ${twenty[*]} --policy $RXG_WORK/policies/legacy.yaml" \
+	-n "cosign verify, 20 images" "cosign verify --key $RXG_WORK/cosign.pub --insecure-ignore-tlog=true --offline=true --new-bundle-format=false ${twenty[*]}" \
+	>"$RXG_WORK/hyperfine-many.log" 2>&1 || { cat "$RXG_WORK/hyperfine-many.log" >&2; exit 1; }
+# What the registry itself spends on them: its CPU time over one more run of each (new processes, cold).
+for count in 1 20; do
+	before=$(cpu_ticks "$DIST_PID")
+	"$BIN" verify "${twenty[@]:0:count}" --policy "$RXG_WORK/policies/legacy.yaml" >/dev/null
+	echo "registry_cpu_ms_$count=$((10 * ($(cpu_ticks "$DIST_PID") - before)))"
+done >"$RESULTS/many.env"
 # Process start: an image no policy governs (refused without a network call) next to --version.
 logged hyperfine -N --warmup 3 --runs 30 -i --export-json "$RESULTS/hyperfine-startup.json" \
 	-n "verify, no policy governs the image" "$BIN verify elsewhere.example/app:1 --policy $RXG_WORK/policies/legacy.yaml" \

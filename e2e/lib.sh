@@ -44,10 +44,12 @@ start_registry() {
 	local port ip=${1:-127.0.0.1}
 	port=$(free_port)
 	mkdir -p "$RXG_WORK/registry"
+	# The blob descriptor cache as in Debian's packaged /etc/docker/registry/config.yml (and the
+	# registry image's): without it every manifest read stats its blobs on disk again.
 	cat >"$RXG_WORK/registry/config.yml" <<-YAML
 		version: 0.1
 		log: {level: warn}
-		storage: {filesystem: {rootdirectory: $RXG_WORK/registry/data}}
+		storage: {filesystem: {rootdirectory: $RXG_WORK/registry/data}, cache: {blobdescriptor: inmemory}}
 		http: {addr: $ip:$port}
 	YAML
 	registry serve "$RXG_WORK/registry/config.yml" >"$RXG_WORK/registry.log" 2>&1 &

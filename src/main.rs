@@ -5,11 +5,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use registryx_guard::cli::Cli;
+use registryx_guard::telemetry::LogWriter;
 
 fn main() -> ExitCode {
     registryx_guard::tls::install_crypto_provider();
     let cli = Cli::parse();
-    registryx_guard::telemetry::init(&cli.log);
+    let writer = match cli.command {
+        registryx_guard::cli::Command::Serve(_) => LogWriter::Background,
+        _ => LogWriter::Direct,
+    };
+    // Held to the end of main: dropping it flushes the log lines still queued.
+    let _log_guard = registryx_guard::telemetry::init(&cli.log, writer);
     match registryx_guard::cli::run(cli) {
         Ok(code) => code,
         Err(error) => {

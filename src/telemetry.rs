@@ -9,6 +9,7 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime as _, SystemTime};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -36,8 +37,24 @@ pub struct LogArgs {
     pub log_level: String,
 }
 
+/// Where log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogWriter {
+    /// On the calling thread: short-lived commands, whose lines must interleave with their output.
+    Direct,
+    /// By a thread of its own (`serve`): a review's thread hands its line over and goes on, instead of
+    /// waiting for stderr (a pipe to the container runtime that can be slow). Lossless: when 128k lines
+    /// are waiting the logging thread blocks, rather than dropping a decision.
+    Background,
+}
+
 /// Installs the global subscriber. Logs go to stderr so that `verify --output json` keeps stdout clean.
-pub fn init(args: &LogArgs) {
+/// With [`LogWriter::Background`], keep the returned guard until the process ends: dropping it flushes
+/// the lines still queued.
+pub fn init(
+    args: &LogArgs,
+    writer: LogWriter,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|error| {
         eprintln!(
             "warning: invalid --log-level {:?} ({error}); using info",
@@ -45,9 +62,19 @@ pub fn init(args: &LogArgs) {
         );
         EnvFilter::new("info")
     });
+    let (make_writer, guard) = match writer {
+        LogWriter::Direct => (BoxMakeWriter::new(std::io::stderr), None),
+        LogWriter::Background => {
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(false)
+                .thread_name("registryx-guard-log")
+                .finish(std::io::stderr());
+            (BoxMakeWriter::new(writer), Some(guard))
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(make_writer);
     // `try_init` so that a second call (in tests) is harmless.
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),
@@ -56,6 +83,7 @@ pub fn init(args: &LogArgs) {
             .event_format(JsonLines)
             .try_init(),
     };
+    guard
 }
 
 /// tracing-subscriber's JSON lines (timestamp, level, the event's fields at the top, target, the

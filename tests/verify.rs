@@ -272,3 +272,65 @@ async fn concurrent_lookups_of_one_image_share_one_fetch() {
         "eight lookups, one discovery"
     );
 }
+
+#[tokio::test]
+async fn a_registry_without_the_referrers_api_is_asked_for_it_once() {
+    // distribution has no referrers route (a plain-text 404): after the first verification the verifier
+    // stops asking, and still finds both formats, the bundle behind its fallback tag.
+    let registry = Registry::distribution();
+    let proxy = support::fakes::RegistryxProxy::start(&registry.host).await;
+    let cosign = Cosign::with_new_key_pair();
+    let legacy = registry.push_image("team/app", "v1", "absent-1").await;
+    let bundle = registry.push_image("team/app", "v2", "absent-2").await;
+    let third = registry.push_image("team/app", "v3", "absent-3").await;
+    cosign.sign(&legacy.reference, Format::Legacy);
+    cosign.sign(&bundle.reference, Format::Bundle);
+    cosign.sign(&third.reference, Format::Legacy);
+    let through_proxy = |image: &support::registry::PushedImage| {
+        image.by_digest().replace(&registry.host, &proxy.host())
+    };
+    let policy = key_policy(&proxy.host(), &cosign);
+    let verifier = new_verifier();
+
+    assert_admitted(&verify_with(&verifier, &through_proxy(&legacy), &policy, BUDGET).await);
+    // Its first request is refused for want of a token, then answered 404 with one.
+    let asked = proxy.requests().referrers;
+    assert!(asked >= 1, "{:?}", proxy.requests());
+    for image in [&bundle, &third] {
+        assert_admitted(&verify_with(&verifier, &through_proxy(image), &policy, BUDGET).await);
+    }
+    assert_eq!(proxy.requests().referrers, asked, "{:?}", proxy.requests());
+}
+
+#[tokio::test]
+async fn an_oci_error_from_the_referrers_api_is_not_taken_for_its_absence() {
+    // A JSON 404 (NAME_UNKNOWN, MANIFEST_UNKNOWN...) speaks of one repository: every digest is asked again.
+    let registry = support::fakes::FailingRegistry::start(404).await;
+    let cosign = Cosign::with_new_key_pair();
+    let policy = key_policy(&registry.host(), &cosign);
+    let verifier = new_verifier();
+    let digest = |n: char| {
+        format!(
+            "{}/team/app@sha256:{}",
+            registry.host(),
+            n.to_string().repeat(64)
+        )
+    };
+
+    assert!(
+        !verify_with(&verifier, &digest('a'), &policy, BUDGET)
+            .await
+            .admitted()
+    );
+    let first = registry.requests();
+    assert!(
+        !verify_with(&verifier, &digest('b'), &policy, BUDGET)
+            .await
+            .admitted()
+    );
+    assert_eq!(
+        registry.requests() - first,
+        first,
+        "the second digest cost fewer requests"
+    );
+}
