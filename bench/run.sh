@@ -82,6 +82,19 @@ VERIFY_BENCH=$ROOT/target/release/examples/verify_bench
 	echo "loadavg_start=$loadavg_before"
 } >"$RESULTS/machine.env"
 
+# --- peers --------------------------------------------------------------------------------------------
+# policy-controller's policy-tester and the Kyverno CLI, built from their pinned modules (bench/peers.sh;
+# minutes the first time, seconds after). A peer that does not build is skipped with its reason.
+say "Building the peers (bench/peers.sh)"
+declare -A PEER=()
+while read -r status name rest; do
+	if [[ $status == ok ]]; then
+		PEER[$name]=$rest
+	else
+		echo "skipping peer $name: $rest" | tee -a "$RESULTS/peers-skipped.txt" >&2
+	fi
+done < <(bash "$ROOT/bench/peers.sh" build)
+
 # --- registries, images, signatures ------------------------------------------------------------------
 say "Starting the registries"
 start_registry
@@ -384,14 +397,68 @@ logged "$VERIFY_BENCH" --label bundle-digest --policy "$RXG_WORK/policies/bundle
 	--images "$RXG_WORK/cold-bundle-digest.txt" --rtt-ms 20 >>"$RESULTS/cold.jsonl"
 
 say "2. registryx-guard verify next to cosign verify (hyperfine)"
+# The peers' policies for the legacy image: the same key, no transparency log, nothing but the registry.
+peers=$RXG_WORK/peers
+mkdir -p "$peers"
+{
+	echo "apiVersion: policy.sigstore.dev/v1beta1"
+	echo "kind: ClusterImagePolicy"
+	echo "metadata: {name: bench-key}"
+	echo "spec:"
+	echo "  images: [{glob: \"$DIST/bench/**\"}]"
+	echo "  authorities:"
+	echo "    - name: bench-key"
+	echo "      key:"
+	echo "        hashAlgorithm: sha256"
+	echo "        data: |"
+	indent "$RXG_WORK/cosign.pub"
+} >"$peers/cip.yaml"
+{
+	echo "apiVersion: kyverno.io/v1"
+	echo "kind: ClusterPolicy"
+	echo "metadata: {name: bench-key}"
+	echo "spec:"
+	echo "  background: false"
+	echo "  rules:"
+	echo "    - name: verify-signature"
+	echo "      match: {any: [{resources: {kinds: [Pod]}}]}"
+	echo "      verifyImages:"
+	echo "        - imageReferences: [\"$DIST/bench/*\"]"
+	echo "          failureAction: Enforce"
+	echo "          mutateDigest: false"
+	echo "          verifyDigest: false"
+	echo "          required: true"
+	echo "          useCache: false"
+	echo "          imageRegistryCredentials: {allowInsecureRegistry: true}"
+	echo "          attestors:"
+	echo "            - count: 1"
+	echo "              entries:"
+	echo "                - keys:"
+	echo "                    signatureAlgorithm: sha256"
+	echo "                    rekor: {url: \"https://rekor.sigstore.dev\", ignoreTlog: true}"
+	echo "                    ctlog: {ignoreSCT: true}"
+	echo "                    publicKeys: |-"
+	sed 's/^/                      /' "$RXG_WORK/cosign.pub"
+} >"$peers/kyverno.yaml"
+printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: default}\nspec:\n  containers: [{name: app, image: "%s"}]\n' \
+	"$DIST/bench/app:1" >"$peers/pod.yaml"
+
+# compare NAME IMAGE POLICY NEW_BUNDLE [hyperfine -n NAME COMMAND...]: registryx-guard verify, cosign verify
+# and the given peers on one image, side by side in one hyperfine run.
 compare() {
 	local name=$1 image=$2 policy=$3 new_bundle=$4
+	shift 4
 	logged env HOME="$RXG_WORK/home" hyperfine -N --warmup 3 --runs 30 --export-json "$RESULTS/hyperfine-$name.json" \
 		-n "registryx-guard verify" "$BIN verify $image --policy $policy" \
 		-n "cosign verify" "cosign verify --key $RXG_WORK/cosign.pub --insecure-ignore-tlog=true --offline=true --new-bundle-format=$new_bundle $image" \
-		>"$RXG_WORK/hyperfine-$name.log" 2>&1 || { cat "$RXG_WORK/hyperfine-$name.log" >&2; return 1; }
+		"$@" >"$RXG_WORK/hyperfine-$name.log" 2>&1 || { cat "$RXG_WORK/hyperfine-$name.log" >&2; return 1; }
 }
-compare legacy "$DIST/bench/app:1" "$RXG_WORK/policies/legacy.yaml" false
+legacy_peers=()
+[[ -n ${PEER[policy-tester]:-} ]] &&
+	legacy_peers+=(-n "policy-tester" "${PEER[policy-tester]} --policy $peers/cip.yaml --image $DIST/bench/app:1")
+[[ -n ${PEER[kyverno]:-} ]] &&
+	legacy_peers+=(-n "kyverno apply" "${PEER[kyverno]} apply $peers/kyverno.yaml --resource $peers/pod.yaml")
+compare legacy "$DIST/bench/app:1" "$RXG_WORK/policies/legacy.yaml" false "${legacy_peers[@]}"
 compare bundle "${bundle[0]}" "$RXG_WORK/policies/bundle.yaml" true
 # Many images in one process: 20 cold images against one, and against one `cosign verify` of the 20.
 twenty=("${legacy[@]:0:20}")

@@ -112,8 +112,14 @@ impl Stage<'_> {
                 // The registry's own client: the policy's caBundle applies to its REST API too.
                 let read = match self.verifier.client(image, policy) {
                     Ok(client) => {
-                        fetch_vulnerabilities(client.http(), api, &image.repository, digest, left)
-                            .await
+                        fetch_vulnerabilities(
+                            client.http_for(api),
+                            api,
+                            &image.repository,
+                            digest,
+                            left,
+                        )
+                        .await
                     }
                     Err(error) => Err(error.to_string()),
                 };

@@ -26,25 +26,8 @@ export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 
-# up_to_date NAME STAMP: true when bin/NAME exists and was built from STAMP.
-up_to_date() {
-	[[ -x $bin/$1 ]] && [[ -f $stamps/$1 ]] && [[ $(<"$stamps/$1") == "$2" ]]
-}
-
-# build NAME STAMP COMMAND...: runs COMMAND unless NAME is up to date, then records STAMP.
-build() {
-	local name=$1 stamp=$2
-	shift 2
-	if up_to_date "$name" "$stamp"; then
-		return
-	fi
-	log "building $name ($stamp)"
-	local start=$SECONDS
-	"$@"
-	[[ -x $bin/$name ]] || { log "FAILED: $name was not produced"; exit 1; }
-	printf '%s' "$stamp" >"$stamps/$name"
-	log "built $name in $((SECONDS - start))s"
-}
+# shellcheck source=stamped-build.sh
+source "$here/stamped-build.sh"
 
 # The stamp of a wrapper module: the hash of its go.mod, go.sum and Go sources.
 module_hash() { find "$here/$1" -maxdepth 1 -type f \( -name 'go.*' -o -name '*.go' \) -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16; }

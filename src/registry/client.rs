@@ -116,6 +116,29 @@ pub struct RegistryClient {
     /// Until when the registry is taken to have no referrers API: it answered a referrers request with
     /// a route it does not have.
     referrers_absent_until: Mutex<Option<Instant>>,
+    /// For a plain-HTTP registry, the client of the HTTPS URLs it refers to, built when first needed.
+    tls_http: std::sync::OnceLock<reqwest::Client>,
+    /// The caBundle's certificates, for `tls_http`.
+    certificates: Vec<reqwest::Certificate>,
+}
+
+/// A reqwest client for one registry: trusting the caBundle's `certificates`, and the system's roots
+/// unless `system_roots` is false (then only the caBundle's).
+fn build_http(
+    config: &RegistryConfig,
+    certificates: Vec<reqwest::Certificate>,
+    system_roots: bool,
+) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+        .pool_max_idle_per_host(config.max_concurrent_requests)
+        .user_agent(concat!("registryx-guard/", env!("CARGO_PKG_VERSION")));
+    let builder = if system_roots {
+        builder.tls_certs_merge(certificates)
+    } else {
+        builder.tls_certs_only(certificates)
+    };
+    builder.build()
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -135,30 +158,31 @@ impl RegistryClient {
             registry: registry.clone(),
             detail,
         };
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(config.max_concurrent_requests)
-            .user_agent(concat!("registryx-guard/", env!("CARGO_PKG_VERSION")));
-        if let Some(bundle) = &config.ca_bundle {
-            let certificates =
-                reqwest::Certificate::from_pem_bundle(bundle.as_bytes()).map_err(|e| {
-                    config_error(format!("caBundle does not parse as PEM certificates: {e}"))
-                })?;
-            if certificates.is_empty() {
-                return Err(config_error("caBundle holds no PEM certificate".into()));
+        let certificates = match &config.ca_bundle {
+            Some(bundle) => {
+                let certificates = reqwest::Certificate::from_pem_bundle(bundle.as_bytes())
+                    .map_err(|e| {
+                        config_error(format!("caBundle does not parse as PEM certificates: {e}"))
+                    })?;
+                if certificates.is_empty() {
+                    return Err(config_error("caBundle holds no PEM certificate".into()));
+                }
+                certificates
             }
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        let http = builder
-            .build()
+            None => Vec::new(),
+        };
+        // A plain-HTTP registry's own requests never verify a certificate: its client does not load the
+        // system's trust store (most of a `verify` process's start-up). An HTTPS URL it meets anyway (a
+        // token realm, RegistryX's REST API) gets a client that does, built then (`http_for`).
+        let http = build_http(&config, certificates.clone(), !config.insecure)
             .map_err(|e| config_error(format!("cannot build the HTTP client: {e}")))?;
         let scheme = if config.insecure { "http" } else { "https" };
         Ok(RegistryClient {
             base: format!("{scheme}://{}", image.api_host()),
             registry,
             http,
+            tls_http: std::sync::OnceLock::new(),
+            certificates,
             permits: Semaphore::new(config.max_concurrent_requests.max(1)),
             config,
             tokens: Mutex::new(HashMap::new()),
@@ -181,10 +205,18 @@ impl RegistryClient {
         &self.config
     }
 
-    /// The HTTP client behind this registry's requests (its caBundle, timeouts and pool), for the
-    /// registry's other APIs.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
+    /// The HTTP client for `url` with this registry's caBundle, timeouts and pool: the registry's own,
+    /// or, for an HTTPS URL next to a plain-HTTP registry, one that also trusts the system's roots.
+    pub fn http_for(&self, url: &str) -> &reqwest::Client {
+        if !self.config.insecure || !url.starts_with("https://") {
+            return &self.http;
+        }
+        self.tls_http.get_or_init(|| {
+            // The same builder succeeded once already, with these certificates; should it fail now,
+            // the registry's own client refuses the certificate instead (a clear TLS error).
+            build_http(&self.config, self.certificates.clone(), true)
+                .unwrap_or_else(|_| self.http.clone())
+        })
     }
 
     /// The digest of `image`: the pinned one without any request, else one HEAD (GET when HEAD does not
@@ -617,7 +649,7 @@ impl RegistryClient {
         if let Some(service) = service {
             query.push(("service", service));
         }
-        let mut request = self.http.get(realm).query(&query);
+        let mut request = self.http_for(realm).get(realm).query(&query);
         if let Some(credentials) = &self.config.credentials {
             request = request.basic_auth(&credentials.username, Some(&credentials.password));
         }
@@ -896,6 +928,38 @@ fn describe_transport_error(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_http_registry_builds_its_tls_client_only_for_https_urls() {
+        crate::tls::install_crypto_provider();
+        let image = ImageRef::parse("registry.example:5000/team/app:1").unwrap();
+        let plain = RegistryClient::new(
+            &image,
+            RegistryConfig {
+                insecure: true,
+                ..RegistryConfig::default()
+            },
+        )
+        .unwrap();
+        assert!(std::ptr::eq(
+            plain.http_for("http://registry.example:5000/token"),
+            &plain.http
+        ));
+        assert!(plain.tls_http.get().is_none(), "built before any HTTPS URL");
+        let tls = plain.http_for("https://auth.example/token");
+        assert!(!std::ptr::eq(tls, &plain.http));
+        assert!(
+            std::ptr::eq(plain.http_for("https://api.example/v2"), tls),
+            "built twice"
+        );
+
+        let secure = RegistryClient::new(&image, RegistryConfig::default()).unwrap();
+        assert!(std::ptr::eq(
+            secure.http_for("https://auth.example/token"),
+            &secure.http
+        ));
+        assert!(secure.tls_http.get().is_none());
+    }
 
     #[test]
     fn error_messages_prefer_the_distribution_error_shape() {
