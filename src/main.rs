@@ -7,6 +7,10 @@ use clap::Parser;
 use registryx_guard::cli::Cli;
 use registryx_guard::telemetry::LogWriter;
 
+// Why mimalloc rather than the system allocator: see its entry in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     registryx_guard::tls::install_crypto_provider();
     let cli = Cli::parse();
