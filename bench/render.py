@@ -432,7 +432,8 @@ if parse and groups:
 if quiet and loud:
     cost = 100 * (1 - loud['throughput_rps'] / quiet['throughput_rps'])
     w((f"- **Logging costs {cost:.0f} % of the throughput.** " if cost >= 5 else
-       "- **Logging costs no measurable throughput** (it cost 18 % in the previous run). ")
+       "- **Logging costs no measurable throughput** (18 % in the run of 2026-12-02 12:07Z, before an admitted "
+       "image was logged by who vouched for it, on a thread of its own). ")
       + f"The same saturation run against a server with `--log-level warn` answered {fmt_int(quiet['throughput_rps'])} "
       f"reviews/s against {fmt_int(loud['throughput_rps'])} at `info`: each admission logs one `info` line. An image "
       "admitted without a warning is logged as who vouched for it (`verifiedBy`, its digest), a refused or "
