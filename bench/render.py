@@ -713,7 +713,8 @@ else:
     w("_Not measured in this run (`RXG_BENCH_E2E_RUNS=0`)._")
 w("")
 if policy_dir:
-    w(f"Without a cluster, `serve --policy-dir` polls its folder every 500 ms: replacing the file took "
+    w(f"Without a cluster, `serve --policy-dir` polls its folder every 500 ms and loads a change once the folder "
+      "has held still for one whole interval (a file caught mid-write is never published): replacing the file took "
       f"{policy_dir['seconds']:.3f} s to the first refused review ({policy_dir['polls']} reviews still admitted in between).")
     w("")
 

@@ -237,3 +237,97 @@ fn serve_refuses_to_start_with_a_missing_policy_folder() {
         stderr(&output)
     );
 }
+
+#[test]
+fn a_policy_file_rewritten_in_place_is_never_published_half_written() {
+    // A writer that truncates p.yaml and writes the new policy a line at a time, as a script echoing
+    // lines or `cat > p.yaml` from a slow pipe does: every prefix of whole lines parses (no policy at
+    // all, then one with no authority yet), and publishing one would refuse the images it governs.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |name: &str, host: &str| {
+        format!(
+            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: {name}}}\nspec:\n  images: ['{host}/**']\n  mutateDigest: false\n  signatureRequired: false\n"
+        )
+    };
+    let policies = support::serve_files(dir.path(), &policy("first", "a.example"));
+    let (port, https) = (support::free_port(), support::free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
+        .args(["serve", "--probes-listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", &format!("127.0.0.1:{https}")])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .arg("--policy-dir")
+        .arg(&policies)
+        .env("RXG_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let metrics = || {
+        client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    };
+    let published = |text: &str| {
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        (
+            value("registryx_guard_policies{ready=\"true\"}"),
+            value("registryx_guard_policies{ready=\"false\"}"),
+            value("registryx_guard_policy_reconciles_total"),
+        )
+    };
+    let start = std::time::Instant::now();
+    while published(&metrics()).0 != Some(1) {
+        assert!(start.elapsed().as_secs() < 20, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let before = published(&metrics()).2.unwrap();
+
+    let text = policy("second", "b.example");
+    let writer = {
+        let path = policies.join("p.yaml");
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(path).unwrap();
+            for line in text.split_inclusive('\n') {
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                file.write_all(line.as_bytes()).unwrap();
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    while !writer.is_finished() {
+        seen.push(published(&metrics()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    writer.join().unwrap();
+    let start = std::time::Instant::now();
+    let after = loop {
+        let now = published(&metrics());
+        if now.2 > Some(before) || start.elapsed().as_secs() > 10 {
+            break now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    for (ready, not_ready, _) in &seen {
+        assert_eq!(
+            (*ready, *not_ready),
+            (Some(1), Some(0)),
+            "a half-written file was published: {seen:?}"
+        );
+    }
+    assert_eq!(
+        after,
+        (Some(1), Some(0), Some(before + 1)),
+        "the finished file was not published once: {seen:?}"
+    );
+}

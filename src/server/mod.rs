@@ -170,15 +170,26 @@ async fn stopped_signal(mut stopped: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Reloads the folder when a file changes. A folder that stops parsing keeps the last good snapshot:
-/// a half-edited file must not drop enforcement.
+/// a half-edited file must not drop enforcement. A change is loaded only once the folder has held still
+/// for a whole poll interval: a file caught while being written in place (truncated, or half its lines)
+/// parses more often than not, as no policy or one without its authorities, and publishing that would
+/// refuse the images it governs until the next poll. Renaming a finished file into place (what
+/// ConfigMap mounts and most editors do) is published one interval later.
 async fn watch_policy_dir(folder: std::path::PathBuf, mut publisher: Publisher, namespace: String) {
     let mut seen = dir::fingerprint(&folder);
+    let mut settling = None;
     loop {
         tokio::time::sleep(dir::POLL_INTERVAL).await;
         let now = dir::fingerprint(&folder);
         if now == seen {
+            settling = None;
             continue;
         }
+        if settling.as_ref() != Some(&now) {
+            settling = Some(now);
+            continue;
+        }
+        settling = None;
         seen = now;
         match dir::load_dir(&folder) {
             Ok(policies) => {
