@@ -122,7 +122,7 @@ fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
         .unwrap()
         .public_key_pem()
         .replace('\n', "\n        ");
-    let policies = support::serve_files(
+    support::serve_files(
         dir.path(),
         &format!(
             "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: from-dir}}\nspec:\n  images: ['r.example/**']\n  \
@@ -130,21 +130,8 @@ fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
         ),
     );
     let (port, https) = (support::free_port(), support::free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--probes-listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(["--listen", &format!("127.0.0.1:{https}")])
-        .arg("--tls-cert")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-key")
-        .arg(dir.path().join("tls.key"))
-        .arg("--policy-dir")
-        .arg(&policies)
+    let mut child = support::serve_command(dir.path(), port, https)
+        .args(["--log-format", "json"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -251,15 +238,7 @@ fn a_policy_file_rewritten_in_place_is_never_published_half_written() {
     };
     let policies = support::serve_files(dir.path(), &policy("first", "a.example"));
     let (port, https) = (support::free_port(), support::free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
-        .args(["serve", "--probes-listen", &format!("127.0.0.1:{port}")])
-        .args(["--listen", &format!("127.0.0.1:{https}")])
-        .arg("--tls-cert")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-key")
-        .arg(dir.path().join("tls.key"))
-        .arg("--policy-dir")
-        .arg(&policies)
+    let mut child = support::serve_command(dir.path(), port, https)
         .env("RXG_LOG", "warn")
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use support::free_port;
@@ -31,20 +31,12 @@ const TOKEN: &str = "flood-test-token-0123456789";
 
 fn start_server() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let policies = support::serve_files(
+    support::serve_files(
         dir.path(),
         "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {name: p}\nspec:\n  images: ['r.example/**']\n  signatureRequired: false\n",
     );
     let (probes, https) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
-        .args(["serve", "--probes-listen", &format!("127.0.0.1:{probes}")])
-        .args(["--listen", &format!("127.0.0.1:{https}")])
-        .arg("--tls-cert")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-key")
-        .arg(dir.path().join("tls.key"))
-        .arg("--policy-dir")
-        .arg(&policies)
+    let child = support::serve_command(dir.path(), probes, https)
         .env("RXG_EVENTS_TOKEN", TOKEN)
         .env("RXG_LOG", "warn")
         .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())

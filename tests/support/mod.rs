@@ -66,6 +66,22 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port below {low}")
 }
 
+/// `registryx-guard serve` on 127.0.0.1 (`probes` and `https` ports) with the certificate and policies
+/// folder that [`serve_files`] wrote in `dir`.
+pub fn serve_command(dir: &std::path::Path, probes: u16, https: u16) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_registryx-guard"));
+    command
+        .args(["serve", "--probes-listen", &format!("127.0.0.1:{probes}")])
+        .args(["--listen", &format!("127.0.0.1:{https}")])
+        .arg("--tls-cert")
+        .arg(dir.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("tls.key"))
+        .arg("--policy-dir")
+        .arg(dir.join("policies"));
+    command
+}
+
 /// Writes a self-signed certificate for 127.0.0.1 as `tls.crt` and `tls.key` in `dir`, and a `policies`
 /// folder holding `policy` as `p.yaml`; returns the policies folder, for `serve --policy-dir`.
 pub fn serve_files(dir: &std::path::Path, policy: &str) -> PathBuf {
