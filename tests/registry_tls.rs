@@ -9,11 +9,8 @@ use support::verdicts::{
     PolicyYaml, assert_admitted, assert_refused_because, compile_policy, verify,
 };
 
-#[tokio::test]
-async fn a_private_ca_is_trusted_through_the_policy_ca_bundle_only() {
-    let registry = Registry::distribution_with_tls();
-    let cosign = Cosign::with_new_key_pair();
-    let image = registry.push_image("team/app", "v1", "tls").await;
+/// Signs `reference` (legacy format) on `registry`, whose certificate cosign trusts through its CA.
+fn sign_over_tls(cosign: &Cosign, registry: &Registry, reference: &str) {
     let ca_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca_file.path(), registry.ca_pem().unwrap()).unwrap();
     let output = cosign
@@ -27,10 +24,18 @@ async fn a_private_ca_is_trusted_through_the_policy_ca_bundle_only() {
             "--registry-cacert",
         ])
         .arg(ca_file.path())
-        .arg(&image.reference)
+        .arg(reference)
         .output()
         .unwrap();
     support::cosign::assert_success("cosign sign over TLS", &output);
+}
+
+#[tokio::test]
+async fn a_private_ca_is_trusted_through_the_policy_ca_bundle_only() {
+    let registry = Registry::distribution_with_tls();
+    let cosign = Cosign::with_new_key_pair();
+    let image = registry.push_image("team/app", "v1", "tls").await;
+    sign_over_tls(&cosign, &registry, &image.reference);
 
     let base = PolicyYaml::key(&registry.host, &cosign.public_key_pem()).yaml();
     let bundle = registry
@@ -67,4 +72,30 @@ async fn a_private_ca_is_trusted_through_the_policy_ca_bundle_only() {
     let without_ca = base.replace("registry: {insecure: true}", "registry: {}");
     let verdict = verify(&image.reference, &compile_policy(&without_ca)).await;
     assert_refused_because(&verdict, &[&registry.host, "cannot connect"]);
+}
+
+#[tokio::test]
+async fn a_plain_http_registry_redirecting_to_https_storage_is_followed() {
+    // The plain-HTTP registry's own client loads no trust store; the HTTPS URLs it redirects to are
+    // read with the client that has the system roots and the caBundle.
+    let storage = Registry::distribution_with_tls();
+    let cosign = Cosign::with_new_key_pair();
+    let image = storage.push_image("team/app", "v1", "redirected").await;
+    sign_over_tls(&cosign, &storage, &image.reference);
+    let front = support::fakes::RedirectingRegistry::start(&storage.host);
+
+    let bundle = storage
+        .ca_pem()
+        .unwrap()
+        .trim_end()
+        .replace('\n', "\n      ");
+    let policy = PolicyYaml::key(&front.host(), &cosign.public_key_pem())
+        .yaml()
+        .replace(
+            "registry: {insecure: true}",
+            &format!("registry:\n    insecure: true\n    caBundle: |\n      {bundle}"),
+        );
+    let reference = image.reference.replace(&storage.host, &front.host());
+    assert_admitted(&verify(&reference, &compile_policy(&policy)).await);
+    assert!(front.requests() >= 3, "{} requests", front.requests());
 }

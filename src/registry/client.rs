@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -136,7 +136,19 @@ fn build_http(
     let builder = if system_roots {
         builder.tls_certs_merge(certificates)
     } else {
-        builder.tls_certs_only(certificates)
+        // Without the system's roots, a redirect to HTTPS (blob storage's presigned URLs) is not
+        // followed here but handed back to `execute`, which follows it with the client that has them.
+        builder
+            .tls_certs_only(certificates)
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.url().scheme() == "https" {
+                    attempt.stop()
+                } else if attempt.previous().len() >= 10 {
+                    attempt.error("more than 10 redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))
     };
     builder.build()
 }
@@ -513,10 +525,41 @@ impl RegistryClient {
                         message,
                     });
                 }
+                status if status.is_redirection() && self.config.insecure => {
+                    return self
+                        .follow_to_https(step, response, method, accept, deadline)
+                        .await;
+                }
                 _ => return Ok(response),
             }
         }
         unreachable!("the loop returns on its second attempt")
+    }
+
+    /// A plain-HTTP registry's redirect that its client stopped at (see `build_http`): an HTTPS
+    /// `Location` is read with the client that trusts the system's roots, without the registry's
+    /// credentials (as reqwest drops them on a redirect to another host); anything else is returned.
+    async fn follow_to_https(
+        &self,
+        step: &str,
+        response: Response,
+        method: Method,
+        accept: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Response, RegistryError> {
+        let target = header(&response, LOCATION.as_str())
+            .and_then(|location| response.url().join(&location).ok())
+            .filter(|url| url.scheme() == "https");
+        let Some(target) = target else {
+            return Ok(response);
+        };
+        let mut request = self
+            .http_for(target.as_str())
+            .request(method, target.as_str());
+        if let Some(accept) = accept {
+            request = request.header(ACCEPT, accept);
+        }
+        self.send(step, request, deadline).await
     }
 
     fn authorize(&self, request: reqwest::RequestBuilder, scope: &str) -> reqwest::RequestBuilder {

@@ -782,3 +782,45 @@ fn lying(manifest: &[u8], claimed: &str, request: &Request) -> Response {
     *response.headers_mut() = headers;
     response
 }
+
+/// A plain-HTTP front that answers every request with `307` to the same path on `https://<target>`, as
+/// a registry whose storage hands out HTTPS URLs (S3, GCS presigned blobs) does. Counts what it saw.
+pub struct RedirectingRegistry {
+    server: Server,
+    requests: Arc<AtomicUsize>,
+}
+
+impl RedirectingRegistry {
+    pub fn start(target: &str) -> RedirectingRegistry {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (counter, target) = (requests.clone(), target.to_owned());
+        let router = axum::Router::new().fallback(move |request: Request| {
+            let (counter, target) = (counter.clone(), target.clone());
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let path = request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, format!("https://{target}{path}"))],
+                )
+                    .into_response()
+            }
+        });
+        RedirectingRegistry {
+            server: Server::serve_router("redirecting", router),
+            requests,
+        }
+    }
+
+    pub fn host(&self) -> String {
+        self.server.host.clone()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
