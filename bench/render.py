@@ -524,8 +524,9 @@ w("")
 if legacy20 and bundle20:
     w(f"- **Round trips.** Legacy `.sig`: {legacy20['per_image']['round_trips_max']} sequential round trips "
       f"({legacy20['per_image']['requests_max']} requests): resolve the tag; the `.sig` tag and the referrers "
-      "fallback tag at once (and the referrers API, on the first image only: this registry has none, which "
-      "the client then remembers for 5 minutes); the simple-signing payload. Bundles: "
+      "fallback tag at once (and the referrers API, on the first images only: this registry has none, which "
+      "the client remembers for 5 minutes after three such answers in a row; the run above remembered it "
+      "after the first); the simple-signing payload. Bundles: "
       f"{bundle20['per_image']['round_trips_max']} ({bundle20['per_image']['requests_max']} requests): resolve; the "
       "three at once; the bundle's manifest; the bundle blob. A referrers answer lists only descriptors, so "
       "the manifest and then its layer must be read in turn"

@@ -43,8 +43,8 @@ pub enum LogWriter {
     /// On the calling thread: short-lived commands, whose lines must interleave with their output.
     Direct,
     /// By a thread of its own (`serve`): a review's thread hands its line over and goes on, instead of
-    /// waiting for stderr (a pipe to the container runtime that can be slow). Lossless: when 128k lines
-    /// are waiting the logging thread blocks, rather than dropping a decision.
+    /// waiting for stderr (a pipe to the container runtime that can be slow). Lossless: when 4,096 lines
+    /// are waiting, the next one waits for room rather than dropping a decision.
     Background,
 }
 
@@ -67,6 +67,9 @@ pub fn init(
         LogWriter::Background => {
             let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
                 .lossy(false)
+                // A decision line can be 16 KiB: 4,096 queued lines are at most 64 MiB, the default
+                // 128k could be 2 GiB behind a stalled stderr before anyone waits.
+                .buffered_lines_limit(4096)
                 .thread_name("registryx-guard-log")
                 .finish(std::io::stderr());
             (BoxMakeWriter::new(writer), Some(guard))

@@ -25,6 +25,8 @@ const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, appl
 /// the meantime costs at most this long of not finding signatures attached through that API (refusals,
 /// never admissions); within it, every verification saves one request.
 pub const REFERRERS_ABSENT_RECHECK: Duration = Duration::from_secs(300);
+/// Route-unknown answers in a row that make a registry taken to have no referrers API.
+const REFERRERS_ABSENT_AFTER: u32 = 3;
 
 /// How to reach one registry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -116,6 +118,8 @@ pub struct RegistryClient {
     /// Until when the registry is taken to have no referrers API: it answered a referrers request with
     /// a route it does not have.
     referrers_absent_until: Mutex<Option<Instant>>,
+    /// Route-unknown answers of the referrers API since its last index.
+    referrers_misses: std::sync::atomic::AtomicU32,
     /// For a plain-HTTP registry, the client of the HTTPS URLs it refers to, built when first needed.
     tls_http: std::sync::OnceLock<reqwest::Client>,
     /// The caBundle's certificates, for `tls_http`.
@@ -201,6 +205,7 @@ impl RegistryClient {
             basic: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             referrers_absent_until: Mutex::new(None),
+            referrers_misses: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -217,15 +222,17 @@ impl RegistryClient {
         &self.config
     }
 
-    /// The HTTP client for `url` with this registry's caBundle, timeouts and pool: the registry's own,
-    /// or, for an HTTPS URL next to a plain-HTTP registry, one that also trusts the system's roots.
+    /// The HTTP client for `url` with this registry's caBundle, timeouts and pool: the registry's own for
+    /// its distribution API, or, next to a plain-HTTP registry, for any other URL (a token realm,
+    /// RegistryX's REST API, where an HTTPS redirect may lead), one that also trusts the system's roots
+    /// and follows redirects, built on first use.
     pub fn http_for(&self, url: &str) -> &reqwest::Client {
-        if !self.config.insecure || !url.starts_with("https://") {
+        if !self.config.insecure || url.starts_with(&format!("{}/", self.base)) {
             return &self.http;
         }
         self.tls_http.get_or_init(|| {
-            // The same builder succeeded once already, with these certificates; should it fail now,
-            // the registry's own client refuses the certificate instead (a clear TLS error).
+            // Should adding the system's roots fail (an unreadable trust store), the registry's own
+            // client stands in: HTTPS then fails with a clear certificate error, never more trust.
             build_http(&self.config, self.certificates.clone(), true)
                 .unwrap_or_else(|_| self.http.clone())
         })
@@ -406,8 +413,13 @@ impl RegistryClient {
         if matches!(status.as_u16(), 400 | 404 | 405 | 501) {
             // A route the registry does not have (distribution answers a plain-text 404) is remembered;
             // an OCI error in JSON (NAME_UNKNOWN, ...) is about this repository, not the API, and is not.
+            // Three in a row, with no index in between, so that one stray answer (an ingress's default
+            // backend during a restart) does not hide referrers for the whole registry.
             let json = header(&response, CONTENT_TYPE.as_str()).is_some_and(|t| t.contains("json"));
-            if !json {
+            if !json
+                && self.referrers_misses.fetch_add(1, Ordering::Relaxed) + 1
+                    >= REFERRERS_ABSENT_AFTER
+            {
                 *self
                     .referrers_absent_until
                     .lock()
@@ -427,6 +439,7 @@ impl RegistryClient {
         if !is_index {
             return Ok(None);
         }
+        self.referrers_misses.store(0, Ordering::Relaxed);
         let index: Index =
             serde_json::from_slice(&bytes).map_err(|e| RegistryError::Malformed {
                 registry: self.registry.clone(),
@@ -696,7 +709,13 @@ impl RegistryClient {
         if let Some(credentials) = &self.config.credentials {
             request = request.basic_auth(&credentials.username, Some(&credentials.password));
         }
-        self.send(step, request, deadline).await
+        let response = self.send(step, request, deadline).await?;
+        if response.status().is_redirection() && self.config.insecure {
+            return self
+                .follow_to_https(step, response, Method::GET, None, deadline)
+                .await;
+        }
+        Ok(response)
     }
 
     /// The token endpoint to ask: a loopback realm of a registry reached elsewhere is RegistryX's
@@ -973,7 +992,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_plain_http_registry_builds_its_tls_client_only_for_https_urls() {
+    fn a_plain_http_registry_builds_its_tls_client_only_for_urls_beside_its_own_api() {
         crate::tls::install_crypto_provider();
         let image = ImageRef::parse("registry.example:5000/team/app:1").unwrap();
         let plain = RegistryClient::new(

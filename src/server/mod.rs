@@ -175,6 +175,9 @@ async fn stopped_signal(mut stopped: tokio::sync::watch::Receiver<bool>) {
 /// parses more often than not, as no policy or one without its authorities, and publishing that would
 /// refuse the images it governs until the next poll. Renaming a finished file into place (what
 /// ConfigMap mounts and most editors do) is published one interval later.
+/// Polls a changing `--policy-dir` may wait for the folder to hold still.
+const MAX_SETTLING: u32 = 10;
+
 async fn watch_policy_dir(folder: std::path::PathBuf, mut publisher: Publisher, namespace: String) {
     let mut seen = dir::fingerprint(&folder);
     let mut settling = None;
@@ -185,9 +188,19 @@ async fn watch_policy_dir(folder: std::path::PathBuf, mut publisher: Publisher, 
             settling = None;
             continue;
         }
-        if settling.as_ref() != Some(&now) {
-            settling = Some(now);
-            continue;
+        // A folder that never holds still (a file rewritten more often than every interval) is
+        // loaded anyway after MAX_SETTLING polls, rather than never.
+        match &mut settling {
+            Some((pending, polls)) if *pending == now || *polls >= MAX_SETTLING => {}
+            Some((pending, polls)) => {
+                *pending = now;
+                *polls += 1;
+                continue;
+            }
+            None => {
+                settling = Some((now, 1));
+                continue;
+            }
         }
         settling = None;
         seen = now;

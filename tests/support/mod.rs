@@ -46,18 +46,25 @@ pub fn free_port() -> u16 {
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768)
-        .max(FIRST + 1_000);
+        .unwrap_or(32_768);
+    if low < FIRST + 1_000 {
+        // An ephemeral range that starts this low leaves no room below it: the kernel's choice then.
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("no free loopback port");
+    }
     let span = low - FIRST;
-    // A start that differs between test processes; a stride (prime, so it visits every port of the span)
-    // that keeps the threads of one process apart.
+    let stride = if span.is_multiple_of(4_099) { 1 } else { 4_099 };
+    // A start that differs between test processes, and a stride that keeps the threads of one process
+    // apart (4,099 is prime: unless it divides the span, it visits every port of it).
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.subsec_nanos());
     let start = std::process::id().wrapping_mul(7_919) ^ nanos;
     for _ in 0..span {
         let step = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = FIRST + start.wrapping_add(step.wrapping_mul(4_099)) % span;
+        let port = FIRST + start.wrapping_add(step.wrapping_mul(stride)) % span;
         let port = u16::try_from(port).expect("ports below the ephemeral range fit in u16");
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
