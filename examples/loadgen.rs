@@ -773,36 +773,28 @@ async fn push_signed(args: &FillArgs) -> anyhow::Result<Vec<String>> {
         .split_once('/')
         .context("--image-prefix is registry/repository")?;
     let http = reqwest::Client::new();
-    let put_blob = |base: String, bytes: Vec<u8>| {
-        let http = http.clone();
-        async move {
-            let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-            let response = http
-                .post(format!("{base}/blobs/uploads/?digest={digest}"))
-                .header("content-type", "application/octet-stream")
-                .body(bytes)
-                .send()
-                .await?;
-            if !response.status().is_success() {
-                bail!("blob upload: {}", response.status());
-            }
-            anyhow::Ok(digest)
+    // One upload (a monolithic blob POST or a manifest PUT) that must succeed.
+    let send = |request: reqwest::RequestBuilder, what: String| async move {
+        let response = request.send().await?;
+        if !response.status().is_success() {
+            bail!("{what}: {}", response.status());
         }
+        anyhow::Ok(())
+    };
+    let put_blob = |base: String, bytes: Vec<u8>| {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let request = http
+            .post(format!("{base}/blobs/uploads/?digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes);
+        send(request, format!("blob {digest}"))
     };
     let put_manifest = |base: String, reference: String, manifest: Vec<u8>| {
-        let http = http.clone();
-        async move {
-            let response = http
-                .put(format!("{base}/manifests/{reference}"))
-                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-                .body(manifest)
-                .send()
-                .await?;
-            if !response.status().is_success() {
-                bail!("manifest {reference}: {}", response.status());
-            }
-            anyhow::Ok(())
-        }
+        let request = http
+            .put(format!("{base}/manifests/{reference}"))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest);
+        send(request, format!("manifest {reference}"))
     };
     let config = b"{}".to_vec();
     let config_size = config.len();

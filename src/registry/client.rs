@@ -227,7 +227,10 @@ impl RegistryClient {
     /// RegistryX's REST API, where an HTTPS redirect may lead), one that also trusts the system's roots
     /// and follows redirects, built on first use.
     pub fn http_for(&self, url: &str) -> &reqwest::Client {
-        if !self.config.insecure || url.starts_with(&format!("{}/", self.base)) {
+        let own_api = url
+            .strip_prefix(self.base.as_str())
+            .is_some_and(|path| path.starts_with('/'));
+        if !self.config.insecure || own_api {
             return &self.http;
         }
         self.tls_http.get_or_init(|| {
