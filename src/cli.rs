@@ -269,16 +269,25 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     // Every image at once, through one verifier: its clients and caches are shared.
     let outcomes = runtime()?.block_on(futures::future::join_all(images.iter().map(
         |(written, image)| {
+            let choice = crate::policy::choose_policies(policies.iter(), image);
             let governing: Vec<Arc<CompiledPolicy>> =
-                crate::policy::governing_policies(policies.iter(), image)
-                    .into_iter()
-                    .cloned()
-                    .collect();
+                choice.policies.into_iter().cloned().collect();
+            let if_tag_names_digest: Option<Vec<Arc<CompiledPolicy>>> = choice
+                .if_tag_names_digest
+                .map(|tagged| tagged.into_iter().cloned().collect());
             let (verifier, context, args) = (&verifier, &context, &args);
             async move {
                 if governing.is_empty() {
                     return unmatched(args, written, image);
                 }
+                let governing = crate::decide::settle_policies(
+                    verifier,
+                    image,
+                    governing,
+                    if_tag_names_digest,
+                    deadline,
+                )
+                .await;
                 let verdict = decide(verifier, image, &governing, context, deadline).await;
                 let text = render_text(&verdict);
                 let json = serde_json::to_value(&verdict).unwrap_or_default();

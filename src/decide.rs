@@ -24,6 +24,30 @@ use crate::rego::{
 use crate::verify::reason::Reason;
 use crate::verify::{ImageVerdict, PolicyVerdict, Verifier};
 
+/// Rego denial messages of one policy shown in a verdict; the rest are counted.
+const MAX_DENIALS_SHOWN: usize = 8;
+
+/// The policies that decide `image`, settled: [`crate::policy::choose_policies`] picks by the
+/// reference; for `repo:tag@digest` whose tag would pick other policies than its digest alone, the
+/// tag's decide only if the registry shows that the tag names that digest (one cached tag lookup),
+/// else the digest's. A tag is a label the runtime ignores when a digest is given: it must not choose
+/// the weaker rules for bytes it does not name. One function for admission and `verify` alike.
+pub async fn settle_policies(
+    verifier: &Verifier,
+    image: &ImageRef,
+    policies: Vec<Arc<CompiledPolicy>>,
+    if_tag_names_digest: Option<Vec<Arc<CompiledPolicy>>>,
+    deadline: Instant,
+) -> Vec<Arc<CompiledPolicy>> {
+    let Some(tagged) = if_tag_names_digest else {
+        return policies;
+    };
+    match tagged.first() {
+        Some(first) if verifier.tag_names_digest(image, first, deadline).await => tagged,
+        _ => policies,
+    }
+}
+
 /// What the admission request says about the workload, for the Rego input document. Empty for the
 /// command line (operation `pull`, no namespace).
 #[derive(Clone, Debug, Default)]
@@ -177,7 +201,20 @@ impl Stage<'_> {
         let outcome = tokio::task::spawn_blocking(move || rego.evaluate(&evaluated)).await;
         match outcome {
             Ok(Ok(decision)) => {
-                refusals.extend(decision.denials.into_iter().map(|d| format!("rego: {d}")))
+                // A module's messages can carry what the input holds (a certificate's subject, a
+                // scanner's package names): each is cleaned and cut, and a module that denies a
+                // thousand times is told in a few lines.
+                let more = decision.denials.len().saturating_sub(MAX_DENIALS_SHOWN);
+                refusals.extend(
+                    decision
+                        .denials
+                        .iter()
+                        .take(MAX_DENIALS_SHOWN)
+                        .map(|d| format!("rego: {}", crate::untrusted::excerpt(d, 500))),
+                );
+                if more > 0 {
+                    refusals.push(format!("rego: and {more} more denials"));
+                }
             }
             Ok(Err(error)) => refusals.push(format!("rego: evaluation failed, refusing: {error}")),
             Err(error) => refusals.push(format!("rego: evaluation aborted, refusing: {error}")),

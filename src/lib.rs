@@ -3,8 +3,8 @@
 //!
 //! The crate is one library with a thin binary (`src/main.rs`). Modules are named after what they do,
 //! and the decision pipeline's stages use only the stages before them (see [`decide`] for the list):
-//! `registry` → `rego` (the engine) → `policy` → `verify` → `decide` → `admission`; `controller`,
-//! `server` and `cli` drive them.
+//! `untrusted` (foreign text made safe to show) → `registry` → `rego` (the engine) → `policy` →
+//! `verify` → `decide` → `admission`; `controller`, `server` and `cli` drive them.
 
 pub mod admission;
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod rego;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod untrusted;
 pub mod verify;
 
 use std::path::PathBuf;

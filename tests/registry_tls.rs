@@ -96,6 +96,18 @@ async fn a_plain_http_registry_redirecting_to_https_storage_is_followed() {
             &format!("registry:\n    insecure: true\n    caBundle: |\n      {bundle}"),
         );
     let reference = image.reference.replace(&storage.host, &front.host());
-    assert_admitted(&verify(&reference, &compile_policy(&policy)).await);
+    // The storage is another host:port than the registry's: followed only once the policy names it.
+    assert_refused_because(
+        &verify(&reference, &compile_policy(&policy)).await,
+        &["spec.registry.redirectHosts"],
+    );
+    let named = policy.replace(
+        "    insecure: true\n",
+        &format!(
+            "    insecure: true\n    redirectHosts: ['{}']\n",
+            storage.host
+        ),
+    );
+    assert_admitted(&verify(&reference, &compile_policy(&named)).await);
     assert!(front.requests() >= 3, "{} requests", front.requests());
 }

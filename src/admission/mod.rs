@@ -34,6 +34,19 @@ use crate::verify::{ImageVerdict, Verifier};
 /// an attempt to make one review cost hundreds of registry round trips.
 pub const MAX_IMAGES_PER_REVIEW: usize = 64;
 
+/// The most one image's refusal (or one warning) may take, in bytes. Registry text is bounded where it is
+/// read (`crate::untrusted`); this is the last bound, whatever a future path forgets: a refusal is cached,
+/// logged, written into an Event and shown by kubectl, and a few KiB say everything a user can act on.
+pub const MAX_REFUSAL_BYTES: usize = 4 << 10;
+
+/// The most the message of one AdmissionResponse may take: [`MAX_IMAGES_PER_REVIEW`] refusals of
+/// [`MAX_REFUSAL_BYTES`] would be 256 KiB in one kubectl error; past this, the rest are counted.
+pub const MAX_RESPONSE_MESSAGE_BYTES: usize = 32 << 10;
+
+/// Warnings the API server passes on: it drops warnings past 4,096 characters in all, so more from
+/// here would only cost memory.
+const MAX_WARNINGS: usize = 16;
+
 /// What the webhook does with an image that no policy governs.
 ///
 /// `Deny` is the default, as in sigstore's policy-controller: namespaces opt in, and inside them an
@@ -114,6 +127,22 @@ pub struct ImageDecision {
 }
 
 impl ImageDecision {
+    /// The decision with its refusal and warnings within [`MAX_REFUSAL_BYTES`] each.
+    fn bounded(mut self) -> ImageDecision {
+        if let Some(refusal) = &mut self.refusal
+            && refusal.len() > MAX_REFUSAL_BYTES
+        {
+            *refusal = crate::untrusted::bound(refusal, MAX_REFUSAL_BYTES);
+        }
+        for warning in &mut self.warnings {
+            if warning.len() > MAX_REFUSAL_BYTES {
+                *warning = crate::untrusted::bound(warning, MAX_REFUSAL_BYTES);
+            }
+        }
+        self.warnings.truncate(MAX_WARNINGS);
+        self
+    }
+
     fn refused(mut self, refusal: String, reason_label: &'static str) -> ImageDecision {
         self.admitted = false;
         self.refusal = Some(refusal);
@@ -241,7 +270,7 @@ impl Admission {
                 self.settings.max_images_per_review
             ));
         }
-        let decided = join_all(distinct.iter().map(|image| {
+        let decided: Vec<ImageDecision> = join_all(distinct.iter().map(|image| async {
             self.decide_image(
                 image,
                 labels.as_ref(),
@@ -250,6 +279,8 @@ impl Admission {
                 &recorded,
                 mutate,
             )
+            .await
+            .bounded()
         }))
         .await;
         let decisions: Vec<ImageDecision> = images
@@ -381,7 +412,15 @@ impl Admission {
             }
             return decision;
         }
-        decision.pins = governing.policies.iter().any(|p| p.mutate_digest);
+        let policies = crate::decide::settle_policies(
+            &self.verifier,
+            &image,
+            governing.policies,
+            governing.if_tag_names_digest,
+            deadline,
+        )
+        .await;
+        decision.pins = policies.iter().any(|p| p.mutate_digest);
         let verdict = {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let slots = self.registry_permits.get_with_by_ref(&image.registry, || {
@@ -391,14 +430,7 @@ impl Admission {
             });
             match tokio::time::timeout(remaining, slots.acquire()).await {
                 Ok(Ok(_permit)) => {
-                    decide(
-                        &self.verifier,
-                        &image,
-                        &governing.policies,
-                        context,
-                        deadline,
-                    )
-                    .await
+                    decide(&self.verifier, &image, &policies, context, deadline).await
                 }
                 _ => {
                     let refusal = format!(
@@ -446,13 +478,7 @@ impl Admission {
             ));
         }
         if decision.admitted && image.digest.is_none() && !mutate {
-            self.check_pinned(
-                &mut decision,
-                &image,
-                &verdict,
-                &governing.policies,
-                recorded,
-            );
+            self.check_pinned(&mut decision, &image, &verdict, &policies, recorded);
         }
         decision.verdict = Some(Arc::new(verdict));
         decision
@@ -564,6 +590,7 @@ impl Admission {
             }
         }
         if !warnings.is_empty() {
+            warnings.truncate(MAX_WARNINGS);
             response.warnings = Some(warnings);
         }
         if !verified.is_empty() {
@@ -579,10 +606,23 @@ impl Admission {
             }
         }
         if refusals.is_empty() {
-            response
-        } else {
-            response.deny(refusals.join("\n"))
+            return response;
         }
+        let mut message = String::new();
+        for (shown, refusal) in refusals.iter().enumerate() {
+            if message.len() + refusal.len() + 1 > MAX_RESPONSE_MESSAGE_BYTES {
+                message.push_str(&format!(
+                    "\n… and {} more images refused (the webhook's decision log has each)",
+                    refusals.len() - shown
+                ));
+                break;
+            }
+            if !message.is_empty() {
+                message.push('\n');
+            }
+            message.push_str(refusal);
+        }
+        response.deny(message)
     }
 
     /// The patch of the mutating webhook: each verified tag of a pinning policy becomes

@@ -63,11 +63,82 @@ impl CompiledPolicy {
     }
 }
 
-/// The policies of `policies` that govern `image`. A glob over tags (`repo:1.*`) also governs that
-/// repository's digests: always for a digest-only reference (`repo@sha256:...`); for a reference with a
-/// tag and a digest (`repo:prod-1@sha256:...`, what pinning writes) only when no policy governs it by
-/// its tag, so that policies split by tag (`:dev-*` with one key, `:prod-*` with another) keep applying
-/// to their own tags once those are pinned, while a tag no glob names cannot be a way around them.
+/// Which policies decide an image, as far as its reference alone can tell.
+#[derive(Debug)]
+pub struct PolicyChoice<'a, P> {
+    /// The policies that decide, unless the registry shows what `if_tag_names_digest` needs.
+    pub policies: Vec<&'a P>,
+    /// For `repo:tag@digest` whose tag picks other policies than the digest alone: the tag's, which
+    /// decide instead once the registry shows that the tag names that digest.
+    pub if_tag_names_digest: Option<Vec<&'a P>>,
+}
+
+/// The policies of `policies` that govern `image`, bytes before names.
+///
+/// A glob over tags (`repo:1.*`) also governs that repository's digests, so a digest-only reference
+/// (`repo@sha256:...`) is decided by every policy whose globs reach the repository: the bytes could be
+/// any tag's. A reference with a tag and a digest (`repo:prod-1@sha256:...`, what pinning writes) is
+/// pulled by its digest alone, the tag being only a label the runtime ignores; so it is decided as the
+/// digest alone is, and by its tag's policies only once the registry shows that the tag names that
+/// digest (`if_tag_names_digest`, settled by `decide::settle_policies`). That keeps policies split by
+/// tag (`:dev-*` with one key, `:prod-*` with another) applying to their own pinned tags, while a
+/// made-up `:dev-x@<a prod digest>` cannot pick the weaker of the two.
+pub fn choose_policies<'a, P>(
+    policies: impl IntoIterator<Item = &'a P> + Clone,
+    image: &ImageRef,
+) -> PolicyChoice<'a, P>
+where
+    P: AsRef<CompiledPolicy> + 'a,
+{
+    let governs = |image: &ImageRef| {
+        let image = image.clone();
+        move |p: &&'a P| {
+            let p = p.as_ref();
+            p.governs(&image) || (image.tag.is_none() && p.governs_by_digest(&image))
+        }
+    };
+    let direct: Vec<&P> = policies
+        .clone()
+        .into_iter()
+        .filter(governs(image))
+        .collect();
+    if image.digest.is_none() || image.tag.is_none() {
+        return PolicyChoice {
+            policies: direct,
+            if_tag_names_digest: None,
+        };
+    }
+    let bytes = ImageRef {
+        tag: None,
+        ..image.clone()
+    };
+    let by_digest: Vec<&P> = policies.into_iter().filter(governs(&bytes)).collect();
+    let same = direct.len() == by_digest.len()
+        && direct
+            .iter()
+            .zip(&by_digest)
+            .all(|(a, b)| std::ptr::eq(a.as_ref(), b.as_ref()));
+    if same || by_digest.is_empty() || direct.is_empty() {
+        // One answer either way; or no policy reaches the bytes but the tag's (its rules, rather than
+        // none); or the tag names no policy (the digest's, as before).
+        let policies = if by_digest.is_empty() {
+            direct
+        } else {
+            by_digest
+        };
+        return PolicyChoice {
+            policies,
+            if_tag_names_digest: None,
+        };
+    }
+    PolicyChoice {
+        policies: by_digest,
+        if_tag_names_digest: Some(direct),
+    }
+}
+
+/// The policies that govern `image` without asking its registry anything: [`choose_policies`]'s
+/// `policies`, the stricter choice for a reference with a tag and a digest.
 pub fn governing_policies<'a, P>(
     policies: impl IntoIterator<Item = &'a P> + Clone,
     image: &ImageRef,
@@ -75,21 +146,7 @@ pub fn governing_policies<'a, P>(
 where
     P: AsRef<CompiledPolicy> + 'a,
 {
-    let direct: Vec<&P> = policies
-        .clone()
-        .into_iter()
-        .filter(|p| {
-            let p = p.as_ref();
-            p.governs(image) || (image.tag.is_none() && p.governs_by_digest(image))
-        })
-        .collect();
-    if !direct.is_empty() || image.digest.is_none() {
-        return direct;
-    }
-    policies
-        .into_iter()
-        .filter(|p| p.as_ref().governs_by_digest(image))
-        .collect()
+    choose_policies(policies, image).policies
 }
 
 /// A policy's `images` globs, normalised the way image references are (see [`normalize_glob`]) and
@@ -395,6 +452,11 @@ pub fn compile(
             .iter()
             .map(|host| host.trim().to_ascii_lowercase())
             .collect(),
+        redirect_hosts: access
+            .redirect_hosts
+            .iter()
+            .map(|host| host.trim().to_ascii_lowercase())
+            .collect(),
     };
     let rego = match &spec.rego {
         Some(rules) => compile_rego(rules, secrets, default_namespace)?,
@@ -469,6 +531,8 @@ pub struct RegistryAccess {
     pub registryx_api: Option<String>,
     /// Hosts besides the registry's own that may serve its tokens (and so receive its credentials).
     pub token_hosts: Vec<String>,
+    /// Hosts besides the registry's own that its redirects may lead to.
+    pub redirect_hosts: Vec<String>,
 }
 
 impl RegistryAccess {
@@ -485,6 +549,18 @@ impl RegistryAccess {
             ca_bundle: self.ca_bundle.clone(),
             credentials,
             token_hosts: self.token_hosts.clone(),
+            // RegistryX's REST API is named by the policy too: its own redirects may stay on its host.
+            redirect_hosts: self
+                .redirect_hosts
+                .iter()
+                .cloned()
+                .chain(
+                    self.registryx_api
+                        .as_deref()
+                        .and_then(|api| reqwest::Url::parse(api).ok())
+                        .and_then(|url| url.host_str().map(str::to_ascii_lowercase)),
+                )
+                .collect(),
             ..RegistryConfig::default()
         }
     }

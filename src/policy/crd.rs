@@ -262,6 +262,14 @@ pub struct RegistryAccess {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
     pub token_hosts: Vec<String>,
+    /// Hosts other than the registry's own that its redirects may lead to: the blob storage or CDN it
+    /// hands downloads to (`*.s3.amazonaws.com`, `storage.googleapis.com`,
+    /// `pkg-containers.githubusercontent.com`). A redirect anywhere else is not followed: the webhook
+    /// connects only to hosts a policy names. `*.example.com` is any host under example.com. Docker
+    /// Hub's CDN is allowed for `docker.io` without being named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub redirect_hosts: Vec<String>,
 }
 
 /// What the controller last concluded about the policy.

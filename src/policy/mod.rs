@@ -10,8 +10,8 @@ mod snapshot;
 use std::path::Path;
 
 pub use compiled::{
-    CompiledPolicy, ImageMatcher, NormalizedGlob, PolicyError, PolicySet, RegistryAccess, compile,
-    governing_policies, normalize_glob,
+    CompiledPolicy, ImageMatcher, NormalizedGlob, PolicyChoice, PolicyError, PolicySet,
+    RegistryAccess, choose_policies, compile, governing_policies, normalize_glob,
 };
 pub use crd::*;
 use kube::CustomResourceExt;

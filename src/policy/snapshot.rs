@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use kube::core::{Selector, SelectorExt as _};
 
 use super::ImageSigningPolicy;
-use super::compiled::{CompiledPolicy, ImageMatcher, compile, governing_policies};
+use super::compiled::{CompiledPolicy, ImageMatcher, choose_policies, compile};
 use crate::policy::authority::SecretSource;
 use crate::registry::ImageRef;
 
@@ -39,6 +39,9 @@ pub struct PolicySnapshot {
 #[derive(Debug, Default)]
 pub struct Governing {
     pub policies: Vec<Arc<CompiledPolicy>>,
+    /// For `repo:tag@digest`: the tag's policies, which decide instead of `policies` once the registry
+    /// shows that the tag names the digest (see [`super::choose_policies`]).
+    pub if_tag_names_digest: Option<Vec<Arc<CompiledPolicy>>>,
     /// `(policy, why it is not ready)`: each refuses the image.
     pub not_ready: Vec<(String, String)>,
 }
@@ -110,11 +113,12 @@ impl PolicySnapshot {
             .iter()
             .filter(|p| in_scope(&p.namespace_selector))
             .collect();
+        let choice = choose_policies(in_namespace.iter().copied(), image);
         Governing {
-            policies: governing_policies(in_namespace.iter().copied(), image)
-                .into_iter()
-                .cloned()
-                .collect(),
+            policies: choice.policies.into_iter().cloned().collect(),
+            if_tag_names_digest: choice
+                .if_tag_names_digest
+                .map(|tagged| tagged.into_iter().cloned().collect()),
             not_ready: self
                 .not_ready
                 .iter()

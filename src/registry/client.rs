@@ -1,8 +1,8 @@
 //! The distribution-API client: one per registry and access configuration.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
@@ -28,6 +28,48 @@ pub const REFERRERS_ABSENT_RECHECK: Duration = Duration::from_secs(300);
 /// Route-unknown answers in a row that make a registry taken to have no referrers API.
 const REFERRERS_ABSENT_AFTER: u32 = 3;
 
+/// Bytes of registry answers held at once, over every registry: being read, and, for manifests, until
+/// the caller drops them. What a crowd of hostile registries answering megabytes can make the process
+/// hold; with the per-registry share below, one registry never takes more than a sixth of it. Two
+/// registries answering 3.5 MB to 96 images at once peak under 190 MiB resident (tests/containment.rs),
+/// under the chart's 256 MiB.
+/// Readers past either bound wait (within their deadline) instead of growing the heap.
+pub const BODY_BYTES_IN_FLIGHT: usize = 24 << 20;
+/// Bytes of one registry's answers held at once: one manifest at the 4 MiB cap, or any number of the
+/// kilobyte answers honest signature reads are.
+pub const REGISTRY_BODY_BYTES_IN_FLIGHT: usize = 4 << 20;
+
+/// [`BODY_BYTES_IN_FLIGHT`] in KiB permits.
+static BODY_BUDGET: std::sync::LazyLock<Arc<Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(Semaphore::new(BODY_BYTES_IN_FLIGHT >> 10)));
+
+/// A registry's answer with this registry's request slot, held until it is dropped: a response whose
+/// body is not read yet has some of it in memory already (hyper reads ahead into its connection
+/// buffer before the read budget applies), so the slot counts until the body is read or dropped.
+#[derive(Debug)]
+struct Answer {
+    response: Response,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Answer {
+    type Target = Response;
+
+    fn deref(&self) -> &Response {
+        &self.response
+    }
+}
+
+impl std::ops::DerefMut for Answer {
+    fn deref_mut(&mut self) -> &mut Response {
+        &mut self.response
+    }
+}
+
+/// The share of the read budgets an answer's bytes hold: given back when dropped.
+#[derive(Debug, Default)]
+pub struct Held(Vec<tokio::sync::OwnedSemaphorePermit>);
+
 /// How to reach one registry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RegistryConfig {
@@ -44,6 +86,9 @@ pub struct RegistryConfig {
     pub max_concurrent_requests: usize,
     /// Hosts besides the registry's own whose token realm may receive the credentials.
     pub token_hosts: Vec<String>,
+    /// Hosts besides the registry's own (and its token hosts) that a redirect may lead to: blob storage,
+    /// a CDN. `*.example.com` names every host under example.com.
+    pub redirect_hosts: Vec<String>,
 }
 
 impl Default for RegistryConfig {
@@ -55,13 +100,17 @@ impl Default for RegistryConfig {
             request_timeout: Duration::from_secs(10),
             // distribution refuses manifests over 4 MiB; signature payloads and bundles are a few KiB.
             max_manifest_bytes: 4 << 20,
-            max_blob_bytes: 4 << 20,
+            // The blobs read are signature material: a simple-signing payload (under 1 KiB from
+            // cosign) or a sigstore bundle (a few KiB with its certificate and log entry). 32 of them
+            // per image at this cap is 8 MiB, not 128.
+            max_blob_bytes: 256 << 10,
             // The widest step of a verification is three reads at once (referrers API, `.sig` tag,
             // fallback tag): 64 lets a Pod of 20 cold images take that step in one round trip (at 16,
             // 20 ms per round trip cost a 20-image Pod 13 round trips instead of 3). Still a bulkhead:
             // a hanging registry holds 64 connections, its own.
             max_concurrent_requests: 64,
             token_hosts: Vec::new(),
+            redirect_hosts: Vec::new(),
         }
     }
 }
@@ -74,11 +123,13 @@ pub struct Resolved {
 }
 
 /// Content fetched and checked against its digest.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Fetched {
     pub bytes: Vec<u8>,
     pub media_type: Option<String>,
     pub digest: String,
+    /// The budget these bytes hold while the caller keeps them.
+    pub held: Held,
 }
 
 /// An OCI content descriptor.
@@ -113,7 +164,7 @@ pub struct RegistryClient {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
     /// Set once the registry asked for HTTP Basic.
     basic: AtomicBool,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     requests: AtomicU64,
     /// Until when the registry is taken to have no referrers API: it answered a referrers request with
     /// a route it does not have.
@@ -124,14 +175,129 @@ pub struct RegistryClient {
     tls_http: std::sync::OnceLock<reqwest::Client>,
     /// The caBundle's certificates, for `tls_http`.
     certificates: Vec<reqwest::Certificate>,
+    /// Where redirects may lead.
+    redirects: Arc<RedirectRule>,
+    /// This registry's share of [`BODY_BUDGET`], in KiB permits.
+    body_budget: Arc<Semaphore>,
 }
 
+/// Where a registry's redirects may lead: the hosts the policies name, nothing else.
+///
+/// A governed registry is a party the gate distrusts: a redirect to `http://127.0.0.1:<port>/...` or to
+/// a cloud metadata address would make the webhook read an internal service on the registry's behalf
+/// (and, without the allow-list, tell a refusal whether that port is open). So a redirect is followed
+/// only to the registry's own host and port, the token hosts and the redirect hosts of its policy.
+#[derive(Debug)]
+pub(crate) struct RedirectRule {
+    /// Host and port of the registry's distribution API.
+    host: String,
+    port: Option<u16>,
+    /// Named hosts, lower case, each with its port if one was named; `*.example.com` is any host under
+    /// example.com.
+    hosts: Vec<(String, Option<u16>)>,
+}
+
+impl RedirectRule {
+    fn new(base: &str, config: &RegistryConfig, docker_hub: bool) -> RedirectRule {
+        let base = reqwest::Url::parse(base).ok();
+        let mut hosts: Vec<(String, Option<u16>)> = config
+            .token_hosts
+            .iter()
+            .chain(&config.redirect_hosts)
+            .filter_map(|named| named_host(named))
+            .collect();
+        if docker_hub {
+            // Docker Hub's token service and blob CDN, which every Hub pull meets.
+            hosts.extend(
+                ["auth.docker.io", "production.cloudflare.docker.com"]
+                    .map(|host| (host.to_owned(), None)),
+            );
+        }
+        RedirectRule {
+            host: base
+                .as_ref()
+                .and_then(|b| b.host_str().map(str::to_ascii_lowercase))
+                .unwrap_or_default(),
+            port: base.as_ref().and_then(reqwest::Url::port_or_known_default),
+            hosts,
+        }
+    }
+
+    /// Whether a redirect to `url` may be followed.
+    pub(crate) fn allows(&self, url: &reqwest::Url) -> bool {
+        if !matches!(url.scheme(), "http" | "https") {
+            return false;
+        }
+        let Some(host) = url
+            .host_str()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        else {
+            return false;
+        };
+        if host == self.host && url.port_or_known_default() == self.port {
+            return true;
+        }
+        self.hosts.iter().any(|(named, port)| {
+            let host_matches = match named.strip_prefix("*.") {
+                Some(suffix) => host
+                    .strip_suffix(suffix)
+                    .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+                None => *named == host,
+            };
+            host_matches && port.is_none_or(|port| url.port_or_known_default() == Some(port))
+        })
+    }
+}
+
+/// A host as a policy names it (`blobs.example.com`, `*.example.com`, `10.0.0.5:9000`, `[::1]:5000`):
+/// lower case, without a trailing dot, and its port if it has one.
+fn named_host(named: &str) -> Option<(String, Option<u16>)> {
+    let named = named.trim().to_ascii_lowercase();
+    let (wildcard, rest) = match named.strip_prefix("*.") {
+        Some(rest) => ("*.", rest),
+        None => ("", named.as_str()),
+    };
+    let url = reqwest::Url::parse(&format!("http://{rest}/")).ok()?;
+    let host = url.host_str()?.trim_end_matches('.');
+    (!host.is_empty()).then(|| (format!("{wildcard}{host}"), url.port()))
+}
+
+/// The error a refused redirect ends its request with, found again by [`refused_redirect`].
+#[derive(Debug)]
+struct RedirectRefused(String);
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redirect to {} refused", self.0)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// The host of a redirect that [`RedirectRule`] refused, if that is what ended `error`.
+fn refused_redirect(error: &reqwest::Error) -> Option<String> {
+    use std::error::Error as _;
+    let mut source = error.source();
+    while let Some(inner) = source {
+        if let Some(refused) = inner.downcast_ref::<RedirectRefused>() {
+            return Some(refused.0.clone());
+        }
+        source = inner.source();
+    }
+    None
+}
+
+/// Redirects followed in a row at most (reqwest's own default).
+const MAX_REDIRECTS: usize = 10;
+
 /// A reqwest client for one registry: trusting the caBundle's `certificates`, and the system's roots
-/// unless `system_roots` is false (then only the caBundle's).
+/// unless `system_roots` is false (then only the caBundle's); following redirects only where `rule`
+/// allows.
 fn build_http(
     config: &RegistryConfig,
     certificates: Vec<reqwest::Certificate>,
     system_roots: bool,
+    rule: Arc<RedirectRule>,
 ) -> reqwest::Result<reqwest::Client> {
     let builder = reqwest::Client::builder()
         .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
@@ -140,21 +306,25 @@ fn build_http(
     let builder = if system_roots {
         builder.tls_certs_merge(certificates)
     } else {
-        // Without the system's roots, a redirect to HTTPS (blob storage's presigned URLs) is not
-        // followed here but handed back to `execute`, which follows it with the client that has them.
-        builder
-            .tls_certs_only(certificates)
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                if attempt.url().scheme() == "https" {
-                    attempt.stop()
-                } else if attempt.previous().len() >= 10 {
-                    attempt.error("more than 10 redirects")
-                } else {
-                    attempt.follow()
-                }
-            }))
+        builder.tls_certs_only(certificates)
     };
-    builder.build()
+    builder
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if !rule.allows(attempt.url()) {
+                let host = attempt.url().host_str().unwrap_or("").to_owned();
+                attempt.error(RedirectRefused(crate::untrusted::quote(&host)))
+            } else if attempt.previous().len() >= MAX_REDIRECTS {
+                attempt.error("more than 10 redirects")
+            } else if !system_roots && attempt.url().scheme() == "https" {
+                // Without the system's roots, a redirect to HTTPS (blob storage's presigned URLs) is
+                // not followed here but handed back to `execute`, which follows it with the client
+                // that has them.
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -190,16 +360,29 @@ impl RegistryClient {
         // A plain-HTTP registry's own requests never verify a certificate: its client does not load the
         // system's trust store (most of a `verify` process's start-up). An HTTPS URL it meets anyway (a
         // token realm, RegistryX's REST API) gets a client that does, built then (`http_for`).
-        let http = build_http(&config, certificates.clone(), !config.insecure)
-            .map_err(|e| config_error(format!("cannot build the HTTP client: {e}")))?;
         let scheme = if config.insecure { "http" } else { "https" };
+        let base = format!("{scheme}://{}", image.api_host());
+        let redirects = Arc::new(RedirectRule::new(
+            &base,
+            &config,
+            registry == crate::registry::DOCKER_HUB,
+        ));
+        let http = build_http(
+            &config,
+            certificates.clone(),
+            !config.insecure,
+            redirects.clone(),
+        )
+        .map_err(|e| config_error(format!("cannot build the HTTP client: {e}")))?;
         Ok(RegistryClient {
-            base: format!("{scheme}://{}", image.api_host()),
+            base,
+            redirects,
+            body_budget: Arc::new(Semaphore::new(REGISTRY_BODY_BYTES_IN_FLIGHT >> 10)),
             registry,
             http,
             tls_http: std::sync::OnceLock::new(),
             certificates,
-            permits: Semaphore::new(config.max_concurrent_requests.max(1)),
+            permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
             config,
             tokens: Mutex::new(HashMap::new()),
             basic: AtomicBool::new(false),
@@ -236,8 +419,13 @@ impl RegistryClient {
         self.tls_http.get_or_init(|| {
             // Should adding the system's roots fail (an unreadable trust store), the registry's own
             // client stands in: HTTPS then fails with a clear certificate error, never more trust.
-            build_http(&self.config, self.certificates.clone(), true)
-                .unwrap_or_else(|_| self.http.clone())
+            build_http(
+                &self.config,
+                self.certificates.clone(),
+                true,
+                self.redirects.clone(),
+            )
+            .unwrap_or_else(|_| self.http.clone())
         })
     }
 
@@ -267,39 +455,32 @@ impl RegistryClient {
                 deadline,
             )
             .await;
-        let response = match head {
-            // A HEAD answer has no body, and a refusal's reason is in the body: ask again with GET.
-            Err(RegistryError::Denied { .. }) => {
-                let fetched = self.get_manifest(&image.repository, tag, deadline).await?;
-                return Ok(Resolved {
-                    digest: fetched.digest,
-                    media_type: fetched.media_type,
-                });
-            }
-            other => other?,
-        };
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound {
-                registry: self.registry.clone(),
-                step,
-            });
-        }
-        let media_type = header(&response, CONTENT_TYPE.as_str());
-        if status.is_success()
+        // A HEAD that names a digest is the whole answer. Anything else (an error, whose reason is in
+        // a body a HEAD does not have; a 404, which only a body tells from a web server's; no digest
+        // header) is asked again with GET, whose body `successful` judges: so that an open port that
+        // is not a registry reads like a closed one, and a refusal carries the registry's words. Costs
+        // one request, on the failure path.
+        if let Ok(response) = &head
+            && response.status().is_success()
             && let Some(digest) =
-                header(&response, "docker-content-digest").filter(|d| is_sha256_digest(d))
+                header(response, "docker-content-digest").filter(|d| is_sha256_digest(d))
         {
+            let media_type = header(response, CONTENT_TYPE.as_str());
             return Ok(Resolved { digest, media_type });
         }
-        if status.is_success() || status == StatusCode::METHOD_NOT_ALLOWED {
-            let fetched = self.get_manifest(&image.repository, tag, deadline).await?;
-            return Ok(Resolved {
-                digest: fetched.digest,
-                media_type: fetched.media_type,
-            });
+        match head {
+            // Dropped here, slots and all, before the GET takes its own.
+            Ok(answer) => drop(answer),
+            Err(RegistryError::Denied { .. }) => {}
+            Err(error) => return Err(error),
         }
-        Err(self.status_error(step, response, deadline).await)
+        let fetched = self
+            .fetch_manifest(&step, &image.repository, tag, deadline)
+            .await?;
+        Ok(Resolved {
+            digest: fetched.digest,
+            media_type: fetched.media_type,
+        })
     }
 
     /// A manifest by tag or digest, checked against the digest asked for and the one the registry claims.
@@ -310,6 +491,19 @@ impl RegistryClient {
         deadline: Instant,
     ) -> Result<Fetched, RegistryError> {
         let step = format!("fetch manifest {repository}:{reference}");
+        self.fetch_manifest(&step, repository, reference, deadline)
+            .await
+    }
+
+    /// [`RegistryClient::get_manifest`] as a part of `step`.
+    async fn fetch_manifest(
+        &self,
+        step: &str,
+        repository: &str,
+        reference: &str,
+        deadline: Instant,
+    ) -> Result<Fetched, RegistryError> {
+        let step = step.to_owned();
         let path = format!("/v2/{repository}/manifests/{reference}");
         let response = self
             .execute(
@@ -323,8 +517,17 @@ impl RegistryClient {
             .await?;
         let response = self.successful(&step, response, deadline).await?;
         let media_type = header(&response, CONTENT_TYPE.as_str());
+        // Registries label a manifest with its media type (JSON); a web page or plain text is what
+        // something other than a registry answers, and reads as no registry at all.
+        let manifest_like = media_type.as_deref().is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            t.contains("json") || t.starts_with("application/vnd.")
+        });
+        if !manifest_like {
+            return Err(self.no_registry(&step, "a manifest answer that is not JSON"));
+        }
         let claimed = header(&response, "docker-content-digest");
-        let bytes = self
+        let (bytes, held) = self
             .read_body(&step, response, self.config.max_manifest_bytes, deadline)
             .await?;
         let digest = sha256_digest(&bytes);
@@ -347,6 +550,7 @@ impl RegistryClient {
             bytes,
             media_type,
             digest,
+            held,
         })
     }
 
@@ -370,7 +574,7 @@ impl RegistryClient {
             .execute(&step, repository, Method::GET, &path, None, deadline)
             .await?;
         let response = self.successful(&step, response, deadline).await?;
-        let bytes = self
+        let (bytes, _held) = self
             .read_body(&step, response, self.config.max_blob_bytes, deadline)
             .await?;
         let actual = sha256_digest(&bytes);
@@ -436,7 +640,7 @@ impl RegistryClient {
         }
         let is_index =
             header(&response, CONTENT_TYPE.as_str()).is_some_and(|t| t.starts_with(OCI_INDEX));
-        let bytes = self
+        let (bytes, _held) = self
             .read_body(&step, response, self.config.max_manifest_bytes, deadline)
             .await?;
         if !is_index {
@@ -447,7 +651,7 @@ impl RegistryClient {
             serde_json::from_slice(&bytes).map_err(|e| RegistryError::Malformed {
                 registry: self.registry.clone(),
                 step,
-                detail: format!("not an image index: {e}"),
+                detail: format!("the image index {}", crate::untrusted::json_error(&e)),
             })?;
         Ok(Some(index.manifests))
     }
@@ -472,13 +676,13 @@ impl RegistryClient {
             .await?;
         let response = self.successful(&step, response, deadline).await?;
         let more = header(&response, "link").is_some();
-        let bytes = self
+        let (bytes, _held) = self
             .read_body(&step, response, self.config.max_manifest_bytes, deadline)
             .await?;
         let tags: Tags = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Malformed {
             registry: self.registry.clone(),
             step,
-            detail: format!("not a tag list: {e}"),
+            detail: format!("the tag list {}", crate::untrusted::json_error(&e)),
         })?;
         let tags = tags.tags.unwrap_or_default();
         let complete = !more && tags.len() < n;
@@ -496,7 +700,7 @@ impl RegistryClient {
             .map_err(|e| RegistryError::Malformed {
                 registry: self.registry.clone(),
                 step: step.to_owned(),
-                detail: format!("not an image index: {e}"),
+                detail: format!("the image index {}", crate::untrusted::json_error(&e)),
             })
     }
 
@@ -509,7 +713,7 @@ impl RegistryClient {
         path: &str,
         accept: Option<&str>,
         deadline: Instant,
-    ) -> Result<Response, RegistryError> {
+    ) -> Result<Answer, RegistryError> {
         let scope = format!("repository:{repository}:pull");
         let url = format!("{}{path}", self.base);
         for attempt in 0..2 {
@@ -523,6 +727,9 @@ impl RegistryClient {
                 StatusCode::UNAUTHORIZED if attempt == 0 => {
                     let challenge = header(&response, WWW_AUTHENTICATE.as_str())
                         .and_then(|h| Challenge::parse(&h));
+                    // Its request slots go back before the token request takes its own: answers
+                    // waiting for slots that they hold would wait for ever.
+                    drop(response);
                     self.authenticate(step, challenge, &scope, deadline).await?;
                 }
                 StatusCode::UNAUTHORIZED => {
@@ -534,11 +741,17 @@ impl RegistryClient {
                     });
                 }
                 StatusCode::FORBIDDEN => {
-                    let message = error_message(&self.read_small(step, response, deadline).await);
+                    let body = self.read_small(step, response, deadline).await;
+                    // A HEAD's 403 has no body: `resolve` asks again with GET for the message. A GET's
+                    // 403 without a registry's own error (empty, a web page, one too large to be an
+                    // error) is no registry's refusal.
+                    if method != Method::HEAD && registry_errors(&body).is_none() {
+                        return Err(self.no_registry(step, "HTTP 403 without a registry error"));
+                    }
                     return Err(RegistryError::Denied {
                         registry: self.registry.clone(),
                         step: step.to_owned(),
-                        message,
+                        message: error_message(&body),
                     });
                 }
                 status if status.is_redirection() && self.config.insecure => {
@@ -558,17 +771,24 @@ impl RegistryClient {
     async fn follow_to_https(
         &self,
         step: &str,
-        response: Response,
+        response: Answer,
         method: Method,
         accept: Option<&str>,
         deadline: Instant,
-    ) -> Result<Response, RegistryError> {
+    ) -> Result<Answer, RegistryError> {
         let target = header(&response, LOCATION.as_str())
             .and_then(|location| response.url().join(&location).ok())
             .filter(|url| url.scheme() == "https");
         let Some(target) = target else {
             return Ok(response);
         };
+        drop(response);
+        if !self.redirects.allows(&target) {
+            return Err(self.redirect_refused(
+                step,
+                &crate::untrusted::quote(target.host_str().unwrap_or("")),
+            ));
+        }
         let mut request = self
             .http_for(target.as_str())
             .request(method, target.as_str());
@@ -644,7 +864,7 @@ impl RegistryClient {
                     )
                     .await?;
                 let status = response.status();
-                let body = self
+                let (body, _held) = self
                     .read_body(&token_step, response, 64 << 10, deadline)
                     .await?;
                 if !status.is_success() {
@@ -668,7 +888,7 @@ impl RegistryClient {
                     serde_json::from_slice(&body).map_err(|e| RegistryError::Malformed {
                         registry: self.registry.clone(),
                         step: token_step.clone(),
-                        detail: format!("token answer is not JSON: {e}"),
+                        detail: format!("the token answer {}", crate::untrusted::json_error(&e)),
                     })?;
                 let token = answer
                     .token
@@ -703,7 +923,7 @@ impl RegistryClient {
         service: Option<&str>,
         scope: &str,
         deadline: Instant,
-    ) -> Result<Response, RegistryError> {
+    ) -> Result<Answer, RegistryError> {
         let mut query = vec![("scope", scope)];
         if let Some(service) = service {
             query.push(("service", service));
@@ -735,10 +955,17 @@ impl RegistryClient {
             step: step.to_owned(),
             detail,
         };
-        let url = reqwest::Url::parse(realm)
-            .map_err(|e| refused(format!("the token realm {realm:?} is not a URL: {e}")))?;
+        let url = reqwest::Url::parse(realm).map_err(|e| {
+            refused(format!(
+                "the token realm {} is not a URL: {e}",
+                crate::untrusted::quote(realm)
+            ))
+        })?;
         if !matches!(url.scheme(), "https" | "http") {
-            return Err(refused(format!("the token realm {realm:?} is not http(s)")));
+            return Err(refused(format!(
+                "the token realm {} is not http(s)",
+                crate::untrusted::quote(realm)
+            )));
         }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         let base = reqwest::Url::parse(&self.base).ok();
@@ -753,6 +980,7 @@ impl RegistryClient {
         if own || hub || named {
             Ok(realm.to_owned())
         } else {
+            let host = crate::untrusted::quote(&host);
             Err(refused(format!(
                 "the registry sends its token requests to {host}, another host than its own; add \
                  {host} to spec.registry.tokenHosts of the policy if it is the registry's token service"
@@ -786,7 +1014,7 @@ impl RegistryClient {
         step: &str,
         request: reqwest::RequestBuilder,
         deadline: Instant,
-    ) -> Result<Response, RegistryError> {
+    ) -> Result<Answer, RegistryError> {
         let timeout = self.remaining(step, deadline)?;
         let timed_out = || RegistryError::Timeout {
             registry: self.registry.clone(),
@@ -794,20 +1022,44 @@ impl RegistryClient {
             seconds: timeout.as_secs_f64(),
         };
         let started = Instant::now();
-        let _permit = tokio::time::timeout(timeout, self.permits.acquire())
+        let slot = tokio::time::timeout(timeout, self.permits.clone().acquire_owned())
             .await
-            .map_err(|_| timed_out())?;
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(timed_out)?;
         let timeout = timeout.saturating_sub(started.elapsed());
         self.requests.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(timeout, request.send()).await {
             Err(_) => Err(timed_out()),
             Ok(Err(error)) if error.is_timeout() => Err(timed_out()),
+            Ok(Err(error)) if error.is_redirect() && refused_redirect(&error).is_some() => {
+                let host = refused_redirect(&error).unwrap_or_default();
+                Err(self.redirect_refused(step, &host))
+            }
             Ok(Err(error)) => Err(RegistryError::Transport {
                 registry: self.registry.clone(),
                 step: step.to_owned(),
                 detail: describe_transport_error(&error),
             }),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok(Answer {
+                response,
+                _slot: slot,
+            }),
+        }
+    }
+
+    /// A redirect to a host no policy names, never connected to. The host is named (quoted, bounded):
+    /// the registry chose it, and the operator needs it to allow a real blob store.
+    fn redirect_refused(&self, step: &str, host: &str) -> RegistryError {
+        tracing::info!(registry = %self.registry, step, host, "redirect refused: host not allowed");
+        RegistryError::Transport {
+            registry: self.registry.clone(),
+            step: step.to_owned(),
+            detail: format!(
+                "the registry redirected to {host}, a host no policy names, and registryx-guard does \
+                 not follow it; if that host serves this registry's content (blob storage, a CDN), add \
+                 it to spec.registry.redirectHosts of the policy"
+            ),
         }
     }
 
@@ -827,10 +1079,10 @@ impl RegistryClient {
     async fn read_body(
         &self,
         step: &str,
-        mut response: Response,
+        mut response: Answer,
         limit: usize,
         deadline: Instant,
-    ) -> Result<Vec<u8>, RegistryError> {
+    ) -> Result<(Vec<u8>, Held), RegistryError> {
         let too_large = || RegistryError::TooLarge {
             registry: self.registry.clone(),
             step: step.to_owned(),
@@ -842,7 +1094,18 @@ impl RegistryClient {
         {
             return Err(too_large());
         }
+        // This registry's share and the process's whole budget, held as long as the bytes are, for
+        // the body's capacity (what the heap really holds): all of a declared length before reading,
+        // so that a reader waits before the bytes arrive; a body without one as it grows.
+        let mut held = Held::default();
+        let mut charged_kib = 0usize;
         let mut body = Vec::new();
+        if let Some(length) = response.content_length() {
+            let length = usize::try_from(length).unwrap_or(limit);
+            self.charge(step, &mut held, &mut charged_kib, length, deadline)
+                .await?;
+            body.reserve_exact(length);
+        }
         loop {
             let timeout = self.remaining(step, deadline)?;
             let chunk = tokio::time::timeout(timeout, response.chunk())
@@ -857,18 +1120,68 @@ impl RegistryClient {
                     step: step.to_owned(),
                     detail: format!("reading the answer: {}", describe_transport_error(&e)),
                 })?;
-            let Some(chunk) = chunk else { return Ok(body) };
-            if body.len() + chunk.len() > limit {
+            let Some(chunk) = chunk else {
+                return Ok((body, held));
+            };
+            let needed = body.len() + chunk.len();
+            if needed > limit {
                 return Err(too_large());
+            }
+            if needed > body.capacity() {
+                // Grown as Vec would (doubling), within the limit, and paid for first.
+                let capacity = needed.max(body.capacity() * 2).min(limit);
+                self.charge(step, &mut held, &mut charged_kib, capacity, deadline)
+                    .await?;
+                body.reserve_exact(capacity - body.len());
             }
             body.extend_from_slice(&chunk);
         }
     }
 
+    /// Takes permits from this registry's share and the process's budget until `held` pays for
+    /// `bytes` (`charged_kib` counts what it pays for already), waiting within the deadline.
+    async fn charge(
+        &self,
+        step: &str,
+        held: &mut Held,
+        charged_kib: &mut usize,
+        bytes: usize,
+        deadline: Instant,
+    ) -> Result<(), RegistryError> {
+        let wanted = bytes.div_ceil(1024).saturating_sub(*charged_kib);
+        if wanted == 0 {
+            return Ok(());
+        }
+        let permits = u32::try_from(wanted).unwrap_or(u32::MAX);
+        let timeout = self.remaining(step, deadline)?;
+        let waited = tokio::time::timeout(timeout, async {
+            let own = self
+                .body_budget
+                .clone()
+                .acquire_many_owned(permits)
+                .await
+                .ok()?;
+            let all = BODY_BUDGET.clone().acquire_many_owned(permits).await.ok()?;
+            Some((own, all))
+        })
+        .await;
+        let Ok(Some((own, all))) = waited else {
+            return Err(RegistryError::Timeout {
+                registry: self.registry.clone(),
+                step: format!("{step} (waiting for memory to read the answer into)"),
+                seconds: timeout.as_secs_f64(),
+            });
+        };
+        held.0.extend([own, all]);
+        *charged_kib += wanted;
+        Ok(())
+    }
+
     /// An error body, read best-effort and bounded, for messages.
-    async fn read_small(&self, step: &str, response: Response, deadline: Instant) -> Vec<u8> {
+    async fn read_small(&self, step: &str, response: Answer, deadline: Instant) -> Vec<u8> {
         self.read_body(step, response, 16 << 10, deadline)
             .await
+            .map(|(body, _)| body)
             .unwrap_or_default()
     }
 
@@ -876,15 +1189,9 @@ impl RegistryClient {
     async fn successful(
         &self,
         step: &str,
-        response: Response,
+        response: Answer,
         deadline: Instant,
-    ) -> Result<Response, RegistryError> {
-        if response.status() == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound {
-                registry: self.registry.clone(),
-                step: step.to_owned(),
-            });
-        }
+    ) -> Result<Answer, RegistryError> {
         if !response.status().is_success() {
             return Err(self.status_error(step.to_owned(), response, deadline).await);
         }
@@ -894,16 +1201,39 @@ impl RegistryClient {
     async fn status_error(
         &self,
         step: String,
-        response: Response,
+        response: Answer,
         deadline: Instant,
     ) -> RegistryError {
         let status = response.status().as_u16();
         let body = self.read_small(&step, response, deadline).await;
+        // Only a registry's own error (its JSON `errors`) says anything about the registry: any other
+        // answer (a web server's 404 page, a proxy's 502) reads as no registry, in the same words as a
+        // closed port, so that an image name cannot be used to probe what listens where.
+        if registry_errors(&body).is_none() {
+            return self.no_registry(&step, &format!("HTTP {status} without a registry error"));
+        }
+        if status == 404 {
+            return RegistryError::NotFound {
+                registry: self.registry.clone(),
+                step,
+            };
+        }
         RegistryError::Status {
             registry: self.registry.clone(),
             step,
             status,
             detail: error_message(&body),
+        }
+    }
+
+    /// What answered is not a registry: the same error, in the same words, as no answer at all; the
+    /// webhook's log has what it was.
+    fn no_registry(&self, step: &str, what: &str) -> RegistryError {
+        tracing::info!(registry = %self.registry, step, answer = what, "no registry answered");
+        RegistryError::Transport {
+            registry: self.registry.clone(),
+            step: step.to_owned(),
+            detail: NO_REGISTRY.to_owned(),
         }
     }
 }
@@ -926,36 +1256,43 @@ pub(crate) fn is_sha256_digest(value: &str) -> bool {
         .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The message of a distribution-API error body (`{"errors":[{"code","message"}]}`), each message
-/// shortened and stripped of control characters. Any other body is never quoted: a refusal is shown to
-/// whoever created the pod, and an image naming an internal service must not make its answers readable.
-fn error_message(body: &[u8]) -> String {
+/// The one text of every failure to reach a registry: a closed port, a reset, a TLS failure, and an
+/// answer from something that is not a registry all read the same.
+const NO_REGISTRY: &str = "no registry answered: cannot connect, the connection failed, or what \
+     answered is not a registry (the webhook's log has the cause)";
+
+/// A distribution-API error body (`{"errors":[{"code","message"}]}` with at least one entry), if `body`
+/// is one.
+fn registry_errors(body: &[u8]) -> Option<Vec<ErrorEntry>> {
     #[derive(Deserialize)]
     struct Errors {
         errors: Vec<ErrorEntry>,
     }
-    #[derive(Deserialize)]
-    struct ErrorEntry {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    let clean = |text: &str, limit: usize| -> String {
-        text.chars()
-            .filter(|c| !c.is_control())
-            .take(limit)
-            .collect()
-    };
-    if let Ok(errors) = serde_json::from_slice::<Errors>(body)
-        && !errors.errors.is_empty()
-    {
-        return errors
-            .errors
+    serde_json::from_slice::<Errors>(body)
+        .ok()
+        .map(|e| e.errors)
+        .filter(|e| !e.is_empty())
+}
+
+#[derive(Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// The message of a distribution-API error body (`{"errors":[{"code","message"}]}`), each message
+/// shortened and stripped of control characters. Any other body is never quoted: a refusal is shown to
+/// whoever created the pod, and an image naming an internal service must not make its answers readable.
+fn error_message(body: &[u8]) -> String {
+    if let Some(errors) = registry_errors(body) {
+        let words = errors
             .iter()
             .take(3)
             .map(|e| {
-                let (code, message) = (clean(&e.code, 40), clean(&e.message, 200));
+                let code = crate::untrusted::excerpt(&e.code, 40);
+                let message = crate::untrusted::excerpt(&e.message, 160);
                 if code.is_empty() {
                     message
                 } else {
@@ -964,14 +1301,12 @@ fn error_message(body: &[u8]) -> String {
             })
             .collect::<Vec<_>>()
             .join("; ");
+        return crate::untrusted::their_words("the registry", &words);
     }
     if body.is_empty() {
         return "empty answer".into();
     }
-    format!(
-        "an answer that is not a registry error ({} bytes, not shown)",
-        body.len()
-    )
+    "an answer that is not a registry error (not shown)".to_owned()
 }
 
 /// The same words whatever the cause (a closed port, a reset, a TLS failure, something that is not a
@@ -987,7 +1322,7 @@ fn describe_transport_error(error: &reqwest::Error) -> String {
         source = inner.source();
     }
     tracing::info!(url = error.url().map(|u| u.as_str()).unwrap_or(""), cause = %cause, "registry connection failed");
-    "cannot connect, or the connection failed (the webhook's log has the cause)".to_owned()
+    NO_REGISTRY.to_owned()
 }
 
 #[cfg(test)]
@@ -1031,17 +1366,64 @@ mod tests {
         let body = br#"{"errors":[{"code":"DENIED","message":"policy violation: critical vulnerabilities"}]}"#;
         assert_eq!(
             error_message(body),
-            "DENIED policy violation: critical vulnerabilities"
+            "the registry says \"DENIED policy violation: critical vulnerabilities\""
         );
         assert_eq!(
             error_message(b"<html>\ninternal secrets"),
-            "an answer that is not a registry error (23 bytes, not shown)"
+            "an answer that is not a registry error (not shown)"
         );
         assert_eq!(
-            error_message(br#"{"errors":[{"code":"X","message":"a\u0007b"}]}"#),
-            "X ab"
+            error_message(br#"{"errors":[{"code":"X","message":"a\u0007b\u202e"}]}"#),
+            "the registry says \"X ab\""
         );
         assert_eq!(error_message(b""), "empty answer");
+    }
+
+    #[test]
+    fn redirects_stay_on_the_hosts_the_policy_names() {
+        let config = RegistryConfig {
+            token_hosts: vec!["auth.example.com".into()],
+            redirect_hosts: vec![
+                "*.blobs.example".into(),
+                "10.0.0.5:9000".into(),
+                "Storage.Example.".into(),
+            ],
+            ..RegistryConfig::default()
+        };
+        let rule = RedirectRule::new("https://registry.example:5000", &config, false);
+        let allows = |url: &str| rule.allows(&reqwest::Url::parse(url).unwrap());
+        for allowed in [
+            "https://registry.example:5000/v2/x",
+            "https://REGISTRY.example.:5000/v2/x",
+            "https://auth.example.com/token",
+            "https://eu.blobs.example/x?sig=1",
+            "http://10.0.0.5:9000/bucket",
+            "https://storage.example/x",
+        ] {
+            assert!(allows(allowed), "{allowed}");
+        }
+        for refused in [
+            "https://registry.example/v2/x",
+            "http://registry.example:5001/v2/x",
+            "http://127.0.0.1:5000/latest/meta-data/iam/security-credentials/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://localhost:5000/",
+            "https://blobs.example/x",
+            "https://evilblobs.example/x",
+            "https://blobs.example.evil/x",
+            "http://10.0.0.5:9001/bucket",
+            "file:///etc/passwd",
+        ] {
+            assert!(!allows(refused), "{refused}");
+        }
+        let hub = RedirectRule::new(
+            "https://registry-1.docker.io",
+            &RegistryConfig::default(),
+            true,
+        );
+        assert!(
+            hub.allows(&reqwest::Url::parse("https://production.cloudflare.docker.com/x").unwrap())
+        );
     }
 
     #[test]

@@ -118,19 +118,20 @@ fn check_legacy(
     }
     let payload: SimpleSigning = serde_json::from_slice(&signature.payload).map_err(|e| {
         Failure::unreadable(format!(
-            "the signed payload is not a cosign simple-signing document: {e}"
+            "the signed payload, read as a cosign simple-signing document, {}",
+            crate::untrusted::json_error(&e)
         ))
     })?;
     if payload.critical.kind != "cosign container image signature" {
         return Err(Failure::unreadable(format!(
-            "the signed payload has type {:?}, not a cosign container image signature",
-            payload.critical.kind
+            "the signed payload has type {}, not a cosign container image signature",
+            crate::untrusted::quote(&payload.critical.kind)
         )));
     }
     if payload.critical.image.digest != digest {
         return Err(Failure::other_digest(format!(
             "the signature is for {}, not for this image's {digest} (a signature copied from another image, or the tag moved after signing)",
-            payload.critical.image.digest
+            shown_digest(&payload.critical.image.digest)
         )));
     }
     Ok(proof)
@@ -218,15 +219,19 @@ fn check_bundle(
         signature_digest: signature.manifest_digest.clone(),
         ..Proof::default()
     };
-    let bundle: Bundle = serde_json::from_slice(&signature.bundle)
-        .map_err(|e| Failure::unreadable(format!("the referrer is not a sigstore bundle: {e}")))?;
+    let bundle: Bundle = serde_json::from_slice(&signature.bundle).map_err(|e| {
+        Failure::unreadable(format!(
+            "the referrer, read as a sigstore bundle, {}",
+            crate::untrusted::json_error(&e)
+        ))
+    })?;
     if !bundle
         .media_type
         .starts_with("application/vnd.dev.sigstore.bundle")
     {
         return Err(Failure::unreadable(format!(
-            "the referrer has media type {:?}, not a sigstore bundle",
-            bundle.media_type
+            "the referrer has media type {}, not a sigstore bundle",
+            crate::untrusted::quote(&bundle.media_type)
         )));
     }
     let Some(envelope) = bundle.dsse_envelope else {
@@ -238,8 +243,8 @@ fn check_bundle(
     };
     if envelope.payload_type != IN_TOTO_PAYLOAD {
         return Err(Failure::unreadable(format!(
-            "the bundle's payload type is {:?}, not an in-toto statement",
-            envelope.payload_type
+            "the bundle's payload type is {}, not an in-toto statement",
+            crate::untrusted::quote(&envelope.payload_type)
         )));
     }
     let payload = STANDARD
@@ -334,13 +339,14 @@ fn check_bundle(
     }
     let statement: Statement = serde_json::from_slice(&payload).map_err(|e| {
         Failure::unreadable(format!(
-            "the bundle's payload is not an in-toto statement: {e}"
+            "the bundle's payload, read as an in-toto statement, {}",
+            crate::untrusted::json_error(&e)
         ))
     })?;
     if !statement.kind.starts_with("https://in-toto.io/Statement/") {
         return Err(Failure::unreadable(format!(
-            "the bundle's payload has _type {:?}, not an in-toto statement",
-            statement.kind
+            "the bundle's payload has _type {}, not an in-toto statement",
+            crate::untrusted::quote(&statement.kind)
         )));
     }
     if statement.predicate_type != COSIGN_PREDICATE {
@@ -349,8 +355,8 @@ fn check_bundle(
         return Err(Failure::new(
             crate::verify::reason::Reason::NoSignature,
             format!(
-                "the bundle is an attestation of type {:?}, not a cosign signature",
-                statement.predicate_type
+                "the bundle is an attestation of type {}, not a cosign signature",
+                crate::untrusted::quote(&statement.predicate_type)
             ),
         ));
     }
@@ -364,14 +370,14 @@ fn check_bundle(
             .subject
             .iter()
             .filter_map(|s| s.digest.get("sha256"))
-            .map(|d| format!("sha256:{d}"))
+            .map(|d| format!("sha256:{}", crate::untrusted::excerpt(d, 64)))
             .collect();
         return Err(Failure::other_digest(format!(
             "the signature is for {}, not for this image's {digest} (a signature copied from another image, or the tag moved after signing)",
             if signed.is_empty() {
                 "no digest".to_owned()
             } else {
-                signed.join(", ")
+                crate::untrusted::first_few(signed, 3)
             }
         )));
     }
@@ -493,9 +499,9 @@ fn signing_key_der(
                     .map(|i| format!("issuer {} subject {}", i.issuer, i.subject))
                     .collect();
                 return Err(Failure::other_signer(format!(
-                    "signed by issuer {:?} subject {:?}, which this authority does not accept (wants {})",
-                    issuer.as_deref().unwrap_or("<none>"),
-                    sans.first().map(String::as_str).unwrap_or("<none>"),
+                    "signed by issuer {} subject {}, which this authority does not accept (wants {})",
+                    crate::untrusted::quote(issuer.as_deref().unwrap_or("<none>")),
+                    crate::untrusted::quote(sans.first().map(String::as_str).unwrap_or("<none>")),
                     wanted.join(" or ")
                 )));
             }
@@ -547,8 +553,8 @@ fn describe_key_mismatch(authority: &CompiledAuthority, proof: &Proof) -> String
             "the signature does not verify with key {key_id} (signed with another key, or altered)"
         ),
         Trust::Keyless { .. } => format!(
-            "the signature does not verify with the key of the certificate issued to {:?} (altered signature or payload)",
-            proof.subject.as_deref().unwrap_or("<none>")
+            "the signature does not verify with the key of the certificate issued to {} (altered signature or payload)",
+            crate::untrusted::quote(proof.subject.as_deref().unwrap_or("<none>"))
         ),
     }
 }
@@ -612,8 +618,12 @@ fn check_legacy_rekor_bundle(
         #[serde(rename = "logID")]
         log_id: String,
     }
-    let bundle: RekorBundle = serde_json::from_str(bundle)
-        .map_err(|e| format!("the Rekor bundle annotation does not parse: {e}"))?;
+    let bundle: RekorBundle = serde_json::from_str(bundle).map_err(|e| {
+        format!(
+            "the Rekor bundle annotation {}",
+            crate::untrusted::json_error(&e)
+        )
+    })?;
     let set = SetPayload {
         body: &bundle.payload.body,
         integrated_time: bundle.payload.integrated_time,
@@ -738,7 +748,8 @@ fn check_entry_body(
         }
         other => {
             return Err(format!(
-                "the log entry has kind {other:?}, which registryx-guard does not check"
+                "the log entry has kind {}, which registryx-guard does not check",
+                crate::untrusted::quote(other.unwrap_or("<none>"))
             ));
         }
     };
@@ -761,6 +772,19 @@ fn check_entry_body(
         return Err("the transparency-log entry names another signer (key or certificate)".into());
     }
     Ok(())
+}
+
+/// A digest a signature names, as a refusal shows it: plain when it is one, quoted and cut when it is
+/// whatever else a registry put there.
+fn shown_digest(digest: &str) -> String {
+    let well_formed = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    if well_formed {
+        digest.to_owned()
+    } else {
+        crate::untrusted::quote(digest)
+    }
 }
 
 #[cfg(test)]

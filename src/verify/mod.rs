@@ -104,6 +104,9 @@ impl ImageVerdict {
     }
 }
 
+/// Bytes of signature material the signature-set cache keeps (its entries live seconds).
+const SIGNATURE_SETS_BYTES: u64 = 32 << 20;
+
 /// Cache lifetimes and sizes.
 #[derive(Clone, Debug)]
 pub struct VerifierSettings {
@@ -203,8 +206,16 @@ impl Verifier {
             .time_to_live(settings.tag_ttl.max(Duration::from_millis(1)))
             .support_invalidation_closures()
             .build();
+        // Weighed in bytes, not counted in entries: a set holds up to 32 signatures' material, and
+        // 10,000 sets of a hostile registry's largest would not fit in the pod's memory.
         let signature_sets = moka::future::Cache::builder()
-            .max_capacity(10_000)
+            .max_capacity(SIGNATURE_SETS_BYTES)
+            .weigher(
+                |_key, set: &Arc<Result<SignatureSet, RegistryError>>| -> u32 {
+                    let bytes = set.as_ref().as_ref().map_or(256, SignatureSet::weight);
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                },
+            )
             .time_to_live(settings.signatures_ttl)
             .build();
         let evicted_requests = Arc::new(AtomicU64::new(0));
@@ -511,6 +522,28 @@ impl Verifier {
         self.tags
             .try_get_with(key, client.resolve(image, deadline))
             .await
+    }
+
+    /// Whether the tag of `image` (a reference with a tag and a digest) names its digest in the
+    /// registry, read with `policy`'s access settings through the tag cache. Any failure is "not
+    /// shown": the caller then decides by the digest alone, the stricter choice.
+    pub async fn tag_names_digest(
+        &self,
+        image: &ImageRef,
+        policy: &CompiledPolicy,
+        deadline: Instant,
+    ) -> bool {
+        let (Some(_), Some(digest)) = (&image.tag, &image.digest) else {
+            return false;
+        };
+        let tagged = ImageRef {
+            digest: None,
+            ..image.clone()
+        };
+        let Ok(client) = self.client(&tagged, policy) else {
+            return false;
+        };
+        matches!(self.resolve(&client, &tagged, deadline).await, Ok(resolved) if resolved.digest == *digest)
     }
 
     /// The client for `image`'s registry under `policy`'s access settings (shared, bounded). Later

@@ -36,6 +36,34 @@ pub struct SignatureSet {
     pub signed_elsewhere: Vec<String>,
 }
 
+impl SignatureSet {
+    /// About how many bytes the set holds, for the cache's weigher.
+    pub fn weight(&self) -> usize {
+        let signatures: usize = self
+            .signatures
+            .iter()
+            .map(|found| match found {
+                FoundSignature::Legacy(legacy) => {
+                    legacy.payload.len()
+                        + legacy.signature.len()
+                        + legacy.certificate.as_ref().map_or(0, String::len)
+                        + legacy.chain.as_ref().map_or(0, String::len)
+                        + legacy.rekor_bundle.as_ref().map_or(0, String::len)
+                        + 128
+                }
+                FoundSignature::Bundle(bundle) => bundle.bundle.len() + 128,
+            })
+            .sum();
+        256 + signatures
+            + self
+                .problems
+                .iter()
+                .map(|p| p.message.len() + 32)
+                .sum::<usize>()
+            + self.signed_elsewhere.len() * 80
+    }
+}
+
 /// Tags read to find other signed digests: one page, so one request, on the refusal path only.
 const TAGS_PAGE: usize = 1000;
 /// Ordinary tags resolved to see which signed digests they still name; a repository with more gives
@@ -172,16 +200,31 @@ pub async fn discover(
     let legacy_tag = format!("{tag}.sig");
     // The fallback tag is read at once too: on a registry without the referrers API that saves a round
     // trip, on one with it the answer is a cheap 404 or ignored.
+    // Each manifest is parsed and its bytes dropped inside its own read: bytes held while a sibling
+    // read waits would hold the registry's share of the read budget that sibling waits for.
+    let fallback_step = format!("read fallback tag {repository}:{tag}");
     let (referrers, legacy, fallback) = futures::join!(
         client.referrers(repository, digest, deadline),
-        client.get_manifest(repository, &legacy_tag, deadline),
-        client.get_manifest(repository, &tag, deadline),
+        async {
+            let manifest = client
+                .get_manifest(repository, &legacy_tag, deadline)
+                .await?;
+            Ok::<_, RegistryError>(serde_json::from_slice::<Manifest>(&manifest.bytes))
+        },
+        async {
+            let index = client.get_manifest(repository, &tag, deadline).await?;
+            Ok::<_, RegistryError>(client.index_manifests(&fallback_step, &index))
+        },
     );
     let mut set = SignatureSet::default();
 
     // A registry that hangs or refuses is reported whole: without its answer nothing can be said.
     let referrers = match referrers {
         Ok(referrers) => referrers,
+        // No registry answered the referrers API: as for a registry without it, the fallback tag
+        // is read (and reports the same failure), so that a closed port and a web server that
+        // answers 404 read the same.
+        Err(RegistryError::Transport { .. }) => None,
         Err(
             error @ (RegistryError::Timeout { .. }
             | RegistryError::Denied { .. }
@@ -195,12 +238,10 @@ pub async fn discover(
     let referrers = match referrers {
         Some(list) => list,
         None => match fallback {
-            Ok(index) => client
-                .index_manifests(&format!("read fallback tag {repository}:{tag}"), &index)
-                .unwrap_or_else(|e| {
-                    set.problems.push(Problem::from(&e));
-                    Vec::new()
-                }),
+            Ok(listed) => listed.unwrap_or_else(|e| {
+                set.problems.push(Problem::from(&e));
+                Vec::new()
+            }),
             Err(error) if error.is_not_found() => Vec::new(),
             Err(error @ RegistryError::Timeout { .. }) => return Err(error),
             Err(error) => {
@@ -211,14 +252,15 @@ pub async fn discover(
     };
 
     let legacy_layers = match legacy {
-        Ok(manifest) => match serde_json::from_slice::<Manifest>(&manifest.bytes) {
+        Ok(parsed) => match parsed {
             Ok(manifest) => manifest.layers,
             Err(error) => {
                 set.problems.push(Problem {
                     reason: Reason::SignatureUnreadable,
                     message: format!(
-                        "{}: {legacy_tag} is not an image manifest: {error}",
-                        client.registry()
+                        "{}: the manifest of {legacy_tag} {}",
+                        client.registry(),
+                        crate::untrusted::json_error(&error)
                     ),
                 });
                 Vec::new()

@@ -557,37 +557,24 @@ impl HangingRegistry {
 }
 
 /// Answers every request, `/v2/` included, with one status (500, 503, 429...) and a registry error.
-pub struct FailingRegistry {
-    server: Server,
-    requests: Arc<AtomicUsize>,
-}
+pub struct FailingRegistry(Scripted);
 
 impl FailingRegistry {
     pub async fn start(status: u16) -> FailingRegistry {
         let status = StatusCode::from_u16(status)
             .unwrap_or_else(|e| panic!("FailingRegistry: bad status {status}: {e}"));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
-        let router = axum::Router::new().fallback(move || {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                registry_error(status, "UNKNOWN", "the fake registry fails on purpose")
-            }
-        });
-        FailingRegistry {
-            server: Server::serve_router("failing", router),
-            requests,
-        }
+        FailingRegistry(Scripted::start("failing", move |_, _| {
+            registry_error(status, "UNKNOWN", "the fake registry fails on purpose")
+        }))
     }
 
     pub fn host(&self) -> String {
-        self.server.host.clone()
+        self.0.host()
     }
 
     /// How many requests it has answered: shows whether a client retried.
     pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+        self.0.requests()
     }
 }
 
@@ -785,17 +772,49 @@ fn lying(manifest: &[u8], claimed: &str, request: &Request) -> Response {
 
 /// A plain-HTTP front that answers every request with `307` to the same path on `https://<target>`, as
 /// a registry whose storage hands out HTTPS URLs (S3, GCS presigned blobs) does. Counts what it saw.
-pub struct RedirectingRegistry {
+pub struct RedirectingRegistry(Scripted);
+
+impl RedirectingRegistry {
+    pub fn start(target: &str) -> RedirectingRegistry {
+        let target = target.to_owned();
+        RedirectingRegistry(Scripted::start("redirecting", move |_, path| {
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(header::LOCATION, format!("https://{target}{path}"))],
+            )
+                .into_response()
+        }))
+    }
+
+    pub fn host(&self) -> String {
+        self.0.host()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.0.requests()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Hostile registries and the internal services they point at
+
+/// Any HTTP server: every request is answered by `answer(method, path)`, and counted. The registries
+/// that lie in the second ring's tests (a megabyte JSON string for a signature, a redirect into the
+/// cluster, a web server that is no registry) and the internal services they would reach.
+pub struct Scripted {
     server: Server,
     requests: Arc<AtomicUsize>,
 }
 
-impl RedirectingRegistry {
-    pub fn start(target: &str) -> RedirectingRegistry {
+impl Scripted {
+    pub fn start<F>(name: &str, answer: F) -> Scripted
+    where
+        F: Fn(&Method, &str) -> Response + Clone + Send + Sync + 'static,
+    {
         let requests = Arc::new(AtomicUsize::new(0));
-        let (counter, target) = (requests.clone(), target.to_owned());
+        let counter = requests.clone();
         let router = axum::Router::new().fallback(move |request: Request| {
-            let (counter, target) = (counter.clone(), target.clone());
+            let (counter, answer) = (counter.clone(), answer.clone());
             async move {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let path = request
@@ -803,15 +822,11 @@ impl RedirectingRegistry {
                     .path_and_query()
                     .map_or("/", |p| p.as_str())
                     .to_owned();
-                (
-                    StatusCode::TEMPORARY_REDIRECT,
-                    [(header::LOCATION, format!("https://{target}{path}"))],
-                )
-                    .into_response()
+                answer(request.method(), &path)
             }
         });
-        RedirectingRegistry {
-            server: Server::serve_router("redirecting", router),
+        Scripted {
+            server: Server::serve_router(name, router),
             requests,
         }
     }
@@ -820,7 +835,37 @@ impl RedirectingRegistry {
         self.server.host.clone()
     }
 
+    /// Requests answered so far.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+}
+
+/// Accepts each connection and closes it at once, before a byte: a port that is open but speaks no
+/// HTTP.
+pub struct Slamming {
+    server: Server,
+}
+
+impl Slamming {
+    pub fn start() -> Slamming {
+        let server = Server::start("slamming", |listener| async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        Slamming { server }
+    }
+
+    pub fn host(&self) -> String {
+        self.server.host.clone()
+    }
+}
+
+/// A loopback address with no listener: bound once to learn a free port, then closed.
+pub fn closed_port_host() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let host = format!("127.0.0.1:{}", listener.local_addr().expect("bound").port());
+    drop(listener);
+    host
 }

@@ -12,6 +12,7 @@ pub mod node;
 pub mod process;
 pub mod registry;
 pub mod verdicts;
+pub mod webhook;
 
 use std::path::PathBuf;
 
