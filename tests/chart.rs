@@ -1,9 +1,17 @@
 //! The chart's rendered manifests against a real API server (server-side dry run): every object, CRD
-//! included, is accepted as it would be by `helm install`.
+//! included, is accepted as it would be by `helm install`; what the webhook's pods and ServiceAccount
+//! can read; and the generated certificate through real `helm install` and `helm upgrade`s.
 
 mod support;
 
-use std::process::Command;
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use serde::Deserialize as _;
+use serde_json::Value;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use support::cluster::ControlPlane;
 use support::cosign::assert_success;
@@ -123,4 +131,382 @@ fn namespaces_opt_in_by_label_by_default_and_unmatched_images_are_refused() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("optIn or all"));
+}
+
+const NAMESPACE: &str = "registryx-guard";
+
+/// Every document of a rendered manifest stream, as JSON.
+fn documents(manifests: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(manifests)
+        .filter_map(|doc| Value::deserialize(doc).ok())
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn decode(data: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data.as_str().unwrap_or_default().trim())
+        .unwrap()
+}
+
+/// The DER of each certificate of a PEM bundle, in order.
+fn certificates(pem: &[u8]) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(pem);
+    text.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .map(|block| {
+            let body: String = block
+                .split("-----END CERTIFICATE-----")
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .unwrap()
+        })
+        .collect()
+}
+
+/// (subject key id, authority key id) of a DER certificate.
+fn key_ids(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let (mut subject, mut authority) = (Vec::new(), Vec::new());
+    for extension in cert.extensions() {
+        match extension.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => subject = id.0.to_vec(),
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                authority = aki
+                    .key_identifier
+                    .as_ref()
+                    .map(|id| id.0.to_vec())
+                    .unwrap_or_default()
+            }
+            _ => {}
+        }
+    }
+    (subject, authority)
+}
+
+/// `leaf` names `ca` as its issuer by key (Go's x509, which helm uses, sets both identifiers).
+fn issued_by(leaf: &[u8], ca: &[u8]) -> bool {
+    let (ca_subject, _) = key_ids(ca);
+    !ca_subject.is_empty() && key_ids(leaf).1 == ca_subject
+}
+
+#[test]
+fn the_chart_keeps_no_ca_key_and_the_pod_mounts_only_its_serving_pair() {
+    for values in [&[][..], &["tls.rotation=7"][..]] {
+        let docs = documents(&render(values));
+        let secrets: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Secret").collect();
+        assert_eq!(secrets.len(), 1, "{values:?}");
+        for secret in &secrets {
+            let data = secret["data"].as_object().unwrap();
+            let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+            assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"], "{values:?}");
+            // Whatever the key is called: one private key in the Secret, the serving one.
+            let private: Vec<&str> = data
+                .iter()
+                .filter(|(_, v)| String::from_utf8_lossy(&decode(v)).contains("PRIVATE KEY"))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            assert_eq!(private, ["tls.key"], "{values:?}");
+            // The webhooks trust what the Secret records, and the serving certificate is issued by it.
+            let bundle = decode(&data["ca.crt"]);
+            let ca = certificates(&bundle);
+            assert_eq!(ca.len(), 1, "a first install trusts one CA");
+            assert!(issued_by(
+                &certificates(&decode(&data["tls.crt"]))[0],
+                &ca[0]
+            ));
+            for webhook in docs.iter().filter(|d| {
+                d["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.ends_with("WebhookConfiguration"))
+            }) {
+                assert_eq!(
+                    webhook["webhooks"][0]["clientConfig"]["caBundle"], data["ca.crt"],
+                    "{webhook:#}"
+                );
+            }
+        }
+        // The pod mounts the serving pair only, by item: a key added to the Secret later is not mounted.
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let volumes = &deployment["spec"]["template"]["spec"]["volumes"];
+        assert_eq!(
+            volumes[0]["secret"]["items"],
+            serde_json::json!([{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]),
+            "{volumes:#}"
+        );
+        // Secrets are readable in the release's namespace only (see the README: the controller watches
+        // the Secrets policies name there), never cluster-wide.
+        for role in docs
+            .iter()
+            .filter(|d| matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")))
+        {
+            for rule in role["rules"].as_array().unwrap() {
+                let resources = rule["resources"].as_array().unwrap();
+                if !resources.iter().any(|r| r == "secrets") {
+                    continue;
+                }
+                assert_eq!(role["kind"], "Role", "{role:#}");
+                assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+                for verb in rule["verbs"].as_array().unwrap() {
+                    assert!(
+                        ["get", "list", "watch"].contains(&verb.as_str().unwrap()),
+                        "Secrets are only ever read: {rule}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `helm <command> rxg <chart>` in the test namespace of `cluster`, with `--set-string` values.
+fn helm(cluster: &ControlPlane, command: &str, values: &[&str]) -> Output {
+    helm_chart(
+        cluster,
+        &support::repo_root().join("charts/registryx-guard"),
+        command,
+        values,
+    )
+}
+
+fn helm_chart(
+    cluster: &ControlPlane,
+    chart: &std::path::Path,
+    command: &str,
+    values: &[&str],
+) -> Output {
+    let mut helm = Command::new(support::tool("helm"));
+    helm.args([command, "rxg"])
+        .arg(chart)
+        .args(["--namespace", NAMESPACE, "--kubeconfig"])
+        .arg(&cluster.kubeconfig);
+    if command == "upgrade" {
+        helm.arg("--reuse-values");
+    }
+    for value in values {
+        helm.args(["--set-string", value]);
+    }
+    helm.output().unwrap()
+}
+
+fn json_of(output: &Output) -> Value {
+    assert_success("kubectl get", output);
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Every Secret of the namespace, decoded: name -> key -> bytes.
+fn secrets(cluster: &ControlPlane) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    let list = json_of(&cluster.kubectl(&["get", "secrets", "-n", NAMESPACE, "-o", "json"]));
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|secret| {
+            let data = secret["data"]
+                .as_object()
+                .map(|data| data.iter().map(|(k, v)| (k.clone(), decode(v))).collect())
+                .unwrap_or_default();
+            (
+                secret["metadata"]["name"].as_str().unwrap().to_owned(),
+                data,
+            )
+        })
+        .collect()
+}
+
+/// The caBundle of both webhook configurations, which must agree.
+fn ca_bundle(cluster: &ControlPlane) -> Vec<u8> {
+    let bundles: Vec<Vec<u8>> = [
+        "validatingwebhookconfiguration",
+        "mutatingwebhookconfiguration",
+    ]
+    .iter()
+    .map(|kind| {
+        let webhook = json_of(&cluster.kubectl(&["get", kind, "rxg", "-o", "json"]));
+        decode(&webhook["webhooks"][0]["clientConfig"]["caBundle"])
+    })
+    .collect();
+    assert_eq!(
+        bundles[0], bundles[1],
+        "the two webhooks trust different CAs"
+    );
+    bundles[0].clone()
+}
+
+#[test]
+fn upgrades_keep_the_certificate_and_a_rotation_trusts_the_old_ca_until_the_next() {
+    let cluster = ControlPlane::start();
+    assert_success(
+        "namespace",
+        &cluster.kubectl(&["create", "namespace", NAMESPACE]),
+    );
+    assert_success("helm install", &helm(&cluster, "install", &[]));
+    let tls = |cluster: &ControlPlane| secrets(cluster)["rxg-tls"].clone();
+    let first = tls(&cluster);
+    assert_eq!(
+        first.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["ca.crt", "tls.crt", "tls.key"]
+    );
+    assert_eq!(ca_bundle(&cluster), first["ca.crt"]);
+    let ca1 = certificates(&first["ca.crt"]);
+    assert_eq!(ca1.len(), 1);
+
+    // An upgrade that rotates nothing keeps the certificate and the CA, byte for byte.
+    assert_success(
+        "helm upgrade",
+        &helm(&cluster, "upgrade", &["podAnnotations.rollout=second"]),
+    );
+    assert_eq!(
+        tls(&cluster),
+        first,
+        "a plain upgrade changed the certificate"
+    );
+
+    // A rotation: a new CA (the old one's key was never kept) and a new certificate issued by it; the
+    // webhooks trust the new CA and the previous one, so replicas still serving the old certificate
+    // are answered until the kubelet gives them the new files.
+    assert_success(
+        "helm upgrade",
+        &helm(&cluster, "upgrade", &["tls.rotation=2"]),
+    );
+    let second = tls(&cluster);
+    assert_ne!(second["tls.crt"], first["tls.crt"]);
+    assert_ne!(second["tls.key"], first["tls.key"]);
+    let ca2 = certificates(&second["ca.crt"]);
+    assert_eq!(ca2.len(), 2, "new CA and previous CA");
+    assert_eq!(ca2[1], ca1[0], "the previous CA stays trusted");
+    assert!(issued_by(&certificates(&second["tls.crt"])[0], &ca2[0]));
+    assert!(issued_by(&certificates(&first["tls.crt"])[0], &ca2[1]));
+    assert_eq!(ca_bundle(&cluster), second["ca.crt"]);
+    assert_success(
+        "helm upgrade",
+        &helm(&cluster, "upgrade", &["podAnnotations.rollout=third"]),
+    );
+    assert_eq!(
+        tls(&cluster),
+        second,
+        "an upgrade after a rotation changed it again"
+    );
+
+    // The next rotation drops the CA before the previous one.
+    assert_success(
+        "helm upgrade",
+        &helm(&cluster, "upgrade", &["tls.rotation=3"]),
+    );
+    let third = tls(&cluster);
+    let ca3 = certificates(&third["ca.crt"]);
+    assert_eq!(ca3.len(), 2);
+    assert_eq!(ca3[1], ca2[0]);
+    assert!(
+        !ca3.contains(&ca1[0]),
+        "the first CA is trusted two rotations later"
+    );
+    assert_eq!(ca_bundle(&cluster), third["ca.crt"]);
+
+    // No Secret of the namespace holds a CA key, Helm's release records (which hold the rendered
+    // manifests, and which the webhook's ServiceAccount can read) included: the only private key
+    // anywhere is the serving one, which the pods hold anyway.
+    for (name, data) in secrets(&cluster) {
+        for (key, bytes) in data {
+            let text = if name.starts_with("sh.helm.release.") {
+                release_manifest(&bytes)
+            } else {
+                String::from_utf8_lossy(&bytes).into_owned()
+            };
+            assert!(!text.contains("ca.key"), "{name}/{key} names a CA key");
+            if key != "tls.key" {
+                assert!(
+                    !text.contains("PRIVATE KEY"),
+                    "{name}/{key} holds a private key"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_first_upgrade_from_a_chart_that_kept_the_ca_key_removes_it() {
+    // The chart as it was: this one, with the CA key kept in the Secret beside the certificate.
+    let old = tempfile::tempdir().unwrap();
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(support::repo_root().join("charts/registryx-guard"))
+        .arg(old.path())
+        .output()
+        .unwrap();
+    assert_success("copy the chart", &copy);
+    let chart = old.path().join("registryx-guard");
+    let webhooks = chart.join("templates/webhooks.yaml");
+    let text = std::fs::read_to_string(&webhooks).unwrap();
+    let kept = text.replace(
+        "  ca.crt: {{ $tls.ca }}\n",
+        "  ca.crt: {{ $tls.ca }}\n  ca.key: {{ \"the old chart's CA key\" | b64enc }}\n",
+    );
+    assert_ne!(
+        kept, text,
+        "the Secret's ca.crt line moved; update this test"
+    );
+    std::fs::write(&webhooks, kept).unwrap();
+
+    let cluster = ControlPlane::start();
+    assert_success(
+        "namespace",
+        &cluster.kubectl(&["create", "namespace", NAMESPACE]),
+    );
+    assert_success(
+        "helm install (old chart)",
+        &helm_chart(&cluster, &chart, "install", &[]),
+    );
+    let before = secrets(&cluster)["rxg-tls"].clone();
+    assert!(before.contains_key("ca.key"));
+    assert_success("helm upgrade", &helm(&cluster, "upgrade", &[]));
+    let after = secrets(&cluster)["rxg-tls"].clone();
+    assert_eq!(
+        after.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["ca.crt", "tls.crt", "tls.key"],
+        "the CA key outlived the upgrade"
+    );
+    assert_eq!(
+        after["tls.crt"], before["tls.crt"],
+        "the certificate is kept"
+    );
+    assert_eq!(after["ca.crt"], before["ca.crt"]);
+    assert_eq!(ca_bundle(&cluster), after["ca.crt"]);
+}
+
+/// The manifest of a Helm release record (base64 of gzip of JSON), with the Secret data it renders
+/// decoded (but the serving key's), so that a private key inside it can be seen.
+fn release_manifest(record: &[u8]) -> String {
+    let gzipped = base64::engine::general_purpose::STANDARD
+        .decode(record)
+        .unwrap();
+    let mut gunzip = Command::new("gzip")
+        .args(["-dc"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        gunzip.stdin.take().unwrap().write_all(&gzipped).unwrap();
+    }
+    let json = gunzip.wait_with_output().unwrap().stdout;
+    let release: Value = serde_json::from_slice(&json).unwrap();
+    let manifest = release["manifest"].as_str().unwrap().to_owned();
+    let mut text = manifest.clone();
+    for doc in documents(&manifest) {
+        for (key, value) in doc["data"].as_object().into_iter().flatten() {
+            // The serving key is rendered, as it must be; every other value is looked into.
+            if doc["kind"] == "Secret" && key != "tls.key" {
+                text.push_str(&format!(
+                    "\n{key}: {}",
+                    String::from_utf8_lossy(&decode(value))
+                ));
+            }
+        }
+    }
+    text
 }

@@ -390,8 +390,9 @@ fn helm_install_into_a_cluster_that_runs_pods() {
     );
     stream.finish("a rolling helm upgrade ran");
 
-    // 9. Certificate rotation in the cluster: a new serving certificate (same CA) replaces the Secret;
-    // every replica serves it within seconds, and no admission fails meanwhile.
+    // 9. Certificate rotation in the cluster: a new CA and serving certificate replace the Secret (the
+    // chart keeps no CA key), the webhooks trust the new CA and the previous one; every replica serves
+    // the new certificate within seconds, and no admission fails meanwhile.
     let secret_cert = || {
         jsonpath(
             &cluster,

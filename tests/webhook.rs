@@ -938,6 +938,150 @@ async fn updates_that_change_no_image_are_not_checked_again() {
     );
 }
 
+/// A workload of `kind` whose pod template runs `image` with the env vars `env`, at `scale`: the
+/// replicas of a Deployment or StatefulSet, the parallelism of a Job, `suspend` (scale 0) of a
+/// CronJob, a label of a DaemonSet's own metadata: for each kind, a change that starts no new pod.
+fn workload(kind: &str, image: &str, env: &[(&str, &str)], scale: u32) -> Value {
+    let env: Vec<Value> = env
+        .iter()
+        .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+        .collect();
+    let template = serde_json::json!({
+        "metadata": {"labels": {"app": "api"}, "creationTimestamp": null},
+        "spec": {"restartPolicy": if matches!(kind, "Job" | "CronJob") { "Never" } else { "Always" },
+                 "containers": [{"name": "api", "image": image, "env": env}]},
+    });
+    let (api_version, spec) = match kind {
+        "CronJob" => (
+            "batch/v1",
+            serde_json::json!({"schedule": "0 3 * * *", "suspend": scale == 0,
+                               "jobTemplate": {"spec": {"template": template}}}),
+        ),
+        "Job" => (
+            "batch/v1",
+            serde_json::json!({"parallelism": scale, "template": template}),
+        ),
+        "DaemonSet" => (
+            "apps/v1",
+            serde_json::json!({"selector": {"matchLabels": {"app": "api"}}, "template": template}),
+        ),
+        _ => (
+            "apps/v1",
+            serde_json::json!({"replicas": scale, "selector": {"matchLabels": {"app": "api"}}, "template": template}),
+        ),
+    };
+    serde_json::json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": "api", "namespace": "payments", "labels": {"scale": scale.to_string()}},
+        "spec": spec,
+    })
+}
+
+/// The AdmissionReview the API server sends for an UPDATE of a workload from `old` to `new`.
+fn workload_update(old: Value, new: Value) -> String {
+    let kind = new["kind"].as_str().unwrap().to_owned();
+    let (group, version) = new["apiVersion"].as_str().unwrap().split_once('/').unwrap();
+    let gvk = serde_json::json!({"group": group, "version": version, "kind": kind});
+    let gvr = serde_json::json!({"group": group, "version": version,
+                                 "resource": format!("{}s", kind.to_lowercase())});
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "a1b2c3d4-0000-4000-8000-0000000000aa",
+            "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
+            "name": "api",
+            "namespace": "payments",
+            "operation": "UPDATE",
+            "userInfo": {"username": "system:serviceaccount:ci:deployer"},
+            "object": new,
+            "oldObject": old,
+            "dryRun": false,
+        },
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_changed_pod_template_is_checked_whole_and_a_scale_is_not() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let unsigned = registry
+        .push_image("team/app", "unsigned", "rollout-unsigned")
+        .await;
+    let signed = registry
+        .push_image("team/app", "signed", "rollout-signed")
+        .await;
+    cosign.sign(&signed.reference, Format::Legacy);
+    let policy = policy_yaml("team-signed", &registry.host, &cosign.public_key_pem(), "");
+    let (router, verifier) = router_and_verifier(&[policy], AdmissionSettings::default());
+    let kept = unsigned.by_digest();
+    for kind in ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"] {
+        // `kubectl apply` of a new env var on a workload that runs an image signed by no one (admitted
+        // before the policy existed): a new rollout, refused here rather than at the ReplicaSet's or
+        // Pod's CREATE, where the user does not look.
+        let (_, refused) = admit(
+            &router,
+            workload_update(
+                workload(kind, &kept, &[], 2),
+                workload(kind, &kept, &[("MODE", "fast")], 2),
+            ),
+        )
+        .await;
+        assert_eq!(refused["response"]["allowed"], false, "{kind}: {refused:#}");
+        assert!(
+            message(&refused).contains(&unsigned.digest)
+                && message(&refused).contains("no signature found"),
+            "{kind}: {refused:#}"
+        );
+
+        // Scaling the same workload (or suspending it, or labelling it) starts no new pod template:
+        // admitted without a registry call, so an old workload can always be scaled down.
+        let before = verifier.registry_requests();
+        let (_, admitted) = admit(
+            &router,
+            workload_update(
+                workload(kind, &kept, &[("MODE", "fast")], 2),
+                workload(kind, &kept, &[("MODE", "fast")], 0),
+            ),
+        )
+        .await;
+        assert_eq!(
+            admitted["response"]["allowed"], true,
+            "{kind}: {admitted:#}"
+        );
+        assert_eq!(
+            verifier.registry_requests(),
+            before,
+            "{kind}: scale checked"
+        );
+
+        // A new rollout of a tag that was never pinned: the mutating webhook pins it as it would at
+        // CREATE, and validation admits what it pinned.
+        let ((_, admitted), object) = admit_object(
+            &router,
+            workload_update(
+                workload(kind, &signed.reference, &[], 2),
+                workload(kind, &signed.reference, &[("MODE", "fast")], 2),
+            ),
+        )
+        .await;
+        assert_eq!(
+            admitted["response"]["allowed"], true,
+            "{kind}: {admitted:#}"
+        );
+        let spec = registryx_guard::admission::pod_spec_pointer(kind).unwrap();
+        assert_eq!(
+            object
+                .pointer(&format!("{spec}/containers/0/image"))
+                .unwrap(),
+            &Value::from(format!("{}@{}", signed.reference, signed.digest)),
+            "{kind}: {object:#}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_namespace_missing_from_the_cache_is_never_treated_as_unlabelled() {
     registryx_guard::tls::install_crypto_provider();

@@ -29,6 +29,16 @@ pub fn pod_spec_pointer(kind: &str) -> Option<&'static str> {
     }
 }
 
+/// The JSON pointer of the pod template of a workload `kind` (`None` for a Pod, which is no template:
+/// its containers run as they are, and only an image field can change what a running pod runs).
+/// Any change under it is a new rollout of pods; see `admission::images_to_check`.
+pub fn pod_template_pointer(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => None,
+        _ => pod_spec_pointer(kind)?.strip_suffix("/spec"),
+    }
+}
+
 /// Every image of `object`, in container order. A container without an image is reported: the API
 /// server would refuse it anyway, and an image we cannot see is not one we can admit.
 pub fn images_of(kind: &str, object: &Value) -> Result<Vec<ContainerImage>, String> {

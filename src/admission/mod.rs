@@ -21,7 +21,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-pub use images::{ContainerImage, images_of, pod_spec_pointer};
+pub use images::{ContainerImage, images_of, pod_spec_pointer, pod_template_pointer};
 pub use metrics::AdmissionMetrics;
 
 use crate::decide::{RequestContext, decide};
@@ -221,10 +221,9 @@ impl Admission {
                 return response.deny(format!("registryx-guard cannot check this {kind}: {error}"));
             }
         };
-        // An UPDATE is checked for what it changes: an image field that is new or different from the
-        // old object's (a new ephemeral container, `kubectl set image`). Metadata-only updates
-        // (finalizers removed by the Job controller and the garbage collector, labels, scale) run
-        // nothing new: what runs was checked when it was created.
+        // An UPDATE is checked for what it starts: every image of a changed pod template (a new
+        // rollout), and otherwise only the image fields that are new or differ from the old object's
+        // (see `changed_images`).
         let images = match request.operation {
             Operation::Update => changed_images(kind, images, request),
             _ => images,
@@ -921,21 +920,43 @@ fn annotation_patch(
     }
 }
 
-/// The image fields of an UPDATE that are new or differ from the old object's (all of them when the
-/// old object is missing or unreadable).
+/// The images an UPDATE must have checked.
+///
+/// A workload whose pod template changed (`spec.template`, a CronJob's
+/// `spec.jobTemplate.spec.template`: a new env var, `kubectl rollout restart`'s annotation, a new
+/// image) rolls out new pods: all of its images are checked, so that an image signed by no one that a
+/// workload kept from before its policy is refused at `kubectl apply`, where the user looks, and not
+/// only at the ReplicaSet's or Pod's CREATE that follows. The comparison includes the template's
+/// metadata and the webhook's own `registryx.io/verified-digests` annotation: the mutating webhook
+/// patches only images it checks, so on an UPDATE that leaves the template alone it checks and patches
+/// nothing, and its patches can never make an unchanged template look changed (no loop with
+/// `reinvocationPolicy: IfNeeded` or a GitOps controller that re-applies).
+///
+/// An UPDATE that leaves the template alone (scale, the workload's own labels and annotations,
+/// finalizers removed by the garbage collector) and any UPDATE of a Pod, whose running containers only
+/// an image field can change, starts nothing new: only image fields that are new or differ from the
+/// old object's are checked (a new ephemeral container, `kubectl set image`). What runs was checked
+/// when it was created, and an old workload whose image a policy now refuses can still be scaled down
+/// or deleted. All images are checked when the old object is missing or unreadable.
 fn changed_images(
     kind: &str,
     images: Vec<ContainerImage>,
     request: &AdmissionRequest<DynamicObject>,
 ) -> Vec<ContainerImage> {
-    let old = request
-        .old_object
-        .as_ref()
-        .and_then(|o| serde_json::to_value(o).ok())
-        .and_then(|old| images_of(kind, &old).ok());
-    match old {
-        Some(old) => images.into_iter().filter(|i| !old.contains(i)).collect(),
-        None => images,
+    let json = |object: Option<&DynamicObject>| object.and_then(|o| serde_json::to_value(o).ok());
+    let Some(old) = json(request.old_object.as_ref()) else {
+        return images;
+    };
+    if let Some(template) = pod_template_pointer(kind) {
+        let new = json(request.object.as_ref());
+        let new_template = new.as_ref().and_then(|new| new.pointer(template));
+        if new_template.is_none() || old.pointer(template) != new_template {
+            return images;
+        }
+    }
+    match images_of(kind, &old) {
+        Ok(old) => images.into_iter().filter(|i| !old.contains(i)).collect(),
+        Err(_) => images,
     }
 }
 
@@ -955,6 +976,138 @@ fn reason_label(verdict: &ImageVerdict) -> &'static str {
 mod tests {
     use super::*;
     use crate::verify::{AuthorityEvidence, PolicyVerdict};
+
+    /// A workload of `kind` whose pod template runs `image` with `env`, scaled to `replicas` (for a
+    /// CronJob the template sits in its jobTemplate; for a DaemonSet `replicas` becomes a label of the
+    /// workload itself, for a Job its parallelism: each kind's own "change that starts no new pod").
+    fn workload(kind: &str, image: &str, env: &[(&str, &str)], replicas: u32) -> serde_json::Value {
+        let env: Vec<_> = env
+            .iter()
+            .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+            .collect();
+        let template = serde_json::json!({
+            "metadata": {"labels": {"app": "api"}, "creationTimestamp": null},
+            "spec": {"containers": [{"name": "api", "image": image, "env": env}]},
+        });
+        let spec = match kind {
+            "CronJob" => serde_json::json!({
+                "schedule": "0 3 * * *",
+                "suspend": replicas == 0,
+                "jobTemplate": {"spec": {"template": template}},
+            }),
+            "Job" => serde_json::json!({"parallelism": replicas, "template": template}),
+            "DaemonSet" => serde_json::json!({"template": template}),
+            _ => serde_json::json!({"replicas": replicas, "template": template}),
+        };
+        serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": kind,
+            "metadata": {"name": "api", "namespace": "payments", "labels": {"scale": replicas.to_string()}},
+            "spec": spec,
+        })
+    }
+
+    fn update(
+        kind: &str,
+        old: serde_json::Value,
+        new: serde_json::Value,
+    ) -> AdmissionRequest<DynamicObject> {
+        serde_json::from_value(serde_json::json!({
+            "uid": "u-1",
+            "kind": {"group": "apps", "version": "v1", "kind": kind},
+            "resource": {"group": "apps", "version": "v1", "resource": "workloads"},
+            "name": "api",
+            "namespace": "payments",
+            "operation": "UPDATE",
+            "userInfo": {"username": "ci"},
+            "object": new,
+            "oldObject": old,
+        }))
+        .unwrap()
+    }
+
+    fn checked(kind: &str, old: serde_json::Value, new: serde_json::Value) -> Vec<String> {
+        let images = images_of(kind, &new).unwrap();
+        changed_images(kind, images, &update(kind, old, new))
+            .into_iter()
+            .map(|i| i.image)
+            .collect()
+    }
+
+    #[test]
+    fn a_changed_pod_template_is_a_new_rollout_and_checks_every_image() {
+        let unsigned = "r.example/app@sha256:aa";
+        for kind in [
+            "Deployment",
+            "StatefulSet",
+            "DaemonSet",
+            "ReplicaSet",
+            "ReplicationController",
+            "Job",
+            "CronJob",
+        ] {
+            // A new env var keeps the image: the template changed, the new pods run it all again.
+            let old = workload(kind, unsigned, &[], 2);
+            let new = workload(kind, unsigned, &[("MODE", "fast")], 2);
+            assert_eq!(checked(kind, old, new), [unsigned], "{kind}: env changed");
+
+            // Scale (or suspend, or a label of the workload itself): no new pod template, nothing
+            // checked again, so that an old workload can still be scaled down or finalized.
+            let old = workload(kind, unsigned, &[("MODE", "fast")], 2);
+            let new = workload(kind, unsigned, &[("MODE", "fast")], 0);
+            assert!(checked(kind, old, new).is_empty(), "{kind}: scale only");
+
+            // The template's own metadata is the template too (`kubectl rollout restart` stamps an
+            // annotation there and rolls every pod).
+            let old = workload(kind, unsigned, &[], 2);
+            let mut new = workload(kind, unsigned, &[], 2);
+            let template = pod_template_pointer(kind).unwrap();
+            new.pointer_mut(&format!("{template}/metadata"))
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .insert(
+                    "annotations".into(),
+                    serde_json::json!({"kubectl.kubernetes.io/restartedAt": "2026-12-04T16:00:00Z"}),
+                );
+            assert_eq!(checked(kind, old, new), [unsigned], "{kind}: restart");
+        }
+    }
+
+    #[test]
+    fn a_pod_update_checks_only_the_images_it_changes() {
+        // A Pod has no template: an UPDATE that keeps its images (labels, finalizers, an
+        // activeDeadlineSeconds) starts nothing new, whatever else it changes.
+        let pod = |image: &str, labels: serde_json::Value| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "labels": labels},
+                "spec": {"activeDeadlineSeconds": 30, "containers": [{"name": "a", "image": image}]},
+            })
+        };
+        let old = pod("r.example/app@sha256:aa", serde_json::json!({"a": "1"}));
+        let new = pod("r.example/app@sha256:aa", serde_json::json!({"a": "2"}));
+        assert!(checked("Pod", old.clone(), new).is_empty());
+        let new = pod("r.example/app@sha256:bb", serde_json::json!({"a": "1"}));
+        assert_eq!(checked("Pod", old, new), ["r.example/app@sha256:bb"]);
+    }
+
+    #[test]
+    fn the_mutating_webhooks_own_record_never_makes_an_unchanged_template_changed() {
+        // The mutating webhook patches only the images it checks (pins them, or records their digest
+        // in the template's annotation). A scale-only UPDATE checks none, so its patch is empty, and
+        // the object stored after a rollout (pinned and annotated) compared with its own scale is
+        // unchanged: the webhook's patches can never start a loop of "changed" templates.
+        let kind = "Deployment";
+        let mut stored = workload(kind, "r.example/app:1@sha256:aa", &[], 2);
+        let record = BTreeMap::from([("r.example/app:1".to_owned(), "sha256:aa".to_owned())]);
+        let patch: json_patch::Patch =
+            serde_json::from_value(annotation_patch(kind, &stored, &record).into()).unwrap();
+        json_patch::patch(&mut stored, &patch).unwrap();
+        let mut scaled = stored.clone();
+        scaled["spec"]["replicas"] = 5.into();
+        assert!(checked(kind, stored, scaled).is_empty());
+    }
 
     #[test]
     fn log_lines_stay_bounded_and_valid_json_whatever_a_pod_names() {

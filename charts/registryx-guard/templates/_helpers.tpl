@@ -11,9 +11,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- define "rxg.service" -}}{{ include "rxg.name" . }}-webhook{{- end -}}
 {{- define "rxg.tlsSecret" -}}{{ default (printf "%s-tls" (include "rxg.name" .)) .Values.tls.existingSecret }}{{- end -}}
-{{/* The generated CA and certificate, reused from the existing Secret so upgrades keep them; a new
-     tls.rotation issues a new serving certificate from the same CA (kept in the Secret as ca.key), so
-     that the webhooks' caBundle never changes under running replicas. */}}
+{{/* The generated CA and certificate, reused from the existing Secret so upgrades keep them.
+     The CA's private key is never kept: it signs the serving certificate in this render and is dropped,
+     so that nothing in the cluster (the webhook's ServiceAccount reads the Secrets of its namespace, for
+     policies) can mint certificates the API server would trust. A new tls.rotation therefore issues a
+     new CA and certificate, and `ca` (the webhooks' caBundle, kept in the Secret as ca.crt) holds the new
+     CA and the one before it: the API server trusts the replicas that still serve the old certificate
+     and those that have loaded the new one, so no admission fails while the kubelet updates the files.
+     An older Secret's ca.key is not carried over, so the first upgrade with this chart removes it. */}}
 {{- define "rxg.generatedTLS" -}}
 {{- $secret := lookup "v1" "Secret" .Release.Namespace (include "rxg.tlsSecret" .) -}}
 {{- $svc := include "rxg.service" . -}}
@@ -22,19 +27,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and $secret $secret.data (index $secret.data "ca.crt") -}}
 {{- $annotations := $secret.metadata.annotations | default dict -}}
 {{- $issued := index $annotations "registryx.io/tls-rotation" | default "1" -}}
-{{- if and (ne $issued $rotation) (not (index $secret.data "ca.key")) -}}
-{{- fail (printf "tls.rotation changed, but the Secret %s holds no ca.key (made by an older chart): delete the Secret and upgrade to make a new CA and certificate" (include "rxg.tlsSecret" .)) -}}
-{{- end -}}
 {{- if ne $issued $rotation -}}
-{{- $ca := buildCustomCert (index $secret.data "ca.crt") (index $secret.data "ca.key") -}}
+{{- /* The CA that signed the certificate being replaced: the first of the stored bundle. */ -}}
+{{- $previous := regexFind "-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----" (index $secret.data "ca.crt" | b64dec) -}}
+{{- $ca := genCA "registryx-guard-ca" 3650 -}}
 {{- $cert := genSignedCert $svc (list "127.0.0.1") $names 3650 $ca -}}
-ca: {{ index $secret.data "ca.crt" }}
-caKey: {{ index $secret.data "ca.key" }}
+ca: {{ printf "%s\n%s\n" (trim $ca.Cert) $previous | b64enc }}
 crt: {{ $cert.Cert | b64enc }}
 key: {{ $cert.Key | b64enc }}
 {{- else -}}
 ca: {{ index $secret.data "ca.crt" }}
-caKey: {{ index $secret.data "ca.key" | default "" }}
 crt: {{ index $secret.data "tls.crt" }}
 key: {{ index $secret.data "tls.key" }}
 {{- end -}}
@@ -42,7 +44,6 @@ key: {{ index $secret.data "tls.key" }}
 {{- $ca := genCA "registryx-guard-ca" 3650 -}}
 {{- $cert := genSignedCert $svc (list "127.0.0.1") $names 3650 $ca -}}
 ca: {{ $ca.Cert | b64enc }}
-caKey: {{ $ca.Key | b64enc }}
 crt: {{ $cert.Cert | b64enc }}
 key: {{ $cert.Key | b64enc }}
 {{- end -}}
