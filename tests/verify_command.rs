@@ -494,9 +494,18 @@ fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
     let dir = tempfile::tempdir().unwrap();
     support::serve_files(dir.path(), &format!("{base}  mutateDigset: false\n"));
     let (port, https) = (support::free_port(), support::free_port());
-    let output = support::serve_command(dir.path(), port, https)
-        .output()
+    // Waited for with a deadline: a server that accepts the file runs until it is stopped.
+    let mut child = support::serve_command(dir.path(), port, https)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
         text(&output).contains("spec.mutateDigset: unknown field; did you mean mutateDigest?"),
