@@ -247,6 +247,19 @@ pub fn normalize_glob(glob: &str) -> Result<NormalizedGlob, String> {
     let has_meta = |text: &str| text.bytes().any(|b| GLOB_META.contains(&b));
     let hostlike =
         first.contains('.') || first.contains(':') || first.eq_ignore_ascii_case("localhost");
+    // `[::1]:5000` is an IPv6 literal, not a character class; image references with one do not
+    // parse (ImageRef::parse refuses them), so such a glob could never match.
+    if first.starts_with('[')
+        && first
+            .split(']')
+            .next()
+            .is_some_and(|inside| inside.contains(':'))
+    {
+        return Err(
+            "image references with an IPv6 literal registry do not parse and are refused, so it can never match"
+                .into(),
+        );
+    }
     let mut readings: Vec<(String, String)> = Vec::new(); // (registry, path)
     match rest {
         Some(rest) if hostlike => {
@@ -263,6 +276,11 @@ pub fn normalize_glob(glob: &str) -> Result<NormalizedGlob, String> {
                     && has_meta(port)
                 {
                     readings.push((host.to_owned(), rest.to_owned()));
+                }
+                // A single-label host keeps its default port in canonical form (`rg:443`, see
+                // canonical_registry), so a pattern that may match one (`rg*:443`) keeps it too.
+                if trimmed != lower && !trimmed.contains('.') {
+                    readings.push((lower.clone(), rest.to_owned()));
                 }
                 readings.push((trimmed, rest.to_owned()));
             } else {
@@ -801,6 +819,8 @@ mod tests {
             ("*-.example/**", "starts or ends with `-`"),
             ("*.example.:5000/**", "no trailing dot"),
             ("reg*.example:1:2/**", "one `:`"),
+            ("[::1]:5000/app", "IPv6"),
+            ("[::1]/**", "IPv6"),
         ] {
             let error = ImageMatcher::new(&[glob.to_owned()])
                 .unwrap_err()
@@ -830,6 +850,12 @@ mod tests {
             ImageMatcher::new(&[glob.to_owned()]).unwrap_or_else(|e| panic!("{glob}: {e}"));
         }
         assert!(governs(&["REG*.Example/**"], "registry.example/app:1"));
+        // A default port under a wildcard host: dropped for a dotted host, kept for a single label,
+        // as canonical_registry does.
+        for image in ["rgx:443/app:1", "rgx:0443/app:1"] {
+            assert!(governs(&["rg?:443/**"], image), "{image}");
+        }
+        assert!(governs(&["rg?.example:443/**"], "rgx.example:443/app:1"));
     }
 
     #[test]
