@@ -155,35 +155,15 @@ fn suggestion(schema: &serde_json::Value, path: &str) -> Option<String> {
     node["properties"]
         .as_object()?
         .keys()
-        .map(|known| (edit_distance(&unknown, &known.to_ascii_lowercase()), known))
+        .map(|known| {
+            (
+                crate::rego::edit_distance(&unknown, &known.to_ascii_lowercase()),
+                known,
+            )
+        })
         .filter(|(distance, known)| *distance <= 2.max(known.len() / 4))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, known)| known.clone())
-}
-
-/// Levenshtein distance, with a swap of two neighbours as one edit (`mutateDigset`).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 #[cfg(test)]

@@ -41,5 +41,6 @@ pub use analysis::MAX_EVAL_DEPTH;
 pub use builtins::MAX_RANGE_LEN;
 pub use error::{RegoError, RegoSyntax, SourceLocation};
 pub use input::{RegoInput, RegoPod, RegoRequest, RegoSignature, RegoUserInfo, Vulnerabilities};
+pub(crate) use policy::levenshtein as edit_distance;
 pub use policy::{DECISION_PACKAGES, DEFAULT_TIME_LIMIT, RegoDecision, RegoPolicy};
 pub use registryx_api::fetch_vulnerabilities;

@@ -163,7 +163,8 @@ impl RegoPolicy {
         self.time_limit
     }
 
-    /// Whether the modules define any decision rule: a policy without one allows everything.
+    /// Whether the modules define any decision rule. Always true of a compiled policy: one without any is
+    /// refused by [`RegoPolicy::compile`] (it could never refuse an image).
     pub fn has_decision_rules(&self) -> bool {
         !self.rules.is_empty()
     }
@@ -349,7 +350,7 @@ fn decision_rules(outline: &Outline) -> Result<Vec<DecisionRule>, RegoError> {
     Ok(rules)
 }
 
-/// What the engine reads, for messages: "deny, violations or allow in package registry, ...".
+/// What the engine reads, for messages: "the engine reads only deny, violations and allow in packages ...".
 fn what_the_engine_reads() -> String {
     let rules = DECISION_RULES.map(DecisionKind::name);
     format!(
@@ -565,8 +566,9 @@ fn closest<'a>(text: &str, candidates: &[&'a str], max: usize) -> Option<&'a str
         .map(|(_, c)| c)
 }
 
-/// Edit distance counting a swap of two neighbours as one edit (`dney` is one from `deny`).
-fn levenshtein(a: &str, b: &str) -> usize {
+/// Edit distance counting a swap of two neighbours as one edit (`dney` is one from `deny`); also names
+/// the field meant by an unknown one of a policy file (`mutateDigset`).
+pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     // d[i][j]: distance between a[..i] and b[..j].
     let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
