@@ -308,18 +308,6 @@ async fn only_one_replica_holds_the_status_lease() {
     );
 }
 
-/// `spec.rego` holding `modules` (name, source), to append to [`key_policy`]'s text.
-fn rego_yaml(modules: &[(&str, &str)]) -> String {
-    let mut yaml = String::from("  rego:\n    modules:\n");
-    for (name, source) in modules {
-        yaml.push_str(&format!("    - name: {name}\n      source: |\n"));
-        for line in source.lines() {
-            yaml.push_str(&format!("        {line}\n"));
-        }
-    }
-    yaml
-}
-
 /// Nothing Ready that cannot decide (issue 17): Rego that defines no decision the engine reads and a
 /// glob no canonical reference can match were Ready through a real API server, governing nothing or
 /// refusing nothing. Each is now Ready=False with the reason in `kubectl get isp`, and its images are
@@ -348,7 +336,7 @@ async fn policies_that_cannot_decide_are_not_ready_with_the_reason() {
         format!(
             "{}{}",
             key_policy(name, &inline_key(&pem)),
-            rego_yaml(modules)
+            support::verdicts::rego_yaml(modules)
         )
     };
 

@@ -320,18 +320,6 @@ async fn registryx_default_module_decides_by_the_environment_offline_too() {
     }
 }
 
-/// `spec.rego` of a policy file holding `modules` (name, source).
-fn rego_yaml(modules: &[(&str, &str)]) -> String {
-    let mut yaml = String::from("  rego:\n    modules:\n");
-    for (name, source) in modules {
-        yaml.push_str(&format!("    - name: {name}\n      source: |\n"));
-        for line in source.lines() {
-            yaml.push_str(&format!("        {line}\n"));
-        }
-    }
-    yaml
-}
-
 /// A policy file `p` for r.example with a real key, as `verify --policy` reads it.
 fn base_policy() -> String {
     let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
@@ -343,7 +331,8 @@ fn base_policy() -> String {
 /// and the output names what is wrong and what was meant.
 fn cannot_decide_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
     let base = base_policy();
-    let with_rego = |modules: &[(&str, &str)]| format!("{base}{}", rego_yaml(modules));
+    let with_rego =
+        |modules: &[(&str, &str)]| format!("{base}{}", support::verdicts::rego_yaml(modules));
     vec![
         (
             "a misspelt RegistryX package",
@@ -462,7 +451,7 @@ async fn a_library_module_a_deciding_module_imports_is_accepted_and_evaluated() 
     let path = write_policy(dir.path(), &registry, &cosign);
     // The library decides nothing itself; the deciding module refuses what it says in prod.
     let mut yaml = std::fs::read_to_string(&path).unwrap();
-    yaml.push_str(&rego_yaml(&[
+    yaml.push_str(&support::verdicts::rego_yaml(&[
         (
             "lib.rego",
             "package team.lib\nis_prod if input.environment == \"prod\"\n",
@@ -516,7 +505,7 @@ fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
     let dir = tempfile::tempdir().unwrap();
     let undecided = format!(
         "{base}{}",
-        rego_yaml(&[(
+        support::verdicts::rego_yaml(&[(
             "k8s.rego",
             "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n"
         )])
