@@ -357,10 +357,8 @@ fn check_host(registry: &str) -> Result<(), String> {
 /// leading zeros, 1-65535, no `:443`/`:80`. A literal port that is not canonical is named with its
 /// canonical spelling (`reg*.invalid:0443` governs nothing; `reg*.invalid:443` means what it says).
 fn check_registry_pattern(registry: &str, rest: &str) -> Result<(), String> {
+    // IPv6 literals were refused before (normalize_glob): a `[` here opens a character class.
     let lower = registry.to_ascii_lowercase();
-    if lower.starts_with('[') && !lower.contains("]:") && lower.ends_with(']') {
-        return Ok(()); // an IPv6 literal or a class: left as written
-    }
     let masked = mask_classes(&lower);
     let (host, port) = match masked.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
