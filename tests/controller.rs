@@ -307,3 +307,138 @@ async fn only_one_replica_holds_the_status_lease() {
         "a released lease is free"
     );
 }
+
+/// Nothing Ready that cannot decide (issue 17): Rego that defines no decision the engine reads and a
+/// glob no canonical reference can match were Ready through a real API server, governing nothing or
+/// refusing nothing. Each is now Ready=False with the reason in `kubectl get isp`, and its images are
+/// refused until it is fixed; a library module beside a deciding one stays Ready. Unknown fields never
+/// get that far: the API server's strict field validation refuses them at `kubectl apply`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_that_cannot_decide_are_not_ready_with_the_reason() {
+    let cluster = ControlPlane::start();
+    prepare(&cluster);
+    let snapshot = registryx_guard::policy::shared(PolicySnapshot::default());
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+    let controller = tokio::spawn(registryx_guard::controller::run(
+        client(&cluster).await,
+        snapshot.clone(),
+        ControllerSettings::new(NAMESPACE, "replica-a"),
+        move || {
+            let _ = synced_tx.send(());
+        },
+    ));
+    tokio::time::timeout(Duration::from_secs(30), synced_rx)
+        .await
+        .expect("first sync")
+        .unwrap();
+    let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
+    let policy = |name: &str, modules: &[(&str, &str)]| {
+        format!(
+            "{}{}",
+            key_policy(name, &inline_key(&pem)),
+            support::verdicts::rego_yaml(modules)
+        )
+    };
+
+    let not_ready = [
+        (
+            "typo-package",
+            policy(
+                "typo-package",
+                &[(
+                    "x.rego",
+                    "package registryx.policies\ndefault allow = true\nviolations[msg] {\n  not input.is_signed\n  msg := \"unsigned\"\n}\n",
+                )],
+            ),
+            vec![
+                "module \"x.rego\" is in package registryx.policies (did you mean package registryx.policy?)",
+                "the engine reads only deny, violations and allow in packages registry, registryx.policy and registryx_guard",
+            ],
+        ),
+        (
+            "opa-package",
+            policy(
+                "opa-package",
+                &[(
+                    "k8s.rego",
+                    "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n",
+                )],
+            ),
+            vec!["module \"k8s.rego\" is in package kubernetes.admission: it defines deny"],
+        ),
+        (
+            "near-miss",
+            policy(
+                "near-miss",
+                &[(
+                    "d.rego",
+                    "package registry\ndenies contains \"unsigned\" if not input.signed\n",
+                )],
+            ),
+            vec!["denies (did you mean deny?)"],
+        ),
+        (
+            "zero-port",
+            key_policy("zero-port", &inline_key(&pem))
+                .replace("registry.example/zero-port/**", "reg*.invalid:0443/**"),
+            vec!["glob \"reg*.invalid:0443/**\"", "write reg*.invalid:443/**"],
+        ),
+    ];
+    for (name, yaml, _) in &not_ready {
+        assert_success(&format!("apply {name}"), &apply(&cluster, yaml));
+    }
+    let library = policy(
+        "library",
+        &[
+            (
+                "lib.rego",
+                "package team.lib\nis_prod if input.environment == \"prod\"\n",
+            ),
+            (
+                "main.rego",
+                "package registry\nimport data.team.lib\ndeny contains \"not in prod\" if lib.is_prod\n",
+            ),
+        ],
+    );
+    assert_success("apply library", &apply(&cluster, &library));
+
+    for (name, _, needles) in &not_ready {
+        eventually(&format!("{name} Ready=False"), || {
+            ready_status(&cluster, name).0 == "False"
+        })
+        .await;
+        let (_, message) = ready_status(&cluster, name);
+        assert!(
+            message.contains("refused until it is fixed"),
+            "{name}: {message}"
+        );
+        for needle in needles {
+            assert!(
+                message.contains(needle),
+                "{name}: {needle:?} not in {message}"
+            );
+        }
+    }
+    for name in ["typo-package", "opa-package", "near-miss"] {
+        assert_eq!(governs(&snapshot, name), (false, true), "{name}");
+    }
+    eventually("library Ready=True", || {
+        ready_status(&cluster, "library").0 == "True"
+    })
+    .await;
+    assert_eq!(
+        governs(&snapshot, "library"),
+        (true, true),
+        "governed by library, and refused by the not-Ready zero-port (it stands for every image)"
+    );
+
+    // An unknown field is refused by the API server's strict field validation, field named.
+    let typo = key_policy("typo-field", &inline_key(&pem)) + "  mutateDigset: false\n";
+    let output = apply(&cluster, &typo);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && said.contains("mutateDigset"),
+        "{said}"
+    );
+    controller.abort();
+}

@@ -545,11 +545,161 @@ fn messages_of_every_shape_refuse() {
     assert_eq!(denials(&policy, &input()), vec!["a", "b"]);
 }
 
+/// The message of a policy that cannot decide, checked to be that kind of error.
+fn undecided(modules: &[(String, String)]) -> String {
+    match RegoPolicy::compile(modules) {
+        Ok(policy) => panic!(
+            "compiled (deciding by {:?}), expected it to be refused as undecided: {modules:?}",
+            policy.decision_rules()
+        ),
+        Err(error @ RegoError::Undecided { .. }) => error.to_string(),
+        Err(other) => panic!("refused for another reason: {other:?}"),
+    }
+}
+
 #[test]
 fn other_packages_are_libraries_only() {
-    let policy = compile("package team.rules\ndeny contains \"never read\" if true\n");
-    assert!(!policy.has_decision_rules());
-    assert!(policy.evaluate(&input().to_value()).unwrap().allowed());
+    // A deny rule in a package the engine never reads would refuse nothing: refused, not compiled
+    // into a policy that admits everything.
+    let message = undecided(&[module(
+        "policy.rego",
+        "package team.rules\ndeny contains \"never read\" if true\n",
+    )]);
+    assert!(
+        message.contains("module \"policy.rego\" is in package team.rules")
+            && message.contains("it defines deny"),
+        "{message}"
+    );
+}
+
+/// The shapes of "Rego that can never decide": each was compiled into a Ready policy that
+/// admitted every image. Each is refused, naming the module, the package it found and what the engine
+/// reads.
+#[test]
+fn modules_that_define_no_decision_the_engine_reads_are_refused() {
+    let reads = "the engine reads only deny, violations and allow in packages registry, registryx.policy and registryx_guard";
+    // (module source, what the message must also say)
+    let cases = [
+        // RegistryX's default module with its package misspelt.
+        (
+            "package registryx.policies\ndefault allow = true\nviolations[msg] {\n  not input.is_signed\n  msg := \"unsigned\"\n}\nallow = false { count(violations) > 0 }\n",
+            vec![
+                "is in package registryx.policies",
+                "did you mean package registryx.policy?",
+                "it defines allow, violations",
+            ],
+        ),
+        // OPA's Kubernetes admission package.
+        (
+            "package kubernetes.admission\ndeny contains msg if {\n  not input.signed\n  msg := \"unsigned\"\n}\n",
+            vec!["is in package kubernetes.admission", "it defines deny"],
+        ),
+        // The right package, a near-miss rule name.
+        (
+            "package registry\ndenies contains \"unsigned\" if not input.signed\n",
+            vec![
+                "is in package registry but defines none of deny, violations and allow",
+                "denies (did you mean deny?)",
+            ],
+        ),
+        (
+            "package registryx_guard\ndeny_msg contains \"unsigned\" if not input.signed\n",
+            vec!["deny_msg (did you mean deny?)"],
+        ),
+        (
+            "package registryx.policy\nviolation[msg] {\n  not input.is_signed\n  msg := \"unsigned\"\n}\n",
+            vec!["violation (did you mean violations?)"],
+        ),
+        // A module with no rule at all decides nothing either.
+        (
+            "package registry\n",
+            vec!["defines none of deny, violations and allow"],
+        ),
+    ];
+    for (source, needles) in cases {
+        let message = undecided(&[module("x.rego", source)]);
+        assert!(
+            message.contains("module \"x.rego\"") && message.contains(reads),
+            "{message}"
+        );
+        for needle in needles {
+            assert!(message.contains(needle), "{needle:?} not in: {message}");
+        }
+    }
+
+    // Several modules, none deciding: each is named.
+    let message = undecided(&[
+        module(
+            "lib.rego",
+            "package lib\nis_prod if input.environment == \"prod\"\n",
+        ),
+        module(
+            "typo.rego",
+            "package registryx.policies\nimport data.lib\nviolations contains \"x\" if lib.is_prod\n",
+        ),
+    ]);
+    assert!(
+        message.contains("module \"lib.rego\" is in package lib")
+            && message.contains("module \"typo.rego\" is in package registryx.policies"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_decision_like_rule_nothing_reads_is_refused_beside_a_deciding_module() {
+    // One module decides; another misspells its package or its rule: what it says is never
+    // evaluated, and the policy would refuse less than its text says.
+    for (source, needle) in [
+        (
+            "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n",
+            "data.kubernetes.admission.deny (module \"second.rego\" line 2: package kubernetes.admission is not read)",
+        ),
+        (
+            "package registry\ndenies contains \"unsigned\" if not input.signed\n",
+            "data.registry.denies (module \"second.rego\" line 2: did you mean deny?)",
+        ),
+        (
+            "package registryx.policies\nallowed := false if not input.signed\n",
+            "data.registryx.policies.allowed (module \"second.rego\" line 2: package registryx.policies is not read; did you mean allow?)",
+        ),
+    ] {
+        let message = undecided(&[
+            module(
+                "first.rego",
+                "package registryx_guard\ndeny contains \"critical\" if input.vulnerabilities.critical > 0\n",
+            ),
+            module("second.rego", source),
+        ]);
+        assert!(
+            message.contains(needle) && message.contains("never evaluated"),
+            "{needle:?} not in: {message}"
+        );
+    }
+}
+
+#[test]
+fn library_modules_that_a_deciding_module_uses_are_accepted() {
+    // A library imported by the deciding module, one referred to by its full path, and a library
+    // whose rule is named like a decision (`deny_reasons`) but is read through the deciding module:
+    // all reached from data.registry.deny, so all evaluated.
+    let policy = RegoPolicy::compile(&[
+        module(
+            "main.rego",
+            "package registry\nimport data.team.lib\ndeny contains msg if {\n  lib.is_prod\n  some msg in data.team.checks.deny_reasons\n}\n",
+        ),
+        module("lib.rego", "package team.lib\nis_prod if input.environment == \"prod\"\n"),
+        module(
+            "checks.rego",
+            "package team.checks\ndeny_reasons contains \"unsigned\" if not input.signed\n",
+        ),
+    ])
+    .unwrap_or_else(|e| panic!("a library must stay accepted: {e}"));
+    assert_eq!(policy.decision_rules(), vec!["data.registry.deny"]);
+    assert_eq!(denials(&policy, &unsigned(input())), vec!["unsigned"]);
+    // An unused helper with an unrelated name is no decision: accepted.
+    compile(
+        "package registry\nenv := input.environment\nallowed_registries := {\"a\"}\ndeny contains \"x\" if false\n",
+    );
 }
 
 #[test]
@@ -833,7 +983,7 @@ fn the_timeout_names_the_rule_that_ran_out() {
     );
     assert_eq!(DEFAULT_TIME_LIMIT, Duration::from_millis(100));
     assert_eq!(
-        compile("package registry\nx := 1\n").time_limit(),
+        compile("package registry\ndeny contains \"x\" if false\n").time_limit(),
         DEFAULT_TIME_LIMIT
     );
 }
@@ -891,7 +1041,9 @@ fn recursion_is_refused_at_compile_time() {
     assert!(matches!(error, RegoError::Recursion { .. }), "{error:?}");
 
     // A local variable named like a rule is no reference to it.
-    compile("package registry\ntag := normalize(input.tag)\nnormalize(tag) := lower(tag)\n");
+    compile(
+        "package registry\ntag := normalize(input.tag)\nnormalize(tag) := lower(tag)\ndeny contains tag if false\n",
+    );
     compile(
         "package registry\nx := f(2)\nf(x) := x * 2\ndeny contains sprintf(\"%d\", [x]) if true\n",
     );

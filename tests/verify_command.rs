@@ -319,3 +319,241 @@ async fn registryx_default_module_decides_by_the_environment_offline_too() {
         );
     }
 }
+
+/// A policy file `p` for r.example with a real key, as `verify --policy` reads it.
+fn base_policy() -> String {
+    let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
+    PolicyYaml::key("r.example", &pem).named("p").yaml()
+}
+
+/// The shapes of "nothing Ready that cannot decide" (issue 17): each was accepted by `verify --policy`
+/// and served as a Ready policy that refused less than its text says. Each is now bad input (exit 2),
+/// and the output names what is wrong and what was meant.
+fn cannot_decide_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    let base = base_policy();
+    let with_rego =
+        |modules: &[(&str, &str)]| format!("{base}{}", support::verdicts::rego_yaml(modules));
+    vec![
+        (
+            "a misspelt RegistryX package",
+            with_rego(&[(
+                "x.rego",
+                "package registryx.policies\ndefault allow = true\nviolations[msg] {\n  not input.is_signed\n  msg := \"unsigned\"\n}\n",
+            )]),
+            vec![
+                "module \"x.rego\" is in package registryx.policies (did you mean package registryx.policy?)",
+                "the engine reads only deny, violations and allow in packages registry, registryx.policy and registryx_guard",
+            ],
+        ),
+        (
+            "OPA's kubernetes.admission",
+            with_rego(&[(
+                "k8s.rego",
+                "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n",
+            )]),
+            vec!["module \"k8s.rego\" is in package kubernetes.admission: it defines deny"],
+        ),
+        (
+            "denies in the right package",
+            with_rego(&[(
+                "d.rego",
+                "package registry\ndenies contains \"unsigned\" if not input.signed\n",
+            )]),
+            vec!["denies (did you mean deny?)"],
+        ),
+        (
+            "a typo module beside a deciding one",
+            with_rego(&[
+                (
+                    "ok.rego",
+                    "package registry\ndeny contains \"x\" if input.tag == \"x\"\n",
+                ),
+                (
+                    "typo.rego",
+                    "package registryx.policies\nviolations contains \"unsigned\" if not input.signed\n",
+                ),
+            ]),
+            vec![
+                "data.registryx.policies.violations (module \"typo.rego\" line 2: package registryx.policies is not read)",
+            ],
+        ),
+        (
+            "a host wildcard with a zero-padded port",
+            base.replace("r.example/**", "reg*.invalid:0443/**"),
+            vec!["glob \"reg*.invalid:0443/**\"", "write reg*.invalid:443/**"],
+        ),
+        (
+            "a host wildcard with an out-of-range port",
+            base.replace("r.example/**", "*.example:70000/**"),
+            vec!["port 70000 is not 1-65535"],
+        ),
+        (
+            "a host no reference can have",
+            base.replace("r.example/**", "r_x.example/**"),
+            vec!["host names are letters"],
+        ),
+        (
+            "an unknown field of spec",
+            format!("{base}  mutateDigset: false\n"),
+            vec!["spec.mutateDigset: unknown field; did you mean mutateDigest?"],
+        ),
+        (
+            "authorities misspelt",
+            base.replace("  authorities:\n", "  authoritys:\n"),
+            vec!["spec.authoritys: unknown field; did you mean authorities?"],
+        ),
+        (
+            "an unknown field of an authority",
+            base.replace(
+                "  - name: release\n",
+                "  - name: release\n    transparencyLogs: {required: false}\n",
+            ),
+            vec![
+                "spec.authorities[0].transparencyLogs: unknown field; did you mean transparencyLog?",
+            ],
+        ),
+        (
+            "an unknown field of spec.registry",
+            base.replace(
+                "registry: {insecure: true}",
+                "registry: {insecure: true, caBundel: x}",
+            ),
+            vec!["spec.registry.caBundel: unknown field; did you mean caBundle?"],
+        ),
+    ]
+}
+
+#[test]
+fn policies_that_cannot_decide_are_bad_input_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, yaml, needles) in cannot_decide_cases() {
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, &yaml).unwrap();
+        let output = verify(&["r.example/app:1", "--policy", path.to_str().unwrap()]);
+        let out = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{case}: {out}\n{yaml}");
+        assert!(out.contains("p.yaml"), "{case}: {out}");
+        for needle in needles {
+            assert!(out.contains(needle), "{case}: {needle:?} not in: {out}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_library_module_a_deciding_module_imports_is_accepted_and_evaluated() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let signed = registry
+        .push_image("team/app", "signed", "cli-library")
+        .await;
+    cosign.sign(&signed.reference, Format::Legacy);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_policy(dir.path(), &registry, &cosign);
+    // The library decides nothing itself; the deciding module refuses what it says in prod.
+    let mut yaml = std::fs::read_to_string(&path).unwrap();
+    yaml.push_str(&support::verdicts::rego_yaml(&[
+        (
+            "lib.rego",
+            "package team.lib\nis_prod if input.environment == \"prod\"\n",
+        ),
+        (
+            "main.rego",
+            "package registry\nimport data.team.lib\ndeny contains \"no releases to prod today\" if lib.is_prod\n",
+        ),
+    ]));
+    std::fs::write(&path, yaml).unwrap();
+    let path = path.to_str().unwrap();
+    let output = verify(&[&signed.reference, "--policy", path]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let output = verify(&[&signed.reference, "--policy", path, "--environment", "prod"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("no releases to prod today"),
+        "{}",
+        text(&output)
+    );
+}
+
+/// `serve --policy-dir` reads the same files: one with an unknown field does not start (exit 2, the
+/// field named), and a policy whose Rego cannot decide is published not Ready, its images refused with
+/// the reason.
+#[test]
+fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
+    let base = base_policy();
+    let dir = tempfile::tempdir().unwrap();
+    support::serve_files(dir.path(), &format!("{base}  mutateDigset: false\n"));
+    let (port, https) = (support::free_port(), support::free_port());
+    // Waited for with a deadline: a server that accepts the file runs until it is stopped.
+    let mut child = support::serve_command(dir.path(), port, https)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("spec.mutateDigset: unknown field; did you mean mutateDigest?"),
+        "{}",
+        text(&output)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let undecided = format!(
+        "{base}{}",
+        support::verdicts::rego_yaml(&[(
+            "k8s.rego",
+            "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n"
+        )])
+    );
+    support::serve_files(dir.path(), &undecided);
+    let mut child = support::serve_command(dir.path(), port, https)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        if metrics.contains("registryx_guard_policies{ready=\"false\"} 1") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut review: serde_json::Value =
+        serde_json::from_str(include_str!("data/pod-create.json")).unwrap();
+    review["request"]["object"]["spec"]["containers"] =
+        serde_json::json!([{"name": "app", "image": "r.example/app:1"}]);
+    review["request"]["object"]["spec"]["initContainers"] = serde_json::json!([]);
+    let answered = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .post(format!("https://127.0.0.1:{https}/validate"))
+        .json(&review)
+        .send()
+        .and_then(|r| r.json::<serde_json::Value>());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        metrics.contains("registryx_guard_policies{ready=\"false\"} 1")
+            && metrics.contains("registryx_guard_policies{ready=\"true\"} 0"),
+        "{metrics}"
+    );
+    let answered = answered.expect("the review is answered");
+    assert_eq!(answered["response"]["allowed"], false, "{answered}");
+    let message = answered["response"]["status"]["message"].to_string();
+    assert!(
+        message.contains("policy p is not ready")
+            && message.contains("module \\\"k8s.rego\\\" is in package kubernetes.admission"),
+        "{answered}"
+    );
+}

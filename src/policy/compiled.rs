@@ -260,8 +260,10 @@ const GLOB_META: &[u8] = b"*?[]{},!";
 /// - a glob over tags (`repo:*`, `repo:1.*`, `repo:1.4`) also governs that repository's digests
 ///   (`repo@sha256:...`), see [`governing_policies`];
 /// - a glob that can never match a valid reference (a URL, whitespace, upper case in a repository, an
-///   empty path segment, `**` inside a segment, a character no reference holds) is an error that says
-///   why.
+///   empty path segment, `**` inside a segment, a character no reference holds, a path component or tag
+///   that starts with a separator, a registry pattern no canonical `host[:port]` spells such as a
+///   zero-padded or out-of-range port or a host label ending in `-`) is an error that says why and,
+///   for a zero-padded port, what to write instead.
 pub fn normalize_glob(glob: &str) -> Result<NormalizedGlob, String> {
     if glob.is_empty() {
         return Err("it is empty".into());
@@ -302,11 +304,25 @@ pub fn normalize_glob(glob: &str) -> Result<NormalizedGlob, String> {
     let has_meta = |text: &str| text.bytes().any(|b| GLOB_META.contains(&b));
     let hostlike =
         first.contains('.') || first.contains(':') || first.eq_ignore_ascii_case("localhost");
+    // `[::1]:5000` is an IPv6 literal, not a character class; image references with one do not
+    // parse (ImageRef::parse refuses them), so such a glob could never match.
+    if first.starts_with('[')
+        && first
+            .split(']')
+            .next()
+            .is_some_and(|inside| inside.contains(':'))
+    {
+        return Err(
+            "image references with an IPv6 literal registry do not parse and are refused, so it can never match"
+                .into(),
+        );
+    }
     let mut readings: Vec<(String, String)> = Vec::new(); // (registry, path)
     match rest {
         Some(rest) if hostlike => {
             if has_meta(first) {
                 // A registry pattern: hosts are case-insensitive; a literal default port is no port.
+                check_registry_pattern(first, rest)?;
                 let lower = first.to_ascii_lowercase();
                 let trimmed = lower
                     .strip_suffix(":443")
@@ -318,10 +334,16 @@ pub fn normalize_glob(glob: &str) -> Result<NormalizedGlob, String> {
                 {
                     readings.push((host.to_owned(), rest.to_owned()));
                 }
+                // A single-label host keeps its default port in canonical form (`rg:443`, see
+                // canonical_registry), so a pattern that may match one (`rg*:443`) keeps it too.
+                if trimmed != lower && !trimmed.contains('.') {
+                    readings.push((lower.clone(), rest.to_owned()));
+                }
                 readings.push((trimmed, rest.to_owned()));
             } else {
                 let registry =
                     canonical_registry(first).map_err(|e| e.replace("registry", "its registry"))?;
+                check_host(&registry)?;
                 readings.push((registry, rest.to_owned()));
             }
         }
@@ -336,6 +358,127 @@ pub fn normalize_glob(glob: &str) -> Result<NormalizedGlob, String> {
         normalize_path(&registry, &path, &mut normalized)?;
     }
     Ok(normalized)
+}
+
+/// `pattern` with each character class (`[a-z]`, `[!0-9]`) replaced by `?`: what the literal checks
+/// below look at, since a class stands for one character whatever it lists.
+fn mask_classes(pattern: &str) -> String {
+    let mut masked = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '[' {
+            masked.push(c);
+            continue;
+        }
+        // `[]...]` and `[!]...]` take the `]` right after the opening as a member.
+        let mut members = 0;
+        for inner in chars.by_ref() {
+            if inner == '!' && members == 0 {
+                continue;
+            }
+            if inner == ']' && members > 0 {
+                break;
+            }
+            members += 1;
+        }
+        masked.push('?');
+    }
+    masked
+}
+
+/// Refuses a canonical registry (`canonical_registry`'s output, no wildcard) that no reference can
+/// have: references only parse with host names of letters, digits, `-` and `.` (src/registry/grammar.rs).
+fn check_host(registry: &str) -> Result<(), String> {
+    if registry.starts_with('[') {
+        return Ok(()); // an IPv6 literal, checked by canonical_registry
+    }
+    let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if host.split('.').all(label_ok) {
+        return Ok(());
+    }
+    Err(format!(
+        "its registry host {host:?} can never match: host names are letters, digits and `-` between dots, and no label starts or ends with `-`"
+    ))
+}
+
+/// Refuses a registry pattern (`reg*.example:5000`, `*.example`) that no canonical registry can match.
+/// References are matched in canonical form (`canonical_registry`): lower-case host, port without
+/// leading zeros, 1-65535, no `:443`/`:80`. A literal port that is not canonical is named with its
+/// canonical spelling (`reg*.invalid:0443` governs nothing; `reg*.invalid:443` means what it says).
+fn check_registry_pattern(registry: &str, rest: &str) -> Result<(), String> {
+    // IPv6 literals were refused before (normalize_glob): a `[` here opens a character class.
+    let lower = registry.to_ascii_lowercase();
+    let masked = mask_classes(&lower);
+    let (host, port) = match masked.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (masked.as_str(), None),
+    };
+    if host.contains(':') {
+        return Err(format!(
+            "its registry {registry:?} can never match: a registry has one `:`, before its port"
+        ));
+    }
+    let never = |why: &str| Err(format!("its registry {registry:?} can never match: {why}"));
+    if let Some(bad) = host
+        .bytes()
+        .find(|b| !(b.is_ascii_alphanumeric() || b"-.".contains(b) || GLOB_META.contains(b)))
+    {
+        return never(&format!(
+            "host names never hold {:?} (letters, digits, `-` and `.` only)",
+            bad as char
+        ));
+    }
+    if host.is_empty() || host.starts_with(['.', '-']) || host.contains("..") {
+        return never("a host name has no empty label and starts with a letter or digit");
+    }
+    if host.contains(".-") || host.contains("-.") || host.ends_with('-') {
+        return never("no label of a host name starts or ends with `-`");
+    }
+    if host.ends_with('.') {
+        return never("canonical host names have no trailing dot: drop it");
+    }
+    let Some(port) = port else {
+        return Ok(());
+    };
+    if port.is_empty() {
+        return never("it has a `:` but no port");
+    }
+    if let Some(bad) = port
+        .bytes()
+        .find(|b| !(b.is_ascii_digit() || GLOB_META.contains(b)))
+    {
+        return never(&format!("a port is digits, never {:?}", bad as char));
+    }
+    if !port.bytes().any(|b| GLOB_META.contains(&b)) {
+        let written = &lower[lower.len() - port.len()..];
+        let number = port.trim_start_matches('0');
+        match number.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) && number.len() == port.len() => Ok(()),
+            Ok(n) if (1..=65535).contains(&n) => never(&format!(
+                "references are matched with their port written without leading zeros ({port} is {n}): write {}:{n}/{rest}",
+                &registry[..registry.len() - written.len() - 1]
+            )),
+            _ => never(&format!("port {port} is not 1-65535")),
+        }
+    } else if port.starts_with('0') {
+        never(&format!(
+            "port pattern {port:?} starts with 0, and canonical ports have no leading zero"
+        ))
+    } else if !port.contains('{') && port.bytes().filter(u8::is_ascii_digit).count() > 5 {
+        never(&format!(
+            "port pattern {port:?} has more digits than a port (1-65535)"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// Adds the patterns of `path` (repository glob, then `:tag` or `@digest`) under `registry`.
@@ -369,6 +512,23 @@ fn normalize_path(registry: &str, path: &str, out: &mut NormalizedGlob) -> Resul
     }) {
         return Err(format!("repository names never hold {:?}", bad as char));
     }
+    // Each path component is `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` (src/registry/grammar.rs): a
+    // separator at either end, or a run of separators no component holds (`..`, `._`), can never
+    // match, whatever the wildcards around it stand for.
+    for segment in repository.split('/').filter(|s| *s != "**") {
+        let masked = mask_classes(segment);
+        let separator = |b: &u8| b"._-".contains(b);
+        let bad_end = masked.as_bytes().first().is_some_and(separator)
+            || masked.as_bytes().last().is_some_and(separator);
+        let bad_run = masked.split(|c: char| !"._-".contains(c)).any(|run| {
+            !(run.is_empty() || [".", "_", "__"].contains(&run) || run.bytes().all(|b| b == b'-'))
+        });
+        if bad_end || bad_run {
+            return Err(format!(
+                "path component {segment:?} can never match: components are letters and digits, joined by `.`, `_`, `__` or dashes, and start and end with a letter or digit"
+            ));
+        }
+    }
     let repository = if registry == DOCKER_HUB && !repository.contains('/') && repository != "**" {
         format!("library/{repository}")
     } else {
@@ -377,12 +537,13 @@ fn normalize_path(registry: &str, path: &str, out: &mut NormalizedGlob) -> Resul
     let base = format!("{registry}/{repository}");
     if let Some(tag) = suffix.strip_prefix(':') {
         if tag.is_empty()
+            || tag.starts_with(['.', '-'])
             || tag.bytes().any(|b| {
                 !(b.is_ascii_alphanumeric() || b"._-".contains(&b) || GLOB_META.contains(&b))
             })
         {
             return Err(format!(
-                "tag {tag:?} can never match: tags are letters, digits, `.`, `_` and `-`"
+                "tag {tag:?} can never match: tags are letters, digits, `.`, `_` and `-`, not starting with `.` or `-`"
             ));
         }
         out.patterns.push(format!("{base}:{tag}"));
@@ -706,6 +867,71 @@ mod tests {
         ));
     }
 
+    /// Registry patterns (a wildcard in the host or the port) are matched against canonical registries:
+    /// one that no canonical `host[:port]` can spell governs nothing, so it is refused with why and,
+    /// where there is one, the spelling that means what was written (issue 17, finding 6).
+    #[test]
+    fn a_registry_pattern_that_no_canonical_registry_spells_is_refused() {
+        for (glob, why) in [
+            (
+                "reg*.invalid:0443/**",
+                "port written without leading zeros (0443 is 443): write reg*.invalid:443/**",
+            ),
+            (
+                "*.example.com:05000/app",
+                "(05000 is 5000): write *.example.com:5000/app",
+            ),
+            ("reg*.example:99999/**", "port 99999 is not 1-65535"),
+            ("reg*.example:0/**", "port 0 is not 1-65535"),
+            ("reg*.example:0*/**", "starts with 0"),
+            ("reg*.example:123456*/**", "more digits than a port"),
+            ("reg*.example:5x*/**", "a port is digits"),
+            ("reg*.example:/**", "no port"),
+            ("reg*_x.example/**", "host names never hold '_'"),
+            ("*.example..com/**", "empty label"),
+            (".*.example/**", "empty label"),
+            ("*-.example/**", "starts or ends with `-`"),
+            ("*.example.:5000/**", "no trailing dot"),
+            ("reg*.example:1:2/**", "one `:`"),
+            ("[::1]:5000/app", "IPv6"),
+            ("[::1]/**", "IPv6"),
+        ] {
+            let error = ImageMatcher::new(&[glob.to_owned()])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(why), "{glob:?}: {error}");
+            assert!(error.contains(&format!("{glob:?}")), "{error}");
+        }
+        // The suggested spellings govern what the refused ones meant; other patterns stay accepted.
+        assert!(governs(
+            &["reg*.invalid:443/**"],
+            "registry.invalid:0443/app:1"
+        ));
+        assert!(governs(
+            &["*.example.com:5000/app"],
+            "r.example.com:05000/app:1"
+        ));
+        for glob in [
+            "REG*.Example/**",
+            "reg*.example:*/**",
+            "reg*.example:5*/**",
+            "reg[0-9].example/**",
+            "*.example.com:{5000,5001}/**",
+            "r.example/team-[a-z]*/app_*:v[0-9]*",
+            "r.example/a__b/**",
+            "r.example/a---b",
+        ] {
+            ImageMatcher::new(&[glob.to_owned()]).unwrap_or_else(|e| panic!("{glob}: {e}"));
+        }
+        assert!(governs(&["REG*.Example/**"], "registry.example/app:1"));
+        // A default port under a wildcard host: dropped for a dotted host, kept for a single label,
+        // as canonical_registry does.
+        for image in ["rgx:443/app:1", "rgx:0443/app:1"] {
+            assert!(governs(&["rg?:443/**"], image), "{image}");
+        }
+        assert!(governs(&["rg?.example:443/**"], "rgx.example:443/app:1"));
+    }
+
     #[test]
     fn a_glob_that_can_never_match_says_why() {
         for (glob, why) in [
@@ -722,6 +948,13 @@ mod tests {
             ("registry.example.com/app#1", "never hold"),
             ("registry.example.com/prod**", "whole path segment"),
             ("", "empty"),
+            ("registry.example.com/app:.x*", "tag"),
+            ("registry.example.com/-app", "path component"),
+            ("registry.example.com/app_/**", "path component"),
+            ("registry.example.com/a..b", "path component"),
+            ("registry.example.com/team*._x", "path component"),
+            ("reg_x.example/app", "host names are letters"),
+            ("-reg.example/app", "host names are letters"),
         ] {
             let error = ImageMatcher::new(&[glob.to_owned()])
                 .unwrap_err()

@@ -62,13 +62,108 @@ fn parse_documents(path: &Path, text: &str) -> Result<Vec<ImageSigningPolicy>> {
                 ),
             });
         }
-        let policy = serde_yaml::from_value(value).map_err(|source| Error::PolicyFile {
+        let policy = deserialize_strictly(value).map_err(|source| Error::PolicyFile {
             path: path.to_owned(),
             source,
         })?;
         policies.push(policy);
     }
     Ok(policies)
+}
+
+/// Deserializes one policy document, refusing any field the types do not know, with its path and the
+/// nearest known field: `spec.mutateDigset: unknown field; did you mean mutateDigest?`.
+///
+/// serde skips unknown fields silently, so a typo would turn a protection off without a word (an
+/// `authoritys:` list leaves the policy without its keys). In a cluster the API server's strict field
+/// validation refuses the same documents at `kubectl apply` (its schema is the CRD's); files read by
+/// `verify --policy` and `serve --policy-dir` go through here and are refused alike. The CRD types
+/// themselves keep accepting unknown fields (`deny_unknown_fields` would change the generated schema,
+/// and objects the API server already stored must still be read).
+fn deserialize_strictly(
+    value: serde_yaml::Value,
+) -> std::result::Result<ImageSigningPolicy, serde_yaml::Error> {
+    let mut unknown: Vec<String> = Vec::new();
+    let parsed: std::result::Result<ImageSigningPolicy, _> =
+        serde_ignored::deserialize(value, |path| unknown.push(field_path(&path)));
+    // The root's apiVersion and kind were checked by the caller; kube's generated type skips them.
+    unknown.retain(|path| path != "apiVersion" && path != "kind");
+    if unknown.is_empty() {
+        return parsed;
+    }
+    let schema = serde_json::to_value(ImageSigningPolicy::crd()).unwrap_or_default();
+    let schema = &schema["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let described: Vec<String> = unknown
+        .iter()
+        .map(|path| match suggestion(schema, path) {
+            Some(known) => format!("{path}: unknown field; did you mean {known}?"),
+            None => format!("{path}: unknown field"),
+        })
+        .collect();
+    // A misspelt required field (`sourc:`) also leaves one missing: the unknown one is the cause.
+    let also = match parsed {
+        Ok(_) => String::new(),
+        Err(error) => format!(" (and so: {error})"),
+    };
+    Err(serde::de::Error::custom(format!(
+        "{}{also}",
+        described.join(", ")
+    )))
+}
+
+/// `spec.authorities[0].keyy`, as kubectl names a field.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = field_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
+/// The known field nearest to the unknown one at `path`, from the CRD's own schema: the field names a
+/// user can write are exactly its properties.
+fn suggestion(schema: &serde_json::Value, path: &str) -> Option<String> {
+    let mut node = schema;
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let unknown = parts.pop()?;
+    for part in parts {
+        let (name, indexed) = match part.split_once('[') {
+            Some((name, _)) => (name, true),
+            None => (part, false),
+        };
+        node = &node["properties"][name];
+        if indexed {
+            node = &node["items"];
+        }
+    }
+    let unknown = unknown
+        .split('[')
+        .next()
+        .unwrap_or(unknown)
+        .to_ascii_lowercase();
+    node["properties"]
+        .as_object()?
+        .keys()
+        .map(|known| {
+            (
+                crate::rego::edit_distance(&unknown, &known.to_ascii_lowercase()),
+                known,
+            )
+        })
+        .filter(|(distance, known)| *distance <= 2.max(known.len() / 4))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known.clone())
 }
 
 #[cfg(test)]
@@ -111,6 +206,60 @@ mod tests {
             error.contains("p.yaml") && error.contains("audit"),
             "{error}"
         );
+    }
+
+    /// A typo in a field name is refused with the field's path and the nearest known field, at every
+    /// depth: serde alone would skip it and the policy would lose what the field meant.
+    #[test]
+    fn unknown_fields_are_refused_with_their_path() {
+        let head =
+            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {name: p}\n";
+        for (spec, expected) in [
+            (
+                "spec:\n  images: ['r.example/**']\n  mutateDigset: false\n  authorities: [{name: k, key: {data: x}}]\n",
+                "spec.mutateDigset: unknown field; did you mean mutateDigest?",
+            ),
+            (
+                "spec:\n  images: ['r.example/**']\n  authoritys: [{name: k, key: {data: x}}]\n",
+                "spec.authoritys: unknown field; did you mean authorities?",
+            ),
+            (
+                "spec:\n  images: ['r.example/**']\n  authorities: [{name: k, key: {data: x}, transparencyLogs: {}}]\n",
+                "spec.authorities[0].transparencyLogs: unknown field; did you mean transparencyLog?",
+            ),
+            (
+                "spec:\n  images: ['r.example/**']\n  authorities: [{name: k, key: {data: x}}, {name: j, key: {secretref: {name: s}}}]\n",
+                "spec.authorities[1].key.secretref: unknown field; did you mean secretRef?",
+            ),
+            (
+                "spec:\n  images: ['r.example/**']\n  signatureRequired: false\n  registry: {insecur: true}\n",
+                "spec.registry.insecur: unknown field; did you mean insecure?",
+            ),
+            (
+                "spec:\n  images: ['r.example/**']\n  signatureRequired: false\n  rego: {modules: [{name: a, sourc: x}]}\n",
+                "spec.rego.modules[0].sourc: unknown field",
+            ),
+            (
+                "spec:\n  images: ['r.example/**']\n  signatureRequired: false\n  colour: blue\n",
+                "spec.colour: unknown field",
+            ),
+        ] {
+            let error = parse_documents(Path::new("p.yaml"), &format!("{head}{spec}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("p.yaml") && error.contains(expected),
+                "{expected:?} not in: {error}"
+            );
+        }
+        // Unknown fields of metadata are refused too (kubectl's strict validation refuses them).
+        let error = parse_documents(
+            Path::new("p.yaml"),
+            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {name: p, lables: {a: b}}\nspec: {images: ['a'], signatureRequired: false}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("metadata.lables: unknown field"), "{error}");
     }
 
     #[test]

@@ -48,6 +48,39 @@ pub(crate) struct Outline {
     pub rules: BTreeMap<DataPath, bool>,
     /// Every package.
     pub packages: BTreeSet<DataPath>,
+    /// Each module's package and the rules it defines (with the line of each), index for index with
+    /// the modules: which module to name when a rule is never read.
+    pub modules: Vec<ModuleOutline>,
+    /// For every rule, the rules its definitions may evaluate (the same over-approximation as the
+    /// recursion check): what a decision rule reaches is what the engine ever evaluates.
+    pub references: BTreeMap<DataPath, BTreeSet<DataPath>>,
+}
+
+/// One module, as far as deciding which of its rules are ever read goes.
+#[derive(Debug, Default)]
+pub(crate) struct ModuleOutline {
+    pub package: DataPath,
+    /// The line of the `package` declaration.
+    pub package_line: u32,
+    /// (rule path below `data`, line of its first definition in this module).
+    pub rules: Vec<(DataPath, u32)>,
+}
+
+impl Outline {
+    /// Every rule that evaluating `roots` may evaluate, `roots` included.
+    pub fn reachable(&self, roots: &[DataPath]) -> BTreeSet<DataPath> {
+        let mut seen: BTreeSet<DataPath> = BTreeSet::new();
+        let mut pending: Vec<DataPath> = roots.to_vec();
+        while let Some(path) = pending.pop() {
+            if !seen.insert(path.clone()) {
+                continue;
+            }
+            if let Some(targets) = self.references.get(&path) {
+                pending.extend(targets.iter().filter(|t| !seen.contains(*t)).cloned());
+            }
+        }
+        seen
+    }
 }
 
 struct Node {
@@ -79,10 +112,18 @@ pub(crate) fn check(modules: &[Ref<Module>], names: &[String]) -> Result<Outline
             message: "the package name must be a static path".into(),
         })?;
         outline.packages.insert(package.clone());
+        let mut described = ModuleOutline {
+            package: package.clone(),
+            package_line: module.package.span.line,
+            rules: Vec::new(),
+        };
         for rule in &module.policy {
             let (head, is_function) = rule_head(rule);
             let mut path = package.clone();
             path.extend(head);
+            if !described.rules.iter().any(|(p, _)| *p == path) {
+                described.rules.push((path.clone(), rule.span().line));
+            }
             let next = nodes.len();
             let node = *index.entry(path.clone()).or_insert(next);
             if node == next {
@@ -96,6 +137,7 @@ pub(crate) fn check(modules: &[Ref<Module>], names: &[String]) -> Result<Outline
             }
             outline.rules.insert(path, is_function);
         }
+        outline.modules.push(described);
         packages.push(package);
     }
 
@@ -167,6 +209,14 @@ pub(crate) fn check(modules: &[Ref<Module>], names: &[String]) -> Result<Outline
             return Err(too_deep(node, names, w));
         }
         weight[n] = w;
+    }
+    for node in &nodes {
+        let targets = node
+            .edges
+            .keys()
+            .map(|&target| nodes[target].path.clone())
+            .collect();
+        outline.references.insert(node.path.clone(), targets);
     }
     Ok(outline)
 }

@@ -65,6 +65,15 @@ pub enum RegoError {
         message: String,
     },
 
+    /// The modules define no rule the engine reads as a decision (a package or rule name off by a typo,
+    /// OPA's `kubernetes.admission`), or define decision-like rules that nothing the engine reads ever
+    /// evaluates: a policy whose text says "deny" but that can never refuse is not Ready.
+    #[error("{}{message}", location.as_ref().map(|l| format!("{l}: ")).unwrap_or_default())]
+    Undecided {
+        location: Option<SourceLocation>,
+        message: String,
+    },
+
     /// Rego forbids recursion (OPA rejects it at compile time too); regorus would otherwise recurse until
     /// the process's stack overflows.
     #[error("{location}: {} is recursive: {} (Rego forbids recursion)", cycle.first().map(String::as_str).unwrap_or("a rule"), cycle.join(" -> "))]

@@ -161,6 +161,19 @@ fn block(text: &str, spaces: usize) -> String {
     format!("|\n{}", lines.join("\n"))
 }
 
+/// `spec.rego` holding `modules` (name, source) inline, as lines to append to a policy whose `spec` is
+/// its last top-level field (what [`PolicyYaml::yaml`] writes).
+pub fn rego_yaml(modules: &[(&str, &str)]) -> String {
+    let mut yaml = String::from("  rego:\n    modules:\n");
+    for (name, source) in modules {
+        yaml.push_str(&format!("    - name: {name}\n      source: |\n"));
+        for line in source.lines() {
+            yaml.push_str(&format!("        {line}\n"));
+        }
+    }
+    yaml
+}
+
 /// Parses and compiles a policy as the server does (no cluster, so no Secrets); panics with the YAML
 /// when it does not.
 pub fn compile_policy(yaml: &str) -> Arc<CompiledPolicy> {
