@@ -54,13 +54,35 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 /// must not take the whole [`MAX_CONNECTIONS`].
 pub const MAX_CONNECTIONS_PER_PEER: usize = 128;
 
+/// The connection caps of the admission port: [`MAX_CONNECTIONS`] and [`MAX_CONNECTIONS_PER_PEER`] by
+/// default, lower in tests (`serve --max-connections`, hidden) so that a crowd needs fewer sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections at once.
+    pub total: usize,
+    /// Open connections from one address at once.
+    pub per_peer: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            total: MAX_CONNECTIONS,
+            per_peer: MAX_CONNECTIONS_PER_PEER,
+        }
+    }
+}
+
 /// The address a request came from, as a request extension.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub std::net::IpAddr);
 
 /// Connections open per peer address; a [`PeerSlot`] gives its place back when dropped.
-#[derive(Clone, Default)]
-struct PeerConnections(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+#[derive(Clone)]
+struct PeerConnections(
+    Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    usize,
+);
 
 struct PeerSlot {
     peers: PeerConnections,
@@ -71,7 +93,7 @@ impl PeerConnections {
     fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
         let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let count = open.entry(ip).or_default();
-        if *count >= MAX_CONNECTIONS_PER_PEER {
+        if *count >= self.1 {
             return None;
         }
         *count += 1;
@@ -281,13 +303,33 @@ pub async fn serve_https(
     draining: Draining,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_https_with(
+        listener,
+        config,
+        router,
+        draining,
+        ConnectionLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_https`] with connection caps other than the defaults.
+pub async fn serve_https_with(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: axum::Router,
+    draining: Draining,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(config);
     let router = router.layer(axum::middleware::from_fn_with_state(
         draining,
         keepalive::close_when_draining,
     ));
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let peers = PeerConnections::default();
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.total));
+    let peers = PeerConnections(Arc::default(), limits.per_peer);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -312,12 +354,12 @@ pub async fn serve_https(
         // Beyond the cap a connection is closed at once: the kernel's backlog must not fill with
         // connections that wait for a slot while the API server's own connections queue behind them.
         let Ok(slot) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "connection refused: too many open connections");
+            tracing::warn!(%peer, limit = limits.total, "connection refused: too many open connections");
             drop(tcp);
             continue;
         };
         let Some(peer_slot) = peers.take(peer.ip()) else {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS_PER_PEER, "connection refused: too many from this address");
+            tracing::warn!(%peer, limit = limits.per_peer, "connection refused: too many from this address");
             drop(tcp);
             continue;
         };
