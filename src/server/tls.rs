@@ -120,11 +120,11 @@ impl ConnectionState {
 /// The open connections, by peer address, with fair share when full.
 ///
 /// Below [`ConnectionLimits::total`] every connection gets in (up to [`ConnectionLimits::per_peer`] per
-/// address). At the cap, a connection from an address that holds fewer connections than the heaviest
-/// other address takes the place of one of that address's connections (a still-handshaking one first,
-/// then an idle one, a busy one last; the oldest of a kind): however many connections a crowd opens,
-/// an address with few connections (the API server) is never the one left out. Among equals the
-/// newcomer is refused, so a crowd that fills the cap evenly churns only its own connections.
+/// address). At the cap, a connection from an address that holds none, or at least two fewer than the
+/// heaviest other address, takes the place of one of that address's connections (a still-handshaking
+/// one first, then an idle one, a busy one last; the oldest of a kind): however many connections a
+/// crowd opens, an address with few connections (the API server) is never the one left out. Otherwise
+/// the newcomer is refused, so a crowd that fills the cap evenly stops churning.
 #[derive(Clone)]
 struct Connections {
     table: Arc<Mutex<ConnectionTable>>,
@@ -190,7 +190,11 @@ impl Connections {
                 .filter(|(peer, _)| **peer != ip)
                 .max_by_key(|(_, connections)| connections.len())
                 .map(|(peer, connections)| (*peer, connections.len()));
-            let Some((victim_ip, held)) = heaviest.filter(|(_, held)| *held > mine) else {
+            // Two more than the newcomer (or any, for a newcomer holding none): between n and n + 1
+            // an eviction would only swap who holds which, and a crowd would churn its connections
+            // (and the replica's CPU on their handshakes) endlessly.
+            let lighter = |held: usize| held >= mine + 2 || (mine == 0 && held > 0);
+            let Some((victim_ip, held)) = heaviest.filter(|(_, held)| lighter(*held)) else {
                 return Err(Refused::Full);
             };
             let connections = table
@@ -948,31 +952,42 @@ mod tests {
     #[test]
     fn at_the_cap_a_lighter_peer_takes_a_place_of_the_heaviest_handshaking_first() {
         let connections = Connections::new(ConnectionLimits {
-            total: 4,
+            total: 5,
             per_peer: 4,
         });
-        let heavy: Vec<_> = (0..3)
+        let heavy: Vec<_> = (0..4)
             .map(|_| connections.admit(ip(2)).expect("below the cap").0)
             .collect();
         let _other = connections.admit(ip(3)).expect("below the cap");
-        // The heavy peer's oldest is busy, the next idle, the newest still handshaking.
-        heavy[0].state.handshaken.store(true, Ordering::Relaxed);
-        heavy[0].state.in_flight.store(1, Ordering::Relaxed);
-        heavy[1].state.handshaken.store(true, Ordering::Relaxed);
+        // The heavy peer's two oldest are busy, the next idle, the newest still handshaking.
+        for busy in &heavy[..2] {
+            busy.state.handshaken.store(true, Ordering::Relaxed);
+            busy.state.in_flight.store(1, Ordering::Relaxed);
+        }
+        heavy[2].state.handshaken.store(true, Ordering::Relaxed);
 
-        let (_api, evicted) = connections.admit(ip(1)).expect("a lighter peer gets in");
+        let (_api, evicted) = connections
+            .admit(ip(1))
+            .expect("a peer holding none gets in");
         let evicted = evicted.expect("someone made room");
         assert_eq!((evicted.ip, evicted.stage), (ip(2), Stage::Handshaking));
-        assert_eq!(count(&connections, ip(2)), 2);
-        // Then the idle one, and the busy one only when nothing else is left.
-        let (_api2, evicted) = connections.admit(ip(1)).expect("still lighter (1 < 2)");
+        assert_eq!(count(&connections, ip(2)), 3);
+        // Then the idle one (1 + 2 <= 3), and a busy one only when nothing else is left.
+        let (_api2, evicted) = connections
+            .admit(ip(1))
+            .expect("two fewer than the heaviest");
         assert_eq!(evicted.map(|e| e.stage), Some(Stage::Idle));
-        // 127.0.0.1 and .2 hold 2 and 1 now, .3 holds 1: a third from .1 is not lighter than anyone.
+        // .1 and .2 hold 2 each now, .3 holds 1: a third from .1 is not two fewer than anyone's.
         assert_eq!(connections.admit(ip(1)).err(), Some(Refused::Full));
+        assert_eq!(connections.admit(ip(3)).err(), Some(Refused::Full));
         // Dropping an evicted connection's slot gives back nothing twice.
         drop(heavy);
         assert_eq!(count(&connections, ip(2)), 0);
-        assert_eq!(connections.table.lock().unwrap().open, 3);
+        assert_eq!(
+            connections.table.lock().unwrap().open,
+            3,
+            ".1's two and .3's one"
+        );
         assert!(connections.admit(ip(4)).is_ok());
     }
 

@@ -193,15 +193,18 @@ async fn read_body(
 /// The body budget in KiB, shared fairly by peer address.
 ///
 /// Each address may hold at most its share (a quarter of the budget). When the budget is spent and a
-/// body needs more, the body being read (not yet reviewed) of the address holding the most is
-/// revoked (its caller gets a 503) if that address would still hold more than this one afterwards:
+/// body needs more, and its address would then hold no more than an even split of the budget among
+/// the addresses holding some, the body being read (not yet reviewed) of the address holding the most
+/// is revoked (its caller gets a 503) if that address would still hold more than this one afterwards:
 /// max-min fairness, so however many addresses stall bodies, an address holding little of the budget
-/// (the API server, whose reviews are a few KiB) never waits behind them. Bodies already read, whose
+/// (the API server, whose reviews are a few KiB) never waits behind them. With at most 1,024
+/// connections, hence addresses, the even split is at least 64 KiB of budget (a 16 KiB review). Bodies already read, whose
 /// reviews are under way, are not revoked: their memory is in use, and they end by their deadline.
 pub struct BodyBudget {
     state: std::sync::Mutex<BudgetState>,
     /// Signalled whenever budget is given back.
     released: tokio::sync::Notify,
+    total: usize,
     peer_share: usize,
 }
 
@@ -240,6 +243,7 @@ impl BodyBudget {
                 peers: HashMap::new(),
             }),
             released: tokio::sync::Notify::new(),
+            total: total_kib,
             peer_share: peer_share_kib.max(1),
         }
     }
@@ -336,7 +340,21 @@ impl BodyHold {
             // Over its own share: it waits for its own bodies to end, never takes another's.
             return Ok(false);
         }
+        // Only a peer that would hold no more than an even split of the budget among the peers
+        // holding some takes from others: above that it waits like everyone. Without this bound a
+        // crowd would take from each other endlessly (each revoked caller reconnects and revokes
+        // another), costing handshakes and CPU for nothing.
+        let holders = state
+            .peers
+            .iter()
+            .filter(|(peer, holding)| holding.held > 0 || **peer == self.peer)
+            .count()
+            .max(1);
+        let even_split = budget.total / holders;
         while state.available < kib {
+            if mine + kib > even_split {
+                return Ok(false);
+            }
             // The body being read of the peer holding the most, if that peer would still hold more
             // than this one: its largest body, so that as few callers as possible lose theirs.
             let victim = state
@@ -553,6 +571,23 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(a);
         assert_eq!(waiter.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn only_a_peer_below_an_even_split_takes_from_others() {
+        let budget = Arc::new(BodyBudget::new(100, 100));
+        let mut heavy = BodyHold::new(&budget, ip(2));
+        heavy.grow(70, soon()).await.unwrap();
+        let mut light = BodyHold::new(&budget, ip(3));
+        light.grow(30, soon()).await.unwrap();
+        // .3 would hold 55 of 100 split between two: more than its even share, so it waits, though .2
+        // holds more.
+        let mut more = BodyHold::new(&budget, ip(3));
+        assert_eq!(more.grow(25, soon()).await, Err(Shortfall::TimedOut));
+        assert!(!heavy.is_revoked());
+        // 20 more makes 50: its even share, taken from .2.
+        more.grow(20, soon()).await.expect("up to the even split");
+        assert!(heavy.is_revoked());
     }
 
     #[tokio::test]
