@@ -520,6 +520,29 @@ async fn idle_connections_from_64_addresses_at_the_default_cap_do_not_shut_out_t
     wait_until_server_holds(&server, baseline, 1024).await;
     assert_every_review_answered(server.https, 16, "1,088 idle connections from 64 addresses")
         .await;
+    // While crowded, a connection that sends nothing is closed after the 3 s first-byte timeout, not
+    // the 10 s handshake timeout (tests/tls_rotation.rs: uncrowded, it gets the 10 s). From an
+    // address of its own, so that it gets in (holding none) rather than being refused.
+    let silent = connect_from([127, 0, 0, 66], server.https).await.unwrap();
+    let opened = Instant::now();
+    let mut sink = [0u8; 16];
+    loop {
+        tokio::time::timeout(Duration::from_secs(8), silent.readable())
+            .await
+            .expect("the server closes a silent connection while crowded")
+            .unwrap();
+        match silent.try_read(&mut sink) {
+            Ok(0) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(_) => panic!("the server sent something on a connection that never spoke"),
+            Err(_) => break, // reset: closed as well
+        }
+    }
+    let lived = opened.elapsed();
+    assert!(
+        lived >= Duration::from_millis(2500) && lived < Duration::from_secs(6),
+        "a silent connection lived {lived:?} while the server was crowded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
