@@ -46,7 +46,8 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 /// HTTP/2 pings on idle connections, so that peers that vanished without a FIN are noticed.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// Open connections at once. The API server keeps a handful per replica; the rest is headroom, and the
-/// cap (with the body budget of the webhook) bounds what a flood of connections can hold.
+/// cap (with the body budget of the webhook) bounds what a flood of connections can hold. When it is
+/// reached the connections are shared fairly by address (see `Connections`).
 pub const MAX_CONNECTIONS: usize = 1024;
 /// HTTP/2 streams in flight on one connection (the API server multiplexes reviews over few connections).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
@@ -144,7 +145,8 @@ struct ConnectionTable {
 enum Refused {
     /// The address holds [`ConnectionLimits::per_peer`] already.
     PeerFull,
-    /// The cap is reached and no other address holds more connections than this one.
+    /// The cap is reached and no other address holds two more connections than this one (or any,
+    /// when this one holds none).
     Full,
 }
 
