@@ -771,10 +771,40 @@ if c1 and c20:
 # --------------------------------------------------------------------------------------------------
 # Bounds: static, the limits the server enforces (section 7); each has its flood test.
 
-BOUNDS = "## 7. Bounds: what a caller can make the webhook hold\n\nNot timed figures but the limits the server enforces, why each value, and the test that floods it\nagainst the real server process (`cargo test --test floods --test containment --test webhook`):\n\n| surface | bound | why this value | test |\n|---|---|---|---|\n| request body | 3 MiB, 413 on HTTP/1.1 and HTTP/2 | the API server's own request limit | `floods::oversized_bodies_are_413_on_http1_and_http2` |\n| body arrival | 5 s, then 408 | the API server sends a review at once; a stalled body is an attack | `floods::stalled_bodies_on_many_connections_stay_within_the_memory_ceiling` |\n| bodies being read, all connections | 64 MiB budget, callers wait their turn | a quarter of the chart's 256 MiB limit | same: 100 stalled 3 MiB bodies stay under a 160 MiB RSS ceiling |\n| connections | 1,024 open, beyond closed at once; 128 HTTP/2 streams each; handshake and headers 10 s | the API server keeps a handful per replica | |\n| push events | token before any read, 64 KiB body, 255-character names, 1,024 pending repositories then one full drop | an event is ~200 bytes; one sweep per 200 ms costs one pass over the cache | `floods::unauthenticated_push_events_cost_nothing` (240 × 3 MiB: RSS under 100 MiB), `webhook::registryx_push_events_are_authenticated_bounded_and_only_drop_cached_results` |\n| images per review | each distinct image once; 64 distinct, beyond refused | real pods name a handful | `webhook::one_object_naming_an_image_many_times_costs_one_verification_and_a_cap_holds` (2,000 copies: ≤ 4 registry requests) |\n| verification per registry | 32 images and 64 requests in flight per registry | a bulkhead: a hanging registry holds only its own slots | `containment::a_hanging_registry_never_refuses_another_registrys_signed_images` |\n| registry clients | 256, evicted after 10 min idle, built under a per-key lock | thousands of registries named in pods must not grow memory | `containment::registry_clients_stay_bounded_however_many_registries_are_named` |\n| refusal text | the registry's OCI error code and message only, 200 characters; one text for every connection failure | refusals reach whoever created the pod | `containment::an_internal_services_answer_never_reaches_a_refusal`, `containment::open_and_closed_ports_read_the_same` |"
+BOUNDS = "## 7. Bounds: what a caller can make the webhook hold\n\nNot timed figures but the limits the server enforces, why each value, and the test that floods it\nagainst the real server process (`cargo test --test floods --test containment --test webhook`):\n\n| surface | bound | why this value | test |\n|---|---|---|---|\n| request body | 3 MiB, 413 on HTTP/1.1 and HTTP/2 | the API server's own request limit | `floods::oversized_bodies_are_413_on_http1_and_http2` |\n| body arrival | 5 s, then 408 | the API server sends a review at once; a stalled body is an attack | `floods::stalled_bodies_on_many_connections_stay_within_the_memory_ceiling` |\n| bodies being read, all connections | 64 MiB budget, a quarter per address; when spent, an address below an even split takes the budget of a body still being read of the address holding the most (503) | a quarter of the chart's 256 MiB limit; no crowd of addresses may queue the API server's reviews | same: 100 stalled 3 MiB bodies stay under a 160 MiB RSS ceiling; `floods::stalled_bodies_from_64_addresses_do_not_queue_the_api_servers_reviews` |\n| connections | 1,024 open, 128 per address; when full, an address holding none or two fewer than the heaviest takes the place of one of its connections (handshaking, then idle, then busy), others are closed at once; 128 HTTP/2 streams each; first byte 3 s when half full, handshake and headers 10 s | the API server keeps a handful per replica, and must always get in | `floods::idle_connections_from_64_addresses_at_the_default_cap_do_not_shut_out_the_api_server`, `floods::stalled_handshakes_from_64_addresses_do_not_shut_out_the_api_server`, `floods::a_crowd_of_64_addresses_beyond_the_per_peer_cap_still_leaves_the_api_server_room` |\n| push events | token before any read, 64 KiB body, 255-character names, 1,024 pending repositories then one full drop | an event is ~200 bytes; one sweep per 200 ms costs one pass over the cache | `floods::unauthenticated_push_events_cost_nothing` (240 × 3 MiB: RSS under 100 MiB), `webhook::registryx_push_events_are_authenticated_bounded_and_only_drop_cached_results` |\n| images per review | each distinct image once; 64 distinct, beyond refused | real pods name a handful | `webhook::one_object_naming_an_image_many_times_costs_one_verification_and_a_cap_holds` (2,000 copies: ≤ 4 registry requests) |\n| verification per registry | 32 images and 64 requests in flight per registry | a bulkhead: a hanging registry holds only its own slots | `containment::a_hanging_registry_never_refuses_another_registrys_signed_images` |\n| registry clients | 256, evicted after 10 min idle, built under a per-key lock | thousands of registries named in pods must not grow memory | `containment::registry_clients_stay_bounded_however_many_registries_are_named` |\n| refusal text | the registry's OCI error code and message only, 200 characters; one text for every connection failure | refusals reach whoever created the pod | `containment::an_internal_services_answer_never_reaches_a_refusal`, `containment::open_and_closed_ports_read_the_same` |"
 for line in BOUNDS.split("\n"):
     w(line)
 w("")
+
+# The API server's reviews during a crowd (bench/run.sh section 7, `loadgen crowd`).
+crowds = jsonl("crowd.jsonl")
+if crowds:
+    w("### The API server's reviews during a crowd")
+    w("")
+    w("`loadgen crowd`: reviews by digest from 127.0.0.1, 20 a second, each on a new HTTP/1.1 connection "
+      "(an API server whose pool has no idle connection left), `timeout=3s`, while 64 other loopback "
+      "addresses flood a fresh server. Answered: an HTTP 200 AdmissionReview within the 3 s. Latency from the "
+      "intended send time, connect and TLS handshake included.")
+    w("")
+    w("| flood | attackers | attacker connects | answered | p50 ms | p99 ms | max ms |")
+    w("|---|---|---|---|---|---|---|")
+    floods = {
+        "none": "none",
+        "idle": "connections that never send a byte",
+        "handshake": "connections stalled inside the ClientHello",
+        "body": "bodies stalled after 192 KiB (2 MiB announced)",
+    }
+    for r in crowds:
+        attackers = "-" if r["flood"] == "none" else f"{r['addresses']} addresses × {r['per_address']}"
+        latency = r["latency_us"]
+        answered = f"{r['answered']} of {r['reviews']} ({100 * r['success_rate']:.1f} %)"
+        w(f"| {floods.get(r['flood'], r['flood'])} | {attackers} | {fmt_int(r['attacker_connects'])} | "
+          f"{answered} | {ms(latency['p50'])} | {ms(latency['p99'])} | {ms(latency['max'])} |")
+    failed = [r for r in crowds if r.get("first_error")]
+    for r in failed:
+        w("")
+        w(f"First failure during `{r['flood']}`: `{r['first_error'][:200]}`")
+    w("")
 
 # The soak (`make soak`, an hour) and the in-cluster figures (tests/cluster.rs) come from their own runs:
 # copied as they were written.

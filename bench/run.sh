@@ -21,6 +21,8 @@
 #   3       Rego evaluations (benches/rego.rs) and the in-process admission path (benches/admission.rs)
 #   5       policy propagation: tests/e2e.rs (kubectl apply -> first admission that obeys), and the
 #           --policy-dir folder of the server above
+#   7       the API server's reviews (success rate, p50/p99) while 64 other addresses flood the port
+#           (examples/loadgen.rs crowd), next to the same without a flood
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -537,6 +539,27 @@ if ((E2E_RUNS > 0)); then
 		grep -h "policy change" "$RXG_WORK/e2e-$run.log" >>"$RESULTS/e2e.txt"
 	done
 fi
+
+# --- 7. crowds ----------------------------------------------------------------------------------------
+# The API server's reviews (from 127.0.0.1, each on a new connection, timeout=3s) while 64 other loopback
+# addresses flood a fresh server: no flood, never-TLS connections beyond the connection cap, stalled
+# handshakes beyond it, stalled bodies beyond the body budget.
+say "7. The API server's reviews while 64 other addresses flood the port"
+main_pid=$SERVER_PID main_url=$URL main_probes=$PROBES
+start_server crowd
+crowd_url=${URL/timeout=10s/timeout=3s}
+"$LOADGEN" once --url "$crowd_url" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" >/dev/null
+for flood in "none 0" "idle 17" "handshake 17" "body 2"; do
+	read -r kind per_address <<<"$flood"
+	echo "  $kind"
+	logged "$LOADGEN" crowd --label "$kind" --url "$crowd_url" --ca "$tls/ca.crt" --http 1 --threads 2 \
+		--body "$RXG_WORK/review-digest.json" --flood "$kind" --addresses 64 --per-address "$per_address" \
+		--reviews $((DURATION * 20)) --rate 20 --timeout 3 >>"$RESULTS/crowd.jsonl"
+	# The crowd's connections close with its process; its last bodies end on the server within 5 s.
+	sleep 6
+done
+kill "$SERVER_PID"
+SERVER_PID=$main_pid URL=$main_url PROBES=$main_probes
 
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.env"
 echo "elapsed_s=$SECONDS" >>"$RESULTS/machine.env"

@@ -11,6 +11,7 @@
 //! loadgen load ... --concurrency 32           # closed loop: the saturation throughput
 //! loadgen once ... --body a.json --body b.json # each body once, in turn, with its latency and decision
 //! loadgen fill ... --image-prefix 127.0.0.1:5000/fill/app --digests 25000 --per-review 50
+//! loadgen crowd ... --body review.json --flood idle  # reviews from 127.0.0.1 while 64 others flood
 //! ```
 //!
 //! Open loop (`--rate R`): a pacing thread releases request i at start + i/R whatever the server does,
@@ -61,6 +62,54 @@ enum Command {
     /// Reviews of Pods whose images are distinct digests: unsigned (refused, and cached as such), or with
     /// --sign-with pushed first and signed by every given key (verified, and cached as such).
     Fill(FillArgs),
+    /// Reviews from 127.0.0.1, each on a new HTTP/1.1 connection as the API server opens them, while a
+    /// crowd of other loopback addresses (127.0.0.2, ...) floods the port; prints one JSON object with
+    /// the reviews' success rate and latency.
+    Crowd(CrowdArgs),
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Flood {
+    /// No crowd: the baseline.
+    None,
+    /// Connections that never send a byte.
+    Idle,
+    /// Connections that send the start of a ClientHello and stall.
+    Handshake,
+    /// TLS connections whose request body stalls after --stalled-bytes (reconnecting once answered).
+    Body,
+}
+
+#[derive(Args)]
+struct CrowdArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The AdmissionReview the "API server" sends.
+    #[arg(long)]
+    body: PathBuf,
+    #[arg(long, value_enum)]
+    flood: Flood,
+    /// Attacking addresses: 127.0.0.2 onwards (Linux routes all of 127.0.0.0/8 to loopback).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=250))]
+    addresses: u8,
+    /// Connections each attacking address keeps trying to hold.
+    #[arg(long, default_value_t = 17)]
+    per_address: usize,
+    /// Bytes of each stalled body that arrive (--flood body).
+    #[arg(long, default_value_t = 192 << 10)]
+    stalled_bytes: usize,
+    /// Seconds the crowd has to fill the server before the reviews start.
+    #[arg(long, default_value_t = 3.0)]
+    fill: f64,
+    /// Reviews sent.
+    #[arg(long, default_value_t = 100)]
+    reviews: usize,
+    /// Reviews per second, open loop.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Seconds a review may take (the API server's timeoutSeconds): later is a failure.
+    #[arg(long, default_value_t = 3.0)]
+    timeout: f64,
 }
 
 #[derive(Args, Clone)]
@@ -154,6 +203,7 @@ fn main() -> anyhow::Result<()> {
         Command::Load(a) => a.target.threads,
         Command::Once(a) => a.target.threads,
         Command::Fill(a) => a.target.threads,
+        Command::Crowd(a) => a.target.threads,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -164,6 +214,7 @@ fn main() -> anyhow::Result<()> {
             Command::Load(args) => load(args).await,
             Command::Once(args) => once(args).await,
             Command::Fill(args) => fill(args).await,
+            Command::Crowd(args) => crowd(args).await,
         }
     })?;
     println!("{output}");
@@ -639,6 +690,133 @@ async fn closed_loop(
         });
     }
     while tasks.join_next().await.is_some() {}
+}
+
+// ---------------------------------------------------------------------------------------------------
+// crowd
+
+/// The start of a TLS ClientHello whose record announces 512 bytes; the rest never comes.
+const PARTIAL_CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
+/// How long an attacker waits before reconnecting once the server closed its connection.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+
+async fn crowd(args: CrowdArgs) -> anyhow::Result<Value> {
+    let client = Client::new(args.target.clone())?;
+    let body = Bytes::from(
+        std::fs::read(&args.body).with_context(|| format!("read {}", args.body.display()))?,
+    );
+    let connects = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut attackers = tokio::task::JoinSet::new();
+    if !matches!(args.flood, Flood::None) {
+        let mut slot = 0u64;
+        for _ in 0..args.per_address {
+            for last in 2..2 + args.addresses {
+                let (client, connects) = (client.clone(), connects.clone());
+                // About 1,000 new connections a second: a burst of thousands of SYNs overflows the
+                // listen queue and measures the kernel's retransmission timer instead.
+                let start_after = Duration::from_millis(slot);
+                slot += 1;
+                let (flood, stalled) = (args.flood, args.stalled_bytes);
+                attackers.spawn(async move {
+                    tokio::time::sleep(start_after).await;
+                    loop {
+                        connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = attack(&client, [127, 0, 0, last], flood, stalled).await;
+                        tokio::time::sleep(RECONNECT_PAUSE).await;
+                    }
+                });
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.fill)).await;
+
+    let stats = Stats::shared();
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let start = Instant::now();
+    let mut reviews = tokio::task::JoinSet::new();
+    for i in 0..args.reviews {
+        let intended = start + Duration::from_secs_f64(i as f64 / args.rate);
+        tokio::time::sleep_until(intended.into()).await;
+        let (client, body, stats) = (client.clone(), body.clone(), stats.clone());
+        reviews.spawn(async move {
+            let sent = Instant::now();
+            let outcome = match tokio::time::timeout(timeout, async {
+                let mut connection = client.connect().await?;
+                anyhow::Ok(connection.exchange(&client, body).await)
+            })
+            .await
+            {
+                Err(_) => Outcome::Failed(format!("no answer within {timeout:?}")),
+                Ok(Err(error)) => Outcome::Failed(format!("{error:#}")),
+                Ok(Ok(outcome)) => outcome,
+            };
+            record(&stats, intended, sent, outcome);
+        });
+    }
+    while reviews.join_next().await.is_some() {}
+    attackers.abort_all();
+    let stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+    let answered = stats.allowed + stats.refused;
+    Ok(json!({
+        "label": args.target.label,
+        "flood": format!("{:?}", args.flood).to_lowercase(),
+        "addresses": if matches!(args.flood, Flood::None) { 0 } else { args.addresses },
+        "per_address": args.per_address,
+        "attacker_connects": connects.load(std::sync::atomic::Ordering::Relaxed),
+        "reviews": args.reviews,
+        "answered": answered,
+        "success_rate": answered as f64 / args.reviews.max(1) as f64,
+        "errors": stats.errors,
+        "first_error": stats.first_error,
+        "timeout_s": args.timeout,
+        "latency_us": percentiles(&stats.latency),
+    }))
+}
+
+/// One attacker connection from `source`, held until the server closes it.
+async fn attack(
+    client: &Client,
+    source: [u8; 4],
+    flood: Flood,
+    stalled: usize,
+) -> anyhow::Result<()> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::from(source), 0).into())?;
+    let tcp = socket.connect(client.address.parse()?).await?;
+    match flood {
+        Flood::None => Ok(()),
+        Flood::Idle | Flood::Handshake => {
+            if let Flood::Handshake = flood {
+                let _ = tcp.try_write(PARTIAL_CLIENT_HELLO);
+            }
+            let mut sink = [0u8; 512];
+            loop {
+                tcp.readable().await?;
+                match tcp.try_read(&mut sink) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        Flood::Body => {
+            let tls = client.tls.connect(client.server_name.clone(), tcp).await?;
+            let (mut sender, connection) = http1::handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(connection);
+            let head = futures::stream::iter([Ok::<_, std::convert::Infallible>(
+                hyper::body::Frame::data(Bytes::from(vec![b' '; stalled])),
+            )]);
+            let body = futures::StreamExt::chain(head, futures::stream::pending());
+            let request = Request::post(client.path.as_str())
+                .header(hyper::header::HOST, client.address.as_str())
+                .header(hyper::header::CONTENT_LENGTH, 2 << 20)
+                .body(http_body_util::StreamBody::new(body))?;
+            // Answered (408 once the body times out, or 503 when a lighter caller took its budget).
+            let _ = sender.send_request(request).await?;
+            Ok(())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -98,6 +98,15 @@ pub struct ServeArgs {
     /// cluster takes the replica out of its Service (the chart's grace period is longer).
     #[arg(long, env = "RXG_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
     pub shutdown_delay_seconds: u64,
+
+    /// Tuning: open connections on --listen at once (default 1,024). Hidden: the tests lower it so
+    /// that a crowd fills it with hundreds of sockets, not thousands.
+    #[arg(long, env = "RXG_MAX_CONNECTIONS", default_value_t = crate::server::MAX_CONNECTIONS, hide = true)]
+    pub max_connections: usize,
+
+    /// Tuning: open connections from one address at once (default 128). Hidden, as --max-connections.
+    #[arg(long, env = "RXG_MAX_CONNECTIONS_PER_PEER", default_value_t = crate::server::MAX_CONNECTIONS_PER_PEER, hide = true)]
+    pub max_connections_per_peer: usize,
 }
 
 fn default_identity() -> String {

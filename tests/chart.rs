@@ -44,6 +44,8 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
             "webhook.mutating=false",
             "config.unmatched=allow",
             "webhook.namespaces=all",
+            "networkPolicy.webhookFromCIDRs={10.0.0.10/32,10.0.0.11/32}",
+            "networkPolicy.webhookFrom[0].podSelector.matchLabels.app=registryx",
         ][..],
     ] {
         let manifests = render(values);
@@ -509,4 +511,53 @@ fn release_manifest(record: &[u8]) -> String {
         }
     }
     text
+}
+
+#[test]
+fn the_network_policy_can_be_narrowed_to_the_control_planes_addresses() {
+    let policy = |values: &[&str]| -> String {
+        let manifests = render(values);
+        let doc = manifests
+            .split("---")
+            .find(|doc| doc.contains("kind: NetworkPolicy\n"))
+            .unwrap_or_else(|| panic!("no NetworkPolicy rendered with {values:?}"))
+            .to_owned();
+        // Comments out, whitespace folded: the rules as one line.
+        doc.lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .flat_map(str::split_whitespace)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // By default the webhook port is open to any source (the API server's address is the cluster's),
+    // and the probes port to none.
+    let open = policy(&[]);
+    assert!(
+        open.ends_with("ingress: - ports: [{port: https, protocol: TCP}]"),
+        "{open}"
+    );
+    // Narrowed: the control plane's CIDRs, then any further peers (RegistryX's pods for push events).
+    let narrowed = policy(&[
+        "networkPolicy.webhookFromCIDRs={10.0.0.10/32,10.0.0.11/32}",
+        "networkPolicy.webhookFrom[0].podSelector.matchLabels.app=registryx",
+    ]);
+    assert!(
+        narrowed.ends_with(
+            "ingress: - ports: [{port: https, protocol: TCP}] from: - ipBlock: cidr: 10.0.0.10/32 \
+             - ipBlock: cidr: 10.0.0.11/32 - podSelector: matchLabels: app: registryx"
+        ),
+        "{narrowed}"
+    );
+    // A CIDR alone narrows it too, and the probes port keeps its own rule.
+    let cidr_only = policy(&[
+        "networkPolicy.webhookFromCIDRs={192.168.0.2/32}",
+        "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
+    ]);
+    assert!(
+        cidr_only.contains(
+            "- ports: [{port: https, protocol: TCP}] from: - ipBlock: cidr: 192.168.0.2/32 \
+             - ports: [{port: probes, protocol: TCP}] from: - namespaceSelector:"
+        ),
+        "{cidr_only}"
+    );
 }

@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 pub use keepalive::{Draining, HEAD_TIMEOUT, IDLE_TIMEOUT};
 pub use probes::{Probes, router as probes_router};
-pub use tls::{CertificateReloader, HANDSHAKE_TIMEOUT, serve_https, server_config};
+pub use tls::{
+    CertificateReloader, ConnectionLimits, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_PEER, serve_https, serve_https_with, server_config,
+};
 
 use std::future::IntoFuture as _;
 use std::time::Duration;
@@ -143,11 +146,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         events,
         event_counters,
     ));
-    let https = serve_https(
+    let limits = ConnectionLimits {
+        total: args.max_connections.max(1),
+        per_peer: args.max_connections_per_peer.max(1),
+    };
+    let https = serve_https_with(
         https,
         server_config(reloader)?,
         webhook,
         probes.draining(),
+        limits,
         stopped_signal(stopped.clone()),
     );
     let probes_server =

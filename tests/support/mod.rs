@@ -76,8 +76,14 @@ pub fn free_port() -> u16 {
 
 /// `registryx-guard serve` on 127.0.0.1 (`probes` and `https` ports) with the certificate and policies
 /// folder that [`serve_files`] wrote in `dir`.
+///
+/// `RXG_SERVE_BIN` names another build of the binary: worktrees that share one `CARGO_TARGET_DIR` all
+/// write `target/debug/registryx-guard`, so a test run can point at its own build
+/// (`target/debug/deps/registryx_guard-<hash>`, unique per worktree) instead of whichever was linked last.
 pub fn serve_command(dir: &std::path::Path, probes: u16, https: u16) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_registryx-guard"));
+    let binary = std::env::var_os("RXG_SERVE_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_registryx-guard").into());
+    let mut command = std::process::Command::new(binary);
     command
         .args(["serve", "--probes-listen", &format!("127.0.0.1:{probes}")])
         .args(["--listen", &format!("127.0.0.1:{https}")])
