@@ -6,27 +6,15 @@
 
 mod support;
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use support::free_port;
+use support::webhook::Webhook;
 
 /// Resident memory the server may reach under any flood below: the 64 MiB body budget, the baseline
 /// (~30 MiB) and headroom for connection buffers.
 const RSS_CEILING_MIB: u64 = 160;
 
-struct Server {
-    child: Child,
-    https: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Server = Webhook;
 
 const TOKEN: &str = "flood-test-token-0123456789";
 
@@ -36,48 +24,16 @@ fn start_server() -> Server {
 
 /// The server with extra `serve` arguments (the hidden connection caps).
 fn start_server_with(args: &[&str]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    support::serve_files(
-        dir.path(),
+    Webhook::start_with(
         "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {name: p}\nspec:\n  images: ['r.example/**']\n  signatureRequired: false\n",
-    );
-    let (probes, https) = (free_port(), free_port());
-    let child = support::serve_command(dir.path(), probes, https)
-        .args(args)
-        .env("RXG_EVENTS_TOKEN", TOKEN)
-        .env("RXG_LOG", "warn")
-        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let ready = format!("http://127.0.0.1:{probes}/readyz");
-    let start = Instant::now();
-    let mut child = child;
-    while support::process::http_status(&ready) != Some(200) {
-        let exited = child.try_wait().unwrap();
-        let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-        assert!(exited.is_none(), "server exited ({exited:?}): {}", log());
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "server never ready: {}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server {
-        child,
-        https,
-        _dir: dir,
-    }
+        args,
+        &[("RXG_EVENTS_TOKEN", TOKEN)],
+    )
 }
 
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024
+/// Resident memory of `server` now, in MiB.
+fn rss_mib(server: &Server) -> u64 {
+    server.memory_mib("VmRSS")
 }
 
 fn client(http2: bool) -> reqwest::Client {
@@ -110,7 +66,7 @@ fn review(image: &str) -> String {
 async fn stalled_bodies_on_many_connections_stay_within_the_memory_ceiling() {
     let server = start_server();
     let url = format!("https://127.0.0.1:{}/validate", server.https);
-    let baseline = rss_mib(server.child.id());
+    let baseline = rss_mib(&server);
     // 100 connections, each sending most of a 3 MiB body and then nothing.
     let mut stalled = Vec::new();
     for _ in 0..100 {
@@ -131,7 +87,7 @@ async fn stalled_bodies_on_many_connections_stay_within_the_memory_ceiling() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let peak = rss_mib(server.child.id());
+    let peak = rss_mib(&server);
     assert!(
         peak < RSS_CEILING_MIB,
         "RSS {peak} MiB (baseline {baseline} MiB) with 100 stalled bodies"
@@ -154,7 +110,7 @@ async fn stalled_bodies_on_many_connections_stay_within_the_memory_ceiling() {
             "a stalled body was answered {status:?}"
         );
     }
-    assert!(rss_mib(server.child.id()) < RSS_CEILING_MIB);
+    assert!(rss_mib(&server) < RSS_CEILING_MIB);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +152,7 @@ async fn unauthenticated_push_events_cost_nothing() {
             .map(|r| r.status().as_u16());
         assert!(matches!(status, Ok(401) | Err(_)), "{status:?}");
     }
-    let rss = rss_mib(server.child.id());
+    let rss = rss_mib(&server);
     assert!(
         rss < 100,
         "RSS {rss} MiB after 240 huge unauthenticated events"
@@ -490,7 +446,7 @@ async fn assert_every_review_answered(port: u16, count: usize, flood: &str) {
 
 /// File descriptors the server process has open: its connections, and a few more.
 fn open_fds(server: &Server) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", server.child.id())).map_or(0, |fds| fds.count())
+    std::fs::read_dir(format!("/proc/{}/fd", server.pid())).map_or(0, |fds| fds.count())
 }
 
 /// Waits until the server has accepted at least `connections` more than `baseline` open descriptors,
@@ -500,7 +456,10 @@ fn open_fds(server: &Server) -> usize {
 /// and be accepted before the cap is reached.
 async fn wait_until_server_holds(server: &Server, baseline: usize, connections: usize) {
     let started = Instant::now();
-    while open_fds(server) < baseline + connections {
+    // Within 2 % of the cap: at the cap, an eviction closes one connection before it accepts the
+    // next, so a count taken between the two is one short.
+    let enough = connections - connections / 50;
+    while open_fds(server) < baseline + enough {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the server holds only {} connections, not {connections}",
@@ -596,7 +555,7 @@ async fn stalled_bodies_from_64_addresses_do_not_queue_the_api_servers_reviews()
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_every_review_answered(server.https, 16, "stalled bodies from 64 addresses").await;
     // The memory bound still holds.
-    let rss = rss_mib(server.child.id());
+    let rss = rss_mib(&server);
     assert!(rss < RSS_CEILING_MIB, "RSS {rss} MiB");
     drop(crowd);
 }

@@ -21,11 +21,17 @@ impl Drop for Webhook {
 impl Webhook {
     /// Starts the server with `policy` (YAML) as its only policy and `env` added to its environment.
     pub fn start(policy: &str, env: &[(&str, &str)]) -> Webhook {
+        Webhook::start_with(policy, &[], env)
+    }
+
+    /// As [`Webhook::start`], with extra `serve` arguments.
+    pub fn start_with(policy: &str, args: &[&str], env: &[(&str, &str)]) -> Webhook {
         let dir = tempfile::tempdir().unwrap();
         super::serve_files(dir.path(), policy);
         let (probes, https) = (super::free_port(), super::free_port());
         let mut command = super::serve_command(dir.path(), probes, https);
         command
+            .args(args)
             .env("RXG_LOG", "warn")
             .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap());
         for (name, value) in env {
