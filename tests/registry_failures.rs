@@ -388,6 +388,14 @@ async fn a_closed_port_an_open_port_and_a_web_server_read_the_same() {
     let web_403 = Scripted::start("web-403", |_, _| {
         (StatusCode::FORBIDDEN, "Forbidden: admin console").into_response()
     });
+    // An internal API that wants its own login: a 401 with no registry challenge.
+    let web_401 = Scripted::start("web-401", |_, _| {
+        (
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: sign in to the admin console",
+        )
+            .into_response()
+    });
     let slamming = Slamming::start();
     let closed = closed_port_host();
     let cosign = Cosign::with_new_key_pair();
@@ -398,6 +406,7 @@ async fn a_closed_port_an_open_port_and_a_web_server_read_the_same() {
         web_404.host(),
         web_200.host(),
         web_403.host(),
+        web_401.host(),
     ] {
         for image in [
             format!("{host}/team/app:v1"),
@@ -407,7 +416,9 @@ async fn a_closed_port_an_open_port_and_a_web_server_read_the_same() {
                 verify_within(&image, &key_policy(&host, &cosign), Duration::from_secs(10)).await;
             assert!(!verdict.admitted(), "{image}");
             let reasons = reasons_at(&verdict, &host);
-            for leaked in ["wiki", "Grafana", "admin", "html", "404", "403", "200"] {
+            for leaked in [
+                "wiki", "Grafana", "admin", "html", "404", "403", "401", "200",
+            ] {
                 assert!(!reasons.contains(leaked), "{image}: {reasons}");
             }
             seen.push((image.replace(&host, "HOST"), reasons));

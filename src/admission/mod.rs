@@ -225,7 +225,7 @@ impl Admission {
         // rollout), and otherwise only the image fields that are new or differ from the old object's
         // (see `changed_images`).
         let images = match request.operation {
-            Operation::Update => changed_images(kind, images, request),
+            Operation::Update => changed_images(kind, images, &object, request),
             _ => images,
         };
         if images.is_empty() {
@@ -411,16 +411,7 @@ impl Admission {
             }
             return decision;
         }
-        let policies = crate::decide::settle_policies(
-            &self.verifier,
-            &image,
-            governing.policies,
-            governing.if_tag_names_digest,
-            deadline,
-        )
-        .await;
-        decision.pins = policies.iter().any(|p| p.mutate_digest);
-        let verdict = {
+        let (policies, verdict) = {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let slots = self.registry_permits.get_with_by_ref(&image.registry, || {
                 Arc::new(Semaphore::new(
@@ -429,7 +420,18 @@ impl Admission {
             });
             match tokio::time::timeout(remaining, slots.acquire()).await {
                 Ok(Ok(_permit)) => {
-                    decide(&self.verifier, &image, &policies, context, deadline).await
+                    // Inside the registry's bulkhead: settling may ask the registry what the tag names.
+                    let policies = crate::decide::settle_policies(
+                        &self.verifier,
+                        &image,
+                        governing.policies,
+                        governing.if_tag_names_digest,
+                        deadline,
+                    )
+                    .await;
+                    let verdict =
+                        decide(&self.verifier, &image, &policies, context, deadline).await;
+                    (policies, verdict)
                 }
                 _ => {
                     let refusal = format!(
@@ -441,6 +443,7 @@ impl Admission {
                 }
             }
         };
+        decision.pins = policies.iter().any(|p| p.mutate_digest);
         decision.admitted = verdict.admitted();
         decision.reason_label = if decision.admitted {
             "verified"
@@ -941,15 +944,18 @@ fn annotation_patch(
 fn changed_images(
     kind: &str,
     images: Vec<ContainerImage>,
+    object: &serde_json::Value,
     request: &AdmissionRequest<DynamicObject>,
 ) -> Vec<ContainerImage> {
-    let json = |object: Option<&DynamicObject>| object.and_then(|o| serde_json::to_value(o).ok());
-    let Some(old) = json(request.old_object.as_ref()) else {
+    let Some(old) = request
+        .old_object
+        .as_ref()
+        .and_then(|o| serde_json::to_value(o).ok())
+    else {
         return images;
     };
     if let Some(template) = pod_template_pointer(kind) {
-        let new = json(request.object.as_ref());
-        let new_template = new.as_ref().and_then(|new| new.pointer(template));
+        let new_template = object.pointer(template);
         if new_template.is_none() || old.pointer(template) != new_template {
             return images;
         }
@@ -1028,7 +1034,7 @@ mod tests {
 
     fn checked(kind: &str, old: serde_json::Value, new: serde_json::Value) -> Vec<String> {
         let images = images_of(kind, &new).unwrap();
-        changed_images(kind, images, &update(kind, old, new))
+        changed_images(kind, images, &new, &update(kind, old, new.clone()))
             .into_iter()
             .map(|i| i.image)
             .collect()

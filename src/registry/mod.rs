@@ -13,6 +13,7 @@ pub mod grammar;
 mod reference;
 
 pub use auth::{Credentials, DockerConfig};
+pub(crate) use client::is_sha256_digest;
 pub use client::{
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, Fetched, OCI_INDEX, OCI_MANIFEST,
     RegistryClient, RegistryConfig, Resolved,

@@ -777,10 +777,7 @@ fn check_entry_body(
 /// A digest a signature names, as a refusal shows it: plain when it is one, quoted and cut when it is
 /// whatever else a registry put there.
 fn shown_digest(digest: &str) -> String {
-    let well_formed = digest
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
-    if well_formed {
+    if crate::registry::is_sha256_digest(digest) {
         digest.to_owned()
     } else {
         crate::untrusted::quote(digest)

@@ -54,9 +54,9 @@ impl RegistryClient {
             detail,
         };
         match challenge {
-            None => Err(unauthorized(
-                "the registry answered 401 without a usable WWW-Authenticate challenge".into(),
-            )),
+            // Registries always name their scheme with a 401: without one, what answered reads as no
+            // registry at all, as a closed port does.
+            None => Err(self.no_registry(step, "HTTP 401 without a WWW-Authenticate challenge")),
             Some(Challenge::Basic) => {
                 if self.config.credentials.is_none() {
                     return Err(unauthorized(

@@ -277,7 +277,19 @@ pub(super) fn describe_transport_error(error: &reqwest::Error) -> String {
         cause.push_str(&inner.to_string());
         source = inner.source();
     }
-    tracing::info!(url = error.url().map(|u| u.as_str()).unwrap_or(""), cause = %cause, "registry connection failed");
+    // Without the query: a presigned blob-storage URL carries its signature there.
+    let url = error
+        .url()
+        .map(|u| {
+            format!(
+                "{}://{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.path()
+            )
+        })
+        .unwrap_or_default();
+    tracing::info!(url, cause = %cause, "registry connection failed");
     NO_REGISTRY.to_owned()
 }
 
