@@ -1,7 +1,6 @@
 //! The command line: `serve`, `verify` and `crdgen`. Every flag can also be set from the environment
 //! (`RXG_*`), which is how the Helm chart configures the server.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::admission::Unmatched;
+use crate::server::ServeArgs;
 use crate::telemetry::LogArgs;
 
 /// Exit code of `verify` when the image is admitted.
@@ -45,74 +45,6 @@ pub enum Command {
 
     /// Print the ImageSigningPolicy CustomResourceDefinition generated from the Rust types.
     Crdgen(CrdgenArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct ServeArgs {
-    /// Address of the HTTPS admission endpoints (/validate, /mutate).
-    #[arg(long, env = "RXG_LISTEN", default_value = "0.0.0.0:8443")]
-    pub listen: SocketAddr,
-
-    /// Address of the plain-HTTP probes and metrics (/healthz, /readyz, /metrics).
-    #[arg(long, env = "RXG_PROBES_LISTEN", default_value = "0.0.0.0:8080")]
-    pub probes_listen: SocketAddr,
-
-    /// PEM certificate chain served on --listen; reloaded when the file changes.
-    #[arg(long, env = "RXG_TLS_CERT", default_value = "/tls/tls.crt")]
-    pub tls_cert: PathBuf,
-
-    /// PEM private key of --tls-cert; reloaded when the file changes.
-    #[arg(long, env = "RXG_TLS_KEY", default_value = "/tls/tls.key")]
-    pub tls_key: PathBuf,
-
-    /// Load ImageSigningPolicy YAML files from this folder instead of watching the cluster.
-    #[arg(long, env = "RXG_POLICY_DIR")]
-    pub policy_dir: Option<PathBuf>,
-
-    /// The namespace registryx-guard runs in: its Lease, and where policies' Secrets and ConfigMaps live.
-    #[arg(long, env = "RXG_NAMESPACE", default_value = "registryx-guard")]
-    pub namespace: String,
-
-    /// This replica's name in the status-writer Lease (the chart passes the pod name).
-    #[arg(long, env = "RXG_POD_NAME", default_value_t = default_identity())]
-    pub identity: String,
-
-    /// What to do with an image that no policy governs: deny (the default: only what a policy vouches
-    /// for gets in), warn (admit with a warning) or allow, for a gradual roll-out.
-    #[arg(long, env = "RXG_UNMATCHED", value_enum, default_value_t = Unmatched::Deny)]
-    pub unmatched: Unmatched,
-
-    /// Rego's `input.environment` for namespaces without an `environment` (or `env`) label, as
-    /// RegistryX's POLICY_ENVIRONMENT (e.g. `prod` on a production cluster); without it, such a
-    /// namespace's environment is its name.
-    #[arg(long, env = "RXG_ENVIRONMENT")]
-    pub environment: Option<String>,
-
-    /// The shared token that RegistryX push events must carry (`Authorization: Bearer <token>`, or
-    /// `?token=<token>` in RegistryX's WEBHOOK_URL); at least 16 characters. Without it, /registryx/events
-    /// is off.
-    #[arg(long, env = "RXG_EVENTS_TOKEN", hide_env_values = true)]
-    pub events_token: Option<String>,
-
-    /// On SIGTERM, report not ready and keep answering this many seconds before stopping, while the
-    /// cluster takes the replica out of its Service (the chart's grace period is longer).
-    #[arg(long, env = "RXG_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
-    pub shutdown_delay_seconds: u64,
-
-    /// Tuning: open connections on --listen at once (default 1,024). Hidden: the tests lower it so
-    /// that a crowd fills it with hundreds of sockets, not thousands.
-    #[arg(long, env = "RXG_MAX_CONNECTIONS", default_value_t = crate::server::MAX_CONNECTIONS, hide = true)]
-    pub max_connections: usize,
-
-    /// Tuning: open connections from one address at once (default 128). Hidden, as --max-connections.
-    #[arg(long, env = "RXG_MAX_CONNECTIONS_PER_PEER", default_value_t = crate::server::MAX_CONNECTIONS_PER_PEER, hide = true)]
-    pub max_connections_per_peer: usize,
-}
-
-fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_else(|_| "registryx-guard".into());
-    format!("{}-{}", host.trim(), std::process::id())
 }
 
 #[derive(Args, Debug)]

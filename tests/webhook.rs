@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use registryx_guard::admission::{Admission, AdmissionSettings, Unmatched};
 use registryx_guard::policy::authority::NoSecrets;
 use registryx_guard::policy::{ImageSigningPolicy, PolicySnapshot, shared};
-use registryx_guard::server::events::EventsToken;
+use registryx_guard::server::push::PushToken;
 use registryx_guard::server::webhook::{WebhookState, router};
 use registryx_guard::verify::{Verifier, VerifierSettings};
 use serde_json::Value;
@@ -71,7 +71,7 @@ const EVENTS_TOKEN: &str = "webhook-test-events-token-0123";
 fn events_router(policies: &[String]) -> (axum::Router, WebhookState, Arc<Verifier>) {
     let (admission, verifier) = admission_for(policies, AdmissionSettings::default());
     let state =
-        WebhookState::with_events_token(admission, EventsToken::new(Some(EVENTS_TOKEN)).unwrap());
+        WebhookState::with_events_token(admission, PushToken::new(Some(EVENTS_TOKEN)).unwrap());
     (router(state.clone()), state, verifier)
 }
 
@@ -558,7 +558,7 @@ async fn registryx_push_events_are_authenticated_bounded_and_only_drop_cached_re
         AdmissionSettings::default(),
     );
     let token = "events-token-0123456789abcdef";
-    let state = WebhookState::with_events_token(admission, EventsToken::new(Some(token)).unwrap());
+    let state = WebhookState::with_events_token(admission, PushToken::new(Some(token)).unwrap());
     let router = router(state.clone());
     let body = review_with_image(&signed.by_digest());
 

@@ -9,14 +9,14 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::events::EventCounters;
+use super::push::PushCounters;
 use crate::admission::metrics::encode_counters;
 use crate::policy::SharedSnapshot;
 
 #[derive(Debug)]
 pub struct ServerCollector {
     pub snapshot: SharedSnapshot,
-    pub events: Arc<EventCounters>,
+    pub push: Arc<PushCounters>,
 }
 
 impl Collector for ServerCollector {
@@ -56,22 +56,22 @@ impl Collector for ServerCollector {
                 (
                     "registryx_guard_push_events_received",
                     "Requests to /registryx/events",
-                    self.events.received.load(Relaxed),
+                    self.push.received.load(Relaxed),
                 ),
                 (
                     "registryx_guard_push_events_refused",
                     "Push events refused (no or a wrong token, too large, too slow, malformed)",
-                    self.events.refused.load(Relaxed),
+                    self.push.refused.load(Relaxed),
                 ),
                 (
                     "registryx_guard_push_events_repositories_dropped",
                     "Repositories whose cached results push events dropped (after coalescing)",
-                    self.events.repositories_dropped.load(Relaxed),
+                    self.push.repositories_dropped.load(Relaxed),
                 ),
                 (
                     "registryx_guard_push_events_overflows",
                     "Sweeps that dropped every cached result because too many repositories were pending",
-                    self.events.overflows.load(Relaxed),
+                    self.push.overflows.load(Relaxed),
                 ),
             ],
         )

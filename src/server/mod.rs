@@ -1,27 +1,30 @@
 //! HTTP servers: the HTTPS admission endpoints and, on a separate plain port, the probes and Prometheus
 //! metrics that the kubelet and the monitoring stack scrape.
 
-pub mod events;
+mod args;
+mod certs;
 mod keepalive;
+mod listener;
 mod metrics;
 mod probes;
-mod tls;
+pub mod push;
 pub mod webhook;
 
 use std::sync::Arc;
 
+pub use args::ServeArgs;
+pub use certs::{CertificateReloader, server_config};
 pub use keepalive::{Draining, HEAD_TIMEOUT, IDLE_TIMEOUT};
-pub use probes::{Probes, router as probes_router};
-pub use tls::{
-    CertificateReloader, ConnectionLimits, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS,
-    MAX_CONNECTIONS_PER_PEER, serve_https, serve_https_with, server_config,
+pub use listener::{
+    ConnectionLimits, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER, serve_https,
+    serve_https_with,
 };
+pub use probes::{Probes, router as probes_router};
 
 use std::future::IntoFuture as _;
 use std::time::Duration;
 
 use crate::admission::{Admission, AdmissionMetrics, AdmissionSettings};
-use crate::cli::ServeArgs;
 use crate::policy::authority::NoSecrets;
 use crate::policy::{PolicySnapshot, Publisher, dir};
 use crate::verify::{Verifier, VerifierSettings};
@@ -34,10 +37,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = AdmissionMetrics::register(&mut registry, verifier.clone());
     let snapshot = crate::policy::shared(PolicySnapshot::default());
-    let event_counters = Arc::new(events::EventCounters::default());
+    let push_counters = Arc::new(push::PushCounters::default());
     registry.register_collector(Box::new(metrics::ServerCollector {
         snapshot: snapshot.clone(),
-        events: event_counters.clone(),
+        push: push_counters.clone(),
     }));
     let probes = Probes::with_metrics(registry);
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -50,7 +53,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             publisher.publish(&policies, &NoSecrets, &args.namespace);
             probes.set_policies_synced();
             probes.set_namespaces_synced(); // no cluster: selectors do not restrict
-            tokio::spawn(watch_policy_dir(
+            tokio::spawn(dir::watch(
                 folder.clone(),
                 publisher,
                 args.namespace.clone(),
@@ -140,11 +143,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tokio::time::sleep(drain).await;
         let _ = stop.send(true);
     });
-    let events = events::EventsToken::new(args.events_token.as_deref()).map_err(Error::Config)?;
+    let push_token = push::PushToken::new(args.events_token.as_deref()).map_err(Error::Config)?;
     let webhook = webhook::router(webhook::WebhookState::with_events(
         admission,
-        events,
-        event_counters,
+        push_token,
+        push_counters,
     ));
     let limits = ConnectionLimits {
         total: args.max_connections.max(1),
@@ -175,52 +178,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn stopped_signal(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
-}
-
-/// Reloads the folder when a file changes. A folder that stops parsing keeps the last good snapshot:
-/// a half-edited file must not drop enforcement. A change is loaded only once the folder has held still
-/// for a whole poll interval: a file caught while being written in place (truncated, or half its lines)
-/// parses more often than not, as no policy or one without its authorities, and publishing that would
-/// refuse the images it governs until the next poll. Renaming a finished file into place (what
-/// ConfigMap mounts and most editors do) is published one interval later.
-/// Polls a changing `--policy-dir` may wait for the folder to hold still.
-const MAX_SETTLING: u32 = 10;
-
-async fn watch_policy_dir(folder: std::path::PathBuf, mut publisher: Publisher, namespace: String) {
-    let mut seen = dir::fingerprint(&folder);
-    let mut settling = None;
-    loop {
-        tokio::time::sleep(dir::POLL_INTERVAL).await;
-        let now = dir::fingerprint(&folder);
-        if now == seen {
-            settling = None;
-            continue;
-        }
-        // A folder that never holds still (a file rewritten more often than every interval) is
-        // loaded anyway after MAX_SETTLING polls, rather than never.
-        match &mut settling {
-            Some((pending, polls)) if *pending == now || *polls >= MAX_SETTLING => {}
-            Some((pending, polls)) => {
-                *pending = now;
-                *polls += 1;
-                continue;
-            }
-            None => {
-                settling = Some((now, 1));
-                continue;
-            }
-        }
-        settling = None;
-        seen = now;
-        match dir::load_dir(&folder) {
-            Ok(policies) => {
-                publisher.publish(&policies, &NoSecrets, &namespace);
-            }
-            Err(error) => {
-                tracing::error!(%error, "policy folder does not load; keeping the previous policies")
-            }
-        }
-    }
 }
 
 async fn shutdown_signal() {

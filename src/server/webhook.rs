@@ -15,7 +15,7 @@ use axum::routing::post;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 
-use super::events::{EventCounters, EventsToken, PushEvents};
+use super::push::{PushCounters, PushEvents, PushToken};
 use crate::admission::Admission;
 
 /// The API server allows at most 30 s, and defaults to 10 s.
@@ -42,7 +42,7 @@ pub const PEER_BUDGET_SHARE: usize = 4;
 #[derive(Clone)]
 pub struct WebhookState {
     admission: Arc<Admission>,
-    events: PushEvents,
+    push: PushEvents,
     /// KiB of request bodies being read at once (see [`BODY_BUDGET_BYTES`]), shared fairly by peer.
     body_budget: Arc<BodyBudget>,
 }
@@ -50,25 +50,25 @@ pub struct WebhookState {
 impl WebhookState {
     /// The endpoints with push events off (no token).
     pub fn new(admission: Arc<Admission>) -> WebhookState {
-        WebhookState::with_events_token(admission, EventsToken::disabled())
+        WebhookState::with_events_token(admission, PushToken::disabled())
     }
 
     /// The endpoints with push events authenticated by `token`; starts the task that applies them.
-    pub fn with_events_token(admission: Arc<Admission>, token: EventsToken) -> WebhookState {
+    pub fn with_events_token(admission: Arc<Admission>, token: PushToken) -> WebhookState {
         WebhookState::with_events(admission, token, Arc::default())
     }
 
     /// As [`WebhookState::with_events_token`], counting what the events endpoint does in `counters`.
     pub fn with_events(
         admission: Arc<Admission>,
-        token: EventsToken,
-        counters: Arc<EventCounters>,
+        token: PushToken,
+        counters: Arc<PushCounters>,
     ) -> WebhookState {
-        let events = PushEvents::new(token, admission.verifier().clone(), counters);
-        events.spawn_flusher();
+        let push = PushEvents::new(token, admission.verifier().clone(), counters);
+        push.spawn_flusher();
         WebhookState {
             admission,
-            events,
+            push,
             body_budget: Arc::new(BodyBudget::new(
                 BODY_BUDGET_BYTES / 1024,
                 BODY_BUDGET_BYTES / 1024 / PEER_BUDGET_SHARE,
@@ -78,7 +78,7 @@ impl WebhookState {
 
     /// Applies pending push events now instead of at the next sweep.
     pub fn flush_events(&self) {
-        self.events.flush_now();
+        self.push.flush_now();
     }
 }
 
@@ -117,7 +117,7 @@ async fn receive(state: &WebhookState, request: Request, mutate: bool) -> Respon
     // Requests that did not come through the TLS server (tests) count as one peer.
     let peer = parts
         .extensions
-        .get::<super::tls::PeerAddr>()
+        .get::<super::listener::PeerAddr>()
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0);
     let (body, _held) = match read_body(&state.body_budget, peer, body).await {
         Ok(read) => read,
@@ -492,11 +492,11 @@ fn parse_timeout(value: &str) -> Option<Duration> {
     (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(30.0)))
 }
 
-/// RegistryX push notifications: see [`super::events`].
+/// RegistryX push notifications: see [`super::push`].
 async fn registryx_event(State(state): State<WebhookState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     state
-        .events
+        .push
         .handle(&parts.headers, parts.uri.query(), body)
         .await
         .into_response()

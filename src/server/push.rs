@@ -35,23 +35,23 @@ pub const MAX_REPOSITORY_LENGTH: usize = 255;
 
 /// The shared token that authenticates RegistryX (stored as its SHA-256, compared in constant time).
 #[derive(Clone)]
-pub struct EventsToken(Option<[u8; 32]>);
+pub struct PushToken(Option<[u8; 32]>);
 
-impl EventsToken {
+impl PushToken {
     /// `None` turns the endpoint off. A token shorter than 16 characters is refused: it would be guessed.
-    pub fn new(token: Option<&str>) -> Result<EventsToken, String> {
+    pub fn new(token: Option<&str>) -> Result<PushToken, String> {
         match token.map(str::trim) {
-            None | Some("") => Ok(EventsToken(None)),
+            None | Some("") => Ok(PushToken(None)),
             Some(token) if token.len() < 16 => Err(format!(
                 "the push-events token has {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
                 token.len()
             )),
-            Some(token) => Ok(EventsToken(Some(Sha256::digest(token.as_bytes()).into()))),
+            Some(token) => Ok(PushToken(Some(Sha256::digest(token.as_bytes()).into()))),
         }
     }
 
-    pub fn disabled() -> EventsToken {
-        EventsToken(None)
+    pub fn disabled() -> PushToken {
+        PushToken(None)
     }
 
     fn accepts(&self, given: &str) -> bool {
@@ -70,7 +70,7 @@ impl EventsToken {
 
 /// What the endpoint did, for `/metrics`.
 #[derive(Debug, Default)]
-pub struct EventCounters {
+pub struct PushCounters {
     /// Requests that reached the endpoint.
     pub received: std::sync::atomic::AtomicU64,
     /// Refused: no or a wrong token, too large, too slow, not an event, a bad repository name.
@@ -91,17 +91,17 @@ struct Pending {
 /// The endpoint's state: the token, and the pending set that one task sweeps.
 #[derive(Clone)]
 pub struct PushEvents {
-    token: EventsToken,
+    token: PushToken,
     pending: Arc<Mutex<Pending>>,
     verifier: Arc<Verifier>,
-    counters: Arc<EventCounters>,
+    counters: Arc<PushCounters>,
 }
 
 impl PushEvents {
     pub fn new(
-        token: EventsToken,
+        token: PushToken,
         verifier: Arc<Verifier>,
-        counters: Arc<EventCounters>,
+        counters: Arc<PushCounters>,
     ) -> PushEvents {
         PushEvents {
             token,
@@ -237,7 +237,7 @@ impl PushEvents {
     }
 }
 
-fn flush(pending: &Mutex<Pending>, verifier: &Verifier, counters: &EventCounters) {
+fn flush(pending: &Mutex<Pending>, verifier: &Verifier, counters: &PushCounters) {
     use std::sync::atomic::Ordering::Relaxed;
     let taken = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
     counters
@@ -337,11 +337,11 @@ mod tests {
 
     #[test]
     fn tokens_are_long_and_compared_whole() {
-        assert!(EventsToken::new(Some("short")).is_err());
-        let token = EventsToken::new(Some("0123456789abcdef0123")).unwrap();
+        assert!(PushToken::new(Some("short")).is_err());
+        let token = PushToken::new(Some("0123456789abcdef0123")).unwrap();
         assert!(token.accepts("0123456789abcdef0123"));
         assert!(!token.accepts("0123456789abcdef012"));
-        assert!(!EventsToken::disabled().accepts(""));
+        assert!(!PushToken::disabled().accepts(""));
         assert_eq!(percent_decode("a%2Bb+c"), "a+b c");
     }
 }
