@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -138,42 +138,30 @@ impl PushEvents {
     }
 
     /// Handles one request: authentication first, then a bounded read, then validation.
-    pub async fn handle(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-        body: Body,
-    ) -> (StatusCode, String) {
+    pub async fn handle(&self, headers: &HeaderMap, uri: &Uri, body: Body) -> (StatusCode, String) {
         use std::sync::atomic::Ordering::Relaxed;
         self.counters.received.fetch_add(1, Relaxed);
-        let answer = self.answer(headers, query, body).await;
+        let answer = self.answer(headers, uri, body).await;
         if answer.0 != StatusCode::ACCEPTED {
             self.counters.refused.fetch_add(1, Relaxed);
         }
         answer
     }
 
-    async fn answer(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-        body: Body,
-    ) -> (StatusCode, String) {
+    async fn answer(&self, headers: &HeaderMap, uri: &Uri, body: Body) -> (StatusCode, String) {
         if self.token.0.is_none() {
             return (
                 StatusCode::NOT_FOUND,
                 "push events are off: start registryx-guard with --events-token".into(),
             );
         }
+        // By hand: one prefix on one header; the typed headers (`headers`, axum-extra) are not in the
+        // dependency graph, and would bring a crate for this line.
         let bearer = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let from_query = query.and_then(|q| {
-            q.split('&')
-                .find_map(|pair| pair.strip_prefix("token="))
-                .map(percent_decode)
-        });
+        let from_query = query_token(uri);
         let authenticated = bearer.is_some_and(|t| self.token.accepts(t))
             || from_query.is_some_and(|t| self.token.accepts(&t));
         if !authenticated {
@@ -295,25 +283,16 @@ pub fn check_repository(name: &str) -> Result<(), String> {
     }
 }
 
-/// `%XX` decoding of a query value (a token may be URL-encoded by whoever wrote `WEBHOOK_URL`).
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((high * 16 + low) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
+/// The `token` query parameter, percent-decoded (a token may be URL-encoded by whoever wrote
+/// `WEBHOOK_URL`).
+fn query_token(uri: &Uri) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TokenQuery {
+        token: Option<String>,
     }
-    String::from_utf8_lossy(&out).into_owned()
+    axum::extract::Query::<TokenQuery>::try_from_uri(uri)
+        .ok()
+        .and_then(|axum::extract::Query(query)| query.token)
 }
 
 #[cfg(test)]
@@ -342,6 +321,8 @@ mod tests {
         assert!(token.accepts("0123456789abcdef0123"));
         assert!(!token.accepts("0123456789abcdef012"));
         assert!(!PushToken::disabled().accepts(""));
-        assert_eq!(percent_decode("a%2Bb+c"), "a+b c");
+        let uri: Uri = "/registryx/events?x=1&token=a%2Bb+c".parse().unwrap();
+        assert_eq!(query_token(&uri).as_deref(), Some("a+b c"));
+        assert_eq!(query_token(&"/registryx/events".parse().unwrap()), None);
     }
 }

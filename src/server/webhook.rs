@@ -104,15 +104,9 @@ async fn mutate(State(state): State<WebhookState>, request: Request) -> Response
 /// are held until the answer is built: the parsed object lives as long as that.
 async fn receive(state: &WebhookState, request: Request, mutate: bool) -> Response {
     let (parts, body) = request.into_parts();
-    let query: HashMap<String, String> = parts
-        .uri
-        .query()
-        .map(|q| {
-            q.split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        })
+    // Percent-decoded by axum's query parser; a malformed query reads as none (the default timeout).
+    let query: HashMap<String, String> = axum::extract::Query::try_from_uri(&parts.uri)
+        .map(|axum::extract::Query(query)| query)
         .unwrap_or_default();
     // Requests that did not come through the TLS server (tests) count as one peer.
     let peer = parts
@@ -497,7 +491,7 @@ async fn registryx_event(State(state): State<WebhookState>, request: Request) ->
     let (parts, body) = request.into_parts();
     state
         .push
-        .handle(&parts.headers, parts.uri.query(), body)
+        .handle(&parts.headers, &parts.uri, body)
         .await
         .into_response()
 }
