@@ -258,14 +258,20 @@ async fn policies_are_reconciled_into_status_and_the_snapshot() {
     controller.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_one_replica_holds_the_status_lease() {
+/// A control plane with the release namespace, and the Leases of that namespace.
+async fn lease_api() -> (ControlPlane, kube::Api<Lease>) {
     let cluster = ControlPlane::start();
     assert_success(
         "namespace",
         &cluster.kubectl(&["create", "namespace", NAMESPACE]),
     );
-    let api: kube::Api<Lease> = kube::Api::namespaced(client(&cluster).await, NAMESPACE);
+    let api = kube::Api::namespaced(client(&cluster).await, NAMESPACE);
+    (cluster, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_replica_holds_the_status_lease() {
+    let (_cluster, api) = lease_api().await;
     let duration = Duration::from_secs(2);
     let a = LeaseLock::new(api.clone(), "status", "replica-a", duration);
     let b = LeaseLock::new(api.clone(), "status", "replica-b", duration);
@@ -279,7 +285,12 @@ async fn only_one_replica_holds_the_status_lease() {
         "a held lease is not taken"
     );
     assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
-    tokio::time::sleep(duration + Duration::from_millis(1200)).await;
+    // Expiry is counted from when b first saw the renewed record, by b's own clock.
+    assert!(
+        !b.try_acquire_or_renew().await.unwrap(),
+        "a renewed lease is not taken"
+    );
+    tokio::time::sleep(duration + Duration::from_millis(300)).await;
     assert!(
         b.try_acquire_or_renew().await.unwrap(),
         "an expired lease is taken over"
@@ -305,6 +316,109 @@ async fn only_one_replica_holds_the_status_lease() {
     assert!(
         a.try_acquire_or_renew().await.unwrap(),
         "a released lease is free"
+    );
+}
+
+/// Expiry is not judged by the holder's renewTime against our clock (clocks differ between nodes): a
+/// lease whose renewTime lies far in the past is still held until it has gone unchanged for its
+/// duration by our own clock, and one whose renewTime lies in the future is taken once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_is_measured_on_our_own_clock() {
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+    let (_cluster, api) = lease_api().await;
+    let duration = Duration::from_secs(2);
+    for (name, skew) in [("past", -3600), ("future", 3600)] {
+        let renewed = Timestamp::now() + SignedDuration::from_secs(skew);
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some("replica-on-a-skewed-node".into()),
+                lease_duration_seconds: Some(2),
+                acquire_time: Some(MicroTime(renewed)),
+                renew_time: Some(MicroTime(renewed)),
+                ..Default::default()
+            }),
+        };
+        api.create(&Default::default(), &lease).await.unwrap();
+        let b = LeaseLock::new(api.clone(), name, "replica-b", duration);
+        assert!(
+            !b.try_acquire_or_renew().await.unwrap(),
+            "{name}: a lease just seen is held, whatever its renewTime says"
+        );
+        tokio::time::sleep(duration + Duration::from_millis(300)).await;
+        assert!(
+            b.try_acquire_or_renew().await.unwrap(),
+            "{name}: a lease unchanged for its duration is taken"
+        );
+    }
+}
+
+/// When the controller stops (the server's shutdown), it clears the Lease's holder so that another
+/// replica writes status at once; the status it wrote is owned by its server-side-apply field manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_released_on_shutdown() {
+    let cluster = ControlPlane::start();
+    prepare(&cluster);
+    let client = client(&cluster).await;
+    let snapshot = registryx_guard::policy::shared(PolicySnapshot::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut settings = ControllerSettings::new(NAMESPACE, "replica-a");
+    settings.lease_name = "status".into();
+    let controller = tokio::spawn(registryx_guard::controller::run_until(
+        client.clone(),
+        snapshot,
+        settings,
+        || {},
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
+    assert_success(
+        "apply valid",
+        &apply(&cluster, &key_policy("valid", &inline_key(&pem))),
+    );
+    eventually("valid Ready=True", || {
+        ready_status(&cluster, "valid").0 == "True"
+    })
+    .await;
+    let managers = cluster.kubectl(&[
+        "get",
+        "imagesigningpolicy",
+        "valid",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={range .metadata.managedFields[?(@.subresource==\"status\")]}{.manager}/{.operation} {end}",
+    ]);
+    assert_success("managed fields", &managers);
+    assert_eq!(
+        String::from_utf8_lossy(&managers.stdout).trim(),
+        "registryx-guard/Apply"
+    );
+    let api: kube::Api<Lease> = kube::Api::namespaced(client, NAMESPACE);
+    let holder = |lease: Lease| lease.spec.and_then(|s| s.holder_identity);
+    assert_eq!(
+        holder(api.get("status").await.unwrap()).as_deref(),
+        Some("replica-a")
+    );
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), controller)
+        .await
+        .expect("the controller stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(holder(api.get("status").await.unwrap()), None);
+    let b = LeaseLock::new(api, "status", "replica-b", Duration::from_secs(15));
+    assert!(
+        b.try_acquire_or_renew().await.unwrap(),
+        "another replica takes a released lease at once"
     );
 }
 

@@ -1,21 +1,30 @@
 //! A `coordination.k8s.io/v1` Lease as a leader lock, so that of several replicas only one writes policy
-//! status and events. kube has no leader-election helper, and this needs little: acquire when the lease
-//! is free or expired, renew while held, with the API server's optimistic concurrency (resourceVersion)
-//! deciding any race.
+//! status and events: acquire when the lease is free or expired, renew while held, release on shutdown,
+//! with the API server's optimistic concurrency (resourceVersion) deciding any race.
+//!
+//! Our own because the one leader-lease crate for kube 5 (kube-lease-manager) judges expiry by the
+//! holder's renewTime against the local clock, and the others (kube-leader-election, kubert's `lease`)
+//! need older kube releases. Expiry here is judged as client-go does: a record is expired when it has
+//! not changed for its leaseDurationSeconds as measured by our own monotonic clock since we first saw
+//! it, so a skewed clock on either side neither steals a live lease nor keeps a dead one.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
+use tokio::time::Instant;
 
 pub struct LeaseLock {
     api: Api<Lease>,
     name: String,
     identity: String,
     duration: Duration,
+    /// The record last read (its resourceVersion) and when this process first saw it.
+    observed: Mutex<Option<(String, Instant)>>,
 }
 
 impl LeaseLock {
@@ -25,6 +34,7 @@ impl LeaseLock {
             name: name.to_owned(),
             identity: identity.to_owned(),
             duration,
+            observed: Mutex::new(None),
         }
     }
 
@@ -50,16 +60,11 @@ impl LeaseLock {
             };
         };
         let spec = current.spec.clone().unwrap_or_default();
-        let holder = spec.holder_identity.as_deref();
-        let renewed = spec
-            .renew_time
-            .as_ref()
-            .map(|t| t.0)
-            .or(spec.acquire_time.as_ref().map(|t| t.0));
-        let duration =
-            SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-        let expired = renewed.is_none_or(|renewed| renewed + duration < now);
-        let (acquired, transitions) = match holder {
+        let duration = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15),
+        );
+        let expired = self.unchanged_for(current.metadata.resource_version.as_deref()) >= duration;
+        let (acquired, transitions) = match spec.holder_identity.as_deref() {
             Some(holder) if holder == self.identity => (
                 spec.acquire_time.as_ref().map(|t| t.0).unwrap_or(now),
                 spec.lease_transitions.unwrap_or(0),
@@ -81,6 +86,20 @@ impl LeaseLock {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(error) => Err(error),
+        }
+    }
+
+    /// How long the record at `version` has gone unchanged, by this process's monotonic clock: zero
+    /// when it is new to us.
+    fn unchanged_for(&self, version: Option<&str>) -> Duration {
+        let version = version.unwrap_or_default();
+        let mut observed = self.observed.lock().unwrap_or_else(PoisonError::into_inner);
+        match observed.as_ref() {
+            Some((seen, since)) if seen == version => since.elapsed(),
+            _ => {
+                *observed = Some((version.to_owned(), Instant::now()));
+                Duration::ZERO
+            }
         }
     }
 

@@ -29,7 +29,10 @@ use tokio::sync::Notify;
 pub use lease::LeaseLock;
 pub use sources::ClusterSources;
 
-use crate::policy::{ImageSigningPolicy, Publisher, SharedSnapshot};
+use crate::policy::{ImageSigningPolicy, ImageSigningPolicyStatus, Publisher, SharedSnapshot};
+
+/// The field manager of the status this controller writes.
+const FIELD_MANAGER: &str = "registryx-guard";
 
 /// Who this replica is and where it keeps its lease.
 #[derive(Clone, Debug)]
@@ -68,6 +71,19 @@ pub async fn run(
     settings: ControllerSettings,
     synced: impl FnOnce() + Send,
 ) -> Result<(), ControllerError> {
+    run_until(client, snapshot, settings, synced, std::future::pending()).await
+}
+
+/// [`run`] until `shutdown` completes, then gives up the status-writer Lease if this replica holds
+/// it, so that another replica writes status at once rather than after the lease expires.
+pub async fn run_until(
+    client: Client,
+    snapshot: SharedSnapshot,
+    settings: ControllerSettings,
+    synced: impl FnOnce() + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ControllerError> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let changed = Arc::new(Notify::new());
     let policies: Store<ImageSigningPolicy> = watch(Api::all(client.clone()), changed.clone());
     let secrets: Store<Secret> = watch(
@@ -130,8 +146,13 @@ pub async fn run(
         tokio::select! {
             _ = changed.notified() => {},
             _ = tokio::time::sleep(renew) => {},
+            () = &mut shutdown => break,
         }
     }
+    if let Err(error) = lease.release().await {
+        tracing::warn!(%error, "cannot release the status-writer lease; another replica takes it when it expires");
+    }
+    Ok(())
 }
 
 /// Policy statuses written by this process (the Lease holder), for `/metrics`.
@@ -225,9 +246,22 @@ async fn write_status(
         observed_generation: generation,
         last_transition_time: transition,
     };
-    let patch = serde_json::json!({"status": {"observedGeneration": generation, "conditions": [condition]}});
+    // Server-side apply of the whole status under our field manager: the API server records who owns
+    // it, and a forced apply takes over fields another manager (a kubectl edit) left behind.
+    let patch = serde_json::json!({
+        "apiVersion": ImageSigningPolicy::api_version(&()),
+        "kind": ImageSigningPolicy::kind(&()),
+        "status": ImageSigningPolicyStatus {
+            observed_generation: generation,
+            conditions: vec![condition],
+        },
+    });
     if let Err(error) = api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
         .await
     {
         STATUS_WRITE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

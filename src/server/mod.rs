@@ -75,18 +75,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             });
             let (snapshot, probes, controller_client) =
                 (snapshot.clone(), probes.clone(), client.clone());
-            tokio::spawn(async move {
+            let shutdown = stopped_signal(stopped.clone());
+            let controller = tokio::spawn(async move {
                 let synced = probes.clone();
-                if let Err(error) =
-                    crate::controller::run(controller_client, snapshot, settings, move || {
-                        synced.set_policies_synced()
-                    })
-                    .await
+                if let Err(error) = crate::controller::run_until(
+                    controller_client,
+                    snapshot,
+                    settings,
+                    move || synced.set_policies_synced(),
+                    shutdown,
+                )
+                .await
                 {
                     tracing::error!(%error, "the policy controller stopped");
                 }
             });
-            Some((namespaces, client))
+            Some((namespaces, client, controller))
         }
     };
 
@@ -95,7 +99,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         environment: args.environment.clone(),
         ..AdmissionSettings::default()
     };
-    let (store, client) = namespaces.unzip();
+    let (store, client, controller) = match namespaces {
+        Some((store, client, controller)) => (Some(store), Some(client), Some(controller)),
+        None => (None, None, None),
+    };
     let mut admission = Admission::new(snapshot, verifier, store, settings, Some(metrics));
     if let Some(client) = client {
         admission = admission
@@ -164,6 +171,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let probes_server =
         axum::serve(plain, probes_router(probes)).with_graceful_shutdown(stopped_signal(stopped));
     let (https, probes_result) = tokio::join!(https, probes_server.into_future());
+    // The controller releases the status-writer Lease on the same stop; a slow API server must not hold
+    // the exit beyond a bound.
+    if let Some(controller) = controller
+        && tokio::time::timeout(LEASE_RELEASE_LIMIT, controller)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the status-writer lease was not released in time; it expires on its own");
+    }
     https.map_err(|source| Error::Bind {
         what: "the admission port",
         addr: args.listen,
@@ -175,6 +191,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         source,
     })
 }
+
+/// How long a stop waits for the controller to give up its Lease.
+const LEASE_RELEASE_LIMIT: Duration = Duration::from_secs(5);
 
 async fn stopped_signal(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
