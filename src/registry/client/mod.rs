@@ -204,30 +204,6 @@ impl RegistryClient {
         &self.config
     }
 
-    /// The HTTP client for `url` with this registry's caBundle, timeouts and pool: the registry's own for
-    /// its distribution API, or, next to a plain-HTTP registry, for any other URL (a token realm,
-    /// RegistryX's REST API, where an HTTPS redirect may lead), one that also trusts the system's roots
-    /// and follows redirects, built on first use.
-    pub fn http_for(&self, url: &str) -> &reqwest::Client {
-        let own_api = url
-            .strip_prefix(self.base.as_str())
-            .is_some_and(|path| path.starts_with('/'));
-        if !self.config.insecure || own_api {
-            return &self.http;
-        }
-        self.tls_http.get_or_init(|| {
-            // Should adding the system's roots fail (an unreadable trust store), the registry's own
-            // client stands in: HTTPS then fails with a clear certificate error, never more trust.
-            build_http(
-                &self.config,
-                self.certificates.clone(),
-                true,
-                self.redirects.clone(),
-            )
-            .unwrap_or_else(|_| self.http.clone())
-        })
-    }
-
     /// The digest of `image`: the pinned one without any request, else one HEAD (GET when HEAD does not
     /// give a digest).
     pub async fn resolve(
@@ -573,42 +549,5 @@ impl RegistryClient {
             step: Box::new(step.clone()),
             kind,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_plain_http_registry_builds_its_tls_client_only_for_urls_beside_its_own_api() {
-        crate::tls::install_crypto_provider();
-        let image = ImageRef::parse("registry.example:5000/team/app:1").unwrap();
-        let plain = RegistryClient::new(
-            &image,
-            RegistryConfig {
-                insecure: true,
-                ..RegistryConfig::default()
-            },
-        )
-        .unwrap();
-        assert!(std::ptr::eq(
-            plain.http_for("http://registry.example:5000/token"),
-            &plain.http
-        ));
-        assert!(plain.tls_http.get().is_none(), "built before any HTTPS URL");
-        let tls = plain.http_for("https://auth.example/token");
-        assert!(!std::ptr::eq(tls, &plain.http));
-        assert!(
-            std::ptr::eq(plain.http_for("https://api.example/v2"), tls),
-            "built twice"
-        );
-
-        let secure = RegistryClient::new(&image, RegistryConfig::default()).unwrap();
-        assert!(std::ptr::eq(
-            secure.http_for("https://auth.example/token"),
-            &secure.http
-        ));
-        assert!(secure.tls_http.get().is_none());
     }
 }

@@ -1,7 +1,8 @@
 //! The transport under the distribution API: one request sent within the deadline and the registry's
 //! request slots, redirects followed only to the hosts the policies name, bodies read under their caps
 //! and the read budgets, and every answer that is not a registry's own error turned into the same words
-//! as no answer at all. Nothing here knows what a manifest or a token is.
+//! as no answer at all; which HTTP client a URL is read with. Nothing here knows what a manifest or a
+//! token is.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -288,6 +289,30 @@ pub(super) fn log_transport_error(error: &reqwest::Error) {
 }
 
 impl RegistryClient {
+    /// The HTTP client for `url` with this registry's caBundle, timeouts and pool: the registry's own for
+    /// its distribution API, or, next to a plain-HTTP registry, for any other URL (a token realm,
+    /// RegistryX's REST API, where an HTTPS redirect may lead), one that also trusts the system's roots
+    /// and follows redirects, built on first use.
+    pub fn http_for(&self, url: &str) -> &reqwest::Client {
+        let own_api = url
+            .strip_prefix(self.base.as_str())
+            .is_some_and(|path| path.starts_with('/'));
+        if !self.config.insecure || own_api {
+            return &self.http;
+        }
+        self.tls_http.get_or_init(|| {
+            // Should adding the system's roots fail (an unreadable trust store), the registry's own
+            // client stands in: HTTPS then fails with a clear certificate error, never more trust.
+            build_http(
+                &self.config,
+                self.certificates.clone(),
+                true,
+                self.redirects.clone(),
+            )
+            .unwrap_or_else(|_| self.http.clone())
+        })
+    }
+
     /// A plain-HTTP registry's redirect that its client stopped at (see `build_http`): an HTTPS
     /// `Location` is read with the client that trusts the system's roots, without the registry's
     /// credentials (as reqwest drops them on a redirect to another host); anything else is returned.
@@ -534,6 +559,7 @@ impl RegistryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::ImageRef;
 
     #[test]
     fn error_messages_prefer_the_distribution_error_shape() {
@@ -598,5 +624,37 @@ mod tests {
         assert!(
             hub.allows(&reqwest::Url::parse("https://production.cloudflare.docker.com/x").unwrap())
         );
+    }
+
+    #[test]
+    fn a_plain_http_registry_builds_its_tls_client_only_for_urls_beside_its_own_api() {
+        crate::tls::install_crypto_provider();
+        let image = ImageRef::parse("registry.example:5000/team/app:1").unwrap();
+        let plain = RegistryClient::new(
+            &image,
+            RegistryConfig {
+                insecure: true,
+                ..RegistryConfig::default()
+            },
+        )
+        .unwrap();
+        assert!(std::ptr::eq(
+            plain.http_for("http://registry.example:5000/token"),
+            &plain.http
+        ));
+        assert!(plain.tls_http.get().is_none(), "built before any HTTPS URL");
+        let tls = plain.http_for("https://auth.example/token");
+        assert!(!std::ptr::eq(tls, &plain.http));
+        assert!(
+            std::ptr::eq(plain.http_for("https://api.example/v2"), tls),
+            "built twice"
+        );
+
+        let secure = RegistryClient::new(&image, RegistryConfig::default()).unwrap();
+        assert!(std::ptr::eq(
+            secure.http_for("https://auth.example/token"),
+            &secure.http
+        ));
+        assert!(secure.tls_http.get().is_none());
     }
 }
