@@ -18,9 +18,8 @@ use futures::future::join_all;
 
 use crate::policy::CompiledPolicy;
 use crate::registry::ImageRef;
-use crate::rego::{
-    RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, fetch_vulnerabilities,
-};
+use crate::registry::registryx::{VulnerabilitySummary, vulnerability_summary};
+use crate::rego::{RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, Vulnerabilities};
 use crate::verify::reason::Reason;
 use crate::verify::{ImageVerdict, PolicyVerdict, Verifier};
 
@@ -136,7 +135,7 @@ impl Stage<'_> {
                 // The registry's own client: the policy's caBundle applies to its REST API too.
                 let read = match self.verifier.client(image, policy) {
                     Ok(client) => {
-                        fetch_vulnerabilities(
+                        vulnerability_summary(
                             client.http_for(api),
                             api,
                             &image.repository,
@@ -148,7 +147,7 @@ impl Stage<'_> {
                     Err(error) => Err(error.to_string()),
                 };
                 match read {
-                    Ok(found) => found,
+                    Ok(found) => found.map(Vulnerabilities::from),
                     Err(error) => {
                         refusals.push(format!(
                             "rego: cannot read the vulnerability summary: {error}"
@@ -220,5 +219,25 @@ impl Stage<'_> {
             Err(error) => refusals.push(format!("rego: evaluation aborted, refusing: {error}")),
         }
         (refusals, input)
+    }
+}
+
+/// RegistryX's scan summary as the Rego input document carries it.
+impl From<VulnerabilitySummary> for Vulnerabilities {
+    fn from(summary: VulnerabilitySummary) -> Vulnerabilities {
+        let VulnerabilitySummary {
+            critical,
+            high,
+            medium,
+            low,
+            status,
+        } = summary;
+        Vulnerabilities {
+            critical,
+            high,
+            medium,
+            low,
+            status,
+        }
     }
 }

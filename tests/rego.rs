@@ -12,9 +12,10 @@ use axum::extract::Path as UrlPath;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use registryx_guard::registry::registryx::{VulnerabilitySummary, vulnerability_summary};
 use registryx_guard::rego::{
     DEFAULT_TIME_LIMIT, MAX_EVAL_DEPTH, RegoError, RegoInput, RegoPod, RegoPolicy, RegoRequest,
-    RegoSignature, RegoSyntax, RegoUserInfo, Vulnerabilities, fetch_vulnerabilities,
+    RegoSignature, RegoSyntax, RegoUserInfo, Vulnerabilities,
 };
 use serde_json::json;
 
@@ -1341,12 +1342,12 @@ async fn vulnerabilities_come_from_registryx_and_its_signed_flag_is_ignored() {
     let http = reqwest::Client::new();
     let timeout = Duration::from_secs(2);
 
-    let found = fetch_vulnerabilities(&http, &base, "prod/api", DIGEST, timeout)
+    let found = vulnerability_summary(&http, &base, "prod/api", DIGEST, timeout)
         .await
         .unwrap();
     assert_eq!(
         found,
-        Some(Vulnerabilities {
+        Some(VulnerabilitySummary {
             critical: 1,
             high: 2,
             medium: 3,
@@ -1358,7 +1359,7 @@ async fn vulnerabilities_come_from_registryx_and_its_signed_flag_is_ignored() {
     // RegistryX says isSigned: true; registryx-guard verified nothing, so the image is unsigned, and
     // the guide's rule refuses it.
     let doc = RegoInput {
-        vulnerabilities: found,
+        vulnerabilities: found.map(Into::into),
         ..unsigned(input())
     };
     assert_eq!(doc.to_value()["signed"], false);
@@ -1369,26 +1370,26 @@ async fn vulnerabilities_come_from_registryx_and_its_signed_flag_is_ignored() {
     );
     assert!(!denials(&example("registryx-default.rego"), &doc).is_empty());
 
-    let pending = fetch_vulnerabilities(&http, &base, "prod/pending", DIGEST, timeout)
+    let pending = vulnerability_summary(&http, &base, "prod/pending", DIGEST, timeout)
         .await
         .unwrap();
     assert_eq!(
         pending,
-        Some(Vulnerabilities {
+        Some(VulnerabilitySummary {
             status: "pending".into(),
-            ..Vulnerabilities::default()
+            ..VulnerabilitySummary::default()
         })
     );
     assert_eq!(
-        fetch_vulnerabilities(&http, &base, "prod/unscanned", DIGEST, timeout).await,
+        vulnerability_summary(&http, &base, "prod/unscanned", DIGEST, timeout).await,
         Ok(None)
     );
     assert_eq!(
-        fetch_vulnerabilities(&http, &base, "prod/unknown", DIGEST, timeout).await,
+        vulnerability_summary(&http, &base, "prod/unknown", DIGEST, timeout).await,
         Ok(None)
     );
 
-    let error = fetch_vulnerabilities(&http, &base, "prod/broken", DIGEST, timeout)
+    let error = vulnerability_summary(&http, &base, "prod/broken", DIGEST, timeout)
         .await
         .unwrap_err();
     assert!(
@@ -1401,12 +1402,12 @@ async fn vulnerabilities_come_from_registryx_and_its_signed_flag_is_ignored() {
         "{error}"
     );
 
-    let error = fetch_vulnerabilities(&http, &base, "prod/liar", DIGEST, timeout)
+    let error = vulnerability_summary(&http, &base, "prod/liar", DIGEST, timeout)
         .await
         .unwrap_err();
     assert!(error.contains("sha256:other"), "{error}");
 
-    let error = fetch_vulnerabilities(
+    let error = vulnerability_summary(
         &http,
         &base,
         "prod/slow",
@@ -1417,7 +1418,7 @@ async fn vulnerabilities_come_from_registryx_and_its_signed_flag_is_ignored() {
     .unwrap_err();
     assert!(error.contains("no answer within 200ms"), "{error}");
 
-    let error = fetch_vulnerabilities(&http, &base, "prod/../admin", DIGEST, timeout)
+    let error = vulnerability_summary(&http, &base, "prod/../admin", DIGEST, timeout)
         .await
         .unwrap_err();
     assert!(error.contains("not a repository name"), "{error}");

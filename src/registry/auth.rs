@@ -1,4 +1,5 @@
-//! Registry credentials and the parts of the Docker token flow that are parsed rather than sent.
+//! Registry credentials: a username and password, and the Docker `config.json` that holds them per
+//! registry (its `auths`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -119,99 +120,9 @@ fn normalize_server(server: &str) -> String {
     super::reference::canonical_registry(host).unwrap_or_else(|_| host.to_owned())
 }
 
-/// A `WWW-Authenticate` challenge.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Challenge {
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
-}
-
-impl Challenge {
-    pub(crate) fn parse(header: &str) -> Option<Challenge> {
-        let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
-        if scheme.eq_ignore_ascii_case("basic") {
-            return Some(Challenge::Basic);
-        }
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        let params = parse_params(rest);
-        Some(Challenge::Bearer {
-            realm: params.get("realm")?.clone(),
-            service: params.get("service").cloned(),
-            scope: params.get("scope").cloned(),
-        })
-    }
-}
-
-/// Parses `k="v",k2="v2"` where quoted values may contain commas (scopes do).
-fn parse_params(input: &str) -> HashMap<String, String> {
-    let mut params = HashMap::new();
-    let mut rest = input.trim();
-    while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else {
-            break;
-        };
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let after = after.trim_start();
-        let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.find('"') {
-                Some(end) => (&quoted[..end], &quoted[end + 1..]),
-                None => (quoted, ""),
-            }
-        } else {
-            match after.find(',') {
-                Some(end) => (&after[..end], &after[end..]),
-                None => (after, ""),
-            }
-        };
-        params.insert(key, value.to_owned());
-        rest = remainder.trim_start().trim_start_matches(',').trim_start();
-    }
-    params
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_registryx_challenge() {
-        let challenge = Challenge::parse(
-            r#"Bearer realm="http://localhost:5000/auth/token",service="registryx""#,
-        )
-        .unwrap();
-        assert_eq!(
-            challenge,
-            Challenge::Bearer {
-                realm: "http://localhost:5000/auth/token".into(),
-                service: Some("registryx".into()),
-                scope: None
-            }
-        );
-    }
-
-    #[test]
-    fn parses_scopes_with_commas() {
-        let challenge =
-            Challenge::parse(r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#).unwrap();
-        let Challenge::Bearer { scope, .. } = challenge else {
-            panic!()
-        };
-        assert_eq!(scope.as_deref(), Some("repository:a/b:pull,push"));
-        assert_eq!(
-            Challenge::parse("Basic realm=\"x\""),
-            Some(Challenge::Basic)
-        );
-    }
 
     #[test]
     fn reads_docker_config_auth_and_never_prints_secrets() {

@@ -9,8 +9,6 @@
 
 use std::fmt;
 
-use crate::registry::RegistryError;
-
 /// Docker Hub's canonical name; `index.docker.io` and `registry-1.docker.io` are the same registry.
 pub const DOCKER_HUB: &str = "docker.io";
 
@@ -67,6 +65,14 @@ pub fn canonical_registry(host: &str) -> Result<String, String> {
 }
 
 /// A parsed image reference in canonical form (see the module's documentation).
+/// A reference that does not parse, and why.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("image reference {reference:?} does not parse: {reason}")]
+pub struct InvalidReference {
+    pub reference: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ImageRef {
     /// The canonical registry (`docker.io`, `127.0.0.1:5000`, `registryx.example.com`).
@@ -80,8 +86,8 @@ pub struct ImageRef {
 
 impl ImageRef {
     /// Parses `reference`; an error names the reference and why it does not parse.
-    pub fn parse(reference: &str) -> Result<ImageRef, RegistryError> {
-        let invalid = |reason: String| RegistryError::InvalidReference {
+    pub fn parse(reference: &str) -> Result<ImageRef, InvalidReference> {
+        let invalid = |reason: String| InvalidReference {
             reference: reference.to_owned(),
             reason,
         };

@@ -5,8 +5,8 @@
 //! - **The input document** ([`RegoInput`], `input.rs`): one per (image, policy), the stable contract
 //!   of DESIGN.md ("Rego input"). `signed` and `is_signed` are true iff at least one signature verified
 //!   cryptographically; `environment` is the namespace's `environment` label, else its `env` label, else
-//!   the configured default, else the namespace's name; `vulnerabilities` comes from RegistryX's REST API (`registryx_api.rs`), whose
-//!   `isSigned` is never read.
+//!   the configured default, else the namespace's name; `vulnerabilities` is RegistryX's scan summary, read by
+//!   `registry::registryx` and converted by the decision stage (this engine does no HTTP).
 //! - **Compilation** ([`RegoPolicy::compile`], `policy.rs`): the modules of one policy are parsed once
 //!   (each as Rego v1, else as Rego v0), checked for recursion and excessive nesting (`analysis.rs`),
 //!   and prepared into one regorus engine. Modules may use any package; only the decision packages are
@@ -35,7 +35,6 @@ mod builtins;
 mod error;
 mod input;
 mod policy;
-pub mod registryx_api;
 
 pub use analysis::MAX_EVAL_DEPTH;
 pub use builtins::MAX_RANGE_LEN;
@@ -43,4 +42,3 @@ pub use error::{RegoError, RegoSyntax, SourceLocation};
 pub use input::{RegoInput, RegoPod, RegoRequest, RegoSignature, RegoUserInfo, Vulnerabilities};
 pub(crate) use policy::levenshtein as edit_distance;
 pub use policy::{DECISION_PACKAGES, DEFAULT_TIME_LIMIT, RegoDecision, RegoPolicy};
-pub use registryx_api::fetch_vulnerabilities;

@@ -29,8 +29,7 @@ pub use signatures::{FoundSignature, SignatureSet};
 use crate::policy::authority::{CompiledAuthority, Trust};
 use crate::policy::{CompiledPolicy, Mode, MultiArch};
 use crate::registry::{
-    DOCKER_MANIFEST_LIST, DockerConfig, ImageRef, OCI_INDEX, RegistryClient, RegistryConfig,
-    RegistryError,
+    DockerConfig, ImageRef, RegistryClient, RegistryConfig, RegistryError, Step,
 };
 use reason::{Failure, Problem, Reason};
 
@@ -561,10 +560,8 @@ impl Verifier {
         // A miss builds the client under moka's per-key lock only: other registries are not held up.
         self.clients
             .try_get_with(key, || RegistryClient::new(image, config).map(Arc::new))
-            .map_err(|error| RegistryError::Config {
-                registry: image.registry.clone(),
-                detail: error.to_string(),
-            })
+            // The error of the one build that ran, shared with the loads that waited on it.
+            .map_err(Arc::unwrap_or_clone)
     }
 }
 
@@ -593,15 +590,18 @@ async fn platform_digests(
         .unwrap_or_default();
     let is_index = [media_type.as_str(), declared.as_str()]
         .iter()
-        .any(|t| t.starts_with(OCI_INDEX) || t.starts_with(DOCKER_MANIFEST_LIST));
+        .any(|t| crate::registry::is_index(t));
     if !is_index {
         return Ok(Vec::new());
     }
-    let step = format!("read image index {}@{}", image.repository, resolved.digest);
+    let step = Step::ReadImageIndex {
+        repository: image.repository.clone(),
+        digest: resolved.digest.clone(),
+    };
     Ok(client
         .index_manifests(&step, &fetched)?
         .into_iter()
-        .map(|d| d.digest)
+        .map(|d| d.digest().to_string())
         .collect())
 }
 

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::registry::RegistryError;
+use crate::registry::{ErrorKind, RegistryError};
 
 /// The digest of zero bytes: what RegistryX reports for a blob it stored empty.
 pub const EMPTY_BLOB_DIGEST: &str =
@@ -74,25 +74,25 @@ impl Reason {
 
     /// What a registry failure means for the user.
     pub fn of_registry_error(error: &RegistryError) -> Reason {
-        match error {
-            RegistryError::Timeout { .. }
-            | RegistryError::Transport { .. }
-            | RegistryError::Config { .. } => Reason::Unreachable,
-            RegistryError::Unauthorized { .. } => Reason::Unauthorized,
-            RegistryError::Denied { .. } => Reason::RegistryRefused,
+        match &error.kind {
+            ErrorKind::Timeout { .. }
+            | ErrorKind::NoRegistry { .. }
+            | ErrorKind::RedirectRefused { .. }
+            | ErrorKind::Config { .. } => Reason::Unreachable,
+            ErrorKind::Unauthorized { .. } => Reason::Unauthorized,
+            ErrorKind::Denied { .. } => Reason::RegistryRefused,
             // Overloaded, rate-limiting or failing: not a decision of the registry's policy.
-            RegistryError::Status { status, .. } if *status == 429 || *status >= 500 => {
+            ErrorKind::Status { status, .. } if *status == 429 || *status >= 500 => {
                 Reason::Unreachable
             }
-            RegistryError::Status { .. } => Reason::RegistryRefused,
-            RegistryError::NotFound { .. } => Reason::ImageNotFound,
-            RegistryError::DigestMismatch { actual, .. } if actual == EMPTY_BLOB_DIGEST => {
+            ErrorKind::Status { .. } => Reason::RegistryRefused,
+            ErrorKind::NotFound => Reason::ImageNotFound,
+            ErrorKind::DigestMismatch { actual, .. } if actual == EMPTY_BLOB_DIGEST => {
                 Reason::EmptyBlob
             }
-            RegistryError::DigestMismatch { .. }
-            | RegistryError::TooLarge { .. }
-            | RegistryError::Malformed { .. }
-            | RegistryError::InvalidReference { .. } => Reason::SignatureUnreadable,
+            ErrorKind::DigestMismatch { .. }
+            | ErrorKind::TooLarge { .. }
+            | ErrorKind::Malformed { .. } => Reason::SignatureUnreadable,
         }
     }
 
@@ -229,10 +229,11 @@ pub struct Problem {
 impl From<&RegistryError> for Problem {
     fn from(error: &RegistryError) -> Problem {
         let reason = Reason::of_registry_error(error);
-        let message = match (reason, error) {
-            (Reason::EmptyBlob, RegistryError::DigestMismatch { registry, step, .. }) => {
-                format!("{registry}: {step}: the registry returned an empty blob")
-            }
+        let message = match reason {
+            Reason::EmptyBlob => format!(
+                "{}: {}: the registry returned an empty blob",
+                error.registry, error.step
+            ),
             _ => error.to_string(),
         };
         Problem { reason, message }
@@ -245,11 +246,15 @@ mod tests {
 
     #[test]
     fn an_empty_blob_is_named_as_such_and_not_fixed_by_signing() {
-        let error = RegistryError::DigestMismatch {
+        let error = RegistryError {
             registry: "r.example".into(),
-            step: "read signature layer sha256:ab".into(),
-            expected: "sha256:ab".into(),
-            actual: EMPTY_BLOB_DIGEST.into(),
+            step: Box::new(crate::registry::Step::ReadSignatureLayer {
+                digest: "sha256:ab".into(),
+            }),
+            kind: ErrorKind::DigestMismatch {
+                expected: "sha256:ab".into(),
+                actual: EMPTY_BLOB_DIGEST.into(),
+            },
         };
         let problem = Problem::from(&error);
         assert_eq!(problem.reason, Reason::EmptyBlob);

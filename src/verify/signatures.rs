@@ -7,13 +7,13 @@
 //! referrers API.
 
 use super::reason::{Problem, Reason};
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use futures::future::join_all;
-use serde::Deserialize;
 
-use crate::registry::{Descriptor, ImageRef, RegistryClient, RegistryError};
+use crate::registry::{
+    Descriptor, ErrorKind, ImageManifest, ImageRef, MediaType, RegistryClient, RegistryError, Step,
+};
 
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 const BUNDLE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
@@ -181,14 +181,6 @@ pub struct BundleSignature {
     pub bundle: Vec<u8>,
 }
 
-#[derive(Deserialize)]
-struct Manifest {
-    #[serde(default, rename = "artifactType")]
-    artifact_type: Option<String>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
 /// Reads every signature stored for `digest` in `repository`.
 pub async fn discover(
     client: &RegistryClient,
@@ -202,14 +194,17 @@ pub async fn discover(
     // trip, on one with it the answer is a cheap 404 or ignored.
     // Each manifest is parsed and its bytes dropped inside its own read: bytes held while a sibling
     // read waits would hold the registry's share of the read budget that sibling waits for.
-    let fallback_step = format!("read fallback tag {repository}:{tag}");
+    let fallback_step = Step::ReadFallbackTag {
+        repository: repository.to_owned(),
+        tag: tag.clone(),
+    };
     let (referrers, legacy, fallback) = futures::join!(
         client.referrers(repository, digest, deadline),
         async {
             let manifest = client
                 .get_manifest(repository, &legacy_tag, deadline)
                 .await?;
-            Ok::<_, RegistryError>(serde_json::from_slice::<Manifest>(&manifest.bytes))
+            Ok::<_, RegistryError>(serde_json::from_slice::<ImageManifest>(&manifest.bytes))
         },
         async {
             let index = client.get_manifest(repository, &tag, deadline).await?;
@@ -224,11 +219,18 @@ pub async fn discover(
         // No registry answered the referrers API: as for a registry without it, the fallback tag
         // is read (and reports the same failure), so that a closed port and a web server that
         // answers 404 read the same.
-        Err(RegistryError::Transport { .. }) => None,
+        Err(RegistryError {
+            kind: ErrorKind::NoRegistry { .. } | ErrorKind::RedirectRefused { .. },
+            ..
+        }) => None,
         Err(
-            error @ (RegistryError::Timeout { .. }
-            | RegistryError::Denied { .. }
-            | RegistryError::Unauthorized { .. }),
+            error @ RegistryError {
+                kind:
+                    ErrorKind::Timeout { .. }
+                    | ErrorKind::Denied { .. }
+                    | ErrorKind::Unauthorized { .. },
+                ..
+            },
         ) => return Err(error),
         Err(error) => {
             set.problems.push(Problem::from(&error));
@@ -243,7 +245,7 @@ pub async fn discover(
                 Vec::new()
             }),
             Err(error) if error.is_not_found() => Vec::new(),
-            Err(error @ RegistryError::Timeout { .. }) => return Err(error),
+            Err(error) if error.is_timeout() => return Err(error),
             Err(error) => {
                 set.problems.push(Problem::from(&error));
                 Vec::new()
@@ -253,7 +255,7 @@ pub async fn discover(
 
     let legacy_layers = match legacy {
         Ok(parsed) => match parsed {
-            Ok(manifest) => manifest.layers,
+            Ok(mut manifest) => std::mem::take(manifest.layers_mut()),
             Err(error) => {
                 set.problems.push(Problem {
                     reason: Reason::SignatureUnreadable,
@@ -266,7 +268,12 @@ pub async fn discover(
                 Vec::new()
             }
         },
-        Err(error @ (RegistryError::Timeout { .. } | RegistryError::Denied { .. })) => {
+        Err(
+            error @ RegistryError {
+                kind: ErrorKind::Timeout { .. } | ErrorKind::Denied { .. },
+                ..
+            },
+        ) => {
             return Err(error);
         }
         Err(error) if error.is_not_found() => Vec::new(),
@@ -278,7 +285,7 @@ pub async fn discover(
 
     let legacy_reads = legacy_layers
         .into_iter()
-        .filter(|layer| layer.media_type == SIMPLE_SIGNING)
+        .filter(|layer| layer.media_type().as_ref() == SIMPLE_SIGNING)
         .take(MAX_SIGNATURES)
         .map(|layer| read_legacy(client, repository, layer, deadline));
     let bundle_reads = referrers
@@ -289,7 +296,7 @@ pub async fn discover(
     for result in legacy.into_iter().chain(bundles.into_iter().flatten()) {
         match result {
             Ok(signature) => set.signatures.push(signature),
-            Err(error @ RegistryError::Timeout { .. }) => return Err(error),
+            Err(error) if error.is_timeout() => return Err(error),
             Err(error) => set.problems.push(Problem::from(&error)),
         }
     }
@@ -302,13 +309,16 @@ async fn read_legacy(
     layer: Descriptor,
     deadline: Instant,
 ) -> Result<FoundSignature, RegistryError> {
-    let annotations: BTreeMap<String, String> = layer.annotations;
-    let payload = client.get_blob(repository, &layer.digest, deadline).await?;
+    let digest = layer.digest().to_string();
+    let annotations = layer.annotations().clone().unwrap_or_default();
+    let payload = client.get_blob(repository, &digest, deadline).await?;
     let Some(signature) = annotations.get(ANNOTATION_SIGNATURE).cloned() else {
-        return Err(RegistryError::Malformed {
+        return Err(RegistryError {
             registry: client.registry().to_owned(),
-            step: format!("read signature layer {}", layer.digest),
-            detail: format!("the layer has no {ANNOTATION_SIGNATURE} annotation"),
+            step: Box::new(Step::ReadSignatureLayer { digest }),
+            kind: ErrorKind::Malformed {
+                detail: format!("the layer has no {ANNOTATION_SIGNATURE} annotation"),
+            },
         });
     };
     let non_empty = |key: &str| {
@@ -318,7 +328,7 @@ async fn read_legacy(
             .cloned()
     };
     Ok(FoundSignature::Legacy(LegacySignature {
-        layer_digest: layer.digest,
+        layer_digest: digest,
         payload,
         signature,
         certificate: non_empty(ANNOTATION_CERTIFICATE),
@@ -335,7 +345,11 @@ async fn read_bundle(
     descriptor: Descriptor,
     deadline: Instant,
 ) -> Option<Result<FoundSignature, RegistryError>> {
-    let listed = descriptor.artifact_type.as_deref().unwrap_or_default();
+    let listed = descriptor
+        .artifact_type()
+        .as_ref()
+        .map(MediaType::as_ref)
+        .unwrap_or_default();
     let plausible = listed.is_empty()
         || listed.starts_with(BUNDLE_PREFIX)
         || listed == "application/vnd.oci.empty.v1+json";
@@ -343,35 +357,35 @@ async fn read_bundle(
         return None; // an SBOM, an attestation of another kind, ...
     }
     let manifest = match client
-        .get_manifest(repository, &descriptor.digest, deadline)
+        .get_manifest(repository, descriptor.digest().as_ref(), deadline)
         .await
     {
         Ok(manifest) => manifest,
         Err(error) => return Some(Err(error)),
     };
-    let parsed: Manifest = match serde_json::from_slice(&manifest.bytes) {
+    let parsed: ImageManifest = match serde_json::from_slice(&manifest.bytes) {
         Ok(parsed) => parsed,
         Err(_) => return None,
     };
     let layer = parsed
-        .layers
+        .layers()
         .iter()
-        .find(|layer| layer.media_type.starts_with(BUNDLE_PREFIX))?;
+        .find(|layer| layer.media_type().as_ref().starts_with(BUNDLE_PREFIX))?;
     if parsed
-        .artifact_type
-        .as_deref()
-        .is_some_and(|t| !t.starts_with(BUNDLE_PREFIX))
-        && parsed.layers.len() != 1
+        .artifact_type()
+        .as_ref()
+        .is_some_and(|t| !t.as_ref().starts_with(BUNDLE_PREFIX))
+        && parsed.layers().len() != 1
     {
         return None;
     }
     Some(
         client
-            .get_blob(repository, &layer.digest, deadline)
+            .get_blob(repository, layer.digest().as_ref(), deadline)
             .await
             .map(|bundle| {
                 FoundSignature::Bundle(BundleSignature {
-                    manifest_digest: descriptor.digest,
+                    manifest_digest: descriptor.digest().to_string(),
                     bundle,
                 })
             }),

@@ -6,31 +6,27 @@
 mod token;
 mod transport;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
-use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
-use super::auth::{Challenge, Credentials};
-use super::{ImageRef, RegistryError};
+use super::auth::Credentials;
+use super::oci::{
+    ACCEPT_MANIFESTS, Descriptor, MediaType, is_oci_index, is_sha256_digest, parse_index,
+    sha256_digest,
+};
+use super::{ErrorKind, ImageRef, RegistryError, Step};
+use token::Challenge;
 pub use transport::Held;
 use transport::{
     Answer, REGISTRY_BODY_BYTES_IN_FLIGHT, RedirectRule, build_http, error_message, header,
     registry_errors,
 };
-
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
-     application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// How long a registry found without the referrers API is not asked for it again. A registry upgraded in
 /// the meantime costs at most this long of not finding signatures attached through that API (refusals,
@@ -101,27 +97,6 @@ pub struct Fetched {
     pub held: Held,
 }
 
-/// An OCI content descriptor.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    #[serde(default)]
-    pub media_type: String,
-    pub digest: String,
-    #[serde(default)]
-    pub size: u64,
-    #[serde(default)]
-    pub artifact_type: Option<String>,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct Index {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
-
 pub struct RegistryClient {
     /// The registry as written in references, for messages.
     registry: String,
@@ -163,9 +138,10 @@ impl RegistryClient {
     /// A client for the registry of `image`.
     pub fn new(image: &ImageRef, config: RegistryConfig) -> Result<RegistryClient, RegistryError> {
         let registry = image.registry.clone();
-        let config_error = |detail: String| RegistryError::Config {
+        let config_error = |detail: String| RegistryError {
             registry: registry.clone(),
-            detail,
+            step: Box::new(Step::Configure),
+            kind: ErrorKind::Config { detail },
         };
         let certificates = match &config.ca_bundle {
             Some(bundle) => {
@@ -228,30 +204,6 @@ impl RegistryClient {
         &self.config
     }
 
-    /// The HTTP client for `url` with this registry's caBundle, timeouts and pool: the registry's own for
-    /// its distribution API, or, next to a plain-HTTP registry, for any other URL (a token realm,
-    /// RegistryX's REST API, where an HTTPS redirect may lead), one that also trusts the system's roots
-    /// and follows redirects, built on first use.
-    pub fn http_for(&self, url: &str) -> &reqwest::Client {
-        let own_api = url
-            .strip_prefix(self.base.as_str())
-            .is_some_and(|path| path.starts_with('/'));
-        if !self.config.insecure || own_api {
-            return &self.http;
-        }
-        self.tls_http.get_or_init(|| {
-            // Should adding the system's roots fail (an unreadable trust store), the registry's own
-            // client stands in: HTTPS then fails with a clear certificate error, never more trust.
-            build_http(
-                &self.config,
-                self.certificates.clone(),
-                true,
-                self.redirects.clone(),
-            )
-            .unwrap_or_else(|_| self.http.clone())
-        })
-    }
-
     /// The digest of `image`: the pinned one without any request, else one HEAD (GET when HEAD does not
     /// give a digest).
     pub async fn resolve(
@@ -266,7 +218,10 @@ impl RegistryClient {
             });
         }
         let tag = image.reference();
-        let step = format!("resolve {}:{tag}", image.repository);
+        let step = Step::Resolve {
+            repository: image.repository.clone(),
+            tag: tag.to_owned(),
+        };
         let path = format!("/v2/{}/manifests/{tag}", image.repository);
         let head = self
             .execute(
@@ -274,7 +229,7 @@ impl RegistryClient {
                 &image.repository,
                 Method::HEAD,
                 &path,
-                Some(ACCEPT_MANIFESTS),
+                Some(&ACCEPT_MANIFESTS),
                 deadline,
             )
             .await;
@@ -294,7 +249,10 @@ impl RegistryClient {
         match head {
             // Dropped here, slots and all, before the GET takes its own.
             Ok(answer) => drop(answer),
-            Err(RegistryError::Denied { .. }) => {}
+            Err(RegistryError {
+                kind: ErrorKind::Denied { .. },
+                ..
+            }) => {}
             Err(error) => return Err(error),
         }
         let fetched = self
@@ -313,7 +271,10 @@ impl RegistryClient {
         reference: &str,
         deadline: Instant,
     ) -> Result<Fetched, RegistryError> {
-        let step = format!("fetch manifest {repository}:{reference}");
+        let step = Step::FetchManifest {
+            repository: repository.to_owned(),
+            reference: reference.to_owned(),
+        };
         self.fetch_manifest(&step, repository, reference, deadline)
             .await
     }
@@ -321,24 +282,23 @@ impl RegistryClient {
     /// [`RegistryClient::get_manifest`] as a part of `step`.
     async fn fetch_manifest(
         &self,
-        step: &str,
+        step: &Step,
         repository: &str,
         reference: &str,
         deadline: Instant,
     ) -> Result<Fetched, RegistryError> {
-        let step = step.to_owned();
         let path = format!("/v2/{repository}/manifests/{reference}");
         let response = self
             .execute(
-                &step,
+                step,
                 repository,
                 Method::GET,
                 &path,
-                Some(ACCEPT_MANIFESTS),
+                Some(&ACCEPT_MANIFESTS),
                 deadline,
             )
             .await?;
-        let response = self.successful(&step, response, deadline).await?;
+        let response = self.successful(step, response, deadline).await?;
         let media_type = header(&response, CONTENT_TYPE.as_str());
         // Registries label a manifest with its media type (JSON); a web page or plain text is what
         // something other than a registry answers, and reads as no registry at all.
@@ -347,11 +307,11 @@ impl RegistryClient {
             t.contains("json") || t.starts_with("application/vnd.")
         });
         if !manifest_like {
-            return Err(self.no_registry(&step, "a manifest answer that is not JSON"));
+            return Err(self.no_registry(step, "a manifest answer that is not JSON"));
         }
         let claimed = header(&response, "docker-content-digest");
         let (bytes, held) = self
-            .read_body(&step, response, self.config.max_manifest_bytes, deadline)
+            .read_body(step, response, self.config.max_manifest_bytes, deadline)
             .await?;
         let digest = sha256_digest(&bytes);
         let expected = if is_sha256_digest(reference) {
@@ -362,12 +322,13 @@ impl RegistryClient {
         if let Some(expected) = expected
             && expected != digest
         {
-            return Err(RegistryError::DigestMismatch {
-                registry: self.registry.clone(),
+            return Err(self.fail(
                 step,
-                expected,
-                actual: digest,
-            });
+                ErrorKind::DigestMismatch {
+                    expected,
+                    actual: digest,
+                },
+            ));
         }
         Ok(Fetched {
             bytes,
@@ -384,13 +345,17 @@ impl RegistryClient {
         digest: &str,
         deadline: Instant,
     ) -> Result<Vec<u8>, RegistryError> {
-        let step = format!("fetch blob {repository}@{digest}");
+        let step = Step::FetchBlob {
+            repository: repository.to_owned(),
+            digest: digest.to_owned(),
+        };
         if !is_sha256_digest(digest) {
-            return Err(RegistryError::Malformed {
-                registry: self.registry.clone(),
-                step,
-                detail: "not a sha256 digest".into(),
-            });
+            return Err(self.fail(
+                &step,
+                ErrorKind::Malformed {
+                    detail: "not a sha256 digest".into(),
+                },
+            ));
         }
         let path = format!("/v2/{repository}/blobs/{digest}");
         let response = self
@@ -402,12 +367,13 @@ impl RegistryClient {
             .await?;
         let actual = sha256_digest(&bytes);
         if actual != digest {
-            return Err(RegistryError::DigestMismatch {
-                registry: self.registry.clone(),
-                step,
-                expected: digest.to_owned(),
-                actual,
-            });
+            return Err(self.fail(
+                &step,
+                ErrorKind::DigestMismatch {
+                    expected: digest.to_owned(),
+                    actual,
+                },
+            ));
         }
         Ok(bytes)
     }
@@ -427,7 +393,10 @@ impl RegistryClient {
         if absent_until.is_some_and(|until| Instant::now() < until) {
             return Ok(None);
         }
-        let step = format!("list referrers of {repository}@{digest}");
+        let step = Step::ListReferrers {
+            repository: repository.to_owned(),
+            digest: digest.to_owned(),
+        };
         let path = format!("/v2/{repository}/referrers/{digest}");
         let response = self
             .execute(
@@ -435,7 +404,7 @@ impl RegistryClient {
                 repository,
                 Method::GET,
                 &path,
-                Some(OCI_INDEX),
+                Some(MediaType::ImageIndex.as_ref()),
                 deadline,
             )
             .await?;
@@ -459,10 +428,9 @@ impl RegistryClient {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(self.status_error(step, response, deadline).await);
+            return Err(self.status_error(&step, response, deadline).await);
         }
-        let is_index =
-            header(&response, CONTENT_TYPE.as_str()).is_some_and(|t| t.starts_with(OCI_INDEX));
+        let is_index = header(&response, CONTENT_TYPE.as_str()).is_some_and(|t| is_oci_index(&t));
         let (bytes, _held) = self
             .read_body(&step, response, self.config.max_manifest_bytes, deadline)
             .await?;
@@ -470,13 +438,9 @@ impl RegistryClient {
             return Ok(None);
         }
         self.referrers_misses.store(0, Ordering::Relaxed);
-        let index: Index =
-            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Malformed {
-                registry: self.registry.clone(),
-                step,
-                detail: format!("the image index {}", crate::untrusted::json_error(&e)),
-            })?;
-        Ok(Some(index.manifests))
+        let index = parse_index(&bytes)
+            .map_err(|detail| self.fail(&step, ErrorKind::Malformed { detail }))?;
+        Ok(Some(index.manifests().clone()))
     }
 
     /// The repository's tags, first page only (`n` of them at most), and whether that page is the
@@ -492,7 +456,9 @@ impl RegistryClient {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let step = format!("list tags of {repository}");
+        let step = Step::ListTags {
+            repository: repository.to_owned(),
+        };
         let path = format!("/v2/{repository}/tags/list?n={n}");
         let response = self
             .execute(&step, repository, Method::GET, &path, None, deadline)
@@ -502,10 +468,9 @@ impl RegistryClient {
         let (bytes, _held) = self
             .read_body(&step, response, self.config.max_manifest_bytes, deadline)
             .await?;
-        let tags: Tags = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Malformed {
-            registry: self.registry.clone(),
-            step,
-            detail: format!("the tag list {}", crate::untrusted::json_error(&e)),
+        let tags: Tags = serde_json::from_slice(&bytes).map_err(|e| {
+            let detail = format!("the tag list {}", crate::untrusted::json_error(&e));
+            self.fail(&step, ErrorKind::Malformed { detail })
         })?;
         let tags = tags.tags.unwrap_or_default();
         let complete = !more && tags.len() < n;
@@ -515,22 +480,18 @@ impl RegistryClient {
     /// The descriptors of an image index (platform manifests, or the entries of a fallback tag).
     pub fn index_manifests(
         &self,
-        step: &str,
+        step: &Step,
         fetched: &Fetched,
     ) -> Result<Vec<Descriptor>, RegistryError> {
-        serde_json::from_slice::<Index>(&fetched.bytes)
-            .map(|index| index.manifests)
-            .map_err(|e| RegistryError::Malformed {
-                registry: self.registry.clone(),
-                step: step.to_owned(),
-                detail: format!("the image index {}", crate::untrusted::json_error(&e)),
-            })
+        parse_index(&fetched.bytes)
+            .map(|index| index.manifests().clone())
+            .map_err(|detail| self.fail(step, ErrorKind::Malformed { detail }))
     }
 
     /// Sends one request with the credentials the registry asked for, answering one auth challenge.
     async fn execute(
         &self,
-        step: &str,
+        step: &Step,
         repository: &str,
         method: Method,
         path: &str,
@@ -557,11 +518,7 @@ impl RegistryClient {
                 }
                 StatusCode::UNAUTHORIZED => {
                     let detail = error_message(&self.read_small(step, response, deadline).await);
-                    return Err(RegistryError::Unauthorized {
-                        registry: self.registry.clone(),
-                        step: step.to_owned(),
-                        detail,
-                    });
+                    return Err(self.fail(step, ErrorKind::Unauthorized { detail }));
                 }
                 StatusCode::FORBIDDEN => {
                     let body = self.read_small(step, response, deadline).await;
@@ -571,11 +528,8 @@ impl RegistryClient {
                     if method != Method::HEAD && registry_errors(&body).is_none() {
                         return Err(self.no_registry(step, "HTTP 403 without a registry error"));
                     }
-                    return Err(RegistryError::Denied {
-                        registry: self.registry.clone(),
-                        step: step.to_owned(),
-                        message: error_message(&body),
-                    });
+                    let message = error_message(&body);
+                    return Err(self.fail(step, ErrorKind::Denied { message }));
                 }
                 status if status.is_redirection() && self.config.insecure => {
                     return self
@@ -587,51 +541,13 @@ impl RegistryClient {
         }
         unreachable!("the loop returns on its second attempt")
     }
-}
 
-pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-pub(crate) fn is_sha256_digest(value: &str) -> bool {
-    value
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_plain_http_registry_builds_its_tls_client_only_for_urls_beside_its_own_api() {
-        crate::tls::install_crypto_provider();
-        let image = ImageRef::parse("registry.example:5000/team/app:1").unwrap();
-        let plain = RegistryClient::new(
-            &image,
-            RegistryConfig {
-                insecure: true,
-                ..RegistryConfig::default()
-            },
-        )
-        .unwrap();
-        assert!(std::ptr::eq(
-            plain.http_for("http://registry.example:5000/token"),
-            &plain.http
-        ));
-        assert!(plain.tls_http.get().is_none(), "built before any HTTPS URL");
-        let tls = plain.http_for("https://auth.example/token");
-        assert!(!std::ptr::eq(tls, &plain.http));
-        assert!(
-            std::ptr::eq(plain.http_for("https://api.example/v2"), tls),
-            "built twice"
-        );
-
-        let secure = RegistryClient::new(&image, RegistryConfig::default()).unwrap();
-        assert!(std::ptr::eq(
-            secure.http_for("https://auth.example/token"),
-            &secure.http
-        ));
-        assert!(secure.tls_http.get().is_none());
+    /// The error of `step` on this registry.
+    fn fail(&self, step: &Step, kind: ErrorKind) -> RegistryError {
+        RegistryError {
+            registry: self.registry.clone(),
+            step: Box::new(step.clone()),
+            kind,
+        }
     }
 }

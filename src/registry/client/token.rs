@@ -1,8 +1,9 @@
 //! The registry's 401 challenge answered: HTTP Basic remembered, or a bearer token asked of the realm
 //! the challenge names, only on the registry's own host or a host the policy names (RegistryX's
 //! `localhost:5000` realm moved onto the registry's host), and cached by scope until shortly before it
-//! expires.
+//! expires. The challenge itself (`WWW-Authenticate`) is parsed here too.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,7 @@ use serde::Deserialize;
 
 use super::transport::error_message;
 use super::{Answer, RegistryClient};
-use crate::registry::RegistryError;
-use crate::registry::auth::Challenge;
+use crate::registry::{ErrorKind, RegistryError, Step};
 
 impl RegistryClient {
     pub(super) fn authorize(
@@ -43,16 +43,12 @@ impl RegistryClient {
     /// Answers a 401: remembers that Basic is wanted, or runs the token flow for `scope`.
     pub(super) async fn authenticate(
         &self,
-        step: &str,
+        step: &Step,
         challenge: Option<Challenge>,
         scope: &str,
         deadline: Instant,
     ) -> Result<(), RegistryError> {
-        let unauthorized = |detail: String| RegistryError::Unauthorized {
-            registry: self.registry.clone(),
-            step: step.to_owned(),
-            detail,
-        };
+        let unauthorized = |detail: String| self.fail(step, ErrorKind::Unauthorized { detail });
         match challenge {
             // Registries always name their scheme with a 401: without one, what answered reads as no
             // registry at all, as a closed port does.
@@ -75,7 +71,10 @@ impl RegistryClient {
                 // Where the token is asked for is decided before any request: credentials go only to
                 // the registry's own host or to a host the policy names.
                 let realm = self.token_endpoint(step, &realm)?;
-                let token_step = format!("{step}: get a token from {realm}");
+                let token_step = Step::Token {
+                    during: Box::new(step.clone()),
+                    realm: realm.clone(),
+                };
                 let response = self
                     .request_token(
                         &token_step,
@@ -90,15 +89,12 @@ impl RegistryClient {
                     .read_body(&token_step, response, 64 << 10, deadline)
                     .await?;
                 if !status.is_success() {
-                    return Err(RegistryError::Unauthorized {
-                        registry: self.registry.clone(),
-                        step: token_step,
-                        detail: format!(
-                            "token endpoint answered HTTP {}: {}",
-                            status.as_u16(),
-                            error_message(&body)
-                        ),
-                    });
+                    let detail = format!(
+                        "token endpoint answered HTTP {}: {}",
+                        status.as_u16(),
+                        error_message(&body)
+                    );
+                    return Err(self.fail(&token_step, ErrorKind::Unauthorized { detail }));
                 }
                 #[derive(Deserialize)]
                 struct TokenAnswer {
@@ -106,21 +102,19 @@ impl RegistryClient {
                     access_token: Option<String>,
                     expires_in: Option<u64>,
                 }
-                let answer: TokenAnswer =
-                    serde_json::from_slice(&body).map_err(|e| RegistryError::Malformed {
-                        registry: self.registry.clone(),
-                        step: token_step.clone(),
-                        detail: format!("the token answer {}", crate::untrusted::json_error(&e)),
-                    })?;
+                let malformed =
+                    |detail: String| self.fail(&token_step, ErrorKind::Malformed { detail });
+                let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
+                    malformed(format!(
+                        "the token answer {}",
+                        crate::untrusted::json_error(&e)
+                    ))
+                })?;
                 let token = answer
                     .token
                     .or(answer.access_token)
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(|| RegistryError::Malformed {
-                        registry: self.registry.clone(),
-                        step: token_step,
-                        detail: "token answer holds no token".into(),
-                    })?;
+                    .ok_or_else(|| malformed("token answer holds no token".into()))?;
                 // Renew a little early so that a token never expires between check and use.
                 // Bounded: a registry that claims a token lives for ever must not overflow the clock.
                 let lifetime =
@@ -140,7 +134,7 @@ impl RegistryClient {
 
     pub(super) async fn request_token(
         &self,
-        step: &str,
+        step: &Step,
         realm: &str,
         service: Option<&str>,
         scope: &str,
@@ -168,15 +162,11 @@ impl RegistryClient {
     /// this process's localhost must never see the credentials); a realm on the registry's own host, or
     /// on a host the policy names in `tokenHosts` (Docker Hub's `auth.docker.io` for `docker.io`), is
     /// used as it is; any other realm is refused.
-    pub(super) fn token_endpoint(&self, step: &str, realm: &str) -> Result<String, RegistryError> {
+    pub(super) fn token_endpoint(&self, step: &Step, realm: &str) -> Result<String, RegistryError> {
         if let Some(mapped) = self.rewrite_loopback_realm(realm) {
             return Ok(mapped);
         }
-        let refused = |detail: String| RegistryError::Unauthorized {
-            registry: self.registry.clone(),
-            step: step.to_owned(),
-            detail,
-        };
+        let refused = |detail: String| self.fail(step, ErrorKind::Unauthorized { detail });
         let url = reqwest::Url::parse(realm).map_err(|e| {
             refused(format!(
                 "the token realm {} is not a URL: {e}",
@@ -232,6 +222,66 @@ impl RegistryClient {
     }
 }
 
+/// A `WWW-Authenticate` challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+impl Challenge {
+    pub(super) fn parse(header: &str) -> Option<Challenge> {
+        let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Some(Challenge::Basic);
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let params = parse_params(rest);
+        Some(Challenge::Bearer {
+            realm: params.get("realm")?.clone(),
+            service: params.get("service").cloned(),
+            scope: params.get("scope").cloned(),
+        })
+    }
+}
+
+/// Parses `k="v",k2="v2"` where quoted values may contain commas (scopes do).
+fn parse_params(input: &str) -> HashMap<String, String> {
+    let mut params = HashMap::new();
+    let mut rest = input.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        params.insert(key, value.to_owned());
+        rest = remainder.trim_start().trim_start_matches(',').trim_start();
+    }
+    params
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +311,36 @@ mod tests {
         assert_eq!(
             client.rewrite_loopback_realm("https://auth.example.com/token"),
             None
+        );
+    }
+
+    #[test]
+    fn parses_registryx_challenge() {
+        let challenge = Challenge::parse(
+            r#"Bearer realm="http://localhost:5000/auth/token",service="registryx""#,
+        )
+        .unwrap();
+        assert_eq!(
+            challenge,
+            Challenge::Bearer {
+                realm: "http://localhost:5000/auth/token".into(),
+                service: Some("registryx".into()),
+                scope: None
+            }
+        );
+    }
+
+    #[test]
+    fn parses_scopes_with_commas() {
+        let challenge =
+            Challenge::parse(r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#).unwrap();
+        let Challenge::Bearer { scope, .. } = challenge else {
+            panic!()
+        };
+        assert_eq!(scope.as_deref(), Some("repository:a/b:pull,push"));
+        assert_eq!(
+            Challenge::parse("Basic realm=\"x\""),
+            Some(Challenge::Basic)
         );
     }
 }

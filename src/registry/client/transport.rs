@@ -1,7 +1,8 @@
 //! The transport under the distribution API: one request sent within the deadline and the registry's
 //! request slots, redirects followed only to the hosts the policies name, bodies read under their caps
 //! and the read budgets, and every answer that is not a registry's own error turned into the same words
-//! as no answer at all. Nothing here knows what a manifest or a token is.
+//! as no answer at all; which HTTP client a URL is read with. Nothing here knows what a manifest or a
+//! token is.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::{RegistryClient, RegistryConfig};
-use crate::registry::RegistryError;
+use crate::registry::{ErrorKind, RegistryError, Step};
 
 /// Bytes of registry answers held at once, over every registry: being read, and, for manifests, until
 /// the caller drops them. What a crowd of hostile registries answering megabytes can make the process
@@ -212,11 +213,6 @@ pub(super) fn header(response: &Response, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The one text of every failure to reach a registry: a closed port, a reset, a TLS failure, and an
-/// answer from something that is not a registry all read the same.
-const NO_REGISTRY: &str = "no registry answered: cannot connect, the connection failed, or what \
-     answered is not a registry (the webhook's log has the cause)";
-
 /// A distribution-API error body (`{"errors":[{"code","message"}]}` with at least one entry), if `body`
 /// is one.
 pub(super) fn registry_errors(body: &[u8]) -> Option<Vec<ErrorEntry>> {
@@ -265,10 +261,10 @@ pub(super) fn error_message(body: &[u8]) -> String {
     "an answer that is not a registry error (not shown)".to_owned()
 }
 
-/// The same words whatever the cause (a closed port, a reset, a TLS failure, something that is not a
-/// registry): a refusal must not tell a caller which internal ports are open. The cause goes to the
-/// webhook's own log.
-pub(super) fn describe_transport_error(error: &reqwest::Error) -> String {
+/// Logs what failed: the error itself reads the same whatever the cause (a closed port, a reset, a TLS
+/// failure, something that is not a registry), since a refusal must not tell a caller which internal
+/// ports are open. The cause goes to the webhook's own log.
+pub(super) fn log_transport_error(error: &reqwest::Error) {
     use std::error::Error as _;
     let mut cause = String::new();
     let mut source = error.source();
@@ -290,16 +286,39 @@ pub(super) fn describe_transport_error(error: &reqwest::Error) -> String {
         })
         .unwrap_or_default();
     tracing::info!(url, cause = %cause, "registry connection failed");
-    NO_REGISTRY.to_owned()
 }
 
 impl RegistryClient {
+    /// The HTTP client for `url` with this registry's caBundle, timeouts and pool: the registry's own for
+    /// its distribution API, or, next to a plain-HTTP registry, for any other URL (a token realm,
+    /// RegistryX's REST API, where an HTTPS redirect may lead), one that also trusts the system's roots
+    /// and follows redirects, built on first use.
+    pub fn http_for(&self, url: &str) -> &reqwest::Client {
+        let own_api = url
+            .strip_prefix(self.base.as_str())
+            .is_some_and(|path| path.starts_with('/'));
+        if !self.config.insecure || own_api {
+            return &self.http;
+        }
+        self.tls_http.get_or_init(|| {
+            // Should adding the system's roots fail (an unreadable trust store), the registry's own
+            // client stands in: HTTPS then fails with a clear certificate error, never more trust.
+            build_http(
+                &self.config,
+                self.certificates.clone(),
+                true,
+                self.redirects.clone(),
+            )
+            .unwrap_or_else(|_| self.http.clone())
+        })
+    }
+
     /// A plain-HTTP registry's redirect that its client stopped at (see `build_http`): an HTTPS
     /// `Location` is read with the client that trusts the system's roots, without the registry's
     /// credentials (as reqwest drops them on a redirect to another host); anything else is returned.
     pub(super) async fn follow_to_https(
         &self,
-        step: &str,
+        step: &Step,
         response: Answer,
         method: Method,
         accept: Option<&str>,
@@ -329,16 +348,12 @@ impl RegistryClient {
 
     pub(super) async fn send(
         &self,
-        step: &str,
+        step: &Step,
         request: reqwest::RequestBuilder,
         deadline: Instant,
     ) -> Result<Answer, RegistryError> {
         let timeout = self.remaining(step, deadline)?;
-        let timed_out = || RegistryError::Timeout {
-            registry: self.registry.clone(),
-            step: step.to_owned(),
-            seconds: timeout.as_secs_f64(),
-        };
+        let timed_out = || self.timed_out(step, timeout, false);
         let started = Instant::now();
         let slot = tokio::time::timeout(timeout, self.permits.clone().acquire_owned())
             .await
@@ -354,11 +369,10 @@ impl RegistryClient {
                 let host = refused_redirect(&error).unwrap_or_default();
                 Err(self.redirect_refused(step, &host))
             }
-            Ok(Err(error)) => Err(RegistryError::Transport {
-                registry: self.registry.clone(),
-                step: step.to_owned(),
-                detail: describe_transport_error(&error),
-            }),
+            Ok(Err(error)) => {
+                log_transport_error(&error);
+                Err(self.fail(step, ErrorKind::NoRegistry { reading: false }))
+            }
             Ok(Ok(response)) => Ok(Answer {
                 response,
                 _slot: slot,
@@ -368,16 +382,12 @@ impl RegistryClient {
 
     pub(super) async fn read_body(
         &self,
-        step: &str,
+        step: &Step,
         mut response: Answer,
         limit: usize,
         deadline: Instant,
     ) -> Result<(Vec<u8>, Held), RegistryError> {
-        let too_large = || RegistryError::TooLarge {
-            registry: self.registry.clone(),
-            step: step.to_owned(),
-            limit,
-        };
+        let too_large = || self.fail(step, ErrorKind::TooLarge { limit });
         if response
             .content_length()
             .is_some_and(|length| length > limit as u64)
@@ -400,15 +410,10 @@ impl RegistryClient {
             let timeout = self.remaining(step, deadline)?;
             let chunk = tokio::time::timeout(timeout, response.chunk())
                 .await
-                .map_err(|_| RegistryError::Timeout {
-                    registry: self.registry.clone(),
-                    step: step.to_owned(),
-                    seconds: timeout.as_secs_f64(),
-                })?
-                .map_err(|e| RegistryError::Transport {
-                    registry: self.registry.clone(),
-                    step: step.to_owned(),
-                    detail: format!("reading the answer: {}", describe_transport_error(&e)),
+                .map_err(|_| self.timed_out(step, timeout, false))?
+                .map_err(|e| {
+                    log_transport_error(&e);
+                    self.fail(step, ErrorKind::NoRegistry { reading: true })
                 })?;
             let Some(chunk) = chunk else {
                 return Ok((body, held));
@@ -432,7 +437,7 @@ impl RegistryClient {
     /// `bytes` (`charged_kib` counts what it pays for already), waiting within the deadline.
     pub(super) async fn charge(
         &self,
-        step: &str,
+        step: &Step,
         held: &mut Held,
         charged_kib: &mut usize,
         bytes: usize,
@@ -456,11 +461,7 @@ impl RegistryClient {
         })
         .await;
         let Ok(Some((own, all))) = waited else {
-            return Err(RegistryError::Timeout {
-                registry: self.registry.clone(),
-                step: format!("{step} (waiting for memory to read the answer into)"),
-                seconds: timeout.as_secs_f64(),
-            });
+            return Err(self.timed_out(step, timeout, true));
         };
         held.0.extend([own, all]);
         *charged_kib += wanted;
@@ -470,7 +471,7 @@ impl RegistryClient {
     /// An error body, read best-effort and bounded, for messages.
     pub(super) async fn read_small(
         &self,
-        step: &str,
+        step: &Step,
         response: Answer,
         deadline: Instant,
     ) -> Vec<u8> {
@@ -483,91 +484,82 @@ impl RegistryClient {
     /// The response when it is a success; its 404 as `NotFound`, any other status as `Status`.
     pub(super) async fn successful(
         &self,
-        step: &str,
+        step: &Step,
         response: Answer,
         deadline: Instant,
     ) -> Result<Answer, RegistryError> {
         if !response.status().is_success() {
-            return Err(self.status_error(step.to_owned(), response, deadline).await);
+            return Err(self.status_error(step, response, deadline).await);
         }
         Ok(response)
     }
 
     pub(super) async fn status_error(
         &self,
-        step: String,
+        step: &Step,
         response: Answer,
         deadline: Instant,
     ) -> RegistryError {
         let status = response.status().as_u16();
-        let body = self.read_small(&step, response, deadline).await;
+        let body = self.read_small(step, response, deadline).await;
         // Only a registry's own error (its JSON `errors`) says anything about the registry: any other
         // answer (a web server's 404 page, a proxy's 502) reads as no registry, in the same words as a
         // closed port, so that an image name cannot be used to probe what listens where.
         if registry_errors(&body).is_none() {
-            return self.no_registry(&step, &format!("HTTP {status} without a registry error"));
+            return self.no_registry(step, &format!("HTTP {status} without a registry error"));
         }
         if status == 404 {
-            return RegistryError::NotFound {
-                registry: self.registry.clone(),
-                step,
-            };
+            return self.fail(step, ErrorKind::NotFound);
         }
-        RegistryError::Status {
-            registry: self.registry.clone(),
-            step,
-            status,
-            detail: error_message(&body),
-        }
+        let detail = error_message(&body);
+        self.fail(step, ErrorKind::Status { status, detail })
     }
 
     /// A redirect to a host no policy names, never connected to. The host is named (quoted, bounded):
     /// the registry chose it, and the operator needs it to allow a real blob store.
-    pub(super) fn redirect_refused(&self, step: &str, host: &str) -> RegistryError {
-        tracing::info!(registry = %self.registry, step, host, "redirect refused: host not allowed");
-        RegistryError::Transport {
-            registry: self.registry.clone(),
-            step: step.to_owned(),
-            detail: format!(
-                "the registry redirected to {host}, a host no policy names, and registryx-guard does \
-                 not follow it; if that host serves this registry's content (blob storage, a CDN), add \
-                 it to spec.registry.redirectHosts of the policy"
-            ),
-        }
+    pub(super) fn redirect_refused(&self, step: &Step, host: &str) -> RegistryError {
+        tracing::info!(registry = %self.registry, %step, host, "redirect refused: host not allowed");
+        let host = host.to_owned();
+        self.fail(step, ErrorKind::RedirectRefused { host })
     }
 
     /// What is left of the deadline, capped by the per-request timeout.
     pub(super) fn remaining(
         &self,
-        step: &str,
+        step: &Step,
         deadline: Instant,
     ) -> Result<Duration, RegistryError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(RegistryError::Timeout {
-                registry: self.registry.clone(),
-                step: step.to_owned(),
-                seconds: 0.0,
-            });
+            return Err(self.timed_out(step, Duration::ZERO, false));
         }
         Ok(left.min(self.config.request_timeout))
     }
 
     /// What answered is not a registry: the same error, in the same words, as no answer at all; the
     /// webhook's log has what it was.
-    pub(super) fn no_registry(&self, step: &str, what: &str) -> RegistryError {
-        tracing::info!(registry = %self.registry, step, answer = what, "no registry answered");
-        RegistryError::Transport {
-            registry: self.registry.clone(),
-            step: step.to_owned(),
-            detail: NO_REGISTRY.to_owned(),
-        }
+    pub(super) fn no_registry(&self, step: &Step, what: &str) -> RegistryError {
+        tracing::info!(registry = %self.registry, %step, answer = what, "no registry answered");
+        self.fail(step, ErrorKind::NoRegistry { reading: false })
+    }
+
+    /// No answer within `waited` (or, `for_memory`, no room in the read budgets within it).
+    fn timed_out(&self, step: &Step, waited: Duration, for_memory: bool) -> RegistryError {
+        let seconds = waited.as_secs_f64();
+        self.fail(
+            step,
+            ErrorKind::Timeout {
+                seconds,
+                for_memory,
+            },
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::ImageRef;
 
     #[test]
     fn error_messages_prefer_the_distribution_error_shape() {
@@ -632,5 +624,37 @@ mod tests {
         assert!(
             hub.allows(&reqwest::Url::parse("https://production.cloudflare.docker.com/x").unwrap())
         );
+    }
+
+    #[test]
+    fn a_plain_http_registry_builds_its_tls_client_only_for_urls_beside_its_own_api() {
+        crate::tls::install_crypto_provider();
+        let image = ImageRef::parse("registry.example:5000/team/app:1").unwrap();
+        let plain = RegistryClient::new(
+            &image,
+            RegistryConfig {
+                insecure: true,
+                ..RegistryConfig::default()
+            },
+        )
+        .unwrap();
+        assert!(std::ptr::eq(
+            plain.http_for("http://registry.example:5000/token"),
+            &plain.http
+        ));
+        assert!(plain.tls_http.get().is_none(), "built before any HTTPS URL");
+        let tls = plain.http_for("https://auth.example/token");
+        assert!(!std::ptr::eq(tls, &plain.http));
+        assert!(
+            std::ptr::eq(plain.http_for("https://api.example/v2"), tls),
+            "built twice"
+        );
+
+        let secure = RegistryClient::new(&image, RegistryConfig::default()).unwrap();
+        assert!(std::ptr::eq(
+            secure.http_for("https://auth.example/token"),
+            &secure.http
+        ));
+        assert!(secure.tls_http.get().is_none());
     }
 }

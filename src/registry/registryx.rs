@@ -1,5 +1,5 @@
-//! RegistryX's REST API, read for one thing: the vulnerability summary of a manifest, which becomes
-//! `input.vulnerabilities` for Rego.
+//! RegistryX's REST API, read for one thing: the vulnerability summary of a manifest (which the
+//! decision stage gives Rego as `input.vulnerabilities`).
 //!
 //! `GET {api}/api/v1/repositories/<name>/manifests/<digest>` answers
 //! `{"digest","size","mediaType","vulnerabilities":{"status","critical","high","medium","low","high_priority"},"isSigned","healthScore"}`.
@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::input::Vulnerabilities;
-
 /// The most of an answer read: the summary is a few hundred bytes.
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
 
@@ -19,14 +17,15 @@ struct ManifestDetails {
     #[serde(default)]
     digest: Option<String>,
     #[serde(default)]
-    vulnerabilities: Option<VulnerabilitySummary>,
+    vulnerabilities: Option<SummaryAnswer>,
     // `isSigned` is deliberately not modelled: RegistryX reports it true for any image whose scan
     // finished, without checking any signature. Whether an image is signed is only ever what
     // registryx-guard verified itself.
 }
 
+/// RegistryX's vulnerability counts of one manifest, as its REST API answers them.
 #[derive(Deserialize)]
-struct VulnerabilitySummary {
+struct SummaryAnswer {
     #[serde(default)]
     status: Option<String>,
     #[serde(default)]
@@ -39,16 +38,27 @@ struct VulnerabilitySummary {
     low: Option<u64>,
 }
 
+/// The vulnerability counts RegistryX's scanner found in one manifest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VulnerabilitySummary {
+    pub critical: u64,
+    pub high: u64,
+    pub medium: u64,
+    pub low: u64,
+    /// The scan's status as RegistryX names it (`completed`, ...), `unknown` when it names none.
+    pub status: String,
+}
+
 /// Reads RegistryX's vulnerability summary of `repository@digest` from the REST API at `api_base`
 /// (`https://registryx.example.com`). `Ok(None)` when RegistryX has no summary for it (404, or an answer
 /// without `vulnerabilities`); an error names the URL and what went wrong.
-pub async fn fetch_vulnerabilities(
+pub async fn vulnerability_summary(
     http: &reqwest::Client,
     api_base: &str,
     repository: &str,
     digest: &str,
     timeout: Duration,
-) -> Result<Option<Vulnerabilities>, String> {
+) -> Result<Option<VulnerabilitySummary>, String> {
     let repository_path = repository_path(repository)
         .ok_or_else(|| format!("RegistryX API: {repository:?} is not a repository name"))?;
     if !is_digest(digest) {
@@ -118,7 +128,7 @@ pub async fn fetch_vulnerabilities(
         };
         return Err(fail(format!("answered for {answered}, not {digest}")));
     }
-    Ok(details.vulnerabilities.map(|v| Vulnerabilities {
+    Ok(details.vulnerabilities.map(|v| VulnerabilitySummary {
         critical: v.critical.unwrap_or(0),
         high: v.high.unwrap_or(0),
         medium: v.medium.unwrap_or(0),
