@@ -2,7 +2,7 @@
 //! ports and stops them when the test ends; a missing tool is a failed test with the command that installs
 //! it, never a skipped one. The only fakes (`fakes`) are registries that misbehave on purpose (hang,
 //! fail, lie, oversize) and RegistryX's own auth quirks in front of a real registry.
-#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(dead_code)] // each of the two test binaries uses a different part of the harness
 
 pub mod cluster;
 pub mod cosign;
@@ -11,6 +11,7 @@ pub mod keyless;
 pub mod node;
 pub mod process;
 pub mod registry;
+pub mod serial;
 pub mod verdicts;
 pub mod webhook;
 

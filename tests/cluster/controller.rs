@@ -1,17 +1,15 @@
 //! The policy controller against a real etcd + kube-apiserver: status conditions, events, the snapshot
 //! the webhook reads, Secrets it depends on, and the status-writer Lease.
 
-mod support;
-
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::support::cluster::ControlPlane;
+use crate::support::cosign::assert_success;
 use k8s_openapi::api::coordination::v1::Lease;
 use registryx_guard::controller::{ControllerSettings, LeaseLock};
 use registryx_guard::policy::{PolicySnapshot, SharedSnapshot};
 use registryx_guard::registry::ImageRef;
-use support::cluster::ControlPlane;
-use support::cosign::assert_success;
 
 const NAMESPACE: &str = "registryx-guard";
 
@@ -29,7 +27,7 @@ fn apply(cluster: &ControlPlane, yaml: &str) -> Output {
 }
 
 fn prepare(cluster: &ControlPlane) {
-    let crd = support::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
+    let crd = crate::support::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
     assert_success(
         "apply CRD",
         &cluster.kubectl(&["apply", "-f", crd.to_str().unwrap()]),
@@ -336,7 +334,7 @@ async fn policies_that_cannot_decide_are_not_ready_with_the_reason() {
         format!(
             "{}{}",
             key_policy(name, &inline_key(&pem)),
-            support::verdicts::rego_yaml(modules)
+            crate::support::verdicts::rego_yaml(modules)
         )
     };
 

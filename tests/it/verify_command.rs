@@ -1,12 +1,10 @@
 //! `registryx-guard verify` as a CI pipeline runs it: exit codes, the text a user acts on, and JSON.
 
-mod support;
-
 use std::process::{Command, Output};
 
-use support::cosign::{Cosign, Format};
-use support::registry::Registry;
-use support::verdicts::PolicyYaml;
+use crate::support::cosign::{Cosign, Format};
+use crate::support::registry::Registry;
+use crate::support::verdicts::PolicyYaml;
 
 fn write_policy(dir: &std::path::Path, registry: &Registry, cosign: &Cosign) -> std::path::PathBuf {
     let policy = PolicyYaml::key(&registry.host, &cosign.public_key_pem())
@@ -331,8 +329,9 @@ fn base_policy() -> String {
 /// and the output names what is wrong and what was meant.
 fn cannot_decide_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
     let base = base_policy();
-    let with_rego =
-        |modules: &[(&str, &str)]| format!("{base}{}", support::verdicts::rego_yaml(modules));
+    let with_rego = |modules: &[(&str, &str)]| {
+        format!("{base}{}", crate::support::verdicts::rego_yaml(modules))
+    };
     vec![
         (
             "a misspelt RegistryX package",
@@ -451,7 +450,7 @@ async fn a_library_module_a_deciding_module_imports_is_accepted_and_evaluated() 
     let path = write_policy(dir.path(), &registry, &cosign);
     // The library decides nothing itself; the deciding module refuses what it says in prod.
     let mut yaml = std::fs::read_to_string(&path).unwrap();
-    yaml.push_str(&support::verdicts::rego_yaml(&[
+    yaml.push_str(&crate::support::verdicts::rego_yaml(&[
         (
             "lib.rego",
             "package team.lib\nis_prod if input.environment == \"prod\"\n",
@@ -481,10 +480,10 @@ async fn a_library_module_a_deciding_module_imports_is_accepted_and_evaluated() 
 fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
     let base = base_policy();
     let dir = tempfile::tempdir().unwrap();
-    support::serve_files(dir.path(), &format!("{base}  mutateDigset: false\n"));
-    let (port, https) = (support::free_port(), support::free_port());
+    crate::support::serve_files(dir.path(), &format!("{base}  mutateDigset: false\n"));
+    let (port, https) = (crate::support::free_port(), crate::support::free_port());
     // Waited for with a deadline: a server that accepts the file runs until it is stopped.
-    let mut child = support::serve_command(dir.path(), port, https)
+    let mut child = crate::support::serve_command(dir.path(), port, https)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -505,13 +504,13 @@ fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
     let dir = tempfile::tempdir().unwrap();
     let undecided = format!(
         "{base}{}",
-        support::verdicts::rego_yaml(&[(
+        crate::support::verdicts::rego_yaml(&[(
             "k8s.rego",
             "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n"
         )])
     );
-    support::serve_files(dir.path(), &undecided);
-    let mut child = support::serve_command(dir.path(), port, https)
+    crate::support::serve_files(dir.path(), &undecided);
+    let mut child = crate::support::serve_command(dir.path(), port, https)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -529,7 +528,7 @@ fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let mut review: serde_json::Value =
-        serde_json::from_str(include_str!("data/pod-create.json")).unwrap();
+        serde_json::from_str(include_str!("../data/pod-create.json")).unwrap();
     review["request"]["object"]["spec"]["containers"] =
         serde_json::json!([{"name": "app", "image": "r.example/app:1"}]);
     review["request"]["object"]["spec"]["initContainers"] = serde_json::json!([]);

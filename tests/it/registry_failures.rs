@@ -2,24 +2,22 @@
 //! step, before the deadline. And RegistryX's own quirks: a token realm that names localhost:5000 and a
 //! 403 DENIED from its pull policy.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::cosign::Cosign;
+use crate::support::fakes::{
+    FailingRegistry, HangingRegistry, LyingRegistry, OversizedRegistry, RegistryxProxy, Scripted,
+    Slamming, closed_port_host,
+};
+use crate::support::verdicts::{
+    PolicyYaml, assert_refused_because, key_policy, legacy_signed_image, verify_with, verify_within,
+};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use registryx_guard::policy::CompiledPolicy;
 use registryx_guard::registry::DockerConfig;
 use registryx_guard::verify::{Verifier, VerifierSettings};
-use support::cosign::Cosign;
-use support::fakes::{
-    FailingRegistry, HangingRegistry, LyingRegistry, OversizedRegistry, RegistryxProxy, Scripted,
-    Slamming, closed_port_host,
-};
-use support::verdicts::{
-    PolicyYaml, assert_refused_because, key_policy, legacy_signed_image, verify_with, verify_within,
-};
 
 /// A key policy over every image of `host` that also checks every platform of an index, which makes
 /// the engine read the image's own manifest.
@@ -197,7 +195,7 @@ fn oci_manifest_answer(body: String) -> Response {
 
 /// Every policy's reasons with `host` written as HOST, so that refusals from different ports compare.
 fn reasons_at(verdict: &registryx_guard::verify::ImageVerdict, host: &str) -> String {
-    support::verdicts::reasons(verdict).replace(host, "HOST")
+    crate::support::verdicts::reasons(verdict).replace(host, "HOST")
 }
 
 #[tokio::test]
@@ -219,7 +217,7 @@ async fn a_megabyte_json_string_for_a_signature_is_neither_quoted_nor_kept() {
         Duration::from_secs(10),
     )
     .await;
-    let reasons = support::verdicts::reasons(&verdict);
+    let reasons = crate::support::verdicts::reasons(&verdict);
     assert!(!verdict.admitted());
     assert!(!reasons.contains("AAAA"), "the registry's bytes are quoted");
     let json = serde_json::to_string(&verdict).unwrap();
@@ -250,7 +248,7 @@ async fn registry_error_text_is_an_excerpt_marked_as_the_registrys_words() {
         Duration::from_secs(10),
     )
     .await;
-    let reasons = support::verdicts::reasons(&verdict);
+    let reasons = crate::support::verdicts::reasons(&verdict);
     assert!(
         reasons.contains("the registry says \"DENIED denied"),
         "{reasons}"
@@ -271,7 +269,7 @@ async fn registry_error_text_is_an_excerpt_marked_as_the_registrys_words() {
         Duration::from_secs(10),
     )
     .await;
-    let reasons = support::verdicts::reasons(&verdict);
+    let reasons = crate::support::verdicts::reasons(&verdict);
     assert!(reasons.contains("no registry answered"), "{reasons}");
     assert!(!reasons.contains("yyyy"), "{reasons}");
 }
@@ -351,11 +349,11 @@ async fn a_redirect_to_a_host_the_policy_names_is_followed() {
         );
     let verdict = verify_within(
         &reference,
-        &support::verdicts::compile_policy(&named),
+        &crate::support::verdicts::compile_policy(&named),
         Duration::from_secs(10),
     )
     .await;
-    support::verdicts::assert_admitted(&verdict);
+    crate::support::verdicts::assert_admitted(&verdict);
     // The same front, with the storage not named, is refused without a request to it.
     let requests = front.requests();
     let unnamed = verify_within(

@@ -2,8 +2,6 @@
 //! included, is accepted as it would be by `helm install`; what the webhook's pods and ServiceAccount
 //! can read; and the generated certificate through real `helm install` and `helm upgrade`s.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
@@ -13,14 +11,14 @@ use serde_json::Value;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use support::cluster::ControlPlane;
-use support::cosign::assert_success;
+use crate::support::cluster::ControlPlane;
+use crate::support::cosign::assert_success;
 
 fn render(values: &[&str]) -> String {
-    let mut command = Command::new(support::tool("helm"));
+    let mut command = Command::new(crate::support::tool("helm"));
     command
         .args(["template", "rxg"])
-        .arg(support::repo_root().join("charts/registryx-guard"));
+        .arg(crate::support::repo_root().join("charts/registryx-guard"));
     command.args(["--namespace", "registryx-guard", "--include-crds"]);
     for value in values {
         command.args(["--set", value]);
@@ -125,9 +123,9 @@ fn namespaces_opt_in_by_label_by_default_and_unmatched_images_are_refused() {
         manifests.contains("{name: RXG_UNMATCHED, value: \"deny\"}"),
         "unmatched images are refused by default"
     );
-    let output = Command::new(support::tool("helm"))
+    let output = Command::new(crate::support::tool("helm"))
         .args(["template", "rxg"])
-        .arg(support::repo_root().join("charts/registryx-guard"))
+        .arg(crate::support::repo_root().join("charts/registryx-guard"))
         .args(["--set", "webhook.namespaces=some"])
         .output()
         .unwrap();
@@ -268,7 +266,7 @@ fn the_chart_keeps_no_ca_key_and_the_pod_mounts_only_its_serving_pair() {
 fn helm(cluster: &ControlPlane, command: &str, values: &[&str]) -> Output {
     helm_chart(
         cluster,
-        &support::repo_root().join("charts/registryx-guard"),
+        &crate::support::repo_root().join("charts/registryx-guard"),
         command,
         values,
     )
@@ -280,7 +278,7 @@ fn helm_chart(
     command: &str,
     values: &[&str],
 ) -> Output {
-    let mut helm = Command::new(support::tool("helm"));
+    let mut helm = Command::new(crate::support::tool("helm"));
     helm.args([command, "rxg"])
         .arg(chart)
         .args(["--namespace", NAMESPACE, "--kubeconfig"])
@@ -435,7 +433,7 @@ fn the_first_upgrade_from_a_chart_that_kept_the_ca_key_removes_it() {
     let old = tempfile::tempdir().unwrap();
     let copy = Command::new("cp")
         .arg("-r")
-        .arg(support::repo_root().join("charts/registryx-guard"))
+        .arg(crate::support::repo_root().join("charts/registryx-guard"))
         .arg(old.path())
         .output()
         .unwrap();

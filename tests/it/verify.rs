@@ -1,16 +1,14 @@
 //! The verification engine against real registries and real cosign signatures: what must be admitted,
 //! and each way a signature can be missing, wrong, or forged that must be refused with its reason.
 
-mod support;
-
-use registryx_guard::verify::ImageVerdict;
-use support::cosign::{Cosign, Format};
-use support::registry::Registry;
-use support::verdicts::{
+use crate::support::cosign::{Cosign, Format};
+use crate::support::registry::Registry;
+use crate::support::verdicts::{
     BUDGET, PolicyYaml, altered_signature, assert_admitted, assert_refused_because, first_proof,
     get_blob, key_policy, legacy_signed_image, new_verifier, put_signature_manifest,
     signature_manifest, verify, verify_with,
 };
+use registryx_guard::verify::ImageVerdict;
 
 #[tokio::test]
 async fn admits_a_key_signed_legacy_signature_with_its_evidence() {
@@ -278,7 +276,7 @@ async fn a_registry_without_the_referrers_api_is_asked_for_it_once() {
     // distribution has no referrers route (a plain-text 404): after three such answers in a row the
     // verifier stops asking, and still finds both formats, the bundle behind its fallback tag.
     let registry = Registry::distribution();
-    let proxy = support::fakes::RegistryxProxy::start(&registry.host).await;
+    let proxy = crate::support::fakes::RegistryxProxy::start(&registry.host).await;
     let cosign = Cosign::with_new_key_pair();
     let mut images = Vec::new();
     for (i, format) in [
@@ -297,7 +295,7 @@ async fn a_registry_without_the_referrers_api_is_asked_for_it_once() {
         cosign.sign(&image.reference, format);
         images.push(image);
     }
-    let through_proxy = |image: &support::registry::PushedImage| {
+    let through_proxy = |image: &crate::support::registry::PushedImage| {
         image.by_digest().replace(&registry.host, &proxy.host())
     };
     let policy = key_policy(&proxy.host(), &cosign);
@@ -317,7 +315,7 @@ async fn a_registry_without_the_referrers_api_is_asked_for_it_once() {
 #[tokio::test]
 async fn an_oci_error_from_the_referrers_api_is_not_taken_for_its_absence() {
     // A JSON 404 (NAME_UNKNOWN, MANIFEST_UNKNOWN...) speaks of one repository: every digest is asked again.
-    let registry = support::fakes::FailingRegistry::start(404).await;
+    let registry = crate::support::fakes::FailingRegistry::start(404).await;
     let cosign = Cosign::with_new_key_pair();
     let policy = key_policy(&registry.host(), &cosign);
     let verifier = new_verifier();

@@ -3,16 +3,14 @@
 //! pointing at a registryx-guard process outside the cluster), policies applied with kubectl, and
 //! kubectl's own answers checked.
 
-mod support;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::support::cluster::ControlPlane;
+use crate::support::cosign::{Cosign, Format, assert_success};
+use crate::support::process::{Process, http_status};
+use crate::support::registry::Registry;
 use base64::Engine as _;
-use support::cluster::ControlPlane;
-use support::cosign::{Cosign, Format, assert_success};
-use support::process::{Process, http_status};
-use support::registry::Registry;
 
 const NAMESPACE: &str = "registryx-guard";
 
@@ -46,7 +44,7 @@ impl Webhook {
         let mut webhook = Webhook {
             process: None,
             port,
-            probes: support::free_port(),
+            probes: crate::support::free_port(),
             dir,
             kubeconfig: cluster.kubeconfig.clone(),
         };
@@ -131,7 +129,8 @@ async fn wait_ready(cluster: &ControlPlane, name: &str, webhook: &Webhook) {
 /// A file of policies/ with its placeholders filled in for this cluster: the images glob, the public key,
 /// and plain HTTP for the test registry instead of the example's pull Secret.
 fn from_policies_folder(file: &str, glob: &str, pem: &str) -> String {
-    let text = std::fs::read_to_string(support::repo_root().join("policies").join(file)).unwrap();
+    let text =
+        std::fs::read_to_string(crate::support::repo_root().join("policies").join(file)).unwrap();
     let key_lines: Vec<String> = pem
         .trim_end()
         .lines()
@@ -181,10 +180,10 @@ async fn the_product_end_to_end() {
     cosign.sign(&signed.reference, Format::Legacy);
 
     // 1. helm install: CRDs, RBAC, webhook configurations pointing at the process below.
-    let port = support::free_port();
-    let install = Command::new(support::tool("helm"))
+    let port = crate::support::free_port();
+    let install = Command::new(crate::support::tool("helm"))
         .args(["install", "rxg"])
-        .arg(support::repo_root().join("charts/registryx-guard"))
+        .arg(crate::support::repo_root().join("charts/registryx-guard"))
         .args([
             "--namespace",
             NAMESPACE,

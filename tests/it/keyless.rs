@@ -1,15 +1,15 @@
 //! Keyless signatures: certificates from a CA the tests make (Fulcio-style issuer extensions and SAN),
 //! signed by real cosign with `--certificate`/`--certificate-chain`, in both formats.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::cosign::Format;
+use crate::support::keyless::TestCa;
+use crate::support::registry::Registry;
+use crate::support::verdicts::{
+    PolicyYaml, assert_admitted, assert_refused_because, first_proof, verify,
+};
 use registryx_guard::policy::CompiledPolicy;
-use support::cosign::Format;
-use support::keyless::TestCa;
-use support::registry::Registry;
-use support::verdicts::{PolicyYaml, assert_admitted, assert_refused_because, first_proof, verify};
 
 const ISSUER: &str = "https://issuer.ci.example";
 const SUBJECT: &str = "https://ci.example/team/app/.github/workflows/release.yaml@refs/heads/main";
@@ -150,7 +150,7 @@ async fn refuses_a_signature_without_the_required_transparency_log_entry() {
 async fn refuses_a_key_signature_under_a_keyless_authority() {
     let registry = Registry::distribution();
     let ca = TestCa::new("ci-ca");
-    let cosign = support::cosign::Cosign::with_new_key_pair();
+    let cosign = crate::support::cosign::Cosign::with_new_key_pair();
     let image = registry
         .push_image("team/app", "v1", "key-not-keyless")
         .await;

@@ -1,11 +1,12 @@
 //! The admission endpoints at router level, with AdmissionReviews shaped as the API server sends them
 //! (tests/data), against a real registry with cosign-signed and unsigned images.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::cosign::{Cosign, Format};
+use crate::support::fakes::HangingRegistry;
+use crate::support::registry::{PushedImage, Registry};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use registryx_guard::admission::{Admission, AdmissionSettings, Unmatched};
@@ -15,9 +16,6 @@ use registryx_guard::server::events::EventsToken;
 use registryx_guard::server::webhook::{WebhookState, router};
 use registryx_guard::verify::{Verifier, VerifierSettings};
 use serde_json::Value;
-use support::cosign::{Cosign, Format};
-use support::fakes::HangingRegistry;
-use support::registry::{PushedImage, Registry};
 use tower::ServiceExt as _;
 
 struct Fixture {
@@ -110,9 +108,12 @@ async fn fixture(extra: &str) -> Fixture {
 }
 
 fn review(fixture_file: &str, images: &[(&str, &str)]) -> String {
-    let mut text =
-        std::fs::read_to_string(support::repo_root().join("tests/data").join(fixture_file))
-            .unwrap();
+    let mut text = std::fs::read_to_string(
+        crate::support::repo_root()
+            .join("tests/data")
+            .join(fixture_file),
+    )
+    .unwrap();
     for (placeholder, image) in images {
         text = text.replace(placeholder, image);
     }

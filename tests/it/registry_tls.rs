@@ -1,11 +1,9 @@
 //! A registry over HTTPS with a certificate from a private CA: verified with the policy's
 //! `registry.caBundle`, refused without it (the system roots do not know that CA).
 
-mod support;
-
-use support::cosign::Cosign;
-use support::registry::Registry;
-use support::verdicts::{
+use crate::support::cosign::Cosign;
+use crate::support::registry::Registry;
+use crate::support::verdicts::{
     PolicyYaml, assert_admitted, assert_refused_because, compile_policy, verify,
 };
 
@@ -27,7 +25,7 @@ fn sign_over_tls(cosign: &Cosign, registry: &Registry, reference: &str) {
         .arg(reference)
         .output()
         .unwrap();
-    support::cosign::assert_success("cosign sign over TLS", &output);
+    crate::support::cosign::assert_success("cosign sign over TLS", &output);
 }
 
 #[tokio::test]
@@ -82,7 +80,7 @@ async fn a_plain_http_registry_redirecting_to_https_storage_is_followed() {
     let cosign = Cosign::with_new_key_pair();
     let image = storage.push_image("team/app", "v1", "redirected").await;
     sign_over_tls(&cosign, &storage, &image.reference);
-    let front = support::fakes::RedirectingRegistry::start(&storage.host);
+    let front = crate::support::fakes::RedirectingRegistry::start(&storage.host);
 
     let bundle = storage
         .ca_pem()

@@ -4,21 +4,19 @@
 //! annotation of the `.sig` layer. A policy trusts the log through its public key; the log ID an entry
 //! names is the hex SHA-256 of that key's DER SubjectPublicKeyInfo.
 
-mod support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::cosign::{Cosign, Format};
+use crate::support::keyless::TestCa;
+use crate::support::registry::{PushedImage, Registry};
+use crate::support::verdicts::{
+    PolicyYaml, altered_signature, assert_admitted, assert_refused_because, base64_encode,
+    first_proof, get_blob, legacy_signed_image, put_signature_manifest, signature_manifest, verify,
+};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData as _, SigningKey as _};
 use registryx_guard::verify::ImageVerdict;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use support::cosign::{Cosign, Format};
-use support::keyless::TestCa;
-use support::registry::{PushedImage, Registry};
-use support::verdicts::{
-    PolicyYaml, altered_signature, assert_admitted, assert_refused_because, base64_encode,
-    first_proof, get_blob, legacy_signed_image, put_signature_manifest, signature_manifest, verify,
-};
 
 const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 const REKOR_BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
