@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::cluster::ControlPlane;
 use crate::support::cosign::{Cosign, Format, assert_success};
+use crate::support::helm::{Helm, NAMESPACE};
 use crate::support::node::Node;
+use crate::support::policy::release_key_policy;
 use crate::support::registry::Registry;
-
-const NAMESPACE: &str = "registryx-guard";
 
 fn text(output: &Output) -> String {
     format!(
@@ -74,14 +74,6 @@ fn crane_push(layout: &std::path::Path, reference: &str) {
     assert_success(&format!("crane push {reference}"), &output);
 }
 
-fn policy(name: &str, glob: &str, pem: &str) -> String {
-    let pem = pem.trim_end().replace('\n', "\n          ");
-    format!(
-        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata:\n  name: {name}\nspec:\n  images: ['{glob}']\n  \
-         registry: {{insecure: true}}\n  authorities:\n    - name: release-key\n      key:\n        data: |\n          {pem}\n"
-    )
-}
-
 fn deployment(name: &str, image: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  replicas: 1\n  \
@@ -128,19 +120,7 @@ fn helm_install_into_a_cluster_that_runs_pods() {
     // 2. helm install with the chart's defaults: two replicas Ready through their probes, with the
     // chart's own ServiceAccount and RBAC talking to the API server from inside the cluster.
     let installed_at = Instant::now();
-    let install = Command::new(crate::support::tool("helm"))
-        .args(["install", "rxg"])
-        .arg(crate::support::repo_root().join("charts/registryx-guard"))
-        .args([
-            "--namespace",
-            NAMESPACE,
-            "--create-namespace",
-            "--kubeconfig",
-        ])
-        .arg(&cluster.kubeconfig)
-        .args(["--wait", "--timeout", "180s"])
-        .output()
-        .unwrap();
+    let install = Helm::new(&cluster).wait().install();
     assert_success(
         &format!(
             "helm install\n{}\n{}",
@@ -176,7 +156,7 @@ fn helm_install_into_a_cluster_that_runs_pods() {
         "apply policy",
         &cluster.kubectl_with_stdin(
             &["apply", "-f", "-"],
-            &policy("demo", &format!("{}/demo/**", registry.host), &pem),
+            &release_key_policy("demo", &format!("{}/demo/**", registry.host), &pem).yaml(),
         ),
     );
     assert_success(
@@ -258,11 +238,12 @@ fn helm_install_into_a_cluster_that_runs_pods() {
         "apply own policy",
         &cluster.kubectl_with_stdin(
             &["apply", "-f", "-"],
-            &policy(
+            &release_key_policy(
                 "self",
                 &format!("{}/registryx-guard/**", registry.host),
                 &pem,
-            ),
+            )
+            .yaml(),
         ),
     );
     wait_until(
@@ -354,7 +335,7 @@ fn helm_install_into_a_cluster_that_runs_pods() {
         "apply after the move",
         &cluster.kubectl_with_stdin(
             &["apply", "-f", "-"],
-            &policy("after-move", &format!("{}/after/**", registry.host), &pem),
+            &release_key_policy("after-move", &format!("{}/after/**", registry.host), &pem).yaml(),
         ),
     );
     wait_until(
@@ -443,20 +424,7 @@ fn helm_install_into_a_cluster_that_runs_pods() {
 
 /// `helm upgrade --reuse-values --set-string VALUE --wait`, as an operator runs it.
 fn helm_upgrade(cluster: &ControlPlane, value: &str) {
-    let output = Command::new(crate::support::tool("helm"))
-        .args(["upgrade", "rxg"])
-        .arg(crate::support::repo_root().join("charts/registryx-guard"))
-        .args([
-            "--namespace",
-            NAMESPACE,
-            "--reuse-values",
-            "--set-string",
-            value,
-        ])
-        .args(["--wait", "--timeout", "180s", "--kubeconfig"])
-        .arg(&cluster.kubeconfig)
-        .output()
-        .unwrap();
+    let output = Helm::new(cluster).set_string(value).wait().upgrade();
     assert_success(&format!("helm upgrade --set-string {value}"), &output);
 }
 

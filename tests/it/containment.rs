@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use crate::support::cosign::{Cosign, Format};
 use crate::support::fakes::{HangingRegistry, RegistryxProxy, Scripted};
+use crate::support::policy::PolicySpec;
 use crate::support::registry::Registry;
-use crate::support::verdicts::{PolicyYaml, key_policy, legacy_signed_image, reasons, verify_with};
+use crate::support::verdicts::{key_policy, legacy_signed_image, reasons, verify_with};
 use crate::support::webhook::Webhook;
 use axum::response::IntoResponse as _;
 use registryx_guard::admission::{Admission, AdmissionSettings};
 use registryx_guard::policy::authority::NoSecrets;
-use registryx_guard::policy::{ImageSigningPolicy, PolicySnapshot, shared};
+use registryx_guard::policy::{ImageSigningPolicy, Mode, PolicySnapshot, shared};
 use registryx_guard::registry::DockerConfig;
 use registryx_guard::verify::{Verifier, VerifierSettings};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -52,8 +53,8 @@ async fn raw_service(answer: &'static [u8]) -> (String, Arc<AtomicUsize>) {
 }
 
 fn catch_all_policy(cosign: &Cosign) -> Arc<registryx_guard::policy::CompiledPolicy> {
-    PolicyYaml::key("unused", &cosign.public_key_pem())
-        .images("**")
+    PolicySpec::key("unused", &cosign.public_key_pem())
+        .images(["**"])
         .compile()
 }
 
@@ -190,7 +191,7 @@ async fn a_token_realm_on_another_host_needs_the_policy_to_name_it() {
 }
 
 fn policy_for(name: &str, host: &str, pem: &str) -> ImageSigningPolicy {
-    serde_yaml::from_str(&PolicyYaml::key(host, pem).named(name).yaml()).unwrap()
+    PolicySpec::key(host, pem).named(name).policy()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,18 +303,17 @@ async fn a_made_up_tag_never_picks_the_weaker_policy_for_a_digest() {
         .await;
     let dev = registry.push_image("team/app", "dev-1", "bytes-dev").await;
     dev_key.sign(&dev.reference, Format::Legacy);
-    let split = |name: &str, tags: &str, key: &Cosign, mode: &str| -> ImageSigningPolicy {
-        let yaml = PolicyYaml::key(&registry.host, &key.public_key_pem())
+    let split = |name: &str, tags: &str, key: &Cosign, mode: Mode| -> ImageSigningPolicy {
+        PolicySpec::key(&registry.host, &key.public_key_pem())
             .named(name)
-            .images(&format!("{}/team/app:{tags}", registry.host))
-            .spec(&format!("mode: {mode}"))
-            .yaml();
-        serde_yaml::from_str(&yaml).unwrap()
+            .images([format!("{}/team/app:{tags}", registry.host).as_str()])
+            .mode(mode)
+            .policy()
     };
     let (snapshot, _) = PolicySnapshot::build(
         &[
-            split("prod", "prod-*", &prod_key, "enforce"),
-            split("dev", "dev-*", &dev_key, "warn"),
+            split("prod", "prod-*", &prod_key, Mode::Enforce),
+            split("dev", "dev-*", &dev_key, Mode::Warn),
         ],
         &NoSecrets,
         "registryx-guard",
@@ -386,8 +386,8 @@ async fn registries_answering_megabytes_grow_neither_the_heap_nor_the_refusals()
         })
         .collect();
     let cosign = Cosign::with_new_key_pair();
-    let policy = PolicyYaml::key("unused", &cosign.public_key_pem())
-        .images("127.0.0.1:*/**")
+    let policy = PolicySpec::key("unused", &cosign.public_key_pem())
+        .images(["127.0.0.1:*/**"])
         .yaml();
     let webhook = Webhook::start(&policy, &[]);
     let baseline = webhook.memory_mib("VmRSS");

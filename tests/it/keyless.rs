@@ -5,22 +5,17 @@ use std::sync::Arc;
 
 use crate::support::cosign::Format;
 use crate::support::keyless::TestCa;
+use crate::support::policy::PolicySpec;
 use crate::support::registry::Registry;
-use crate::support::verdicts::{
-    PolicyYaml, assert_admitted, assert_refused_because, first_proof, verify,
-};
+use crate::support::verdicts::{assert_admitted, assert_refused_because, first_proof, verify};
 use registryx_guard::policy::CompiledPolicy;
 
 const ISSUER: &str = "https://issuer.ci.example";
 const SUBJECT: &str = "https://ci.example/team/app/.github/workflows/release.yaml@refs/heads/main";
 
-fn exact_identity() -> String {
-    format!("{{issuer: '{ISSUER}', subject: '{SUBJECT}'}}")
-}
-
 /// A keyless policy over `registry` accepting exactly ISSUER and SUBJECT from `ca`; no Rekor key yet.
-fn ca_policy(registry: &Registry, ca: &TestCa) -> PolicyYaml {
-    PolicyYaml::keyless(&registry.host, &exact_identity()).trust_root("fulcioCA", &ca.chain_pem())
+fn ca_policy(registry: &Registry, ca: &TestCa) -> PolicySpec {
+    PolicySpec::keyless(&registry.host, ISSUER, SUBJECT).fulcio_ca(&ca.chain_pem())
 }
 
 /// [`ca_policy`] without a transparency log, compiled.
@@ -61,11 +56,15 @@ async fn admits_a_keyless_bundle_through_an_intermediate_and_a_trusted_root_json
     leaf.sign(&image.reference, Format::Bundle);
 
     let json = serde_json::to_string(&ca.trusted_root_json()).unwrap();
-    let identity = r"{issuerRegExp: '^https://issuer\.ci\.example$', subjectRegExp: '^https://ci\.example/team/.+$'}";
     let verdict = verify(
         &image.reference,
-        &PolicyYaml::keyless(&registry.host, identity)
-            .trust_root("trustedRootJSON", &json)
+        &PolicySpec::new("keyless", &registry.host)
+            .keyless_authority_matching(
+                "ci",
+                r"^https://issuer\.ci\.example$",
+                r"^https://ci\.example/team/.+$",
+            )
+            .trusted_root_json(&json)
             .transparency_log(false, None)
             .compile(),
     )
@@ -135,9 +134,7 @@ async fn refuses_a_signature_without_the_required_transparency_log_entry() {
     // Keyless authorities require a log entry unless told otherwise.
     let verdict = verify(
         &image.reference,
-        &ca_policy(&registry, &ca)
-            .trust_root("rekorKey", &rekor_key)
-            .compile(),
+        &ca_policy(&registry, &ca).rekor_key(&rekor_key).compile(),
     )
     .await;
     assert_refused_because(

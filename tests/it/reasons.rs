@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use crate::support::cosign::Cosign;
 use crate::support::fakes::{HangingRegistry, RegistryxProxy};
+use crate::support::policy::PolicySpec;
 use crate::support::registry::Registry;
 use crate::support::verdicts::{key_policy, legacy_signed_image, verify_within};
 use registryx_guard::admission::{Admission, AdmissionMetrics, AdmissionSettings};
+use registryx_guard::policy::MultiArch;
 use registryx_guard::policy::authority::NoSecrets;
-use registryx_guard::policy::{ImageSigningPolicy, PolicySnapshot, shared};
+use registryx_guard::policy::{PolicySnapshot, shared};
 use registryx_guard::verify::{ImageVerdict, Verifier, VerifierSettings};
 
 /// The verdict on `reference` under a policy that trusts `cosign`'s key for every image of `host`,
@@ -239,10 +241,7 @@ async fn the_metrics_label_is_the_typed_reason_not_a_word_in_the_message() {
     let image = registry
         .push_image("team/rego-app", "v1", "reason-label")
         .await;
-    let policy: ImageSigningPolicy = serde_yaml::from_str(
-        &crate::support::verdicts::PolicyYaml::key(&registry.host, &cosign.public_key_pem()).yaml(),
-    )
-    .unwrap();
+    let policy = PolicySpec::key(&registry.host, &cosign.public_key_pem()).policy();
     let (snapshot, _) = PolicySnapshot::build(&[policy], &NoSecrets, "registryx-guard", 1);
     let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
     let mut metrics_registry = prometheus_client::registry::Registry::default();
@@ -283,10 +282,9 @@ async fn the_metrics_label_is_the_typed_reason_not_a_word_in_the_message() {
 async fn a_registry_whose_image_manifest_does_not_check_out_is_not_a_signing_problem() {
     let registry = crate::support::fakes::LyingRegistry::start().await;
     let cosign = Cosign::with_new_key_pair();
-    let policy =
-        crate::support::verdicts::PolicyYaml::key(&registry.host(), &cosign.public_key_pem())
-            .spec("multiArch: everyPlatform")
-            .compile();
+    let policy = PolicySpec::key(&registry.host(), &cosign.public_key_pem())
+        .multi_arch(MultiArch::EveryPlatform)
+        .compile();
     let verdict = verify_within(
         &format!("{}/team/app:v1", registry.host()),
         &policy,

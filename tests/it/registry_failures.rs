@@ -10,20 +10,22 @@ use crate::support::fakes::{
     FailingRegistry, HangingRegistry, LyingRegistry, OversizedRegistry, RegistryxProxy, Scripted,
     Slamming, closed_port_host,
 };
+use crate::support::policy::PolicySpec;
 use crate::support::verdicts::{
-    PolicyYaml, assert_refused_because, key_policy, legacy_signed_image, verify_with, verify_within,
+    assert_refused_because, key_policy, legacy_signed_image, verify_with, verify_within,
 };
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use registryx_guard::policy::CompiledPolicy;
+use registryx_guard::policy::MultiArch;
 use registryx_guard::registry::DockerConfig;
 use registryx_guard::verify::{Verifier, VerifierSettings};
 
 /// A key policy over every image of `host` that also checks every platform of an index, which makes
 /// the engine read the image's own manifest.
 fn every_platform_policy(host: &str, cosign: &Cosign) -> Arc<CompiledPolicy> {
-    PolicyYaml::key(host, &cosign.public_key_pem())
-        .spec("multiArch: everyPlatform")
+    PolicySpec::key(host, &cosign.public_key_pem())
+        .multi_arch(MultiArch::EveryPlatform)
         .compile()
 }
 
@@ -338,21 +340,10 @@ async fn a_redirect_to_a_host_the_policy_names_is_followed() {
             .into_response()
     });
     let reference = image.reference.replace(&upstream.host, &front.host());
-    let named = PolicyYaml::key(&front.host(), &cosign.public_key_pem())
-        .yaml()
-        .replace(
-            "registry: {insecure: true}",
-            &format!(
-                "registry: {{insecure: true, redirectHosts: ['{}']}}",
-                upstream.host
-            ),
-        );
-    let verdict = verify_within(
-        &reference,
-        &crate::support::verdicts::compile_policy(&named),
-        Duration::from_secs(10),
-    )
-    .await;
+    let named = PolicySpec::key(&front.host(), &cosign.public_key_pem())
+        .redirect_hosts([upstream.host.as_str()])
+        .compile();
+    let verdict = verify_within(&reference, &named, Duration::from_secs(10)).await;
     crate::support::verdicts::assert_admitted(&verdict);
     // The same front, with the storage not named, is refused without a request to it.
     let requests = front.requests();

@@ -8,10 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::support::cosign::{Cosign, Format};
 use crate::support::keyless::TestCa;
+use crate::support::policy::PolicySpec;
 use crate::support::registry::{PushedImage, Registry};
 use crate::support::verdicts::{
-    PolicyYaml, altered_signature, assert_admitted, assert_refused_because, base64_encode,
-    first_proof, get_blob, legacy_signed_image, put_signature_manifest, signature_manifest, verify,
+    altered_signature, assert_admitted, assert_refused_because, base64_encode, first_proof,
+    get_blob, legacy_signed_image, put_signature_manifest, signature_manifest, verify,
 };
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData as _, SigningKey as _};
 use registryx_guard::verify::ImageVerdict;
@@ -228,7 +229,7 @@ impl Logged {
 
     /// The image's verdict under a key policy that requires an entry of the trusted log.
     async fn verdict(&self) -> ImageVerdict {
-        let policy = PolicyYaml::key(&self.registry.host, &self.cosign.public_key_pem())
+        let policy = PolicySpec::key(&self.registry.host, &self.cosign.public_key_pem())
             .transparency_log(true, Some(&self.rekor.public_key_pem()))
             .compile();
         verify(&self.image.reference, &policy).await
@@ -359,13 +360,10 @@ async fn keyless_verdict(seed: &str, integrated_time: i64) -> ImageVerdict {
         .attach(&registry, &image, &rekor.bundle(&entry))
         .await;
 
-    let policy = PolicyYaml::keyless(
-        &registry.host,
-        &format!("{{issuer: '{ISSUER}', subject: '{SUBJECT}'}}"),
-    )
-    .trust_root("fulcioCA", &ca.chain_pem())
-    .trust_root("rekorKey", &rekor.public_key_pem())
-    .compile();
+    let policy = PolicySpec::keyless(&registry.host, ISSUER, SUBJECT)
+        .fulcio_ca(&ca.chain_pem())
+        .rekor_key(&rekor.public_key_pem())
+        .compile();
     verify(&image.reference, &policy).await
 }
 

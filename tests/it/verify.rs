@@ -2,12 +2,14 @@
 //! and each way a signature can be missing, wrong, or forged that must be refused with its reason.
 
 use crate::support::cosign::{Cosign, Format};
+use crate::support::policy::PolicySpec;
 use crate::support::registry::Registry;
 use crate::support::verdicts::{
-    BUDGET, PolicyYaml, altered_signature, assert_admitted, assert_refused_because, first_proof,
-    get_blob, key_policy, legacy_signed_image, new_verifier, put_signature_manifest,
-    signature_manifest, verify, verify_with,
+    BUDGET, altered_signature, assert_admitted, assert_refused_because, first_proof, get_blob,
+    key_policy, legacy_signed_image, new_verifier, put_signature_manifest, signature_manifest,
+    verify, verify_with,
 };
+use registryx_guard::policy::MultiArch;
 use registryx_guard::verify::ImageVerdict;
 
 #[tokio::test]
@@ -212,8 +214,8 @@ async fn multi_arch_indexes_follow_the_policy_choice() {
 
     // What cosign signs by default: the index digest.
     assert_admitted(&verify(&index.reference, &key_policy(&registry.host, &cosign)).await);
-    let every = PolicyYaml::key(&registry.host, &cosign.public_key_pem())
-        .spec("multiArch: everyPlatform")
+    let every = PolicySpec::key(&registry.host, &cosign.public_key_pem())
+        .multi_arch(MultiArch::EveryPlatform)
         .compile();
     assert_refused_because(
         &verify(&index.reference, &every).await,

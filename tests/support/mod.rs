@@ -7,8 +7,10 @@
 pub mod cluster;
 pub mod cosign;
 pub mod fakes;
+pub mod helm;
 pub mod keyless;
 pub mod node;
+pub mod policy;
 pub mod process;
 pub mod registry;
 pub mod serial;

@@ -1,6 +1,6 @@
-//! What the verification tests share: policies written as the YAML a user writes and compiled as the
-//! server compiles them, the engine run on one image, assertions on its verdict, and the legacy `.sig`
-//! manifests cosign stores (read, altered, written back).
+//! What the verification tests share: policies compiled as the server compiles them, the engine run on
+//! one image, assertions on its verdict, and the legacy `.sig` manifests cosign stores (read, altered,
+//! written back).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use registryx_guard::verify::{ImageVerdict, Proof, Verifier, VerifierSettings};
 use serde_json::Value;
 
 use super::cosign::{Cosign, Format};
+use super::policy::PolicySpec;
 use super::registry::{OCI_MANIFEST, PushedImage, Registry};
 
 /// How long [`verify`] gives the engine: far more than a loopback registry needs.
@@ -20,159 +21,6 @@ pub const BUDGET: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------------
 // Policies
-
-/// The trust of the policy's one authority.
-#[derive(Clone, Debug)]
-enum TrustYaml {
-    Key {
-        pem: String,
-    },
-    Keyless {
-        identity: String,
-        /// `trustRoot` fields in order: (field, text), each written as a block scalar.
-        trust_root: Vec<(String, String)>,
-    },
-}
-
-/// An `ImageSigningPolicy` with one authority over the images of one plain-HTTP registry, built up
-/// field by field and written as YAML. The defaults are those of most tests: policy `signed` with key
-/// authority `release`, or policy `keyless` with keyless authority `ci`; images `<host>/**`.
-#[derive(Clone, Debug)]
-pub struct PolicyYaml {
-    name: String,
-    images: String,
-    authority: String,
-    trust: TrustYaml,
-    transparency_log: Option<String>,
-    spec: Vec<String>,
-}
-
-impl PolicyYaml {
-    /// Policy `signed`: authority `release` trusts the public key `pem` for every image of `host`.
-    pub fn key(host: &str, pem: &str) -> PolicyYaml {
-        PolicyYaml {
-            name: "signed".into(),
-            images: format!("{host}/**"),
-            authority: "release".into(),
-            trust: TrustYaml::Key { pem: pem.into() },
-            transparency_log: None,
-            spec: Vec::new(),
-        }
-    }
-
-    /// Policy `keyless`: authority `ci` accepts `identity` (a YAML flow mapping such as
-    /// `{issuer: '…', subject: '…'}`) for every image of `host`; add its trust root with
-    /// [`PolicyYaml::trust_root`].
-    pub fn keyless(host: &str, identity: &str) -> PolicyYaml {
-        PolicyYaml {
-            name: "keyless".into(),
-            authority: "ci".into(),
-            trust: TrustYaml::Keyless {
-                identity: identity.into(),
-                trust_root: Vec::new(),
-            },
-            ..PolicyYaml::key(host, "")
-        }
-    }
-
-    pub fn named(mut self, name: &str) -> PolicyYaml {
-        self.name = name.into();
-        self
-    }
-
-    /// The `images` glob, instead of `<host>/**`.
-    pub fn images(mut self, glob: &str) -> PolicyYaml {
-        self.images = glob.into();
-        self
-    }
-
-    pub fn authority_named(mut self, name: &str) -> PolicyYaml {
-        self.authority = name.into();
-        self
-    }
-
-    /// Adds `field` (`fulcioCA`, `rekorKey`, `trustedRootJSON`…) to a keyless authority's trust root.
-    pub fn trust_root(mut self, field: &str, text: &str) -> PolicyYaml {
-        match &mut self.trust {
-            TrustYaml::Keyless { trust_root, .. } => trust_root.push((field.into(), text.into())),
-            TrustYaml::Key { .. } => panic!("a key authority has no trustRoot"),
-        }
-        self
-    }
-
-    /// The authority's `transparencyLog`, with the Rekor key's PEM when given.
-    pub fn transparency_log(mut self, required: bool, rekor_key: Option<&str>) -> PolicyYaml {
-        let mut yaml = format!("    transparencyLog:\n      required: {required}\n");
-        if let Some(pem) = rekor_key {
-            yaml.push_str(&format!("      rekorKey: {}\n", block(pem, 8)));
-        }
-        self.transparency_log = Some(yaml);
-        self
-    }
-
-    /// Adds a line to `spec`, such as `multiArch: everyPlatform`.
-    pub fn spec(mut self, line: &str) -> PolicyYaml {
-        self.spec.push(line.into());
-        self
-    }
-
-    pub fn yaml(&self) -> String {
-        let mut yaml = format!(
-            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: {}}}\nspec:\n  images: ['{}']\n  \
-             registry: {{insecure: true}}\n  authorities:\n  - name: {}\n",
-            self.name, self.images, self.authority
-        );
-        match &self.trust {
-            TrustYaml::Key { pem } => {
-                yaml.push_str(&format!("    key:\n      data: {}\n", block(pem, 8)));
-            }
-            TrustYaml::Keyless {
-                identity,
-                trust_root,
-            } => {
-                yaml.push_str(&format!(
-                    "    keyless:\n      identities: [{identity}]\n      trustRoot:\n"
-                ));
-                for (field, text) in trust_root {
-                    yaml.push_str(&format!("        {field}: {}\n", block(text, 10)));
-                }
-            }
-        }
-        yaml.push_str(self.transparency_log.as_deref().unwrap_or_default());
-        for line in &self.spec {
-            yaml.push_str(&format!("  {line}\n"));
-        }
-        yaml
-    }
-
-    pub fn compile(&self) -> Arc<CompiledPolicy> {
-        compile_policy(&self.yaml())
-    }
-}
-
-/// `text` as a YAML literal block scalar whose lines are indented by `spaces`.
-fn block(text: &str, spaces: usize) -> String {
-    let pad = " ".repeat(spaces);
-    let lines: Vec<String> = text
-        .trim_end()
-        .lines()
-        .map(|line| format!("{pad}{line}"))
-        .collect();
-    format!("|\n{}", lines.join("\n"))
-}
-
-/// `spec.rego` holding `modules` (name, source) inline, as lines to append to a policy whose `spec` is
-/// its last top-level field (what [`PolicyYaml::yaml`] writes).
-pub fn rego_yaml(modules: &[(&str, &str)]) -> String {
-    let mut yaml = String::from("  rego:\n    modules:\n");
-    for (name, source) in modules {
-        yaml.push_str(&format!("    - name: {name}\n      source: |\n"));
-        for line in source.lines() {
-            yaml.push_str(&format!("        {line}\n"));
-        }
-    }
-    yaml
-}
 
 /// Parses and compiles a policy as the server does (no cluster, so no Secrets); panics with the YAML
 /// when it does not.
@@ -185,9 +33,9 @@ pub fn compile_policy(yaml: &str) -> Arc<CompiledPolicy> {
     )
 }
 
-/// [`PolicyYaml::key`] with `cosign`'s public key, compiled.
+/// [`PolicySpec::key`] with `cosign`'s public key, compiled.
 pub fn key_policy(host: &str, cosign: &Cosign) -> Arc<CompiledPolicy> {
-    PolicyYaml::key(host, &cosign.public_key_pem()).compile()
+    PolicySpec::key(host, &cosign.public_key_pem()).compile()
 }
 
 // ---------------------------------------------------------------------------------------------------
