@@ -7,7 +7,9 @@ use crate::support::cosign::Format;
 use crate::support::keyless::TestCa;
 use crate::support::policy::PolicySpec;
 use crate::support::registry::Registry;
-use crate::support::verdicts::{assert_admitted, assert_refused_because, first_proof, verify};
+use crate::support::verdicts::{
+    assert_admitted, assert_refused, assert_refused_saying, first_proof, verify,
+};
 use registryx_guard::policy::CompiledPolicy;
 
 const ISSUER: &str = "https://issuer.ci.example";
@@ -82,7 +84,7 @@ async fn refuses_a_certificate_from_another_ca() {
         .issue(ISSUER, SUBJECT)
         .sign(&image.reference, Format::Legacy);
     let verdict = verify(&image.reference, &untlogged_policy(&registry, &trusted)).await;
-    assert_refused_because(&verdict, &["does not chain to this authority's trust root"]);
+    assert_refused(&verdict, "certificate");
 
     let bundles = Registry::with_referrers();
     let image = bundles
@@ -92,35 +94,42 @@ async fn refuses_a_certificate_from_another_ca() {
         .issue(ISSUER, SUBJECT)
         .sign(&image.reference, Format::Bundle);
     let verdict = verify(&image.reference, &untlogged_policy(&bundles, &trusted)).await;
-    assert_refused_because(&verdict, &["does not chain to this authority's trust root"]);
+    assert_refused(&verdict, "certificate");
 }
 
+/// Certificates from the trusted CA for identities the authority does not accept: (tag, issuer,
+/// subject, what the refusal names).
 #[tokio::test]
 async fn refuses_another_subject_or_issuer() {
     let registry = Registry::distribution();
     let ca = TestCa::new("ci-ca");
-    let other_subject = registry
-        .push_image("team/app", "subject", "other-subject")
-        .await;
-    ca.issue(ISSUER, "https://ci.example/someone/else@refs/heads/main")
-        .sign(&other_subject.reference, Format::Legacy);
-    let other_issuer = registry
-        .push_image("team/app", "issuer", "other-issuer")
-        .await;
-    ca.issue("https://accounts.evil.example", SUBJECT)
-        .sign(&other_issuer.reference, Format::Legacy);
     let policy = untlogged_policy(&registry, &ca);
-
-    assert_refused_because(
-        &verify(&other_subject.reference, &policy).await,
-        &[
-            "subject \"https://ci.example/someone/else@refs/heads/main\", which this authority does not accept",
-        ],
-    );
-    assert_refused_because(
-        &verify(&other_issuer.reference, &policy).await,
-        &["signed by issuer \"https://accounts.evil.example\""],
-    );
+    let other_subject = "https://ci.example/someone/else@refs/heads/main";
+    for (tag, issuer, subject, refusal) in [
+        (
+            "subject",
+            ISSUER,
+            other_subject,
+            format!("subject \"{other_subject}\", which this authority does not accept"),
+        ),
+        (
+            "issuer",
+            "https://accounts.evil.example",
+            SUBJECT,
+            "signed by issuer \"https://accounts.evil.example\"".to_owned(),
+        ),
+    ] {
+        let image = registry
+            .push_image("team/app", tag, &format!("other-{tag}"))
+            .await;
+        ca.issue(issuer, subject)
+            .sign(&image.reference, Format::Legacy);
+        assert_refused_saying(
+            &verify(&image.reference, &policy).await,
+            "other_signer",
+            &[&refusal],
+        );
+    }
 }
 
 #[tokio::test]
@@ -137,8 +146,9 @@ async fn refuses_a_signature_without_the_required_transparency_log_entry() {
         &ca_policy(&registry, &ca).rekor_key(&rekor_key).compile(),
     )
     .await;
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "transparency_log",
         &["no transparency-log entry accompanies the signature, and this authority requires one"],
     );
 }
@@ -153,5 +163,5 @@ async fn refuses_a_key_signature_under_a_keyless_authority() {
         .await;
     cosign.sign(&image.reference, Format::Legacy);
     let verdict = verify(&image.reference, &untlogged_policy(&registry, &ca)).await;
-    assert_refused_because(&verdict, &["carries no certificate"]);
+    assert_refused_saying(&verdict, "other_signer", &["carries no certificate"]);
 }

@@ -12,7 +12,7 @@ use crate::support::fakes::{
 };
 use crate::support::policy::PolicySpec;
 use crate::support::verdicts::{
-    assert_refused_because, key_policy, legacy_signed_image, verify_with, verify_within,
+    assert_refused_saying, key_policy, legacy_signed_image, verify_with, verify_within,
 };
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -43,8 +43,9 @@ async fn a_hanging_registry_is_refused_before_the_deadline() {
     )
     .await;
     let elapsed = start.elapsed();
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "unreachable",
         &[&registry.host(), "resolve team/app:v1", "no answer within"],
     );
     // The verdict arrives at the deadline, not at some socket's timeout: a bound, not a benchmark.
@@ -62,7 +63,7 @@ async fn a_registry_answering_500_is_refused_with_the_status() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_because(&verdict, &[&registry.host(), "HTTP 500"]);
+    assert_refused_saying(&verdict, "unreachable", &[&registry.host(), "HTTP 500"]);
 }
 
 #[tokio::test]
@@ -75,7 +76,11 @@ async fn an_oversized_manifest_is_refused_without_reading_it_all() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_because(&verdict, &["larger than the 4194304 byte limit"]);
+    assert_refused_saying(
+        &verdict,
+        "image_unreadable",
+        &["larger than the 4194304 byte limit"],
+    );
     assert!(registry.bytes_sent() < 64 << 20, "the whole body was read");
 }
 
@@ -89,7 +94,11 @@ async fn a_registry_that_lies_about_a_digest_is_refused() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_because(&verdict, &["content does not match its digest"]);
+    assert_refused_saying(
+        &verdict,
+        "image_unreadable",
+        &["content does not match its digest"],
+    );
 }
 
 #[tokio::test]
@@ -130,8 +139,9 @@ async fn registryx_denied_is_reported_as_the_registrys_refusal() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "registry_refused",
         &[
             "refused by the registry",
             "DENIED policy violation: critical vulnerabilities",
@@ -353,7 +363,7 @@ async fn a_redirect_to_a_host_the_policy_names_is_followed() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_because(&unnamed, &["spec.registry.redirectHosts"]);
+    assert_refused_saying(&unnamed, "unreachable", &["spec.registry.redirectHosts"]);
     assert!(front.requests() > requests);
 }
 

@@ -4,7 +4,7 @@
 use crate::support::cosign::Cosign;
 use crate::support::policy::PolicySpec;
 use crate::support::registry::Registry;
-use crate::support::verdicts::{assert_admitted, assert_refused_because, verify};
+use crate::support::verdicts::{assert_admitted, assert_refused_saying, verify};
 
 /// Signs `reference` (legacy format) on `registry`, whose certificate cosign trusts through its CA.
 fn sign_over_tls(cosign: &Cosign, registry: &Registry, reference: &str) {
@@ -58,7 +58,7 @@ async fn a_private_ca_is_trusted_through_the_policy_ca_bundle_only() {
 
     let without_ca = base.insecure(false);
     let verdict = verify(&image.reference, &without_ca.compile()).await;
-    assert_refused_because(&verdict, &[&registry.host, "cannot connect"]);
+    assert_refused_saying(&verdict, "unreachable", &[&registry.host, "cannot connect"]);
 }
 
 #[tokio::test]
@@ -75,8 +75,9 @@ async fn a_plain_http_registry_redirecting_to_https_storage_is_followed() {
     let policy = PolicySpec::key(&front.host(), &cosign.public_key_pem()).ca_bundle(&ca);
     let reference = image.reference.replace(&storage.host, &front.host());
     // The storage is another host:port than the registry's: followed only once the policy names it.
-    assert_refused_because(
+    assert_refused_saying(
         &verify(&reference, &policy.compile()).await,
+        "unreachable",
         &["spec.registry.redirectHosts"],
     );
     let named = policy.redirect_hosts([storage.host.as_str()]);

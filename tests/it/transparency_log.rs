@@ -11,7 +11,7 @@ use crate::support::keyless::TestCa;
 use crate::support::policy::PolicySpec;
 use crate::support::registry::{PushedImage, Registry};
 use crate::support::verdicts::{
-    altered_signature, assert_admitted, assert_refused_because, base64_encode, first_proof,
+    altered_signature, assert_admitted, assert_refused_saying, base64_encode, first_proof,
     get_blob, legacy_signed_image, put_signature_manifest, signature_manifest, verify,
 };
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData as _, SigningKey as _};
@@ -255,8 +255,9 @@ async fn admits_a_signature_logged_by_the_trusted_log_and_reports_the_integrated
 async fn refuses_a_signature_without_a_log_entry_when_one_is_required() {
     // The plain cosign signature: no bundle annotation.
     let logged = Logged::new("unlogged").await;
-    assert_refused_because(
+    assert_refused_saying(
         &logged.verdict().await,
+        "transparency_log",
         &["no transparency-log entry accompanies the signature, and this authority requires one"],
     );
 }
@@ -269,8 +270,9 @@ async fn refuses_an_entry_timestamp_signed_by_another_key() {
     // Signed by another key while naming the trusted log.
     let entry = logged.entry(now());
     logged.attach(&entry.bundle(&rogue.sign(&entry))).await;
-    assert_refused_because(
+    assert_refused_saying(
         &logged.verdict().await,
+        "transparency_log",
         &["the transparency-log entry's signed timestamp does not verify with the Rekor key"],
     );
 
@@ -280,8 +282,9 @@ async fn refuses_an_entry_timestamp_signed_by_another_key() {
         ..logged.entry(now())
     };
     logged.attach(&rogue.bundle(&entry)).await;
-    assert_refused_because(
+    assert_refused_saying(
         &logged.verdict().await,
+        "transparency_log",
         &[&format!(
             "the transparency-log entry comes from log {}, which this authority does not trust",
             rogue.log_id()
@@ -309,37 +312,49 @@ async fn refuses_an_entry_whose_fields_changed_after_signing() {
         },
     ] {
         logged.attach(&changed.bundle(&set)).await;
-        assert_refused_because(
+        assert_refused_saying(
             &logged.verdict().await,
+            "transparency_log",
             &["signed timestamp does not verify with the Rekor key"],
         );
     }
 }
 
-#[tokio::test]
-async fn refuses_an_entry_that_logs_another_payload() {
-    let logged = Logged::new("other-payload").await;
-    let other_payload = hex::encode(Sha256::digest(b"another simple-signing payload"));
-    logged
-        .attach_logged(&other_payload, &logged.stored.signature)
-        .await;
-    assert_refused_because(
-        &logged.verdict().await,
-        &["the transparency-log entry is for another payload"],
-    );
+/// What an entry that logs something else than the stored signature is for.
+enum LogsInstead {
+    AnotherPayload,
+    AnotherSignature,
 }
 
 #[tokio::test]
-async fn refuses_an_entry_that_logs_another_signature() {
-    let logged = Logged::new("other-signature").await;
-    let other_signature = altered_signature(&logged.stored.signature);
-    logged
-        .attach_logged(&logged.stored.payload_sha256, &other_signature)
-        .await;
-    assert_refused_because(
-        &logged.verdict().await,
-        &["the transparency-log entry is for another signature"],
-    );
+async fn refuses_an_entry_that_logs_another_payload_or_signature() {
+    for (seed, instead, refusal) in [
+        (
+            "other-payload",
+            LogsInstead::AnotherPayload,
+            "the transparency-log entry is for another payload",
+        ),
+        (
+            "other-signature",
+            LogsInstead::AnotherSignature,
+            "the transparency-log entry is for another signature",
+        ),
+    ] {
+        let logged = Logged::new(seed).await;
+        let stored = &logged.stored;
+        let (payload_sha256, signature) = match instead {
+            LogsInstead::AnotherPayload => (
+                hex::encode(Sha256::digest(b"another simple-signing payload")),
+                stored.signature.clone(),
+            ),
+            LogsInstead::AnotherSignature => (
+                stored.payload_sha256.clone(),
+                altered_signature(&stored.signature),
+            ),
+        };
+        logged.attach_logged(&payload_sha256, &signature).await;
+        assert_refused_saying(&logged.verdict().await, "transparency_log", &[refusal]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -387,8 +402,9 @@ async fn refuses_a_keyless_signature_logged_outside_its_certificate_validity() {
         ("logged-before-issue", now() - 2 * 86_400, "CertNotValidYet"),
         ("logged-after-expiry", now() + 2 * 86_400, "CertExpired"),
     ] {
-        assert_refused_because(
+        assert_refused_saying(
             &keyless_verdict(seed, integrated_time).await,
+            "certificate",
             &[
                 "the signing certificate does not chain to this authority's trust root",
                 error,

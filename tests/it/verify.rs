@@ -5,9 +5,9 @@ use crate::support::cosign::{Cosign, Format};
 use crate::support::policy::PolicySpec;
 use crate::support::registry::Registry;
 use crate::support::verdicts::{
-    BUDGET, altered_signature, assert_admitted, assert_refused_because, first_proof, get_blob,
-    key_policy, legacy_signed_image, new_verifier, put_signature_manifest, signature_manifest,
-    verify, verify_with,
+    BUDGET, altered_signature, assert_admitted, assert_refused, assert_refused_saying, first_proof,
+    get_blob, key_policy, legacy_signed_image, new_verifier, put_signature_manifest,
+    signature_manifest, verify, verify_with,
 };
 use registryx_guard::policy::MultiArch;
 use registryx_guard::verify::ImageVerdict;
@@ -82,8 +82,9 @@ async fn refuses_an_unsigned_image_naming_digest_and_remedy() {
     let image = registry.push_image("team/app", "v1", "unsigned").await;
 
     let verdict = verify(&image.reference, &key_policy(&registry.host, &cosign)).await;
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "no_signature",
         &[&format!(
             "no signature found for {} in {}/team/app",
             image.digest, registry.host
@@ -103,16 +104,20 @@ async fn refuses_a_signature_made_with_another_key() {
     let image = registry.push_image("team/app", "v1", "other-key").await;
     other.sign(&image.reference, Format::Legacy);
     let verdict = verify(&image.reference, &key_policy(&registry.host, &trusted)).await;
-    assert_refused_because(&verdict, &["does not verify with key sha256:"]);
+    assert_refused_saying(
+        &verdict,
+        "other_signer",
+        &["does not verify with key sha256:"],
+    );
 
     let bundles = Registry::with_referrers();
     let image = bundles
         .push_image("team/app", "v1", "other-key-bundle")
         .await;
     other.sign(&image.reference, Format::Bundle);
-    assert_refused_because(
+    assert_refused(
         &verify(&image.reference, &key_policy(&bundles.host, &trusted)).await,
-        &["does not verify with key"],
+        "other_signer",
     );
 }
 
@@ -131,8 +136,9 @@ async fn refuses_a_valid_signature_copied_from_another_image() {
     put_signature_manifest(&registry, &target, &manifest).await;
 
     let verdict = verify(&target.reference, &key_policy(&registry.host, &cosign)).await;
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "other_digest",
         &[&format!(
             "the signature is for {}, not for this image's {}",
             signed.digest, target.digest
@@ -153,8 +159,9 @@ async fn refuses_a_tag_moved_to_an_unsigned_image_after_signing() {
     assert_ne!(moved.digest, signed.digest);
     let verdict = verify(&moved.reference, &policy).await;
     assert_eq!(verdict.digest.as_deref(), Some(moved.digest.as_str()));
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "other_digest",
         &[&format!("no signature found for {}", moved.digest)],
     );
 }
@@ -169,9 +176,9 @@ async fn refuses_altered_signature_bytes() {
     *annotation = altered_signature(annotation.as_str().unwrap()).into();
     put_signature_manifest(&registry, &image, &manifest).await;
 
-    assert_refused_because(
+    assert_refused(
         &verify(&image.reference, &key_policy(&registry.host, &cosign)).await,
-        &["does not verify with key"],
+        "other_signer",
     );
 }
 
@@ -195,9 +202,9 @@ async fn refuses_an_altered_payload() {
     manifest["layers"][0]["size"] = altered.len().into();
     put_signature_manifest(&registry, &image, &manifest).await;
 
-    assert_refused_because(
+    assert_refused(
         &verify(&image.reference, &key_policy(&registry.host, &cosign)).await,
-        &["does not verify with key"],
+        "other_signer",
     );
 }
 
@@ -217,8 +224,9 @@ async fn multi_arch_indexes_follow_the_policy_choice() {
     let every = PolicySpec::key(&registry.host, &cosign.public_key_pem())
         .multi_arch(MultiArch::EveryPlatform)
         .compile();
-    assert_refused_because(
+    assert_refused_saying(
         &verify(&index.reference, &every).await,
+        "other_digest",
         &[&format!("no signature found for {}", amd64.digest)],
     );
 

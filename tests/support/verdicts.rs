@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use registryx_guard::policy::authority::NoSecrets;
-use registryx_guard::policy::{CompiledPolicy, ImageSigningPolicy, compile};
+use registryx_guard::policy::{CompiledPolicy, ImageSigningPolicy, Mode, compile};
 use registryx_guard::registry::ImageRef;
+use registryx_guard::verify::reason::Reason;
 use registryx_guard::verify::{ImageVerdict, Proof, Verifier, VerifierSettings};
 use serde_json::Value;
 
@@ -103,6 +104,38 @@ pub fn assert_admitted(verdict: &ImageVerdict) {
             .all(|p| p.authorities.iter().any(|e| e.verified)),
         "{verdict:#?}"
     );
+}
+
+/// Why `verdict` refused, as the reason's label (the metrics label and the JSON `reasonKind`) of the
+/// first enforcing policy that failed; `None` when it admitted. The one place the tests read the
+/// reason type: a change of that type is mended here.
+pub fn refusal_label(verdict: &ImageVerdict) -> Option<&'static str> {
+    verdict
+        .policies
+        .iter()
+        .filter(|p| !p.passed && p.mode == Mode::Enforce)
+        .find_map(|p| p.reason_kind)
+        .map(Reason::label)
+}
+
+/// Refused for the reason labelled `label` (see [`refusal_label`]).
+#[track_caller]
+pub fn assert_refused(verdict: &ImageVerdict, label: &str) {
+    assert!(!verdict.admitted(), "admitted: {verdict:#?}");
+    assert_eq!(
+        refusal_label(verdict),
+        Some(label),
+        "reasons:\n{}",
+        reasons(verdict)
+    );
+}
+
+/// Refused for the reason labelled `label`, with every one of `needles` somewhere in the policies'
+/// reasons: for the words a user reads (the host, the status, the field to set).
+#[track_caller]
+pub fn assert_refused_saying(verdict: &ImageVerdict, label: &str, needles: &[&str]) {
+    assert_refused(verdict, label);
+    assert_refused_because(verdict, needles);
 }
 
 /// Refused, with every one of `needles` somewhere in the policies' reasons.
