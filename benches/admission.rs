@@ -1,5 +1,5 @@
 //! The admission path in-process (BENCHMARKS.md, section 1, "where the time goes"): the webhook's axum
-//! router, built with a policy snapshot as tests/webhook.rs builds it, answering the AdmissionReview of
+//! router, built with a policy snapshot as tests/it/webhook.rs builds it, answering the AdmissionReview of
 //! tests/data/pod-create.json (three containers, three cosign-signed images of a real registry) from a
 //! warm cache. No TLS, no HTTP connection and no log subscriber: what is left is the JSON in and out, the
 //! image extraction, policy matching and the cache lookups. Next to it, the parts that profile high.

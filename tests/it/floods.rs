@@ -483,7 +483,7 @@ async fn idle_connections_from_64_addresses_at_the_default_cap_do_not_shut_out_t
     assert_every_review_answered(server.https, 16, "1,088 idle connections from 64 addresses")
         .await;
     // While crowded, a connection that sends nothing is closed after the 3 s first-byte timeout, not
-    // the 10 s handshake timeout (tests/tls_rotation.rs: uncrowded, it gets the 10 s). From an
+    // the 10 s handshake timeout (tests/it/tls_rotation.rs: uncrowded, it gets the 10 s). From an
     // address of its own, so that it gets in (holding none) rather than being refused.
     let silent = connect_from([127, 0, 0, 66], server.https).await.unwrap();
     let opened = Instant::now();

@@ -41,7 +41,7 @@ pub fn tool(name: &str) -> PathBuf {
 /// A loopback port that was free a moment ago, chosen below the kernel's ephemeral range. The tools we
 /// start take their port on the command line, so a tiny race between this probe and their bind remains.
 /// Why not bind port 0: the kernel gives out the ephemeral range, which is also where the source ports
-/// of outgoing connections come from; a test opening hundreds of connections in parallel (tests/floods.rs)
+/// of outgoing connections come from; a test opening hundreds of connections in parallel (tests/it/floods.rs)
 /// took a probed port as a source port before the server bound it. Same rule as e2e/free_port.py.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
