@@ -19,7 +19,7 @@
 #   2       cold verification in-process (examples/verify_bench.rs), with and without 20 ms per
 #           registry round trip; `registryx-guard verify` next to `cosign verify` (hyperfine)
 #   3       Rego evaluations (benches/rego.rs) and the in-process admission path (benches/admission.rs)
-#   5       policy propagation: tests/e2e.rs (kubectl apply -> first admission that obeys), and the
+#   5       policy propagation: tests/cluster/e2e.rs (kubectl apply -> first admission that obeys), and the
 #           --policy-dir folder of the server above
 #   7       the API server's reviews (success rate, p50/p99) while 64 other addresses flood the port
 #           (examples/loadgen.rs crowd), next to the same without a flood
@@ -531,9 +531,9 @@ python3 - "$LOADGEN" "$URL" "$tls/ca.crt" "$RXG_WORK/review-digest.json" "$other
 PY
 
 if ((E2E_RUNS > 0)); then
-	say "5. Policy propagation in a cluster: tests/e2e.rs, $E2E_RUNS runs"
+	say "5. Policy propagation in a cluster: tests/cluster/e2e.rs, $E2E_RUNS runs"
 	for ((run = 1; run <= E2E_RUNS; run++)); do
-		logged env -u DOCKER_CONFIG -u TUF_ROOT -u COSIGN_PASSWORD cargo test --locked --test e2e -- --nocapture \
+		logged env -u DOCKER_CONFIG -u TUF_ROOT -u COSIGN_PASSWORD cargo test --locked --test cluster -- e2e:: --nocapture \
 			>"$RXG_WORK/e2e-$run.log" 2>&1 ||
 			{ tail -40 "$RXG_WORK/e2e-$run.log" >&2; exit 1; }
 		grep -h "policy change" "$RXG_WORK/e2e-$run.log" >>"$RESULTS/e2e.txt"

@@ -1,5 +1,5 @@
 //! The admission path in-process (BENCHMARKS.md, section 1, "where the time goes"): the webhook's axum
-//! router, built with a policy snapshot as tests/webhook.rs builds it, answering the AdmissionReview of
+//! router, built with a policy snapshot as tests/it/webhook.rs builds it, answering the AdmissionReview of
 //! tests/data/pod-create.json (three containers, three cosign-signed images of a real registry) from a
 //! warm cache. No TLS, no HTTP connection and no log subscriber: what is left is the JSON in and out, the
 //! image extraction, policy matching and the cache lookups. Next to it, the parts that profile high.
@@ -20,13 +20,13 @@ use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use registryx_guard::admission::{Admission, AdmissionSettings};
 use registryx_guard::policy::authority::NoSecrets;
-use registryx_guard::policy::{ImageSigningPolicy, PolicySnapshot, shared};
+use registryx_guard::policy::{PolicySnapshot, shared};
 use registryx_guard::registry::ImageRef;
 use registryx_guard::server::webhook::{WebhookState, router};
 use registryx_guard::verify::{Verifier, VerifierSettings};
 use support::cosign::{Cosign, Format};
+use support::policy::PolicySpec;
 use support::registry::Registry;
-use support::verdicts::PolicyYaml;
 use tower::ServiceExt as _;
 
 /// POSTs `body` to /validate and returns the answer's bytes.
@@ -83,12 +83,9 @@ fn admission(c: &mut Criterion) {
     }
     // By-tag reviews go straight to /validate here, with no mutating webhook in front to pin them: the
     // policy records the digest instead of pinning (a pinning policy would refuse them as unpinned).
-    let policy: ImageSigningPolicy = serde_yaml::from_str(
-        &PolicyYaml::key(&registry.host, &cosign.public_key_pem())
-            .spec("mutateDigest: false")
-            .yaml(),
-    )
-    .expect("the policy parses");
+    let policy = PolicySpec::key(&registry.host, &cosign.public_key_pem())
+        .mutate_digest(false)
+        .policy();
     let (snapshot, _) = PolicySnapshot::build(&[policy], &NoSecrets, "registryx-guard", 1);
     let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
     let admission = Admission::new(

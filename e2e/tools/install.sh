@@ -71,7 +71,7 @@ install_docker_registry() {
 
 build registry "$DOCKER_REGISTRY_DEB" install_docker_registry
 
-# The node that runs pods (tests/cluster.rs, the demo): containerd, runc, CNI plugins, kubelet,
+# The node that runs pods (tests/cluster/cluster.rs, the demo): containerd, runc, CNI plugins, kubelet,
 # kube-scheduler, kube-controller-manager and the pause image.
 bash "$here/install-node.sh" >&2
 

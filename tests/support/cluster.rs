@@ -10,6 +10,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::process::{Process, http_ok};
+use super::serial::{Room, room};
 use super::{free_port, tool};
 
 pub struct ControlPlane {
@@ -20,6 +21,9 @@ pub struct ControlPlane {
     apiserver: Process,
     etcd: Process,
     dir: TempDir,
+    /// Control planes run side by side; one for a node runs alone (its node's kubelet, containerd and
+    /// replicas are the heaviest thing the tests start, and its checks are timed). Left last.
+    _room: Room,
 }
 
 const TOKEN: &str = "registryx-guard-test-admin-token";
@@ -38,6 +42,7 @@ impl ControlPlane {
     }
 
     fn start_with(pods: bool) -> ControlPlane {
+        let room = room(if pods { "node" } else { "control-plane" });
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
 
@@ -135,6 +140,7 @@ impl ControlPlane {
             apiserver,
             etcd,
             dir,
+            _room: room,
         }
     }
 

@@ -29,7 +29,7 @@ impl Cosign {
     /// A fresh key pair (`cosign.key`, `cosign.pub`) protected by [`PASSWORD`].
     pub fn with_new_key_pair() -> Cosign {
         let dir = tempfile::tempdir().unwrap();
-        let output = Self::command_in(dir.path())
+        let output = command_in(dir.path())
             .arg("generate-key-pair")
             .output()
             .unwrap();
@@ -49,31 +49,14 @@ impl Cosign {
         std::fs::read_to_string(self.public_key()).unwrap()
     }
 
-    fn command_in(dir: &Path) -> Command {
-        let mut command = Command::new(tool("cosign"));
-        command
-            .current_dir(dir)
-            .env("COSIGN_PASSWORD", PASSWORD)
-            // Keep cosign's TUF cache and Docker credentials out of the user's home.
-            .env("HOME", dir)
-            .env("TUF_ROOT", dir.join("tuf"))
-            .env("DOCKER_CONFIG", dir.join("docker"));
-        command
-    }
-
     pub fn command(&self) -> Command {
-        Self::command_in(self.dir.path())
+        command_in(self.dir.path())
     }
 
     /// Signs `image` (a reference by tag or digest) with the private key; panics with cosign's output on
     /// failure.
     pub fn sign(&self, image: &str, format: Format) {
-        let mut command = self.command();
-        command
-            .args(["sign", "--yes", "--key"])
-            .arg(self.private_key())
-            .args(["--tlog-upload=false", "--use-signing-config=false"])
-            .arg(format!("--new-bundle-format={}", format == Format::Bundle));
+        let mut command = sign_command(self.dir.path(), &self.private_key(), format);
         // cosign knows loopback registries speak plain HTTP; a node's address must be said.
         if !image.starts_with("127.0.0.1:") && !image.starts_with("localhost:") {
             command.arg("--allow-http-registry");
@@ -93,6 +76,31 @@ impl Cosign {
             .output()
             .unwrap()
     }
+}
+
+/// cosign run in `dir`, with [`PASSWORD`] for its keys, and its TUF cache and Docker credentials in
+/// `dir` instead of the user's home.
+pub fn command_in(dir: &Path) -> Command {
+    let mut command = Command::new(tool("cosign"));
+    command
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", PASSWORD)
+        .env("HOME", dir)
+        .env("TUF_ROOT", dir.join("tuf"))
+        .env("DOCKER_CONFIG", dir.join("docker"));
+    command
+}
+
+/// `cosign sign` in `dir` with the private `key`, offline: no transparency-log upload, no signing
+/// config fetched from a TUF mirror. The caller adds what else it signs with and the image.
+pub fn sign_command(dir: &Path, key: &Path, format: Format) -> Command {
+    let mut command = command_in(dir);
+    command
+        .args(["sign", "--yes", "--key"])
+        .arg(key)
+        .args(["--tlog-upload=false", "--use-signing-config=false"])
+        .arg(format!("--new-bundle-format={}", format == Format::Bundle));
+    command
 }
 
 pub fn assert_success(what: &str, output: &Output) {

@@ -17,8 +17,7 @@ use rcgen::{
 use tempfile::TempDir;
 use time::{Duration, OffsetDateTime};
 
-use super::cosign::{Format, PASSWORD, assert_success};
-use super::tool;
+use super::cosign::{Format, assert_success, command_in, sign_command};
 
 /// Fulcio's "Issuer (V1)" extension: the OIDC issuer as raw string bytes (deprecated, still read).
 pub const OID_ISSUER_V1: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 1, 1];
@@ -220,7 +219,7 @@ impl TestCa {
 
 /// A leaf certificate with its key, in a directory of its own:
 /// `cert.pem`, `chain.pem` (intermediate then root), `root.pem`, `leaf.pem` (the PKCS#8 key),
-/// `import.key`/`import.pub` (cosign's encrypted form, password [`PASSWORD`]).
+/// `import.key`/`import.pub` (cosign's encrypted form, password [`super::cosign::PASSWORD`]).
 pub struct Leaf {
     dir: TempDir,
     cert_pem: String,
@@ -277,31 +276,18 @@ impl Leaf {
 
     /// cosign with its password, and its TUF cache and Docker credentials in this leaf's directory.
     pub fn command(&self) -> Command {
-        let dir = self.dir.path();
-        let mut command = Command::new(tool("cosign"));
-        command
-            .current_dir(dir)
-            .env("COSIGN_PASSWORD", PASSWORD)
-            .env("HOME", dir)
-            .env("TUF_ROOT", dir.join("tuf"))
-            .env("DOCKER_CONFIG", dir.join("docker"));
-        command
+        command_in(self.dir.path())
     }
 
     /// Signs `image` with the leaf's key, attaching the leaf and the chain; panics with cosign's output
     /// on failure. Cosign checks that the certificate holds the key's public half and chains to the last
     /// certificate of `chain.pem` for code signing.
     pub fn sign(&self, image: &str, format: Format) {
-        let output = self
-            .command()
-            .args(["sign", "--yes", "--key"])
-            .arg(self.private_key())
+        let output = sign_command(self.dir.path(), &self.private_key(), format)
             .arg("--certificate")
             .arg(self.cert_path())
             .arg("--certificate-chain")
             .arg(self.chain_path())
-            .args(["--tlog-upload=false", "--use-signing-config=false"])
-            .arg(format!("--new-bundle-format={}", format == Format::Bundle))
             .arg(image)
             .output()
             .expect("run cosign sign");

@@ -2,15 +2,18 @@
 //! ports and stops them when the test ends; a missing tool is a failed test with the command that installs
 //! it, never a skipped one. The only fakes (`fakes`) are registries that misbehave on purpose (hang,
 //! fail, lie, oversize) and RegistryX's own auth quirks in front of a real registry.
-#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(dead_code)] // each of the two test binaries uses a different part of the harness
 
 pub mod cluster;
 pub mod cosign;
 pub mod fakes;
+pub mod helm;
 pub mod keyless;
 pub mod node;
+pub mod policy;
 pub mod process;
 pub mod registry;
+pub mod serial;
 pub mod verdicts;
 pub mod webhook;
 
@@ -38,7 +41,7 @@ pub fn tool(name: &str) -> PathBuf {
 /// A loopback port that was free a moment ago, chosen below the kernel's ephemeral range. The tools we
 /// start take their port on the command line, so a tiny race between this probe and their bind remains.
 /// Why not bind port 0: the kernel gives out the ephemeral range, which is also where the source ports
-/// of outgoing connections come from; a test opening hundreds of connections in parallel (tests/floods.rs)
+/// of outgoing connections come from; a test opening hundreds of connections in parallel (tests/it/floods.rs)
 /// took a probed port as a source port before the server bound it. Same rule as e2e/free_port.py.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,18 +1,20 @@
-//! What the verification tests share: policies written as the YAML a user writes and compiled as the
-//! server compiles them, the engine run on one image, assertions on its verdict, and the legacy `.sig`
-//! manifests cosign stores (read, altered, written back).
+//! What the verification tests share: policies compiled as the server compiles them, the engine run on
+//! one image, assertions on its verdict, and the legacy `.sig` manifests cosign stores (read, altered,
+//! written back).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use registryx_guard::policy::authority::NoSecrets;
-use registryx_guard::policy::{CompiledPolicy, ImageSigningPolicy, compile};
+use registryx_guard::policy::{CompiledPolicy, ImageSigningPolicy, Mode, compile};
 use registryx_guard::registry::ImageRef;
+use registryx_guard::verify::reason::Reason;
 use registryx_guard::verify::{ImageVerdict, Proof, Verifier, VerifierSettings};
 use serde_json::Value;
 
 use super::cosign::{Cosign, Format};
+use super::policy::PolicySpec;
 use super::registry::{OCI_MANIFEST, PushedImage, Registry};
 
 /// How long [`verify`] gives the engine: far more than a loopback registry needs.
@@ -20,159 +22,6 @@ pub const BUDGET: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------------
 // Policies
-
-/// The trust of the policy's one authority.
-#[derive(Clone, Debug)]
-enum TrustYaml {
-    Key {
-        pem: String,
-    },
-    Keyless {
-        identity: String,
-        /// `trustRoot` fields in order: (field, text), each written as a block scalar.
-        trust_root: Vec<(String, String)>,
-    },
-}
-
-/// An `ImageSigningPolicy` with one authority over the images of one plain-HTTP registry, built up
-/// field by field and written as YAML. The defaults are those of most tests: policy `signed` with key
-/// authority `release`, or policy `keyless` with keyless authority `ci`; images `<host>/**`.
-#[derive(Clone, Debug)]
-pub struct PolicyYaml {
-    name: String,
-    images: String,
-    authority: String,
-    trust: TrustYaml,
-    transparency_log: Option<String>,
-    spec: Vec<String>,
-}
-
-impl PolicyYaml {
-    /// Policy `signed`: authority `release` trusts the public key `pem` for every image of `host`.
-    pub fn key(host: &str, pem: &str) -> PolicyYaml {
-        PolicyYaml {
-            name: "signed".into(),
-            images: format!("{host}/**"),
-            authority: "release".into(),
-            trust: TrustYaml::Key { pem: pem.into() },
-            transparency_log: None,
-            spec: Vec::new(),
-        }
-    }
-
-    /// Policy `keyless`: authority `ci` accepts `identity` (a YAML flow mapping such as
-    /// `{issuer: '…', subject: '…'}`) for every image of `host`; add its trust root with
-    /// [`PolicyYaml::trust_root`].
-    pub fn keyless(host: &str, identity: &str) -> PolicyYaml {
-        PolicyYaml {
-            name: "keyless".into(),
-            authority: "ci".into(),
-            trust: TrustYaml::Keyless {
-                identity: identity.into(),
-                trust_root: Vec::new(),
-            },
-            ..PolicyYaml::key(host, "")
-        }
-    }
-
-    pub fn named(mut self, name: &str) -> PolicyYaml {
-        self.name = name.into();
-        self
-    }
-
-    /// The `images` glob, instead of `<host>/**`.
-    pub fn images(mut self, glob: &str) -> PolicyYaml {
-        self.images = glob.into();
-        self
-    }
-
-    pub fn authority_named(mut self, name: &str) -> PolicyYaml {
-        self.authority = name.into();
-        self
-    }
-
-    /// Adds `field` (`fulcioCA`, `rekorKey`, `trustedRootJSON`…) to a keyless authority's trust root.
-    pub fn trust_root(mut self, field: &str, text: &str) -> PolicyYaml {
-        match &mut self.trust {
-            TrustYaml::Keyless { trust_root, .. } => trust_root.push((field.into(), text.into())),
-            TrustYaml::Key { .. } => panic!("a key authority has no trustRoot"),
-        }
-        self
-    }
-
-    /// The authority's `transparencyLog`, with the Rekor key's PEM when given.
-    pub fn transparency_log(mut self, required: bool, rekor_key: Option<&str>) -> PolicyYaml {
-        let mut yaml = format!("    transparencyLog:\n      required: {required}\n");
-        if let Some(pem) = rekor_key {
-            yaml.push_str(&format!("      rekorKey: {}\n", block(pem, 8)));
-        }
-        self.transparency_log = Some(yaml);
-        self
-    }
-
-    /// Adds a line to `spec`, such as `multiArch: everyPlatform`.
-    pub fn spec(mut self, line: &str) -> PolicyYaml {
-        self.spec.push(line.into());
-        self
-    }
-
-    pub fn yaml(&self) -> String {
-        let mut yaml = format!(
-            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: {}}}\nspec:\n  images: ['{}']\n  \
-             registry: {{insecure: true}}\n  authorities:\n  - name: {}\n",
-            self.name, self.images, self.authority
-        );
-        match &self.trust {
-            TrustYaml::Key { pem } => {
-                yaml.push_str(&format!("    key:\n      data: {}\n", block(pem, 8)));
-            }
-            TrustYaml::Keyless {
-                identity,
-                trust_root,
-            } => {
-                yaml.push_str(&format!(
-                    "    keyless:\n      identities: [{identity}]\n      trustRoot:\n"
-                ));
-                for (field, text) in trust_root {
-                    yaml.push_str(&format!("        {field}: {}\n", block(text, 10)));
-                }
-            }
-        }
-        yaml.push_str(self.transparency_log.as_deref().unwrap_or_default());
-        for line in &self.spec {
-            yaml.push_str(&format!("  {line}\n"));
-        }
-        yaml
-    }
-
-    pub fn compile(&self) -> Arc<CompiledPolicy> {
-        compile_policy(&self.yaml())
-    }
-}
-
-/// `text` as a YAML literal block scalar whose lines are indented by `spaces`.
-fn block(text: &str, spaces: usize) -> String {
-    let pad = " ".repeat(spaces);
-    let lines: Vec<String> = text
-        .trim_end()
-        .lines()
-        .map(|line| format!("{pad}{line}"))
-        .collect();
-    format!("|\n{}", lines.join("\n"))
-}
-
-/// `spec.rego` holding `modules` (name, source) inline, as lines to append to a policy whose `spec` is
-/// its last top-level field (what [`PolicyYaml::yaml`] writes).
-pub fn rego_yaml(modules: &[(&str, &str)]) -> String {
-    let mut yaml = String::from("  rego:\n    modules:\n");
-    for (name, source) in modules {
-        yaml.push_str(&format!("    - name: {name}\n      source: |\n"));
-        for line in source.lines() {
-            yaml.push_str(&format!("        {line}\n"));
-        }
-    }
-    yaml
-}
 
 /// Parses and compiles a policy as the server does (no cluster, so no Secrets); panics with the YAML
 /// when it does not.
@@ -185,9 +34,9 @@ pub fn compile_policy(yaml: &str) -> Arc<CompiledPolicy> {
     )
 }
 
-/// [`PolicyYaml::key`] with `cosign`'s public key, compiled.
+/// [`PolicySpec::key`] with `cosign`'s public key, compiled.
 pub fn key_policy(host: &str, cosign: &Cosign) -> Arc<CompiledPolicy> {
-    PolicyYaml::key(host, &cosign.public_key_pem()).compile()
+    PolicySpec::key(host, &cosign.public_key_pem()).compile()
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -255,6 +104,38 @@ pub fn assert_admitted(verdict: &ImageVerdict) {
             .all(|p| p.authorities.iter().any(|e| e.verified)),
         "{verdict:#?}"
     );
+}
+
+/// Why `verdict` refused, as the reason's label (the metrics label and the JSON `reasonKind`) of the
+/// first enforcing policy that failed; `None` when it admitted. The one place the tests read the
+/// reason type: a change of that type is mended here.
+pub fn refusal_label(verdict: &ImageVerdict) -> Option<&'static str> {
+    verdict
+        .policies
+        .iter()
+        .filter(|p| !p.passed && p.mode == Mode::Enforce)
+        .find_map(|p| p.reason_kind)
+        .map(Reason::label)
+}
+
+/// Refused for the reason labelled `label` (see [`refusal_label`]).
+#[track_caller]
+pub fn assert_refused(verdict: &ImageVerdict, label: &str) {
+    assert!(!verdict.admitted(), "admitted: {verdict:#?}");
+    assert_eq!(
+        refusal_label(verdict),
+        Some(label),
+        "reasons:\n{}",
+        reasons(verdict)
+    );
+}
+
+/// Refused for the reason labelled `label`, with every one of `needles` somewhere in the policies'
+/// reasons: for the words a user reads (the host, the status, the field to set).
+#[track_caller]
+pub fn assert_refused_saying(verdict: &ImageVerdict, label: &str, needles: &[&str]) {
+    assert_refused(verdict, label);
+    assert_refused_because(verdict, needles);
 }
 
 /// Refused, with every one of `needles` somewhere in the policies' reasons.

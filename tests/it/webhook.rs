@@ -1,23 +1,22 @@
 //! The admission endpoints at router level, with AdmissionReviews shaped as the API server sends them
 //! (tests/data), against a real registry with cosign-signed and unsigned images.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::cosign::{Cosign, Format};
+use crate::support::fakes::HangingRegistry;
+use crate::support::policy::PolicySpec;
+use crate::support::registry::{PushedImage, Registry};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use registryx_guard::admission::{Admission, AdmissionSettings, Unmatched};
 use registryx_guard::policy::authority::NoSecrets;
-use registryx_guard::policy::{ImageSigningPolicy, PolicySnapshot, shared};
+use registryx_guard::policy::{ImageSigningPolicy, Mode, PolicySnapshot, shared};
 use registryx_guard::server::push::PushToken;
 use registryx_guard::server::webhook::{WebhookState, router};
 use registryx_guard::verify::{Verifier, VerifierSettings};
 use serde_json::Value;
-use support::cosign::{Cosign, Format};
-use support::fakes::HangingRegistry;
-use support::registry::{PushedImage, Registry};
 use tower::ServiceExt as _;
 
 struct Fixture {
@@ -28,12 +27,9 @@ struct Fixture {
     router: axum::Router,
 }
 
-fn policy_yaml(name: &str, host: &str, pem: &str, extra: &str) -> String {
-    let pem = pem.trim_end().replace('\n', "\n        ");
-    format!(
-        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: {name}}}\nspec:\n  images: ['{host}/**']\n  \
-         registry: {{insecure: true}}\n  authorities:\n  - name: release\n    key:\n      data: |\n        {pem}\n{extra}"
-    )
+/// Policy `name`: authority `release` trusts the key `pem` for every image of `host`.
+fn policy(name: &str, host: &str, pem: &str) -> PolicySpec {
+    PolicySpec::key(host, pem).named(name)
 }
 
 fn router_for(policies: &[String], settings: AdmissionSettings) -> axum::Router {
@@ -81,7 +77,14 @@ fn push_event(repository: &str) -> String {
     )
 }
 
-async fn fixture(extra: &str) -> Fixture {
+/// [`fixture_with`] the policy unchanged.
+async fn fixture() -> Fixture {
+    fixture_with(|policy| policy).await
+}
+
+/// A registry with a signed and an unsigned image, and a router whose one policy `team-signed`
+/// (changed by `tweak`) trusts the key that signed.
+async fn fixture_with(tweak: impl FnOnce(PolicySpec) -> PolicySpec) -> Fixture {
     let registry = Registry::distribution();
     let cosign = Cosign::with_new_key_pair();
     let signed = registry
@@ -92,12 +95,12 @@ async fn fixture(extra: &str) -> Fixture {
         .await;
     cosign.sign(&signed.reference, Format::Legacy);
     let router = router_for(
-        &[policy_yaml(
+        &[tweak(policy(
             "team-signed",
             &registry.host,
             &cosign.public_key_pem(),
-            extra,
-        )],
+        ))
+        .yaml()],
         AdmissionSettings::default(),
     );
     Fixture {
@@ -110,9 +113,12 @@ async fn fixture(extra: &str) -> Fixture {
 }
 
 fn review(fixture_file: &str, images: &[(&str, &str)]) -> String {
-    let mut text =
-        std::fs::read_to_string(support::repo_root().join("tests/data").join(fixture_file))
-            .unwrap();
+    let mut text = std::fs::read_to_string(
+        crate::support::repo_root()
+            .join("tests/data")
+            .join(fixture_file),
+    )
+    .unwrap();
     for (placeholder, image) in images {
         text = text.replace(placeholder, image);
     }
@@ -187,7 +193,7 @@ fn message(review: &Value) -> &str {
 
 #[tokio::test]
 async fn a_pod_with_signed_images_is_admitted_with_audit_annotations() {
-    let f = fixture("").await;
+    let f = fixture().await;
     let body = review(
         "pod-create.json",
         &[
@@ -214,7 +220,7 @@ async fn a_pod_with_signed_images_is_admitted_with_audit_annotations() {
 
 #[tokio::test]
 async fn a_pod_with_one_unsigned_image_is_refused_with_the_reason() {
-    let f = fixture("").await;
+    let f = fixture().await;
     let body = review(
         "pod-create.json",
         &[
@@ -246,7 +252,7 @@ async fn a_pod_with_one_unsigned_image_is_refused_with_the_reason() {
 
 #[tokio::test]
 async fn workload_templates_and_ephemeral_containers_are_checked() {
-    let f = fixture("").await;
+    let f = fixture().await;
     let (_, refused) = admit(
         &f.router,
         review(
@@ -318,7 +324,7 @@ async fn workload_templates_and_ephemeral_containers_are_checked() {
 
 #[tokio::test]
 async fn warn_mode_admits_with_a_warning() {
-    let f = fixture("  mode: warn\n").await;
+    let f = fixture_with(|policy| policy.mode(Mode::Warn)).await;
     let body = review(
         "cronjob-create.json",
         &[("APP_IMAGE", &f.unsigned.reference)],
@@ -337,7 +343,7 @@ async fn warn_mode_admits_with_a_warning() {
 
 #[tokio::test]
 async fn mutate_pins_verified_images_to_their_digest() {
-    let f = fixture("").await;
+    let f = fixture().await;
     let body = review(
         "pod-create.json",
         &[
@@ -362,7 +368,7 @@ async fn mutate_pins_verified_images_to_their_digest() {
 
 #[tokio::test]
 async fn unmatched_images_are_refused_unless_the_server_allows_or_warns() {
-    let f = fixture("").await;
+    let f = fixture().await;
     let elsewhere = "elsewhere.example/app:1";
     let body = review("cronjob-create.json", &[("APP_IMAGE", elsewhere)]);
     let (_, review) = post(&f.router, "/validate", body.clone()).await;
@@ -393,7 +399,7 @@ async fn unmatched_images_are_refused_unless_the_server_allows_or_warns() {
 
 #[tokio::test]
 async fn malformed_and_oversized_bodies_get_clear_errors() {
-    let f = fixture("").await;
+    let f = fixture().await;
     let (status, body) = post(&f.router, "/validate", "{not json".into()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.as_str().unwrap().contains("not an AdmissionReview"));
@@ -430,7 +436,7 @@ async fn a_hanging_registry_is_answered_before_the_api_servers_deadline() {
     let hanging = HangingRegistry::start().await;
     let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
     let router = router_for(
-        &[policy_yaml("hang", &hanging.host(), &pem, "")],
+        &[policy("hang", &hanging.host(), &pem).yaml()],
         AdmissionSettings::default(),
     );
     let body = review_with_image(&format!("{}/team/app:v1", hanging.host()));
@@ -465,35 +471,27 @@ async fn rego_rules_see_the_request_and_refuse_with_their_messages() {
         .await;
     cosign.sign(&signed.reference, Format::Legacy);
     // The RegistryX guide's module, unchanged (Rego v0), next to a v1 module over the request.
-    let rego = r#"  signatureRequired: false
-  rego:
-    modules:
-      - name: guide.rego
-        source: |
-          package registry
+    const GUIDE: &str = r#"package registry
 
-          deny[msg] {
-              input.operation == "pull"
-              not input.signed
-              msg := "Only signed images are allowed"
-          }
-      - name: people.rego
-        source: |
-          package registryx.policy
-          import rego.v1
+deny[msg] {
+    input.operation == "pull"
+    not input.signed
+    msg := "Only signed images are allowed"
+}
+"#;
+    const PEOPLE: &str = r#"package registryx.policy
+import rego.v1
 
-          violations contains msg if {
-              input.request.userInfo.username == "bob"
-              msg := sprintf("user %s may not deploy to %s", [input.user, input.namespace])
-          }
+violations contains msg if {
+    input.request.userInfo.username == "bob"
+    msg := sprintf("user %s may not deploy to %s", [input.user, input.namespace])
+}
 "#;
     let router = router_for(
-        &[policy_yaml(
-            "rego",
-            &registry.host,
-            &cosign.public_key_pem(),
-            rego,
-        )],
+        &[policy("rego", &registry.host, &cosign.public_key_pem())
+            .with(|spec| spec.signature_required = false)
+            .rego(&[("guide.rego", GUIDE), ("people.rego", PEOPLE)])
+            .yaml()],
         AdmissionSettings::default(),
     );
 
@@ -549,12 +547,7 @@ async fn registryx_push_events_are_authenticated_bounded_and_only_drop_cached_re
         .await;
     cosign.sign(&signed.reference, Format::Legacy);
     let (admission, verifier) = admission_for(
-        &[policy_yaml(
-            "team-signed",
-            &registry.host,
-            &cosign.public_key_pem(),
-            "",
-        )],
+        &[policy("team-signed", &registry.host, &cosign.public_key_pem()).yaml()],
         AdmissionSettings::default(),
     );
     let token = "events-token-0123456789abcdef";
@@ -675,14 +668,9 @@ async fn post_with_header(
 
 #[tokio::test]
 async fn one_object_naming_an_image_many_times_costs_one_verification_and_a_cap_holds() {
-    let f = fixture("").await;
+    let f = fixture().await;
     let (router, verifier) = router_and_verifier(
-        &[policy_yaml(
-            "team-signed",
-            &f.registry.host,
-            &f.cosign.public_key_pem(),
-            "",
-        )],
+        &[policy("team-signed", &f.registry.host, &f.cosign.public_key_pem()).yaml()],
         AdmissionSettings::default(),
     );
     let containers: Vec<Value> = (0..2000)
@@ -745,12 +733,12 @@ async fn every_spelling_of_a_governed_registry_is_governed() {
     let port = registry.host.rsplit_once(':').unwrap().1;
     // The policy names the registry as `LocalHost:<port>`; the server admits unmatched images, so a
     // spelling that escaped the policy would be admitted: every refusal below proves it is governed.
-    let policy = policy_yaml(
+    let policy = policy(
         "team-signed",
         &format!("LocalHost:{port}/team"),
         &cosign.public_key_pem(),
-        "",
-    );
+    )
+    .yaml();
     let lenient = router_for(
         std::slice::from_ref(&policy),
         AdmissionSettings {
@@ -801,7 +789,7 @@ async fn every_spelling_of_a_governed_registry_is_governed() {
 
 #[tokio::test]
 async fn a_tag_that_reaches_validation_unpinned_is_refused() {
-    let f = fixture("").await;
+    let f = fixture().await;
     let (_, refused) = post(
         &f.router,
         "/validate",
@@ -831,13 +819,13 @@ async fn a_tag_that_reaches_validation_unpinned_is_refused() {
 
 #[tokio::test]
 async fn policies_that_do_not_pin_record_the_digest_and_refuse_a_moved_tag() {
-    let f = fixture("  mutateDigest: false\n").await;
-    let (router, state, _) = events_router(&[policy_yaml(
-        "team-signed",
-        &f.registry.host,
-        &f.cosign.public_key_pem(),
-        "  mutateDigest: false\n",
-    )]);
+    let f = fixture_with(|policy| policy.mutate_digest(false)).await;
+    let (router, state, _) =
+        events_router(&[
+            policy("team-signed", &f.registry.host, &f.cosign.public_key_pem())
+                .mutate_digest(false)
+                .yaml(),
+        ]);
     let ((_, admitted), object) =
         admit_object(&router, review_with_image(&f.signed.reference)).await;
     assert_eq!(admitted["response"]["allowed"], true, "{admitted:#}");
@@ -886,7 +874,7 @@ async fn updates_that_change_no_image_are_not_checked_again() {
         .push_image("team/app", "signed", "update-signed")
         .await;
     cosign.sign(&signed.reference, Format::Legacy);
-    let policy = policy_yaml("team-signed", &registry.host, &cosign.public_key_pem(), "");
+    let policy = policy("team-signed", &registry.host, &cosign.public_key_pem()).yaml();
     let (router, verifier) = router_and_verifier(&[policy], AdmissionSettings::default());
     let update =
         |new: &str, old: &str| review("pod-update.json", &[("NEW_IMAGE", new), ("OLD_IMAGE", old)]);
@@ -1014,7 +1002,7 @@ async fn a_changed_pod_template_is_checked_whole_and_a_scale_is_not() {
         .push_image("team/app", "signed", "rollout-signed")
         .await;
     cosign.sign(&signed.reference, Format::Legacy);
-    let policy = policy_yaml("team-signed", &registry.host, &cosign.public_key_pem(), "");
+    let policy = policy("team-signed", &registry.host, &cosign.public_key_pem()).yaml();
     let (router, verifier) = router_and_verifier(&[policy], AdmissionSettings::default());
     let kept = unsigned.by_digest();
     for kind in ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"] {
@@ -1105,13 +1093,13 @@ async fn a_namespace_missing_from_the_cache_is_never_treated_as_unlabelled() {
 
 #[tokio::test]
 async fn a_tags_digest_is_shared_for_seconds_and_dropped_by_a_push_event() {
-    let f = fixture("").await;
-    let (router, state, verifier) = events_router(&[policy_yaml(
-        "team-signed",
-        &f.registry.host,
-        &f.cosign.public_key_pem(),
-        "  mutateDigest: false\n",
-    )]);
+    let f = fixture().await;
+    let (router, state, verifier) =
+        events_router(&[
+            policy("team-signed", &f.registry.host, &f.cosign.public_key_pem())
+                .mutate_digest(false)
+                .yaml(),
+        ]);
     let body = review_with_image(&f.signed.reference);
     let (_, first) = post(&router, "/validate", body.clone()).await;
     assert_eq!(first["response"]["allowed"], true, "{first:#}");

@@ -247,6 +247,7 @@ fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotation_changes_the_served_certificate_without_failing_requests() {
+    let _room = crate::support::serial::room("tls_rotation");
     let (old_ca, new_ca) = (Ca::new("old test CA"), Ca::new("new test CA"));
     let (old_leaf, new_leaf) = (old_ca.leaf(), new_ca.leaf());
     let server = Server::start(&old_leaf).await;
@@ -385,6 +386,7 @@ async fn rotation_changes_the_served_certificate_without_failing_requests() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
+    let _room = crate::support::serial::room("tls_rotation");
     let ca = Ca::new("test CA");
     let server = Server::start(&ca.leaf()).await;
     let trusting = client(&[&ca], Connections::KeepAliveH2);
@@ -411,6 +413,7 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
 
 #[tokio::test]
 async fn bad_and_stalled_handshakes_do_not_stop_the_server() {
+    let _room = crate::support::serial::room("tls_rotation");
     let ca = Ca::new("test CA");
     let server = Server::start(&ca.leaf()).await;
     let trusting = client(&[&ca], Connections::FreshHttp1);
@@ -530,6 +533,7 @@ impl RawConnection {
 
 #[tokio::test]
 async fn draining_closes_http1_connections_after_a_response_never_while_idle() {
+    let _room = crate::support::serial::room("tls_rotation");
     let ca = Ca::new("test CA");
     let server = Server::start(&ca.leaf()).await;
     let mut before = RawConnection::open(&ca, server.addr).await;
@@ -566,6 +570,7 @@ async fn draining_closes_http1_connections_after_a_response_never_while_idle() {
 
 #[tokio::test]
 async fn an_idle_http1_connection_outlives_the_head_timeout_a_trickled_head_does_not() {
+    let _room = crate::support::serial::room("tls_rotation");
     let ca = Ca::new("test CA");
     let server = Server::start(&ca.leaf()).await;
     let mut idle = RawConnection::open(&ca, server.addr).await;

@@ -1,10 +1,8 @@
 //! Smoke tests of the test harness: each real tool starts and does the one thing later tests rely on.
 
-mod support;
-
-use support::cluster::ControlPlane;
-use support::cosign::{Cosign, Format, assert_success};
-use support::registry::{OCI_MANIFEST, Registry};
+use crate::support::cluster::ControlPlane;
+use crate::support::cosign::{Cosign, Format, assert_success};
+use crate::support::registry::{OCI_MANIFEST, Registry};
 
 #[tokio::test]
 async fn distribution_registry_stores_and_serves_a_pushed_image() {
@@ -19,7 +17,7 @@ async fn distribution_registry_stores_and_serves_a_pushed_image() {
         "the registry computed another digest"
     );
     assert_eq!(content_type.as_deref(), Some(OCI_MANIFEST));
-    assert_eq!(support::registry::sha256(&body), image.digest);
+    assert_eq!(crate::support::registry::sha256(&body), image.digest);
 
     let (status, ..) = registry.get_manifest("smoke/app", "missing").await;
     assert_eq!(status, 404);

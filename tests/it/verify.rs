@@ -1,16 +1,16 @@
 //! The verification engine against real registries and real cosign signatures: what must be admitted,
 //! and each way a signature can be missing, wrong, or forged that must be refused with its reason.
 
-mod support;
-
-use registryx_guard::verify::ImageVerdict;
-use support::cosign::{Cosign, Format};
-use support::registry::Registry;
-use support::verdicts::{
-    BUDGET, PolicyYaml, altered_signature, assert_admitted, assert_refused_because, first_proof,
+use crate::support::cosign::{Cosign, Format};
+use crate::support::policy::PolicySpec;
+use crate::support::registry::Registry;
+use crate::support::verdicts::{
+    BUDGET, altered_signature, assert_admitted, assert_refused, assert_refused_saying, first_proof,
     get_blob, key_policy, legacy_signed_image, new_verifier, put_signature_manifest,
     signature_manifest, verify, verify_with,
 };
+use registryx_guard::policy::MultiArch;
+use registryx_guard::verify::ImageVerdict;
 
 #[tokio::test]
 async fn admits_a_key_signed_legacy_signature_with_its_evidence() {
@@ -82,8 +82,9 @@ async fn refuses_an_unsigned_image_naming_digest_and_remedy() {
     let image = registry.push_image("team/app", "v1", "unsigned").await;
 
     let verdict = verify(&image.reference, &key_policy(&registry.host, &cosign)).await;
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "no_signature",
         &[&format!(
             "no signature found for {} in {}/team/app",
             image.digest, registry.host
@@ -103,16 +104,20 @@ async fn refuses_a_signature_made_with_another_key() {
     let image = registry.push_image("team/app", "v1", "other-key").await;
     other.sign(&image.reference, Format::Legacy);
     let verdict = verify(&image.reference, &key_policy(&registry.host, &trusted)).await;
-    assert_refused_because(&verdict, &["does not verify with key sha256:"]);
+    assert_refused_saying(
+        &verdict,
+        "other_signer",
+        &["does not verify with key sha256:"],
+    );
 
     let bundles = Registry::with_referrers();
     let image = bundles
         .push_image("team/app", "v1", "other-key-bundle")
         .await;
     other.sign(&image.reference, Format::Bundle);
-    assert_refused_because(
+    assert_refused(
         &verify(&image.reference, &key_policy(&bundles.host, &trusted)).await,
-        &["does not verify with key"],
+        "other_signer",
     );
 }
 
@@ -131,8 +136,9 @@ async fn refuses_a_valid_signature_copied_from_another_image() {
     put_signature_manifest(&registry, &target, &manifest).await;
 
     let verdict = verify(&target.reference, &key_policy(&registry.host, &cosign)).await;
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "other_digest",
         &[&format!(
             "the signature is for {}, not for this image's {}",
             signed.digest, target.digest
@@ -153,8 +159,9 @@ async fn refuses_a_tag_moved_to_an_unsigned_image_after_signing() {
     assert_ne!(moved.digest, signed.digest);
     let verdict = verify(&moved.reference, &policy).await;
     assert_eq!(verdict.digest.as_deref(), Some(moved.digest.as_str()));
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "other_digest",
         &[&format!("no signature found for {}", moved.digest)],
     );
 }
@@ -169,9 +176,9 @@ async fn refuses_altered_signature_bytes() {
     *annotation = altered_signature(annotation.as_str().unwrap()).into();
     put_signature_manifest(&registry, &image, &manifest).await;
 
-    assert_refused_because(
+    assert_refused(
         &verify(&image.reference, &key_policy(&registry.host, &cosign)).await,
-        &["does not verify with key"],
+        "other_signer",
     );
 }
 
@@ -195,9 +202,9 @@ async fn refuses_an_altered_payload() {
     manifest["layers"][0]["size"] = altered.len().into();
     put_signature_manifest(&registry, &image, &manifest).await;
 
-    assert_refused_because(
+    assert_refused(
         &verify(&image.reference, &key_policy(&registry.host, &cosign)).await,
-        &["does not verify with key"],
+        "other_signer",
     );
 }
 
@@ -214,11 +221,12 @@ async fn multi_arch_indexes_follow_the_policy_choice() {
 
     // What cosign signs by default: the index digest.
     assert_admitted(&verify(&index.reference, &key_policy(&registry.host, &cosign)).await);
-    let every = PolicyYaml::key(&registry.host, &cosign.public_key_pem())
-        .spec("multiArch: everyPlatform")
+    let every = PolicySpec::key(&registry.host, &cosign.public_key_pem())
+        .multi_arch(MultiArch::EveryPlatform)
         .compile();
-    assert_refused_because(
+    assert_refused_saying(
         &verify(&index.reference, &every).await,
+        "other_digest",
         &[&format!("no signature found for {}", amd64.digest)],
     );
 
@@ -278,7 +286,7 @@ async fn a_registry_without_the_referrers_api_is_asked_for_it_once() {
     // distribution has no referrers route (a plain-text 404): after three such answers in a row the
     // verifier stops asking, and still finds both formats, the bundle behind its fallback tag.
     let registry = Registry::distribution();
-    let proxy = support::fakes::RegistryxProxy::start(&registry.host).await;
+    let proxy = crate::support::fakes::RegistryxProxy::start(&registry.host).await;
     let cosign = Cosign::with_new_key_pair();
     let mut images = Vec::new();
     for (i, format) in [
@@ -297,7 +305,7 @@ async fn a_registry_without_the_referrers_api_is_asked_for_it_once() {
         cosign.sign(&image.reference, format);
         images.push(image);
     }
-    let through_proxy = |image: &support::registry::PushedImage| {
+    let through_proxy = |image: &crate::support::registry::PushedImage| {
         image.by_digest().replace(&registry.host, &proxy.host())
     };
     let policy = key_policy(&proxy.host(), &cosign);
@@ -317,7 +325,7 @@ async fn a_registry_without_the_referrers_api_is_asked_for_it_once() {
 #[tokio::test]
 async fn an_oci_error_from_the_referrers_api_is_not_taken_for_its_absence() {
     // A JSON 404 (NAME_UNKNOWN, MANIFEST_UNKNOWN...) speaks of one repository: every digest is asked again.
-    let registry = support::fakes::FailingRegistry::start(404).await;
+    let registry = crate::support::fakes::FailingRegistry::start(404).await;
     let cosign = Cosign::with_new_key_pair();
     let policy = key_policy(&registry.host(), &cosign);
     let verifier = new_verifier();

@@ -1,19 +1,17 @@
 //! Smoke tests of the fakes and the test CA: each one behaves as later tests assume, checked with plain
 //! HTTP, real registries and real cosign.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use support::cosign::{Format, assert_success};
-use support::fakes::{
+use crate::support::cosign::{Format, assert_success};
+use crate::support::fakes::{
     FailingRegistry, HangingRegistry, LyingRegistry, OVERSIZED_DIGEST, OversizedRegistry,
     RegistryxProxy, RequestCounts,
 };
-use support::keyless::{Leaf, OID_ISSUER_V1, OID_ISSUER_V2, TestCa};
-use support::registry::{OCI_INDEX, OCI_MANIFEST, PushedImage, Registry, sha256};
-use support::verdicts::{base64_decode, get_blob, signature_manifest};
+use crate::support::keyless::{Leaf, OID_ISSUER_V1, OID_ISSUER_V2, TestCa};
+use crate::support::registry::{OCI_INDEX, OCI_MANIFEST, PushedImage, Registry, sha256};
+use crate::support::verdicts::{base64_decode, get_blob, signature_manifest};
+use serde_json::{Value, json};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 

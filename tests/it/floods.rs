@@ -4,11 +4,9 @@
 //! HTTP/1.1 and HTTP/2; and crowds of attacking addresses (idle connections, stalled handshakes,
 //! stalled bodies) through which the API server's reviews must all be answered in time.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::webhook::Webhook;
+use crate::support::webhook::Webhook;
 
 /// Resident memory the server may reach under any flood below: the 64 MiB body budget, the baseline
 /// (~30 MiB) and headroom for connection buffers.
@@ -57,13 +55,14 @@ fn client_from(http2: bool, source: [u8; 4]) -> reqwest::Client {
 
 /// An AdmissionReview of one pod naming `image`.
 fn review(image: &str) -> String {
-    std::fs::read_to_string(support::repo_root().join("tests/data/cronjob-create.json"))
+    std::fs::read_to_string(crate::support::repo_root().join("tests/data/cronjob-create.json"))
         .unwrap()
         .replace("APP_IMAGE", image)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_bodies_on_many_connections_stay_within_the_memory_ceiling() {
+    let _room = crate::support::serial::room("floods");
     let server = start_server();
     let url = format!("https://127.0.0.1:{}/validate", server.https);
     let baseline = rss_mib(&server);
@@ -115,6 +114,7 @@ async fn stalled_bodies_on_many_connections_stay_within_the_memory_ceiling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_413_on_http1_and_http2() {
+    let _room = crate::support::serial::room("floods");
     let server = start_server();
     let url = format!("https://127.0.0.1:{}/validate", server.https);
     for http2 in [false, true] {
@@ -136,6 +136,7 @@ async fn oversized_bodies_are_413_on_http1_and_http2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_push_events_cost_nothing() {
+    let _room = crate::support::serial::room("floods");
     let server = start_server();
     let url = format!("https://127.0.0.1:{}/registryx/events", server.https);
     let client = client(false);
@@ -170,6 +171,7 @@ async fn unauthenticated_push_events_cost_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_peer_stalling_bodies_does_not_hold_up_anothers_reviews() {
+    let _room = crate::support::serial::room("floods");
     let server = start_server();
     let url = format!("https://127.0.0.1:{}/validate", server.https);
     // 40 stalled bodies of 1 MiB from 127.0.0.2: more than its share of the body budget.
@@ -471,6 +473,7 @@ async fn wait_until_server_holds(server: &Server, baseline: usize, connections: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_from_64_addresses_at_the_default_cap_do_not_shut_out_the_api_server() {
+    let _room = crate::support::serial::room("floods");
     let _one_at_a_time = CROWD_TESTS.lock().await;
     let server = start_server();
     let baseline = open_fds(&server);
@@ -480,7 +483,7 @@ async fn idle_connections_from_64_addresses_at_the_default_cap_do_not_shut_out_t
     assert_every_review_answered(server.https, 16, "1,088 idle connections from 64 addresses")
         .await;
     // While crowded, a connection that sends nothing is closed after the 3 s first-byte timeout, not
-    // the 10 s handshake timeout (tests/tls_rotation.rs: uncrowded, it gets the 10 s). From an
+    // the 10 s handshake timeout (tests/it/tls_rotation.rs: uncrowded, it gets the 10 s). From an
     // address of its own, so that it gets in (holding none) rather than being refused.
     let silent = connect_from([127, 0, 0, 66], server.https).await.unwrap();
     let opened = Instant::now();
@@ -506,6 +509,7 @@ async fn idle_connections_from_64_addresses_at_the_default_cap_do_not_shut_out_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshakes_from_64_addresses_do_not_shut_out_the_api_server() {
+    let _room = crate::support::serial::room("floods");
     let _one_at_a_time = CROWD_TESTS.lock().await;
     // A cap of 256 (16 per address): the same crowd in a quarter of the sockets.
     let server = start_server_with(&[
@@ -523,6 +527,7 @@ async fn stalled_handshakes_from_64_addresses_do_not_shut_out_the_api_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_of_64_addresses_beyond_the_per_peer_cap_still_leaves_the_api_server_room() {
+    let _room = crate::support::serial::room("floods");
     let _one_at_a_time = CROWD_TESTS.lock().await;
     // Each address tries more connections than its own cap (8 of 12 slots get in): the crowd fills
     // the cap of 256 with half idle, half stalled-handshake connections.
@@ -546,6 +551,7 @@ async fn a_crowd_of_64_addresses_beyond_the_per_peer_cap_still_leaves_the_api_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_bodies_from_64_addresses_do_not_queue_the_api_servers_reviews() {
+    let _room = crate::support::serial::room("floods");
     let _one_at_a_time = CROWD_TESTS.lock().await;
     let server = start_server();
     // 2 bodies from each of 64 addresses, 192 KiB of each arriving (768 KiB of the budget at four

@@ -1,7 +1,5 @@
 //! The command line as a user meets it: help, version, exit codes, and crdgen's output.
 
-mod support;
-
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
@@ -122,15 +120,15 @@ fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
         .unwrap()
         .public_key_pem()
         .replace('\n', "\n        ");
-    support::serve_files(
+    crate::support::serve_files(
         dir.path(),
         &format!(
             "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: from-dir}}\nspec:\n  images: ['r.example/**']\n  \
              authorities:\n  - name: k\n    key:\n      data: |\n        {pem}\n"
         ),
     );
-    let (port, https) = (support::free_port(), support::free_port());
-    let mut child = support::serve_command(dir.path(), port, https)
+    let (port, https) = (crate::support::free_port(), crate::support::free_port());
+    let mut child = crate::support::serve_command(dir.path(), port, https)
         .args(["--log-format", "json"])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -154,7 +152,7 @@ fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
         .unwrap_or_default();
     // One review, of a pod whose image no policy governs: refused, and logged as a decision.
     let mut review: serde_json::Value =
-        serde_json::from_str(include_str!("data/pod-create.json")).unwrap();
+        serde_json::from_str(include_str!("../data/pod-create.json")).unwrap();
     review["request"]["object"]["spec"]["containers"] =
         serde_json::json!([{"name": "app", "image": "elsewhere.example/app:1"}]);
     review["request"]["object"]["spec"]["initContainers"] = serde_json::json!([]);
@@ -236,9 +234,9 @@ fn a_policy_file_rewritten_in_place_is_never_published_half_written() {
             "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: {name}}}\nspec:\n  images: ['{host}/**']\n  mutateDigest: false\n  signatureRequired: false\n"
         )
     };
-    let policies = support::serve_files(dir.path(), &policy("first", "a.example"));
-    let (port, https) = (support::free_port(), support::free_port());
-    let mut child = support::serve_command(dir.path(), port, https)
+    let policies = crate::support::serve_files(dir.path(), &policy("first", "a.example"));
+    let (port, https) = (crate::support::free_port(), crate::support::free_port());
+    let mut child = crate::support::serve_command(dir.path(), port, https)
         .env("RXG_LOG", "warn")
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -1,13 +1,10 @@
 //! A registry over HTTPS with a certificate from a private CA: verified with the policy's
 //! `registry.caBundle`, refused without it (the system roots do not know that CA).
 
-mod support;
-
-use support::cosign::Cosign;
-use support::registry::Registry;
-use support::verdicts::{
-    PolicyYaml, assert_admitted, assert_refused_because, compile_policy, verify,
-};
+use crate::support::cosign::Cosign;
+use crate::support::policy::PolicySpec;
+use crate::support::registry::Registry;
+use crate::support::verdicts::{assert_admitted, assert_refused_saying, verify};
 
 /// Signs `reference` (legacy format) on `registry`, whose certificate cosign trusts through its CA.
 fn sign_over_tls(cosign: &Cosign, registry: &Registry, reference: &str) {
@@ -27,7 +24,7 @@ fn sign_over_tls(cosign: &Cosign, registry: &Registry, reference: &str) {
         .arg(reference)
         .output()
         .unwrap();
-    support::cosign::assert_success("cosign sign over TLS", &output);
+    crate::support::cosign::assert_success("cosign sign over TLS", &output);
 }
 
 #[tokio::test]
@@ -37,31 +34,21 @@ async fn a_private_ca_is_trusted_through_the_policy_ca_bundle_only() {
     let image = registry.push_image("team/app", "v1", "tls").await;
     sign_over_tls(&cosign, &registry, &image.reference);
 
-    let base = PolicyYaml::key(&registry.host, &cosign.public_key_pem()).yaml();
-    let bundle = registry
-        .ca_pem()
-        .unwrap()
-        .trim_end()
-        .replace('\n', "\n      ");
-    let with_ca = base.replace(
-        "registry: {insecure: true}",
-        &format!("registry:\n    caBundle: |\n      {bundle}"),
-    );
-    assert_admitted(&verify(&image.reference, &compile_policy(&with_ca)).await);
+    let base = PolicySpec::key(&registry.host, &cosign.public_key_pem());
+    let ca = registry.ca_pem().unwrap().to_owned();
+    let with_ca = base.clone().insecure(false).ca_bundle(&ca);
+    assert_admitted(&verify(&image.reference, &with_ca.compile()).await);
 
     // RegistryX's REST API on the same host is read with the same trust: with the old bare client the
     // handshake failed and the Rego stage refused. (The distribution registry answers 404 there: no
     // summary, and the module allows.)
     let with_api = with_ca
-        .replace(
-            "registry:\n    caBundle:",
-            &format!("registry:\n    registryxApi: https://{}\n    caBundle:", registry.host),
-        )
-        .replace(
-            "spec:\n",
-            "spec:\n  rego:\n    modules:\n      - name: allow.rego\n        source: |\n          package registryx.policy\n          default allow = true\n",
-        );
-    let verdict = verify(&image.reference, &compile_policy(&with_api)).await;
+        .registryx_api(&format!("https://{}", registry.host))
+        .rego(&[(
+            "allow.rego",
+            "package registryx.policy\ndefault allow = true\n",
+        )]);
+    let verdict = verify(&image.reference, &with_api.compile()).await;
     assert_admitted(&verdict);
     let json = serde_json::to_value(&verdict).unwrap();
     assert!(
@@ -69,9 +56,9 @@ async fn a_private_ca_is_trusted_through_the_policy_ca_bundle_only() {
         "{json:#}"
     );
 
-    let without_ca = base.replace("registry: {insecure: true}", "registry: {}");
-    let verdict = verify(&image.reference, &compile_policy(&without_ca)).await;
-    assert_refused_because(&verdict, &[&registry.host, "cannot connect"]);
+    let without_ca = base.insecure(false);
+    let verdict = verify(&image.reference, &without_ca.compile()).await;
+    assert_refused_saying(&verdict, "unreachable", &[&registry.host, "cannot connect"]);
 }
 
 #[tokio::test]
@@ -82,32 +69,18 @@ async fn a_plain_http_registry_redirecting_to_https_storage_is_followed() {
     let cosign = Cosign::with_new_key_pair();
     let image = storage.push_image("team/app", "v1", "redirected").await;
     sign_over_tls(&cosign, &storage, &image.reference);
-    let front = support::fakes::RedirectingRegistry::start(&storage.host);
+    let front = crate::support::fakes::RedirectingRegistry::start(&storage.host);
 
-    let bundle = storage
-        .ca_pem()
-        .unwrap()
-        .trim_end()
-        .replace('\n', "\n      ");
-    let policy = PolicyYaml::key(&front.host(), &cosign.public_key_pem())
-        .yaml()
-        .replace(
-            "registry: {insecure: true}",
-            &format!("registry:\n    insecure: true\n    caBundle: |\n      {bundle}"),
-        );
+    let ca = storage.ca_pem().unwrap().to_owned();
+    let policy = PolicySpec::key(&front.host(), &cosign.public_key_pem()).ca_bundle(&ca);
     let reference = image.reference.replace(&storage.host, &front.host());
     // The storage is another host:port than the registry's: followed only once the policy names it.
-    assert_refused_because(
-        &verify(&reference, &compile_policy(&policy)).await,
+    assert_refused_saying(
+        &verify(&reference, &policy.compile()).await,
+        "unreachable",
         &["spec.registry.redirectHosts"],
     );
-    let named = policy.replace(
-        "    insecure: true\n",
-        &format!(
-            "    insecure: true\n    redirectHosts: ['{}']\n",
-            storage.host
-        ),
-    );
-    assert_admitted(&verify(&reference, &compile_policy(&named)).await);
+    let named = policy.redirect_hosts([storage.host.as_str()]);
+    assert_admitted(&verify(&reference, &named.compile()).await);
     assert!(front.requests() >= 3, "{} requests", front.requests());
 }

@@ -2,30 +2,30 @@
 //! step, before the deadline. And RegistryX's own quirks: a token realm that names localhost:5000 and a
 //! 403 DENIED from its pull policy.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use registryx_guard::policy::CompiledPolicy;
-use registryx_guard::registry::DockerConfig;
-use registryx_guard::verify::{Verifier, VerifierSettings};
-use support::cosign::Cosign;
-use support::fakes::{
+use crate::support::cosign::Cosign;
+use crate::support::fakes::{
     FailingRegistry, HangingRegistry, LyingRegistry, OversizedRegistry, RegistryxProxy, Scripted,
     Slamming, closed_port_host,
 };
-use support::verdicts::{
-    PolicyYaml, assert_refused_because, key_policy, legacy_signed_image, verify_with, verify_within,
+use crate::support::policy::PolicySpec;
+use crate::support::verdicts::{
+    assert_refused_saying, key_policy, legacy_signed_image, verify_with, verify_within,
 };
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use registryx_guard::policy::CompiledPolicy;
+use registryx_guard::policy::MultiArch;
+use registryx_guard::registry::DockerConfig;
+use registryx_guard::verify::{Verifier, VerifierSettings};
 
 /// A key policy over every image of `host` that also checks every platform of an index, which makes
 /// the engine read the image's own manifest.
 fn every_platform_policy(host: &str, cosign: &Cosign) -> Arc<CompiledPolicy> {
-    PolicyYaml::key(host, &cosign.public_key_pem())
-        .spec("multiArch: everyPlatform")
+    PolicySpec::key(host, &cosign.public_key_pem())
+        .multi_arch(MultiArch::EveryPlatform)
         .compile()
 }
 
@@ -43,8 +43,9 @@ async fn a_hanging_registry_is_refused_before_the_deadline() {
     )
     .await;
     let elapsed = start.elapsed();
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "unreachable",
         &[&registry.host(), "resolve team/app:v1", "no answer within"],
     );
     // The verdict arrives at the deadline, not at some socket's timeout: a bound, not a benchmark.
@@ -62,7 +63,7 @@ async fn a_registry_answering_500_is_refused_with_the_status() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_because(&verdict, &[&registry.host(), "HTTP 500"]);
+    assert_refused_saying(&verdict, "unreachable", &[&registry.host(), "HTTP 500"]);
 }
 
 #[tokio::test]
@@ -75,7 +76,11 @@ async fn an_oversized_manifest_is_refused_without_reading_it_all() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_because(&verdict, &["larger than the 4194304 byte limit"]);
+    assert_refused_saying(
+        &verdict,
+        "image_unreadable",
+        &["larger than the 4194304 byte limit"],
+    );
     assert!(registry.bytes_sent() < 64 << 20, "the whole body was read");
 }
 
@@ -89,7 +94,11 @@ async fn a_registry_that_lies_about_a_digest_is_refused() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_because(&verdict, &["content does not match its digest"]);
+    assert_refused_saying(
+        &verdict,
+        "image_unreadable",
+        &["content does not match its digest"],
+    );
 }
 
 #[tokio::test]
@@ -130,8 +139,9 @@ async fn registryx_denied_is_reported_as_the_registrys_refusal() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "registry_refused",
         &[
             "refused by the registry",
             "DENIED policy violation: critical vulnerabilities",
@@ -197,7 +207,7 @@ fn oci_manifest_answer(body: String) -> Response {
 
 /// Every policy's reasons with `host` written as HOST, so that refusals from different ports compare.
 fn reasons_at(verdict: &registryx_guard::verify::ImageVerdict, host: &str) -> String {
-    support::verdicts::reasons(verdict).replace(host, "HOST")
+    crate::support::verdicts::reasons(verdict).replace(host, "HOST")
 }
 
 #[tokio::test]
@@ -219,7 +229,7 @@ async fn a_megabyte_json_string_for_a_signature_is_neither_quoted_nor_kept() {
         Duration::from_secs(10),
     )
     .await;
-    let reasons = support::verdicts::reasons(&verdict);
+    let reasons = crate::support::verdicts::reasons(&verdict);
     assert!(!verdict.admitted());
     assert!(!reasons.contains("AAAA"), "the registry's bytes are quoted");
     let json = serde_json::to_string(&verdict).unwrap();
@@ -250,7 +260,7 @@ async fn registry_error_text_is_an_excerpt_marked_as_the_registrys_words() {
         Duration::from_secs(10),
     )
     .await;
-    let reasons = support::verdicts::reasons(&verdict);
+    let reasons = crate::support::verdicts::reasons(&verdict);
     assert!(
         reasons.contains("the registry says \"DENIED denied"),
         "{reasons}"
@@ -271,7 +281,7 @@ async fn registry_error_text_is_an_excerpt_marked_as_the_registrys_words() {
         Duration::from_secs(10),
     )
     .await;
-    let reasons = support::verdicts::reasons(&verdict);
+    let reasons = crate::support::verdicts::reasons(&verdict);
     assert!(reasons.contains("no registry answered"), "{reasons}");
     assert!(!reasons.contains("yyyy"), "{reasons}");
 }
@@ -340,22 +350,11 @@ async fn a_redirect_to_a_host_the_policy_names_is_followed() {
             .into_response()
     });
     let reference = image.reference.replace(&upstream.host, &front.host());
-    let named = PolicyYaml::key(&front.host(), &cosign.public_key_pem())
-        .yaml()
-        .replace(
-            "registry: {insecure: true}",
-            &format!(
-                "registry: {{insecure: true, redirectHosts: ['{}']}}",
-                upstream.host
-            ),
-        );
-    let verdict = verify_within(
-        &reference,
-        &support::verdicts::compile_policy(&named),
-        Duration::from_secs(10),
-    )
-    .await;
-    support::verdicts::assert_admitted(&verdict);
+    let named = PolicySpec::key(&front.host(), &cosign.public_key_pem())
+        .redirect_hosts([upstream.host.as_str()])
+        .compile();
+    let verdict = verify_within(&reference, &named, Duration::from_secs(10)).await;
+    crate::support::verdicts::assert_admitted(&verdict);
     // The same front, with the storage not named, is refused without a request to it.
     let requests = front.requests();
     let unnamed = verify_within(
@@ -364,7 +363,7 @@ async fn a_redirect_to_a_host_the_policy_names_is_followed() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_because(&unnamed, &["spec.registry.redirectHosts"]);
+    assert_refused_saying(&unnamed, "unreachable", &["spec.registry.redirectHosts"]);
     assert!(front.requests() > requests);
 }
 

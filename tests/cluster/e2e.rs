@@ -3,18 +3,17 @@
 //! pointing at a registryx-guard process outside the cluster), policies applied with kubectl, and
 //! kubectl's own answers checked.
 
-mod support;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::support::cluster::ControlPlane;
+use crate::support::cosign::{Cosign, Format, assert_success};
+use crate::support::helm::{NAMESPACE, helm_install};
+use crate::support::policy::release_key_policy;
+use crate::support::process::{Process, http_status};
+use crate::support::registry::Registry;
 use base64::Engine as _;
-use support::cluster::ControlPlane;
-use support::cosign::{Cosign, Format, assert_success};
-use support::process::{Process, http_status};
-use support::registry::Registry;
-
-const NAMESPACE: &str = "registryx-guard";
+use registryx_guard::policy::Mode;
 
 struct Webhook {
     process: Option<Process>,
@@ -46,7 +45,7 @@ impl Webhook {
         let mut webhook = Webhook {
             process: None,
             port,
-            probes: support::free_port(),
+            probes: crate::support::free_port(),
             dir,
             kubeconfig: cluster.kubeconfig.clone(),
         };
@@ -104,14 +103,6 @@ fn text(output: &Output) -> String {
     )
 }
 
-fn policy(name: &str, glob: &str, pem: &str, extra: &str) -> String {
-    let pem = pem.trim_end().replace('\n', "\n          ");
-    format!(
-        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata:\n  name: {name}\nspec:\n  images: ['{glob}']\n  \
-         registry: {{insecure: true}}\n  authorities:\n    - name: release-key\n      key:\n        data: |\n          {pem}\n{extra}"
-    )
-}
-
 async fn wait_ready(cluster: &ControlPlane, name: &str, webhook: &Webhook) {
     let start = Instant::now();
     while text(&cluster.kubectl(&["get", "isp", name]))
@@ -131,7 +122,8 @@ async fn wait_ready(cluster: &ControlPlane, name: &str, webhook: &Webhook) {
 /// A file of policies/ with its placeholders filled in for this cluster: the images glob, the public key,
 /// and plain HTTP for the test registry instead of the example's pull Secret.
 fn from_policies_folder(file: &str, glob: &str, pem: &str) -> String {
-    let text = std::fs::read_to_string(support::repo_root().join("policies").join(file)).unwrap();
+    let text =
+        std::fs::read_to_string(crate::support::repo_root().join("policies").join(file)).unwrap();
     let key_lines: Vec<String> = pem
         .trim_end()
         .lines()
@@ -181,26 +173,14 @@ async fn the_product_end_to_end() {
     cosign.sign(&signed.reference, Format::Legacy);
 
     // 1. helm install: CRDs, RBAC, webhook configurations pointing at the process below.
-    let port = support::free_port();
-    let install = Command::new(support::tool("helm"))
-        .args(["install", "rxg"])
-        .arg(support::repo_root().join("charts/registryx-guard"))
-        .args([
-            "--namespace",
-            NAMESPACE,
-            "--create-namespace",
-            "--kubeconfig",
-        ])
-        .arg(&cluster.kubeconfig)
-        .args([
-            "--set",
+    let port = crate::support::free_port();
+    let install = helm_install(
+        &cluster,
+        &[
             &format!("webhook.url=https://127.0.0.1:{port}"),
-            "--set",
             "replicaCount=0",
-        ])
-        .output()
-        .unwrap();
-    assert_success("helm install", &install);
+        ],
+    );
     assert!(
         String::from_utf8_lossy(&install.stdout).contains("kubectl apply -f policies/"),
         "NOTES.txt is not shown"
@@ -238,7 +218,7 @@ async fn the_product_end_to_end() {
     let applied = kubectl_stdin(
         &cluster,
         &["apply", "-f", "-"],
-        &policy("demo-signed", &glob, &cosign.public_key_pem(), ""),
+        &release_key_policy("demo-signed", &glob, &cosign.public_key_pem()).yaml(),
     );
     assert_success("apply policy", &applied);
     let ready = Instant::now();
@@ -386,12 +366,13 @@ async fn the_product_end_to_end() {
 
     // 4. Warn mode admits, and kubectl prints the warning.
     let warn_image = registry.push_image("warn/app", "v1", "e2e-warn").await;
-    let warn = policy(
+    let warn = release_key_policy(
         "warn-only",
         &format!("{}/warn/**", registry.host),
         &cosign.public_key_pem(),
-        "  mode: warn\n",
-    );
+    )
+    .mode(Mode::Warn)
+    .yaml();
     assert_success(
         "apply warn policy",
         &kubectl_stdin(&cluster, &["apply", "-f", "-"], &warn),
@@ -408,12 +389,13 @@ async fn the_product_end_to_end() {
     // 5. mutateDigest pins the verified digest in the stored object.
     let pinned_image = registry.push_image("pinned/app", "v1", "e2e-pinned").await;
     cosign.sign(&pinned_image.reference, Format::Legacy);
-    let pin = policy(
+    let pin = release_key_policy(
         "pin",
         &format!("{}/pinned/**", registry.host),
         &cosign.public_key_pem(),
-        "  mutateDigest: true\n",
-    );
+    )
+    .mutate_digest(true)
+    .yaml();
     assert_success(
         "apply pin policy",
         &kubectl_stdin(&cluster, &["apply", "-f", "-"], &pin),
@@ -452,7 +434,7 @@ async fn the_product_end_to_end() {
         &kubectl_stdin(
             &cluster,
             &["apply", "-f", "-"],
-            &policy("demo-signed", &glob, &other.public_key_pem(), ""),
+            &release_key_policy("demo-signed", &glob, &other.public_key_pem()).yaml(),
         ),
     );
     let mut attempt = 0;
@@ -478,12 +460,12 @@ async fn the_product_end_to_end() {
     println!("policy change -> first admission that obeys it: {took:?}");
 
     // 7. A broken policy: Ready=False in kubectl get isp, and its images refused with the reason.
-    let broken = policy(
+    let broken = release_key_policy(
         "demo-signed",
         &glob,
         "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----",
-        "",
-    );
+    )
+    .yaml();
     assert_success(
         "break policy",
         &kubectl_stdin(&cluster, &["apply", "-f", "-"], &broken),
@@ -513,7 +495,7 @@ async fn the_product_end_to_end() {
         &kubectl_stdin(
             &cluster,
             &["apply", "-f", "-"],
-            &policy("demo-signed", &glob, &cosign.public_key_pem(), ""),
+            &release_key_policy("demo-signed", &glob, &cosign.public_key_pem()).yaml(),
         ),
     );
     webhook.stop();

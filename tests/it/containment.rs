@@ -3,23 +3,22 @@
 //! answer must not reach a refusal, open and closed ports must read the same, credentials must never
 //! reach whatever listens on the webhook's own localhost:5000, and client state stays bounded.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::cosign::{Cosign, Format};
+use crate::support::fakes::{HangingRegistry, RegistryxProxy, Scripted};
+use crate::support::policy::PolicySpec;
+use crate::support::registry::Registry;
+use crate::support::verdicts::{key_policy, legacy_signed_image, reasons, verify_with};
+use crate::support::webhook::Webhook;
 use axum::response::IntoResponse as _;
 use registryx_guard::admission::{Admission, AdmissionSettings};
 use registryx_guard::policy::authority::NoSecrets;
-use registryx_guard::policy::{ImageSigningPolicy, PolicySnapshot, shared};
+use registryx_guard::policy::{ImageSigningPolicy, Mode, PolicySnapshot, shared};
 use registryx_guard::registry::DockerConfig;
 use registryx_guard::verify::{Verifier, VerifierSettings};
-use support::cosign::{Cosign, Format};
-use support::fakes::{HangingRegistry, RegistryxProxy, Scripted};
-use support::registry::Registry;
-use support::verdicts::{PolicyYaml, key_policy, legacy_signed_image, reasons, verify_with};
-use support::webhook::Webhook;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A plain TCP service on a free loopback port that answers every request with `answer` (raw bytes),
@@ -54,13 +53,14 @@ async fn raw_service(answer: &'static [u8]) -> (String, Arc<AtomicUsize>) {
 }
 
 fn catch_all_policy(cosign: &Cosign) -> Arc<registryx_guard::policy::CompiledPolicy> {
-    PolicyYaml::key("unused", &cosign.public_key_pem())
-        .images("**")
+    PolicySpec::key("unused", &cosign.public_key_pem())
+        .images(["**"])
         .compile()
 }
 
 #[tokio::test]
 async fn an_internal_services_answer_never_reaches_a_refusal() {
+    let _room = crate::support::serial::room("containment");
     let (host, _) = raw_service(
         b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ncontent-length: 36\r\nconnection: close\r\n\r\ninternal-secret: db-password=hunter2",
     )
@@ -86,6 +86,7 @@ async fn an_internal_services_answer_never_reaches_a_refusal() {
 
 #[tokio::test]
 async fn open_and_closed_ports_read_the_same() {
+    let _room = crate::support::serial::room("containment");
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().to_string()
@@ -114,6 +115,7 @@ async fn open_and_closed_ports_read_the_same() {
 
 #[tokio::test]
 async fn credentials_never_reach_the_webhooks_own_localhost_5000() {
+    let _room = crate::support::serial::room("containment");
     // Whatever listens on this machine's localhost:5000 (here: a recorder) must see nothing, even though
     // RegistryX's challenge names http://localhost:5000/auth/token.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:5000")
@@ -161,6 +163,7 @@ async fn credentials_never_reach_the_webhooks_own_localhost_5000() {
 
 #[tokio::test]
 async fn a_token_realm_on_another_host_needs_the_policy_to_name_it() {
+    let _room = crate::support::serial::room("containment");
     // A registry whose challenge sends clients (and their credentials) to a host no policy names.
     let (elsewhere, contacted) =
         raw_service(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
@@ -188,11 +191,12 @@ async fn a_token_realm_on_another_host_needs_the_policy_to_name_it() {
 }
 
 fn policy_for(name: &str, host: &str, pem: &str) -> ImageSigningPolicy {
-    serde_yaml::from_str(&PolicyYaml::key(host, pem).named(name).yaml()).unwrap()
+    PolicySpec::key(host, pem).named(name).policy()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_registry_never_refuses_another_registrys_signed_images() {
+    let _room = crate::support::serial::room("containment");
     let hanging = HangingRegistry::start().await;
     let registry = Registry::distribution();
     let cosign = Cosign::with_new_key_pair();
@@ -245,6 +249,7 @@ async fn a_hanging_registry_never_refuses_another_registrys_signed_images() {
 
 #[tokio::test]
 async fn registry_clients_stay_bounded_however_many_registries_are_named() {
+    let _room = crate::support::serial::room("containment");
     let cosign = Cosign::with_new_key_pair();
     let policy = catch_all_policy(&cosign);
     let settings = VerifierSettings {
@@ -280,7 +285,8 @@ fn pod_review(
         .map(|(i, image)| serde_json::json!({"name": format!("c{i}"), "image": image}))
         .collect();
     let fixture =
-        std::fs::read_to_string(support::repo_root().join("tests/data/pod-create.json")).unwrap();
+        std::fs::read_to_string(crate::support::repo_root().join("tests/data/pod-create.json"))
+            .unwrap();
     let mut review: serde_json::Value = serde_json::from_str(&fixture).unwrap();
     review["request"]["object"]["spec"] = serde_json::json!({"containers": containers});
     serde_json::from_value(review["request"].take()).unwrap()
@@ -288,6 +294,7 @@ fn pod_review(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_made_up_tag_never_picks_the_weaker_policy_for_a_digest() {
+    let _room = crate::support::serial::room("containment");
     // Policies split by tag: prod enforced with one key, dev only warned about with another.
     let registry = Registry::distribution();
     let (prod_key, dev_key) = (Cosign::with_new_key_pair(), Cosign::with_new_key_pair());
@@ -296,18 +303,17 @@ async fn a_made_up_tag_never_picks_the_weaker_policy_for_a_digest() {
         .await;
     let dev = registry.push_image("team/app", "dev-1", "bytes-dev").await;
     dev_key.sign(&dev.reference, Format::Legacy);
-    let split = |name: &str, tags: &str, key: &Cosign, mode: &str| -> ImageSigningPolicy {
-        let yaml = PolicyYaml::key(&registry.host, &key.public_key_pem())
+    let split = |name: &str, tags: &str, key: &Cosign, mode: Mode| -> ImageSigningPolicy {
+        PolicySpec::key(&registry.host, &key.public_key_pem())
             .named(name)
-            .images(&format!("{}/team/app:{tags}", registry.host))
-            .spec(&format!("mode: {mode}"))
-            .yaml();
-        serde_yaml::from_str(&yaml).unwrap()
+            .images([format!("{}/team/app:{tags}", registry.host).as_str()])
+            .mode(mode)
+            .policy()
     };
     let (snapshot, _) = PolicySnapshot::build(
         &[
-            split("prod", "prod-*", &prod_key, "enforce"),
-            split("dev", "dev-*", &dev_key, "warn"),
+            split("prod", "prod-*", &prod_key, Mode::Enforce),
+            split("dev", "dev-*", &dev_key, Mode::Warn),
         ],
         &NoSecrets,
         "registryx-guard",
@@ -356,6 +362,7 @@ async fn a_made_up_tag_never_picks_the_weaker_policy_for_a_digest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registries_answering_megabytes_grow_neither_the_heap_nor_the_refusals() {
+    let _room = crate::support::serial::room("containment");
     // Two governed registries answer every manifest with one 3.5 MB JSON string: the signature's
     // parse error would quote it, and 96 images read at once would hold gigabytes.
     let payload = Arc::new(format!("\"{}\"", "A".repeat(3_500_000)));
@@ -379,12 +386,12 @@ async fn registries_answering_megabytes_grow_neither_the_heap_nor_the_refusals()
         })
         .collect();
     let cosign = Cosign::with_new_key_pair();
-    let policy = PolicyYaml::key("unused", &cosign.public_key_pem())
-        .images("127.0.0.1:*/**")
+    let policy = PolicySpec::key("unused", &cosign.public_key_pem())
+        .images(["127.0.0.1:*/**"])
         .yaml();
     let webhook = Webhook::start(&policy, &[]);
     let baseline = webhook.memory_mib("VmRSS");
-    let client = support::webhook::client();
+    let client = crate::support::webhook::client();
     let mut reviews = Vec::new();
     for wave in 0..6 {
         let images: Vec<String> = (0..16)
@@ -393,7 +400,7 @@ async fn registries_answering_megabytes_grow_neither_the_heap_nor_the_refusals()
         let request = client
             .post(webhook.validate_url(20))
             .header("content-type", "application/json")
-            .body(support::webhook::pod_review(&images));
+            .body(crate::support::webhook::pod_review(&images));
         reviews.push(tokio::spawn(async move {
             let answer = request.send().await.unwrap();
             assert_eq!(answer.status(), 200);

@@ -1,10 +1,8 @@
 //! The generated CRD against a real kube-apiserver: it is accepted, valid policies are stored, and the
 //! shapes the schema and its CEL rules forbid are refused at `kubectl apply` time with a clear message.
 
-mod support;
-
-use support::cluster::ControlPlane;
-use support::cosign::assert_success;
+use crate::support::cluster::ControlPlane;
+use crate::support::cosign::assert_success;
 
 fn apply(cluster: &ControlPlane, yaml: &str) -> std::process::Output {
     cluster.kubectl_with_stdin(&["apply", "-f", "-"], yaml)
@@ -29,7 +27,7 @@ fn assert_refused(cluster: &ControlPlane, yaml: &str, message: &str) {
 #[test]
 fn the_api_server_accepts_the_crd_and_enforces_its_schema() {
     let cluster = ControlPlane::start();
-    let crd = support::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
+    let crd = crate::support::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
     assert_success(
         "apply CRD",
         &cluster.kubectl(&["apply", "-f", crd.to_str().unwrap()]),

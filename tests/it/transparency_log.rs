@@ -4,21 +4,20 @@
 //! annotation of the `.sig` layer. A policy trusts the log through its public key; the log ID an entry
 //! names is the hex SHA-256 of that key's DER SubjectPublicKeyInfo.
 
-mod support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::cosign::{Cosign, Format};
+use crate::support::keyless::TestCa;
+use crate::support::policy::PolicySpec;
+use crate::support::registry::{PushedImage, Registry};
+use crate::support::verdicts::{
+    altered_signature, assert_admitted, assert_refused_saying, base64_encode, first_proof,
+    get_blob, legacy_signed_image, put_signature_manifest, signature_manifest, verify,
+};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData as _, SigningKey as _};
 use registryx_guard::verify::ImageVerdict;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use support::cosign::{Cosign, Format};
-use support::keyless::TestCa;
-use support::registry::{PushedImage, Registry};
-use support::verdicts::{
-    PolicyYaml, altered_signature, assert_admitted, assert_refused_because, base64_encode,
-    first_proof, get_blob, legacy_signed_image, put_signature_manifest, signature_manifest, verify,
-};
 
 const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 const REKOR_BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
@@ -230,7 +229,7 @@ impl Logged {
 
     /// The image's verdict under a key policy that requires an entry of the trusted log.
     async fn verdict(&self) -> ImageVerdict {
-        let policy = PolicyYaml::key(&self.registry.host, &self.cosign.public_key_pem())
+        let policy = PolicySpec::key(&self.registry.host, &self.cosign.public_key_pem())
             .transparency_log(true, Some(&self.rekor.public_key_pem()))
             .compile();
         verify(&self.image.reference, &policy).await
@@ -256,8 +255,9 @@ async fn admits_a_signature_logged_by_the_trusted_log_and_reports_the_integrated
 async fn refuses_a_signature_without_a_log_entry_when_one_is_required() {
     // The plain cosign signature: no bundle annotation.
     let logged = Logged::new("unlogged").await;
-    assert_refused_because(
+    assert_refused_saying(
         &logged.verdict().await,
+        "transparency_log",
         &["no transparency-log entry accompanies the signature, and this authority requires one"],
     );
 }
@@ -270,8 +270,9 @@ async fn refuses_an_entry_timestamp_signed_by_another_key() {
     // Signed by another key while naming the trusted log.
     let entry = logged.entry(now());
     logged.attach(&entry.bundle(&rogue.sign(&entry))).await;
-    assert_refused_because(
+    assert_refused_saying(
         &logged.verdict().await,
+        "transparency_log",
         &["the transparency-log entry's signed timestamp does not verify with the Rekor key"],
     );
 
@@ -281,8 +282,9 @@ async fn refuses_an_entry_timestamp_signed_by_another_key() {
         ..logged.entry(now())
     };
     logged.attach(&rogue.bundle(&entry)).await;
-    assert_refused_because(
+    assert_refused_saying(
         &logged.verdict().await,
+        "transparency_log",
         &[&format!(
             "the transparency-log entry comes from log {}, which this authority does not trust",
             rogue.log_id()
@@ -310,37 +312,49 @@ async fn refuses_an_entry_whose_fields_changed_after_signing() {
         },
     ] {
         logged.attach(&changed.bundle(&set)).await;
-        assert_refused_because(
+        assert_refused_saying(
             &logged.verdict().await,
+            "transparency_log",
             &["signed timestamp does not verify with the Rekor key"],
         );
     }
 }
 
-#[tokio::test]
-async fn refuses_an_entry_that_logs_another_payload() {
-    let logged = Logged::new("other-payload").await;
-    let other_payload = hex::encode(Sha256::digest(b"another simple-signing payload"));
-    logged
-        .attach_logged(&other_payload, &logged.stored.signature)
-        .await;
-    assert_refused_because(
-        &logged.verdict().await,
-        &["the transparency-log entry is for another payload"],
-    );
+/// What an entry that logs something else than the stored signature is for.
+enum LogsInstead {
+    AnotherPayload,
+    AnotherSignature,
 }
 
 #[tokio::test]
-async fn refuses_an_entry_that_logs_another_signature() {
-    let logged = Logged::new("other-signature").await;
-    let other_signature = altered_signature(&logged.stored.signature);
-    logged
-        .attach_logged(&logged.stored.payload_sha256, &other_signature)
-        .await;
-    assert_refused_because(
-        &logged.verdict().await,
-        &["the transparency-log entry is for another signature"],
-    );
+async fn refuses_an_entry_that_logs_another_payload_or_signature() {
+    for (seed, instead, refusal) in [
+        (
+            "other-payload",
+            LogsInstead::AnotherPayload,
+            "the transparency-log entry is for another payload",
+        ),
+        (
+            "other-signature",
+            LogsInstead::AnotherSignature,
+            "the transparency-log entry is for another signature",
+        ),
+    ] {
+        let logged = Logged::new(seed).await;
+        let stored = &logged.stored;
+        let (payload_sha256, signature) = match instead {
+            LogsInstead::AnotherPayload => (
+                hex::encode(Sha256::digest(b"another simple-signing payload")),
+                stored.signature.clone(),
+            ),
+            LogsInstead::AnotherSignature => (
+                stored.payload_sha256.clone(),
+                altered_signature(&stored.signature),
+            ),
+        };
+        logged.attach_logged(&payload_sha256, &signature).await;
+        assert_refused_saying(&logged.verdict().await, "transparency_log", &[refusal]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -361,13 +375,10 @@ async fn keyless_verdict(seed: &str, integrated_time: i64) -> ImageVerdict {
         .attach(&registry, &image, &rekor.bundle(&entry))
         .await;
 
-    let policy = PolicyYaml::keyless(
-        &registry.host,
-        &format!("{{issuer: '{ISSUER}', subject: '{SUBJECT}'}}"),
-    )
-    .trust_root("fulcioCA", &ca.chain_pem())
-    .trust_root("rekorKey", &rekor.public_key_pem())
-    .compile();
+    let policy = PolicySpec::keyless(&registry.host, ISSUER, SUBJECT)
+        .fulcio_ca(&ca.chain_pem())
+        .rekor_key(&rekor.public_key_pem())
+        .compile();
     verify(&image.reference, &policy).await
 }
 
@@ -391,8 +402,9 @@ async fn refuses_a_keyless_signature_logged_outside_its_certificate_validity() {
         ("logged-before-issue", now() - 2 * 86_400, "CertNotValidYet"),
         ("logged-after-expiry", now() + 2 * 86_400, "CertExpired"),
     ] {
-        assert_refused_because(
+        assert_refused_saying(
             &keyless_verdict(seed, integrated_time).await,
+            "certificate",
             &[
                 "the signing certificate does not chain to this authority's trust root",
                 error,

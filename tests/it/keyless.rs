@@ -1,26 +1,23 @@
 //! Keyless signatures: certificates from a CA the tests make (Fulcio-style issuer extensions and SAN),
 //! signed by real cosign with `--certificate`/`--certificate-chain`, in both formats.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::cosign::Format;
+use crate::support::keyless::TestCa;
+use crate::support::policy::PolicySpec;
+use crate::support::registry::Registry;
+use crate::support::verdicts::{
+    assert_admitted, assert_refused, assert_refused_saying, first_proof, verify,
+};
 use registryx_guard::policy::CompiledPolicy;
-use support::cosign::Format;
-use support::keyless::TestCa;
-use support::registry::Registry;
-use support::verdicts::{PolicyYaml, assert_admitted, assert_refused_because, first_proof, verify};
 
 const ISSUER: &str = "https://issuer.ci.example";
 const SUBJECT: &str = "https://ci.example/team/app/.github/workflows/release.yaml@refs/heads/main";
 
-fn exact_identity() -> String {
-    format!("{{issuer: '{ISSUER}', subject: '{SUBJECT}'}}")
-}
-
 /// A keyless policy over `registry` accepting exactly ISSUER and SUBJECT from `ca`; no Rekor key yet.
-fn ca_policy(registry: &Registry, ca: &TestCa) -> PolicyYaml {
-    PolicyYaml::keyless(&registry.host, &exact_identity()).trust_root("fulcioCA", &ca.chain_pem())
+fn ca_policy(registry: &Registry, ca: &TestCa) -> PolicySpec {
+    PolicySpec::keyless(&registry.host, ISSUER, SUBJECT).fulcio_ca(&ca.chain_pem())
 }
 
 /// [`ca_policy`] without a transparency log, compiled.
@@ -61,11 +58,15 @@ async fn admits_a_keyless_bundle_through_an_intermediate_and_a_trusted_root_json
     leaf.sign(&image.reference, Format::Bundle);
 
     let json = serde_json::to_string(&ca.trusted_root_json()).unwrap();
-    let identity = r"{issuerRegExp: '^https://issuer\.ci\.example$', subjectRegExp: '^https://ci\.example/team/.+$'}";
     let verdict = verify(
         &image.reference,
-        &PolicyYaml::keyless(&registry.host, identity)
-            .trust_root("trustedRootJSON", &json)
+        &PolicySpec::new("keyless", &registry.host)
+            .keyless_authority_matching(
+                "ci",
+                r"^https://issuer\.ci\.example$",
+                r"^https://ci\.example/team/.+$",
+            )
+            .trusted_root_json(&json)
             .transparency_log(false, None)
             .compile(),
     )
@@ -83,7 +84,7 @@ async fn refuses_a_certificate_from_another_ca() {
         .issue(ISSUER, SUBJECT)
         .sign(&image.reference, Format::Legacy);
     let verdict = verify(&image.reference, &untlogged_policy(&registry, &trusted)).await;
-    assert_refused_because(&verdict, &["does not chain to this authority's trust root"]);
+    assert_refused(&verdict, "certificate");
 
     let bundles = Registry::with_referrers();
     let image = bundles
@@ -93,35 +94,42 @@ async fn refuses_a_certificate_from_another_ca() {
         .issue(ISSUER, SUBJECT)
         .sign(&image.reference, Format::Bundle);
     let verdict = verify(&image.reference, &untlogged_policy(&bundles, &trusted)).await;
-    assert_refused_because(&verdict, &["does not chain to this authority's trust root"]);
+    assert_refused(&verdict, "certificate");
 }
 
+/// Certificates from the trusted CA for identities the authority does not accept: (tag, issuer,
+/// subject, what the refusal names).
 #[tokio::test]
 async fn refuses_another_subject_or_issuer() {
     let registry = Registry::distribution();
     let ca = TestCa::new("ci-ca");
-    let other_subject = registry
-        .push_image("team/app", "subject", "other-subject")
-        .await;
-    ca.issue(ISSUER, "https://ci.example/someone/else@refs/heads/main")
-        .sign(&other_subject.reference, Format::Legacy);
-    let other_issuer = registry
-        .push_image("team/app", "issuer", "other-issuer")
-        .await;
-    ca.issue("https://accounts.evil.example", SUBJECT)
-        .sign(&other_issuer.reference, Format::Legacy);
     let policy = untlogged_policy(&registry, &ca);
-
-    assert_refused_because(
-        &verify(&other_subject.reference, &policy).await,
-        &[
-            "subject \"https://ci.example/someone/else@refs/heads/main\", which this authority does not accept",
-        ],
-    );
-    assert_refused_because(
-        &verify(&other_issuer.reference, &policy).await,
-        &["signed by issuer \"https://accounts.evil.example\""],
-    );
+    let other_subject = "https://ci.example/someone/else@refs/heads/main";
+    for (tag, issuer, subject, refusal) in [
+        (
+            "subject",
+            ISSUER,
+            other_subject,
+            format!("subject \"{other_subject}\", which this authority does not accept"),
+        ),
+        (
+            "issuer",
+            "https://accounts.evil.example",
+            SUBJECT,
+            "signed by issuer \"https://accounts.evil.example\"".to_owned(),
+        ),
+    ] {
+        let image = registry
+            .push_image("team/app", tag, &format!("other-{tag}"))
+            .await;
+        ca.issue(issuer, subject)
+            .sign(&image.reference, Format::Legacy);
+        assert_refused_saying(
+            &verify(&image.reference, &policy).await,
+            "other_signer",
+            &[&refusal],
+        );
+    }
 }
 
 #[tokio::test]
@@ -135,13 +143,12 @@ async fn refuses_a_signature_without_the_required_transparency_log_entry() {
     // Keyless authorities require a log entry unless told otherwise.
     let verdict = verify(
         &image.reference,
-        &ca_policy(&registry, &ca)
-            .trust_root("rekorKey", &rekor_key)
-            .compile(),
+        &ca_policy(&registry, &ca).rekor_key(&rekor_key).compile(),
     )
     .await;
-    assert_refused_because(
+    assert_refused_saying(
         &verdict,
+        "transparency_log",
         &["no transparency-log entry accompanies the signature, and this authority requires one"],
     );
 }
@@ -150,11 +157,11 @@ async fn refuses_a_signature_without_the_required_transparency_log_entry() {
 async fn refuses_a_key_signature_under_a_keyless_authority() {
     let registry = Registry::distribution();
     let ca = TestCa::new("ci-ca");
-    let cosign = support::cosign::Cosign::with_new_key_pair();
+    let cosign = crate::support::cosign::Cosign::with_new_key_pair();
     let image = registry
         .push_image("team/app", "v1", "key-not-keyless")
         .await;
     cosign.sign(&image.reference, Format::Legacy);
     let verdict = verify(&image.reference, &untlogged_policy(&registry, &ca)).await;
-    assert_refused_because(&verdict, &["carries no certificate"]);
+    assert_refused_saying(&verdict, "other_signer", &["carries no certificate"]);
 }

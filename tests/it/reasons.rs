@@ -3,19 +3,19 @@
 //! signing would not help. Real registries and real cosign signatures; RegistryX's own defects through
 //! its fake (its REST shapes and quirks in front of a real registry).
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::cosign::Cosign;
+use crate::support::fakes::{HangingRegistry, RegistryxProxy};
+use crate::support::policy::PolicySpec;
+use crate::support::registry::Registry;
+use crate::support::verdicts::{key_policy, legacy_signed_image, verify_within};
 use registryx_guard::admission::{Admission, AdmissionMetrics, AdmissionSettings};
+use registryx_guard::policy::MultiArch;
 use registryx_guard::policy::authority::NoSecrets;
-use registryx_guard::policy::{ImageSigningPolicy, PolicySnapshot, shared};
+use registryx_guard::policy::{PolicySnapshot, shared};
 use registryx_guard::verify::{ImageVerdict, Verifier, VerifierSettings};
-use support::cosign::Cosign;
-use support::fakes::{HangingRegistry, RegistryxProxy};
-use support::registry::Registry;
-use support::verdicts::{key_policy, legacy_signed_image, verify_within};
 
 /// The verdict on `reference` under a policy that trusts `cosign`'s key for every image of `host`,
 /// within the 10 s every case here allows.
@@ -91,8 +91,8 @@ async fn a_signature_for_another_digest_says_re_pushed() {
     let second = registry
         .push_image("team/app", "v2", "reason-moved-2")
         .await;
-    let signature = support::verdicts::signature_manifest(&registry, &image).await;
-    support::verdicts::put_signature_manifest(&registry, &second, &signature).await;
+    let signature = crate::support::verdicts::signature_manifest(&registry, &image).await;
+    crate::support::verdicts::put_signature_manifest(&registry, &second, &signature).await;
     let verdict = verify_under_key(&second.reference, &registry.host, &cosign).await;
     assert_reason(
         &verdict,
@@ -241,10 +241,7 @@ async fn the_metrics_label_is_the_typed_reason_not_a_word_in_the_message() {
     let image = registry
         .push_image("team/rego-app", "v1", "reason-label")
         .await;
-    let policy: ImageSigningPolicy = serde_yaml::from_str(
-        &support::verdicts::PolicyYaml::key(&registry.host, &cosign.public_key_pem()).yaml(),
-    )
-    .unwrap();
+    let policy = PolicySpec::key(&registry.host, &cosign.public_key_pem()).policy();
     let (snapshot, _) = PolicySnapshot::build(&[policy], &NoSecrets, "registryx-guard", 1);
     let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
     let mut metrics_registry = prometheus_client::registry::Registry::default();
@@ -257,7 +254,8 @@ async fn the_metrics_label_is_the_typed_reason_not_a_word_in_the_message() {
         Some(metrics),
     );
     let fixture =
-        std::fs::read_to_string(support::repo_root().join("tests/data/pod-create.json")).unwrap();
+        std::fs::read_to_string(crate::support::repo_root().join("tests/data/pod-create.json"))
+            .unwrap();
     let mut review: serde_json::Value = serde_json::from_str(&fixture).unwrap();
     review["request"]["object"]["spec"] =
         serde_json::json!({"containers": [{"name": "app", "image": image.by_digest()}]});
@@ -282,10 +280,10 @@ async fn the_metrics_label_is_the_typed_reason_not_a_word_in_the_message() {
 
 #[tokio::test]
 async fn a_registry_whose_image_manifest_does_not_check_out_is_not_a_signing_problem() {
-    let registry = support::fakes::LyingRegistry::start().await;
+    let registry = crate::support::fakes::LyingRegistry::start().await;
     let cosign = Cosign::with_new_key_pair();
-    let policy = support::verdicts::PolicyYaml::key(&registry.host(), &cosign.public_key_pem())
-        .spec("multiArch: everyPlatform")
+    let policy = PolicySpec::key(&registry.host(), &cosign.public_key_pem())
+        .multi_arch(MultiArch::EveryPlatform)
         .compile();
     let verdict = verify_within(
         &format!("{}/team/app:v1", registry.host()),

@@ -1,17 +1,17 @@
 //! The policy controller against a real etcd + kube-apiserver: status conditions, events, the snapshot
 //! the webhook reads, Secrets it depends on, and the status-writer Lease.
 
-mod support;
-
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::support::cluster::ControlPlane;
+use crate::support::cosign::assert_success;
+use crate::support::policy::PolicySpec;
 use k8s_openapi::api::coordination::v1::Lease;
 use registryx_guard::controller::{ControllerSettings, LeaseLock};
+use registryx_guard::policy::{KeyAuthority, SecretKeyRef};
 use registryx_guard::policy::{PolicySnapshot, SharedSnapshot};
 use registryx_guard::registry::ImageRef;
-use support::cluster::ControlPlane;
-use support::cosign::assert_success;
 
 const NAMESPACE: &str = "registryx-guard";
 
@@ -29,7 +29,7 @@ fn apply(cluster: &ControlPlane, yaml: &str) -> Output {
 }
 
 fn prepare(cluster: &ControlPlane) {
-    let crd = support::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
+    let crd = crate::support::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
     assert_success(
         "apply CRD",
         &cluster.kubectl(&["apply", "-f", crd.to_str().unwrap()]),
@@ -49,22 +49,12 @@ fn prepare(cluster: &ControlPlane) {
     );
 }
 
-fn key_policy(name: &str, key_yaml: &str) -> String {
-    format!(
-        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: {name}}}\nspec:\n  images: ['registry.example/{name}/**']\n  \
-         authorities:\n  - name: release\n    key:\n{key_yaml}\n"
-    )
-}
-
-fn inline_key(pem: &str) -> String {
-    format!(
-        "      data: |\n{}",
-        pem.trim_end()
-            .lines()
-            .map(|l| format!("        {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    )
+/// Policy `name` over `registry.example/<name>/**`, whose authority `release` trusts the key `pem`.
+fn key_policy(name: &str, pem: &str) -> PolicySpec {
+    PolicySpec::key("registry.example", pem)
+        .named(name)
+        .images([format!("registry.example/{name}/**").as_str()])
+        .with(|spec| spec.registry = None)
 }
 
 /// Polls `condition` every 50 ms for up to 20 s; returns how long it took.
@@ -125,7 +115,7 @@ async fn policies_are_reconciled_into_status_and_the_snapshot() {
     // A valid policy: Ready, and in the snapshot.
     assert_success(
         "apply valid",
-        &apply(&cluster, &key_policy("valid", &inline_key(&pem))),
+        &apply(&cluster, &key_policy("valid", &pem).yaml()),
     );
     let took = eventually("valid in the snapshot", || {
         governs(&snapshot, "valid") == (true, false)
@@ -138,10 +128,10 @@ async fn policies_are_reconciled_into_status_and_the_snapshot() {
     .await;
 
     // A broken key: Ready=False naming the problem, an event, and its images refused (not ready).
-    let broken = "      data: |\n        -----BEGIN PUBLIC KEY-----\n        bm90IGEga2V5\n        -----END PUBLIC KEY-----";
+    let broken = "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----";
     assert_success(
         "apply broken",
-        &apply(&cluster, &key_policy("broken", broken)),
+        &apply(&cluster, &key_policy("broken", broken).yaml()),
     );
     eventually("broken Ready=False", || {
         ready_status(&cluster, "broken").0 == "False"
@@ -168,7 +158,7 @@ async fn policies_are_reconciled_into_status_and_the_snapshot() {
     // Fixed: Ready again.
     assert_success(
         "fix broken",
-        &apply(&cluster, &key_policy("broken", &inline_key(&pem))),
+        &apply(&cluster, &key_policy("broken", &pem).yaml()),
     );
     eventually("broken fixed", || {
         ready_status(&cluster, "broken").0 == "True"
@@ -178,8 +168,9 @@ async fn policies_are_reconciled_into_status_and_the_snapshot() {
 
     // A glob that can never match a reference (CEL cannot see it: an empty tag) is not Ready, and says
     // why in `kubectl get isp`.
-    let never = key_policy("never", &inline_key(&pem))
-        .replace("registry.example/never/**", "registry.example/never/app:");
+    let never = key_policy("never", &pem)
+        .images(["registry.example/never/app:"])
+        .yaml();
     assert_success("apply never", &apply(&cluster, &never));
     eventually("never Ready=False", || {
         ready_status(&cluster, "never").0 == "False"
@@ -202,11 +193,17 @@ async fn policies_are_reconciled_into_status_and_the_snapshot() {
     .await;
 
     // A key from a Secret that does not exist yet: not ready, then ready once the Secret appears.
-    let secret_ref = "      secretRef: {name: release-key}";
-    assert_success(
-        "apply secret-ref",
-        &apply(&cluster, &key_policy("from-secret", secret_ref)),
-    );
+    let secret_ref = key_policy("from-secret", "").with(|spec| {
+        spec.authorities[0].key = Some(KeyAuthority {
+            data: None,
+            secret_ref: Some(SecretKeyRef {
+                name: "release-key".into(),
+                namespace: None,
+                key: None,
+            }),
+        })
+    });
+    assert_success("apply secret-ref", &apply(&cluster, &secret_ref.yaml()));
     eventually("from-secret Ready=False", || {
         ready_status(&cluster, "from-secret").0 == "False"
     })
@@ -382,7 +379,7 @@ async fn the_lease_is_released_on_shutdown() {
     let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
     assert_success(
         "apply valid",
-        &apply(&cluster, &key_policy("valid", &inline_key(&pem))),
+        &apply(&cluster, &key_policy("valid", &pem).yaml()),
     );
     eventually("valid Ready=True", || {
         ready_status(&cluster, "valid").0 == "True"
@@ -446,13 +443,7 @@ async fn policies_that_cannot_decide_are_not_ready_with_the_reason() {
         .expect("first sync")
         .unwrap();
     let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
-    let policy = |name: &str, modules: &[(&str, &str)]| {
-        format!(
-            "{}{}",
-            key_policy(name, &inline_key(&pem)),
-            support::verdicts::rego_yaml(modules)
-        )
-    };
+    let policy = |name: &str, modules: &[(&str, &str)]| key_policy(name, &pem).rego(modules).yaml();
 
     let not_ready = [
         (
@@ -493,8 +484,9 @@ async fn policies_that_cannot_decide_are_not_ready_with_the_reason() {
         ),
         (
             "zero-port",
-            key_policy("zero-port", &inline_key(&pem))
-                .replace("registry.example/zero-port/**", "reg*.invalid:0443/**"),
+            key_policy("zero-port", &pem)
+                .images(["reg*.invalid:0443/**"])
+                .yaml(),
             vec!["glob \"reg*.invalid:0443/**\"", "write reg*.invalid:443/**"],
         ),
     ];
@@ -547,7 +539,7 @@ async fn policies_that_cannot_decide_are_not_ready_with_the_reason() {
     );
 
     // An unknown field is refused by the API server's strict field validation, field named.
-    let typo = key_policy("typo-field", &inline_key(&pem)) + "  mutateDigset: false\n";
+    let typo = key_policy("typo-field", &pem).yaml() + "  mutateDigset: false\n";
     let output = apply(&cluster, &typo);
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(

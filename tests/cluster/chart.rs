@@ -2,8 +2,6 @@
 //! included, is accepted as it would be by `helm install`; what the webhook's pods and ServiceAccount
 //! can read; and the generated certificate through real `helm install` and `helm upgrade`s.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
@@ -13,19 +11,12 @@ use serde_json::Value;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use support::cluster::ControlPlane;
-use support::cosign::assert_success;
+use crate::support::cluster::ControlPlane;
+use crate::support::cosign::assert_success;
+use crate::support::helm::{Helm, NAMESPACE, helm_template, helm_upgrade};
 
 fn render(values: &[&str]) -> String {
-    let mut command = Command::new(support::tool("helm"));
-    command
-        .args(["template", "rxg"])
-        .arg(support::repo_root().join("charts/registryx-guard"));
-    command.args(["--namespace", "registryx-guard", "--include-crds"]);
-    for value in values {
-        command.args(["--set", value]);
-    }
-    let output = command.output().unwrap();
+    let output = helm_template(values);
     assert_success("helm template", &output);
     String::from_utf8(output.stdout).unwrap()
 }
@@ -35,7 +26,7 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
     let cluster = ControlPlane::start();
     assert_success(
         "namespace",
-        &cluster.kubectl(&["create", "namespace", "registryx-guard"]),
+        &cluster.kubectl(&["create", "namespace", NAMESPACE]),
     );
     for values in [
         &[][..],
@@ -125,17 +116,10 @@ fn namespaces_opt_in_by_label_by_default_and_unmatched_images_are_refused() {
         manifests.contains("{name: RXG_UNMATCHED, value: \"deny\"}"),
         "unmatched images are refused by default"
     );
-    let output = Command::new(support::tool("helm"))
-        .args(["template", "rxg"])
-        .arg(support::repo_root().join("charts/registryx-guard"))
-        .args(["--set", "webhook.namespaces=some"])
-        .output()
-        .unwrap();
+    let output = helm_template(&["webhook.namespaces=some"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("optIn or all"));
 }
-
-const NAMESPACE: &str = "registryx-guard";
 
 /// Every document of a rendered manifest stream, as JSON.
 fn documents(manifests: &str) -> Vec<Value> {
@@ -264,36 +248,6 @@ fn the_chart_keeps_no_ca_key_and_the_pod_mounts_only_its_serving_pair() {
     }
 }
 
-/// `helm <command> rxg <chart>` in the test namespace of `cluster`, with `--set-string` values.
-fn helm(cluster: &ControlPlane, command: &str, values: &[&str]) -> Output {
-    helm_chart(
-        cluster,
-        &support::repo_root().join("charts/registryx-guard"),
-        command,
-        values,
-    )
-}
-
-fn helm_chart(
-    cluster: &ControlPlane,
-    chart: &std::path::Path,
-    command: &str,
-    values: &[&str],
-) -> Output {
-    let mut helm = Command::new(support::tool("helm"));
-    helm.args([command, "rxg"])
-        .arg(chart)
-        .args(["--namespace", NAMESPACE, "--kubeconfig"])
-        .arg(&cluster.kubeconfig);
-    if command == "upgrade" {
-        helm.arg("--reuse-values");
-    }
-    for value in values {
-        helm.args(["--set-string", value]);
-    }
-    helm.output().unwrap()
-}
-
 fn json_of(output: &Output) -> Value {
     assert_success("kubectl get", output);
     serde_json::from_slice(&output.stdout).unwrap()
@@ -345,7 +299,7 @@ fn upgrades_keep_the_certificate_and_a_rotation_trusts_the_old_ca_until_the_next
         "namespace",
         &cluster.kubectl(&["create", "namespace", NAMESPACE]),
     );
-    assert_success("helm install", &helm(&cluster, "install", &[]));
+    assert_success("helm install", &Helm::new(&cluster).install());
     let tls = |cluster: &ControlPlane| secrets(cluster)["rxg-tls"].clone();
     let first = tls(&cluster);
     assert_eq!(
@@ -359,7 +313,7 @@ fn upgrades_keep_the_certificate_and_a_rotation_trusts_the_old_ca_until_the_next
     // An upgrade that rotates nothing keeps the certificate and the CA, byte for byte.
     assert_success(
         "helm upgrade",
-        &helm(&cluster, "upgrade", &["podAnnotations.rollout=second"]),
+        &helm_upgrade(&cluster, &["podAnnotations.rollout=second"]),
     );
     assert_eq!(
         tls(&cluster),
@@ -370,10 +324,7 @@ fn upgrades_keep_the_certificate_and_a_rotation_trusts_the_old_ca_until_the_next
     // A rotation: a new CA (the old one's key was never kept) and a new certificate issued by it; the
     // webhooks trust the new CA and the previous one, so replicas still serving the old certificate
     // are answered until the kubelet gives them the new files.
-    assert_success(
-        "helm upgrade",
-        &helm(&cluster, "upgrade", &["tls.rotation=2"]),
-    );
+    assert_success("helm upgrade", &helm_upgrade(&cluster, &["tls.rotation=2"]));
     let second = tls(&cluster);
     assert_ne!(second["tls.crt"], first["tls.crt"]);
     assert_ne!(second["tls.key"], first["tls.key"]);
@@ -385,7 +336,7 @@ fn upgrades_keep_the_certificate_and_a_rotation_trusts_the_old_ca_until_the_next
     assert_eq!(ca_bundle(&cluster), second["ca.crt"]);
     assert_success(
         "helm upgrade",
-        &helm(&cluster, "upgrade", &["podAnnotations.rollout=third"]),
+        &helm_upgrade(&cluster, &["podAnnotations.rollout=third"]),
     );
     assert_eq!(
         tls(&cluster),
@@ -394,10 +345,7 @@ fn upgrades_keep_the_certificate_and_a_rotation_trusts_the_old_ca_until_the_next
     );
 
     // The next rotation drops the CA before the previous one.
-    assert_success(
-        "helm upgrade",
-        &helm(&cluster, "upgrade", &["tls.rotation=3"]),
-    );
+    assert_success("helm upgrade", &helm_upgrade(&cluster, &["tls.rotation=3"]));
     let third = tls(&cluster);
     let ca3 = certificates(&third["ca.crt"]);
     assert_eq!(ca3.len(), 2);
@@ -435,7 +383,7 @@ fn the_first_upgrade_from_a_chart_that_kept_the_ca_key_removes_it() {
     let old = tempfile::tempdir().unwrap();
     let copy = Command::new("cp")
         .arg("-r")
-        .arg(support::repo_root().join("charts/registryx-guard"))
+        .arg(crate::support::repo_root().join("charts/registryx-guard"))
         .arg(old.path())
         .output()
         .unwrap();
@@ -460,11 +408,11 @@ fn the_first_upgrade_from_a_chart_that_kept_the_ca_key_removes_it() {
     );
     assert_success(
         "helm install (old chart)",
-        &helm_chart(&cluster, &chart, "install", &[]),
+        &Helm::new(&cluster).chart(chart).install(),
     );
     let before = secrets(&cluster)["rxg-tls"].clone();
     assert!(before.contains_key("ca.key"));
-    assert_success("helm upgrade", &helm(&cluster, "upgrade", &[]));
+    assert_success("helm upgrade", &helm_upgrade(&cluster, &[]));
     let after = secrets(&cluster)["rxg-tls"].clone();
     assert_eq!(
         after.keys().map(String::as_str).collect::<Vec<_>>(),

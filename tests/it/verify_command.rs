@@ -1,18 +1,21 @@
 //! `registryx-guard verify` as a CI pipeline runs it: exit codes, the text a user acts on, and JSON.
 
-mod support;
-
 use std::process::{Command, Output};
 
-use support::cosign::{Cosign, Format};
-use support::registry::Registry;
-use support::verdicts::PolicyYaml;
+use crate::support::cosign::{Cosign, Format};
+use crate::support::policy::PolicySpec;
+use crate::support::registry::Registry;
 
-fn write_policy(dir: &std::path::Path, registry: &Registry, cosign: &Cosign) -> std::path::PathBuf {
-    let policy = PolicyYaml::key(&registry.host, &cosign.public_key_pem())
+/// Policy `team-signed`: authority `release-key` trusts `cosign`'s key for `<registry>/team/**`.
+fn team_policy(registry: &Registry, cosign: &Cosign) -> PolicySpec {
+    PolicySpec::key(&registry.host, &cosign.public_key_pem())
         .named("team-signed")
-        .images(&format!("{}/team/**", registry.host))
-        .authority_named("release-key");
+        .images([format!("{}/team/**", registry.host).as_str()])
+        .authority_named("release-key")
+}
+
+/// `policy` as `policy.yaml` in `dir`, for `verify --policy`.
+fn write_policy(dir: &std::path::Path, policy: &PolicySpec) -> std::path::PathBuf {
     let path = dir.join("policy.yaml");
     std::fs::write(&path, policy.yaml()).unwrap();
     path
@@ -47,7 +50,7 @@ async fn exit_codes_say_admitted_refused_or_bad_input() {
         .await;
     cosign.sign(&signed.reference, Format::Legacy);
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(dir.path(), &registry, &cosign);
+    let policy = write_policy(dir.path(), &team_policy(&registry, &cosign));
     let policy = policy.to_str().unwrap();
 
     let output = verify(&[&signed.reference, "--policy", policy]);
@@ -145,7 +148,7 @@ async fn verify_sees_what_the_webhook_sees_several_images_a_manifest_a_namespace
     cosign.sign(&signed.reference, Format::Legacy);
     cosign.sign(&other.reference, Format::Legacy);
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(dir.path(), &registry, &cosign);
+    let policy = write_policy(dir.path(), &team_policy(&registry, &cosign));
     let policy = policy.to_str().unwrap();
 
     // Several images in one run: all admitted, or exit 1 naming the one that is not.
@@ -232,9 +235,12 @@ async fn json_output_carries_the_rego_input_the_webhook_would_give() {
     cosign.sign(&signed.reference, Format::Legacy);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("rego.yaml");
-    let yaml = PolicyYaml::key(&registry.host, &cosign.public_key_pem())
+    let yaml = PolicySpec::key(&registry.host, &cosign.public_key_pem())
         .named("with-rego")
-        .spec("rego:\n    modules:\n      - name: pass.rego\n        source: |\n          package registryx.policy\n          default allow = true")
+        .rego(&[(
+            "pass.rego",
+            "package registryx.policy\ndefault allow = true",
+        )])
         .yaml();
     std::fs::write(&policy, yaml).unwrap();
     let output = verify(&[
@@ -320,10 +326,20 @@ async fn registryx_default_module_decides_by_the_environment_offline_too() {
     }
 }
 
-/// A policy file `p` for r.example with a real key, as `verify --policy` reads it.
+/// Policy `p` for r.example with a real key.
+fn base_spec() -> PolicySpec {
+    let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
+    PolicySpec::key("r.example", &pem).named("p")
+}
+
+/// [`base_spec`] as the text a user writes, which the cases below misspell: inline YAML on purpose.
 fn base_policy() -> String {
     let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
-    PolicyYaml::key("r.example", &pem).named("p").yaml()
+    let key = pem.trim_end().replace('\n', "\n        ");
+    format!(
+        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: p}}\nspec:\n  images: ['r.example/**']\n  \
+         registry: {{insecure: true}}\n  authorities:\n  - name: release\n    key:\n      data: |\n        {key}\n"
+    )
 }
 
 /// The shapes of "nothing Ready that cannot decide" (issue 17): each was accepted by `verify --policy`
@@ -331,8 +347,7 @@ fn base_policy() -> String {
 /// and the output names what is wrong and what was meant.
 fn cannot_decide_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
     let base = base_policy();
-    let with_rego =
-        |modules: &[(&str, &str)]| format!("{base}{}", support::verdicts::rego_yaml(modules));
+    let with_rego = |modules: &[(&str, &str)]| base_spec().rego(modules).yaml();
     vec![
         (
             "a misspelt RegistryX package",
@@ -448,10 +463,8 @@ async fn a_library_module_a_deciding_module_imports_is_accepted_and_evaluated() 
         .await;
     cosign.sign(&signed.reference, Format::Legacy);
     let dir = tempfile::tempdir().unwrap();
-    let path = write_policy(dir.path(), &registry, &cosign);
     // The library decides nothing itself; the deciding module refuses what it says in prod.
-    let mut yaml = std::fs::read_to_string(&path).unwrap();
-    yaml.push_str(&support::verdicts::rego_yaml(&[
+    let library_policy = team_policy(&registry, &cosign).rego(&[
         (
             "lib.rego",
             "package team.lib\nis_prod if input.environment == \"prod\"\n",
@@ -460,8 +473,8 @@ async fn a_library_module_a_deciding_module_imports_is_accepted_and_evaluated() 
             "main.rego",
             "package registry\nimport data.team.lib\ndeny contains \"no releases to prod today\" if lib.is_prod\n",
         ),
-    ]));
-    std::fs::write(&path, yaml).unwrap();
+    ]);
+    let path = write_policy(dir.path(), &library_policy);
     let path = path.to_str().unwrap();
     let output = verify(&[&signed.reference, "--policy", path]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
@@ -481,10 +494,10 @@ async fn a_library_module_a_deciding_module_imports_is_accepted_and_evaluated() 
 fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
     let base = base_policy();
     let dir = tempfile::tempdir().unwrap();
-    support::serve_files(dir.path(), &format!("{base}  mutateDigset: false\n"));
-    let (port, https) = (support::free_port(), support::free_port());
+    crate::support::serve_files(dir.path(), &format!("{base}  mutateDigset: false\n"));
+    let (port, https) = (crate::support::free_port(), crate::support::free_port());
     // Waited for with a deadline: a server that accepts the file runs until it is stopped.
-    let mut child = support::serve_command(dir.path(), port, https)
+    let mut child = crate::support::serve_command(dir.path(), port, https)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -503,15 +516,14 @@ fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let undecided = format!(
-        "{base}{}",
-        support::verdicts::rego_yaml(&[(
+    let undecided = base_spec()
+        .rego(&[(
             "k8s.rego",
-            "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n"
+            "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n",
         )])
-    );
-    support::serve_files(dir.path(), &undecided);
-    let mut child = support::serve_command(dir.path(), port, https)
+        .yaml();
+    crate::support::serve_files(dir.path(), &undecided);
+    let mut child = crate::support::serve_command(dir.path(), port, https)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -529,7 +541,7 @@ fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let mut review: serde_json::Value =
-        serde_json::from_str(include_str!("data/pod-create.json")).unwrap();
+        serde_json::from_str(include_str!("../data/pod-create.json")).unwrap();
     review["request"]["object"]["spec"]["containers"] =
         serde_json::json!([{"name": "app", "image": "r.example/app:1"}]);
     review["request"]["object"]["spec"]["initContainers"] = serde_json::json!([]);

@@ -5,19 +5,17 @@
 //! unsigned one refused with the reason; the webhook's own image verified by its own policy; no failed
 //! admission while a replica is deleted, and the status Lease moving to the survivor.
 
-mod support;
-
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::cluster::ControlPlane;
-use support::cosign::{Cosign, Format, assert_success};
-use support::node::Node;
-use support::registry::Registry;
-
-const NAMESPACE: &str = "registryx-guard";
+use crate::support::cluster::ControlPlane;
+use crate::support::cosign::{Cosign, Format, assert_success};
+use crate::support::helm::{Helm, NAMESPACE};
+use crate::support::node::Node;
+use crate::support::policy::release_key_policy;
+use crate::support::registry::Registry;
 
 fn text(output: &Output) -> String {
     format!(
@@ -51,9 +49,12 @@ fn wait_until(
 fn pause_image(dir: &std::path::Path, seed: &str) -> std::path::PathBuf {
     let layout = dir.join(format!("oci-{seed}"));
     let output = Command::new("python3")
-        .arg(support::repo_root().join("e2e/image/oci-image.py"))
+        .arg(crate::support::repo_root().join("e2e/image/oci-image.py"))
         .arg("--file")
-        .arg(format!("{}:/pause", support::tool("pause").display()))
+        .arg(format!(
+            "{}:/pause",
+            crate::support::tool("pause").display()
+        ))
         .args(["--entrypoint", "/pause", "--label", &format!("seed={seed}")])
         .arg("--oci-dir")
         .arg(&layout)
@@ -64,21 +65,13 @@ fn pause_image(dir: &std::path::Path, seed: &str) -> std::path::PathBuf {
 }
 
 fn crane_push(layout: &std::path::Path, reference: &str) {
-    let output = Command::new(support::tool("crane"))
+    let output = Command::new(crate::support::tool("crane"))
         .args(["push", "--insecure"])
         .arg(layout)
         .arg(reference)
         .output()
         .unwrap();
     assert_success(&format!("crane push {reference}"), &output);
-}
-
-fn policy(name: &str, glob: &str, pem: &str) -> String {
-    let pem = pem.trim_end().replace('\n', "\n          ");
-    format!(
-        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata:\n  name: {name}\nspec:\n  images: ['{glob}']\n  \
-         registry: {{insecure: true}}\n  authorities:\n    - name: release-key\n      key:\n        data: |\n          {pem}\n"
-    )
 }
 
 fn deployment(name: &str, image: &str) -> String {
@@ -105,14 +98,14 @@ fn helm_install_into_a_cluster_that_runs_pods() {
     // 1. The image, built without a Docker engine, loaded into the node under the chart's default name.
     let image_dir = work.path().join("image");
     let output = Command::new("bash")
-        .arg(support::repo_root().join("e2e/image/build.sh"))
+        .arg(crate::support::repo_root().join("e2e/image/build.sh"))
         .env("BINARY", env!("CARGO_BIN_EXE_registryx-guard"))
         .env("OUT", &image_dir)
         .output()
         .unwrap();
     assert_success("e2e/image/build.sh", &output);
     let again = Command::new("bash")
-        .arg(support::repo_root().join("e2e/image/build.sh"))
+        .arg(crate::support::repo_root().join("e2e/image/build.sh"))
         .env("BINARY", env!("CARGO_BIN_EXE_registryx-guard"))
         .env("OUT", work.path().join("image-again"))
         .output()
@@ -127,19 +120,7 @@ fn helm_install_into_a_cluster_that_runs_pods() {
     // 2. helm install with the chart's defaults: two replicas Ready through their probes, with the
     // chart's own ServiceAccount and RBAC talking to the API server from inside the cluster.
     let installed_at = Instant::now();
-    let install = Command::new(support::tool("helm"))
-        .args(["install", "rxg"])
-        .arg(support::repo_root().join("charts/registryx-guard"))
-        .args([
-            "--namespace",
-            NAMESPACE,
-            "--create-namespace",
-            "--kubeconfig",
-        ])
-        .arg(&cluster.kubeconfig)
-        .args(["--wait", "--timeout", "180s"])
-        .output()
-        .unwrap();
+    let install = Helm::new(&cluster).wait().install();
     assert_success(
         &format!(
             "helm install\n{}\n{}",
@@ -175,7 +156,7 @@ fn helm_install_into_a_cluster_that_runs_pods() {
         "apply policy",
         &cluster.kubectl_with_stdin(
             &["apply", "-f", "-"],
-            &policy("demo", &format!("{}/demo/**", registry.host), &pem),
+            &release_key_policy("demo", &format!("{}/demo/**", registry.host), &pem).yaml(),
         ),
     );
     assert_success(
@@ -257,11 +238,12 @@ fn helm_install_into_a_cluster_that_runs_pods() {
         "apply own policy",
         &cluster.kubectl_with_stdin(
             &["apply", "-f", "-"],
-            &policy(
+            &release_key_policy(
                 "self",
                 &format!("{}/registryx-guard/**", registry.host),
                 &pem,
-            ),
+            )
+            .yaml(),
         ),
     );
     wait_until(
@@ -353,7 +335,7 @@ fn helm_install_into_a_cluster_that_runs_pods() {
         "apply after the move",
         &cluster.kubectl_with_stdin(
             &["apply", "-f", "-"],
-            &policy("after-move", &format!("{}/after/**", registry.host), &pem),
+            &release_key_policy("after-move", &format!("{}/after/**", registry.host), &pem).yaml(),
         ),
     );
     wait_until(
@@ -442,20 +424,7 @@ fn helm_install_into_a_cluster_that_runs_pods() {
 
 /// `helm upgrade --reuse-values --set-string VALUE --wait`, as an operator runs it.
 fn helm_upgrade(cluster: &ControlPlane, value: &str) {
-    let output = Command::new(support::tool("helm"))
-        .args(["upgrade", "rxg"])
-        .arg(support::repo_root().join("charts/registryx-guard"))
-        .args([
-            "--namespace",
-            NAMESPACE,
-            "--reuse-values",
-            "--set-string",
-            value,
-        ])
-        .args(["--wait", "--timeout", "180s", "--kubeconfig"])
-        .arg(&cluster.kubeconfig)
-        .output()
-        .unwrap();
+    let output = Helm::new(cluster).set_string(value).wait().upgrade();
     assert_success(&format!("helm upgrade --set-string {value}"), &output);
 }
 
@@ -509,7 +478,7 @@ impl Stream {
             let mut n = 0;
             while !flag.load(Ordering::SeqCst) {
                 n += 1;
-                let output = Command::new(support::tool("kubectl"))
+                let output = Command::new(crate::support::tool("kubectl"))
                     .arg("--kubeconfig")
                     .arg(&kubeconfig)
                     .args([
