@@ -17,10 +17,10 @@ use std::time::Instant;
 use futures::future::join_all;
 
 use crate::policy::CompiledPolicy;
+use crate::refusal::Reason;
 use crate::registry::ImageRef;
 use crate::registry::registryx::{VulnerabilitySummary, vulnerability_summary};
 use crate::rego::{RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, Vulnerabilities};
-use crate::verify::reason::Reason;
 use crate::verify::{ImageVerdict, PolicyVerdict, Verifier};
 
 /// Rego denial messages of one policy shown in a verdict; the rest are counted.
@@ -112,9 +112,7 @@ impl Stage<'_> {
         let (denials, input) = self.evaluate(rego, policy, verdict).await;
         verdict.rego_input = self.context.keep_rego_input.then_some(input);
         if !denials.is_empty() {
-            verdict.passed = false;
-            verdict.reasons.extend(denials);
-            verdict.reason_kind.get_or_insert(Reason::Rego);
+            verdict.refuse(Reason::Rego, denials);
         }
     }
 
@@ -164,11 +162,11 @@ impl Stage<'_> {
             .filter(|e| e.digest == digest)
             .map(|e| RegoSignature {
                 authority: e.authority.clone(),
-                verified: e.verified,
-                key_id: e.proof.as_ref().and_then(|p| p.key_id.clone()),
-                issuer: e.proof.as_ref().and_then(|p| p.issuer.clone()),
-                subject: e.proof.as_ref().and_then(|p| p.subject.clone()),
-                rekor_integrated_time: e.proof.as_ref().and_then(|p| p.rekor_integrated_time),
+                verified: e.verified(),
+                key_id: e.proof().and_then(|p| p.key_id.clone()),
+                issuer: e.proof().and_then(|p| p.issuer.clone()),
+                subject: e.proof().and_then(|p| p.subject.clone()),
+                rekor_integrated_time: e.proof().and_then(|p| p.rekor_integrated_time),
             })
             .collect();
         let input = RegoInput {

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod decide;
 mod error;
 pub mod policy;
+pub mod refusal;
 pub mod registry;
 pub mod rego;
 pub mod server;

@@ -13,8 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::core::DynamicObject;
+use kube::core::admission::AdmissionRequest;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::Semaphore;
+
+use super::decision::ImageDecision;
 
 /// Event writes in flight at once; a flood of refused pods beyond this costs the API server nothing.
 pub const MAX_IN_FLIGHT: usize = 16;
@@ -59,6 +63,37 @@ impl RefusalEvents {
     /// Events not written because [`MAX_IN_FLIGHT`] were being written.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// One event per (refused image, enforcing policy that refused it), on the policy.
+    pub fn publish(&self, request: &AdmissionRequest<DynamicObject>, decided: &[ImageDecision]) {
+        let name = if request.name.is_empty() {
+            "(name not yet generated)"
+        } else {
+            request.name.as_str()
+        };
+        let workload = match request.namespace.as_deref() {
+            Some(namespace) => format!("{} {namespace}/{name}", request.kind.kind),
+            None => format!("{} {name}", request.kind.kind),
+        };
+        for decision in decided {
+            let (Some(verdict), Some(message)) = (&decision.verdict, decision.refusal_text())
+            else {
+                continue;
+            };
+            for policy in verdict.refusing() {
+                let Some(reason) = policy.reason() else {
+                    continue;
+                };
+                self.refused(Refusal {
+                    policy: &policy.policy,
+                    policy_uid: policy.policy_uid.as_deref(),
+                    reason: reason.label(),
+                    workload: workload.clone(),
+                    message,
+                });
+            }
+        }
     }
 
     /// Writes the event in the background (or drops it, see the module).

@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::decision::ImageDecision;
+use crate::refusal::Reason;
 use crate::verify::Verifier;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,10 +20,8 @@ pub struct DecisionLabels {
     pub decision: String,
     /// The policy that decided, or "none".
     pub policy: String,
-    /// verified, a refusal's reason (`no_signature`, `other_signer`, `empty_blob`, `unauthorized`,
-    /// `unreachable`, `rego`, ...: see `verify::reason::Reason`), or an admission-level one (`no_policy`,
-    /// `not_ready`, `unpinned`, `tag_moved`, `invalid_reference`, `malformed`, `too_many_images`)
-    pub reason: String,
+    /// `verified`, or the label of a [`Reason`]: a closed set ([`Reason::ALL`], README's table).
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug)]
@@ -54,14 +54,40 @@ impl AdmissionMetrics {
         metrics
     }
 
-    pub fn count(&self, decision: &str, policy: &str, reason: &str) {
+    fn count(&self, decision: &str, policy: &str, reason: &'static str) {
         self.decisions
             .get_or_create(&DecisionLabels {
                 decision: decision.into(),
                 policy: policy.into(),
-                reason: reason.into(),
+                reason,
             })
             .inc();
+    }
+
+    /// A review refused as a whole, before any image was decided.
+    pub fn refused_review(&self, reason: Reason) {
+        self.count("deny", "none", reason.label());
+    }
+
+    /// One count per (image decision, governing policy), `none` for an image no policy governs.
+    pub fn record(&self, decisions: &[ImageDecision]) {
+        for decision in decisions {
+            let outcome = match (decision.admitted(), decision.warnings.is_empty()) {
+                (false, _) => "deny",
+                (true, false) => "warn",
+                (true, true) => "allow",
+            };
+            let label = decision.label();
+            let policies = decision.verdict.iter().flat_map(|v| v.policies.iter());
+            let mut counted = false;
+            for policy in policies {
+                self.count(outcome, &policy.policy, label);
+                counted = true;
+            }
+            if !counted {
+                self.count(outcome, "none", label);
+            }
+        }
     }
 }
 

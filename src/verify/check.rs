@@ -12,9 +12,9 @@ use x509_cert::der::{Decode as _, Encode as _, asn1::Utf8StringRef};
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
-use super::reason::Failure;
 use super::signatures::{BundleSignature, FoundSignature, LegacySignature};
 use crate::policy::authority::{CompiledAuthority, Trust};
+use crate::refusal::Failure;
 
 const COSIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 const IN_TOTO_PAYLOAD: &str = "application/vnd.in-toto+json";
@@ -353,7 +353,7 @@ fn check_bundle(
         // An attestation (provenance, SBOM) beside the image is not a malformed signature: as far as
         // signing goes, there is none.
         return Err(Failure::new(
-            crate::verify::reason::Reason::NoSignature,
+            crate::refusal::Reason::NoSignature,
             format!(
                 "the bundle is an attestation of type {}, not a cosign signature",
                 crate::untrusted::quote(&statement.predicate_type)

@@ -10,7 +10,6 @@ pub use crate::policy::authority;
 mod check;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod reason;
 mod report;
 mod signatures;
 
@@ -28,54 +27,166 @@ pub use signatures::{FoundSignature, SignatureSet};
 
 use crate::policy::authority::{CompiledAuthority, Trust};
 use crate::policy::{CompiledPolicy, Mode, MultiArch};
+use crate::refusal::{About, Failure, Reason, Signing};
 use crate::registry::{
     DockerConfig, ImageRef, RegistryClient, RegistryConfig, RegistryError, Step,
 };
-use reason::{Failure, Problem, Reason};
 
 /// What one authority concluded about one digest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthorityEvidence {
     pub authority: String,
     /// The digest the evidence is about (a platform manifest's, for `multiArch: everyPlatform`).
     pub digest: String,
-    pub verified: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Why it did not verify, as a code (`no_signature`, `empty_blob`, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason_kind: Option<Reason>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub proof: Option<Proof>,
+    pub outcome: Outcome,
+}
+
+/// A verified signature's proof, or why none verified: never both, never neither.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Verified(Proof),
+    Refused(Failure),
+}
+
+impl AuthorityEvidence {
+    pub fn verified(&self) -> bool {
+        matches!(self.outcome, Outcome::Verified(_))
+    }
+
+    pub fn proof(&self) -> Option<&Proof> {
+        match &self.outcome {
+            Outcome::Verified(proof) => Some(proof),
+            Outcome::Refused(_) => None,
+        }
+    }
+
+    pub fn failure(&self) -> Option<&Failure> {
+        match &self.outcome {
+            Outcome::Verified(_) => None,
+            Outcome::Refused(failure) => Some(failure),
+        }
+    }
+}
+
+/// The JSON of `verify --output json` and the decision log keeps its shape: `verified`, and either the
+/// proof's fields or `reason` with `reasonKind`.
+impl Serialize for AuthorityEvidence {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire<'a> {
+            authority: &'a str,
+            digest: &'a str,
+            verified: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reason: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reason_kind: Option<Reason>,
+            #[serde(flatten, skip_serializing_if = "Option::is_none")]
+            proof: Option<&'a Proof>,
+        }
+        let failure = self.failure();
+        Wire {
+            authority: &self.authority,
+            digest: &self.digest,
+            verified: self.verified(),
+            reason: failure.map(|f| f.message.as_str()),
+            reason_kind: failure.map(|f| f.reason),
+            proof: self.proof(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// Why a policy failed: its reason (the most telling of its authorities', or Rego), every message,
+/// and the remedy of that reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyFailure {
+    pub reason: Reason,
+    /// In words a user can act on, one line each.
+    pub messages: Vec<String>,
+    pub remedy: Option<String>,
 }
 
 /// One policy's verdict on one image.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
 pub struct PolicyVerdict {
     pub policy: String,
     /// The policy's uid, for what refers to the policy object (its refusal events).
-    #[serde(skip)]
     pub policy_uid: Option<String>,
     pub mode: Mode,
-    pub passed: bool,
     pub authorities: Vec<AuthorityEvidence>,
-    /// Why the policy failed, in words a user can act on.
-    pub reasons: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remedy: Option<String>,
-    /// Why the policy failed, as a code: the reasons' most telling one (see [`Reason`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason_kind: Option<Reason>,
+    /// `None`: the policy passed.
+    pub failure: Option<PolicyFailure>,
     /// The input document the policy's Rego rules were evaluated on (`verify --output json` shows it,
     /// so that a module can be debugged offline on exactly what the webhook gave it).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rego_input: Option<serde_json::Value>,
     /// Every authority was checked against the resolved digest: the evidence the Rego stage reads
     /// exists. False when the registry could not be reached or the image not resolved.
-    #[serde(skip)]
     pub evidence_complete: bool,
+}
+
+impl PolicyVerdict {
+    pub fn passed(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// The reason it failed, if it did.
+    pub fn reason(&self) -> Option<Reason> {
+        self.failure.as_ref().map(|f| f.reason)
+    }
+
+    /// Its messages (none when it passed).
+    pub fn messages(&self) -> &[String] {
+        self.failure.as_ref().map_or(&[], |f| &f.messages[..])
+    }
+
+    /// Fails the policy with `messages`; a policy that failed already keeps its reason and remedy and
+    /// gains the messages.
+    pub fn refuse(&mut self, reason: Reason, messages: Vec<String>) {
+        match &mut self.failure {
+            Some(failure) => failure.messages.extend(messages),
+            None => {
+                self.failure = Some(PolicyFailure {
+                    reason,
+                    messages,
+                    remedy: None,
+                });
+            }
+        }
+    }
+}
+
+/// As [`AuthorityEvidence`]: `passed`, `reasons`, `remedy`, `reasonKind`.
+impl Serialize for PolicyVerdict {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire<'a> {
+            policy: &'a str,
+            mode: Mode,
+            passed: bool,
+            authorities: &'a [AuthorityEvidence],
+            reasons: &'a [String],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            remedy: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reason_kind: Option<Reason>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            rego_input: Option<&'a serde_json::Value>,
+        }
+        Wire {
+            policy: &self.policy,
+            mode: self.mode,
+            passed: self.passed(),
+            authorities: &self.authorities,
+            reasons: self.messages(),
+            remedy: self.failure.as_ref().and_then(|f| f.remedy.as_deref()),
+            reason_kind: self.reason(),
+            rego_input: self.rego_input.as_ref(),
+        }
+        .serialize(serializer)
+    }
 }
 
 /// Every governing policy's verdict on one image.
@@ -92,14 +203,27 @@ impl ImageVerdict {
     pub fn admitted(&self) -> bool {
         self.policies
             .iter()
-            .all(|p| p.passed || p.mode == Mode::Warn)
+            .all(|p| p.passed() || p.mode == Mode::Warn)
     }
 
     /// The warnings of `warn` policies that failed.
     pub fn warnings(&self) -> impl Iterator<Item = &PolicyVerdict> {
         self.policies
             .iter()
-            .filter(|p| !p.passed && p.mode == Mode::Warn)
+            .filter(|p| !p.passed() && p.mode == Mode::Warn)
+    }
+
+    /// The enforcing policies that failed.
+    pub fn refusing(&self) -> impl Iterator<Item = &PolicyVerdict> {
+        self.policies
+            .iter()
+            .filter(|p| !p.passed() && p.mode == Mode::Enforce)
+    }
+
+    /// Why it was refused, as a type: the reason of the first enforcing policy that failed (never read
+    /// out of the messages, where a repository named `team/rego-app` would pass for a Rego refusal).
+    pub fn reason(&self) -> Option<Reason> {
+        self.refusing().find_map(PolicyVerdict::reason)
     }
 }
 
@@ -182,7 +306,7 @@ impl Expiry<EvidenceKey, Arc<AuthorityEvidence>> for EvidenceExpiry {
         value: &Arc<AuthorityEvidence>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
-        Some(if value.verified {
+        Some(if value.verified() {
             self.verified
         } else {
             self.refused
@@ -406,39 +530,44 @@ impl Verifier {
             policy: policy.name.clone(),
             policy_uid: policy.uid.clone(),
             mode: policy.mode,
-            passed: true,
             authorities: Vec::new(),
-            reasons: Vec::new(),
-            remedy: None,
-            reason_kind: None,
+            failure: None,
             rego_input: None,
             evidence_complete: true,
         };
         for (digest, evidence) in digests.iter().zip(per_digest) {
-            let verified = evidence.iter().any(|e| e.verified);
+            let verified = evidence.iter().any(|e| e.verified());
             if policy.signature_required && !verified {
-                verdict.passed = false;
+                let mut messages = Vec::new();
                 if evidence.is_empty() {
-                    verdict
-                        .reasons
-                        .push(format!("{digest}: the policy names no authority"));
+                    messages.push(format!("{digest}: the policy names no authority"));
                 }
-                for failure in &evidence {
-                    verdict.reasons.push(format!(
-                        "authority {}: {}",
-                        failure.authority,
-                        failure.reason.as_deref().unwrap_or("not verified")
-                    ));
+                let failures = evidence
+                    .iter()
+                    .filter_map(|e| Some((&e.authority, e.failure()?)));
+                for (authority, failure) in failures.clone() {
+                    messages.push(format!("authority {authority}: {}", failure.message));
                 }
-                if verdict.reason_kind.is_none() {
-                    let kind = Reason::most_telling(evidence.iter().filter_map(|e| e.reason_kind))
-                        .unwrap_or(Reason::NoSignature);
-                    verdict.reason_kind = Some(kind);
-                    verdict.remedy = if kind.is_fixed_by_signing() {
-                        remedy(policy, image, digest, kind)
-                    } else {
-                        kind.remedy(&image.registry)
-                    };
+                let reason = Reason::most_telling(failures.map(|(_, f)| f.reason))
+                    .unwrap_or(Reason::NoSignature);
+                let target = image.with_digest(digest);
+                let about = About {
+                    registry: &image.registry,
+                    signing: policy.authorities.first().map(|authority| Signing {
+                        target: &target,
+                        authority: &authority.name,
+                        keyless: matches!(authority.trust, Trust::Keyless { .. }),
+                    }),
+                };
+                match &mut verdict.failure {
+                    Some(failure) => failure.messages.extend(messages),
+                    None => {
+                        verdict.failure = Some(PolicyFailure {
+                            reason,
+                            messages,
+                            remedy: reason.remedy(&about),
+                        });
+                    }
                 }
             }
             verdict
@@ -490,14 +619,14 @@ impl Verifier {
             // the short life of the shared discovery.
             Err(error) => {
                 self.registry_errors.fetch_add(1, Ordering::Relaxed);
-                let problem = Problem::from(error);
+                let problem = Failure::from(error);
                 Arc::new(AuthorityEvidence {
                     authority: authority.name.clone(),
                     digest: digest.to_owned(),
-                    verified: false,
-                    reason: Some(format!("cannot read the signatures: {}", problem.message)),
-                    reason_kind: Some(problem.reason),
-                    proof: None,
+                    outcome: Outcome::Refused(Failure::new(
+                        problem.reason,
+                        format!("cannot read the signatures: {}", problem.message),
+                    )),
                 })
             }
         }
@@ -611,21 +740,20 @@ fn evaluate(
     digest: &str,
     set: &SignatureSet,
 ) -> AuthorityEvidence {
-    let mut evidence = AuthorityEvidence {
+    let refused = |failure| AuthorityEvidence {
         authority: authority.name.clone(),
         digest: digest.to_owned(),
-        verified: false,
-        reason: None,
-        reason_kind: None,
-        proof: None,
+        outcome: Outcome::Refused(failure),
     };
     let mut failures: Vec<Failure> = Vec::new();
     for signature in &set.signatures {
         match check::check(authority, digest, signature) {
             Ok(proof) => {
-                evidence.verified = true;
-                evidence.proof = Some(proof);
-                return evidence;
+                return AuthorityEvidence {
+                    authority: authority.name.clone(),
+                    digest: digest.to_owned(),
+                    outcome: Outcome::Verified(proof),
+                };
             }
             Err(failure) if !failures.contains(&failure) => failures.push(failure),
             Err(_) => {}
@@ -640,21 +768,19 @@ fn evaluate(
     // What explains the refusal best: a signature that failed says more than a read that failed, and
     // with no signature at all, a failed read (an empty blob, a refusal) is the reason, not "unsigned".
     let empty_blob = set.problems.iter().any(|p| p.reason == Reason::EmptyBlob);
-    evidence.reason_kind = Some(
-        Reason::most_telling(
-            failures
-                .iter()
-                .map(|f| f.reason)
-                .chain(empty_blob.then_some(Reason::EmptyBlob)),
-        )
-        .or_else(|| Reason::most_telling(set.problems.iter().map(|p| p.reason)))
-        .unwrap_or(if set.signed_elsewhere.is_empty() {
-            Reason::NoSignature
-        } else {
-            Reason::OtherDigest
-        }),
-    );
-    evidence.reason = Some(match failures.as_slice() {
+    let reason = Reason::most_telling(
+        failures
+            .iter()
+            .map(|f| f.reason)
+            .chain(empty_blob.then_some(Reason::EmptyBlob)),
+    )
+    .or_else(|| Reason::most_telling(set.problems.iter().map(|p| p.reason)))
+    .unwrap_or(if set.signed_elsewhere.is_empty() {
+        Reason::NoSignature
+    } else {
+        Reason::OtherDigest
+    });
+    let message = match failures.as_slice() {
         [] if set.problems.is_empty() && set.signed_elsewhere.is_empty() => {
             format!("no signature found for {digest} in {}", image.name())
         }
@@ -683,46 +809,26 @@ fn evaluate(
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
-    });
-    evidence
-}
-
-/// The remedy when signing is what fixes it: sign the verified digest with the authority's key or as
-/// an identity it accepts.
-fn remedy(policy: &CompiledPolicy, image: &ImageRef, digest: &str, kind: Reason) -> Option<String> {
-    let target = image.with_digest(digest);
-    let context = match kind {
-        Reason::OtherDigest => {
-            "the signatures found are for another digest (re-pushed without re-signing?): "
-        }
-        Reason::OtherSigner => "signatures exist, but by other signers: ",
-        _ => "",
     };
-    policy
-        .authorities
-        .first()
-        .map(|authority| match &authority.trust {
-            Trust::Key { .. } => format!(
-                "{context}sign it with: cosign sign --key <the private key of authority {}> {target}",
-                authority.name
-            ),
-            Trust::Keyless { .. } => format!(
-                "{context}sign it with: cosign sign {target}, as an identity authority {} accepts",
-                authority.name
-            ),
-        })
+    refused(Failure::new(reason, message))
 }
 
-fn failed(policy: &CompiledPolicy, reason: String, kind: Reason, registry: &str) -> PolicyVerdict {
+fn failed(
+    policy: &CompiledPolicy,
+    message: String,
+    reason: Reason,
+    registry: &str,
+) -> PolicyVerdict {
     PolicyVerdict {
         policy: policy.name.clone(),
         policy_uid: policy.uid.clone(),
         mode: policy.mode,
-        passed: false,
         authorities: Vec::new(),
-        reasons: vec![reason],
-        remedy: kind.remedy(registry),
-        reason_kind: Some(kind),
+        failure: Some(PolicyFailure {
+            reason,
+            messages: vec![message],
+            remedy: reason.remedy(&About::registry(registry)),
+        }),
         rego_input: None,
         evidence_complete: false,
     }

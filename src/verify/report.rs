@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::ImageVerdict;
+use super::{ImageVerdict, Outcome};
 use crate::policy::Mode;
 
 /// Renders a verdict for a terminal: per policy, per authority, what was checked and what failed.
@@ -17,54 +17,55 @@ pub fn render_text(verdict: &ImageVerdict) -> String {
         );
     }
     for policy in &verdict.policies {
-        let state = match (policy.passed, policy.mode) {
+        let state = match (policy.passed(), policy.mode) {
             (true, _) => "passed",
             (false, Mode::Warn) => "FAILED (warn mode: admitted with a warning)",
             (false, Mode::Enforce) => "FAILED",
         };
         let _ = writeln!(out, "  policy {}: {state}", policy.policy);
         for evidence in &policy.authorities {
-            if evidence.verified {
-                let proof = evidence.proof.as_ref();
-                let mut who = Vec::new();
-                if let Some(key) = proof.and_then(|p| p.key_id.as_deref()) {
-                    who.push(format!("key {key}"));
+            match &evidence.outcome {
+                Outcome::Verified(proof) => {
+                    let mut who = Vec::new();
+                    if let Some(key) = proof.key_id.as_deref() {
+                        who.push(format!("key {key}"));
+                    }
+                    if let Some(subject) = proof.subject.as_deref() {
+                        who.push(format!("subject {subject}"));
+                    }
+                    if let Some(issuer) = proof.issuer.as_deref() {
+                        who.push(format!("issuer {issuer}"));
+                    }
+                    if let Some(time) = proof.rekor_integrated_time {
+                        who.push(format!("logged at {time}"));
+                    }
+                    let _ = writeln!(
+                        out,
+                        "    authority {}: verified {} ({} signature; {})",
+                        evidence.authority,
+                        evidence.digest,
+                        proof.format,
+                        who.join(", ")
+                    );
                 }
-                if let Some(subject) = proof.and_then(|p| p.subject.as_deref()) {
-                    who.push(format!("subject {subject}"));
+                Outcome::Refused(failure) => {
+                    let _ = writeln!(
+                        out,
+                        "    authority {}: not verified: {}",
+                        evidence.authority, failure.message
+                    );
                 }
-                if let Some(issuer) = proof.and_then(|p| p.issuer.as_deref()) {
-                    who.push(format!("issuer {issuer}"));
-                }
-                if let Some(time) = proof.and_then(|p| p.rekor_integrated_time) {
-                    who.push(format!("logged at {time}"));
-                }
-                let format = proof.map(|p| p.format).unwrap_or("?");
-                let _ = writeln!(
-                    out,
-                    "    authority {}: verified {} ({format} signature; {})",
-                    evidence.authority,
-                    evidence.digest,
-                    who.join(", ")
-                );
-            } else {
-                let _ = writeln!(
-                    out,
-                    "    authority {}: not verified: {}",
-                    evidence.authority,
-                    evidence.reason.as_deref().unwrap_or("no reason")
-                );
             }
         }
-        if !policy.passed {
-            for reason in policy
-                .reasons
+        if let Some(failure) = &policy.failure {
+            for reason in failure
+                .messages
                 .iter()
                 .filter(|r| !r.starts_with("authority "))
             {
                 let _ = writeln!(out, "    {reason}");
             }
-            if let Some(remedy) = &policy.remedy {
+            if let Some(remedy) = &failure.remedy {
                 let _ = writeln!(out, "    {remedy}");
             }
         }

@@ -6,7 +6,7 @@
 //! `sha256-<hex>` fallback tag that cosign's registry library maintains when the registry has no
 //! referrers API.
 
-use super::reason::{Problem, Reason};
+use crate::refusal::{Failure, Reason};
 use std::time::Instant;
 
 use futures::future::join_all;
@@ -29,7 +29,7 @@ const MAX_SIGNATURES: usize = 32;
 pub struct SignatureSet {
     pub signatures: Vec<FoundSignature>,
     /// Reads that failed; reported when no authority verifies, since they may explain why.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<Failure>,
     /// When nothing at all is stored for the digest: digests of the repository that cosign signed (a
     /// `sha256-<hex>.sig` tag) and that no tag names any more, a few at most. That is what a tag
     /// re-pushed without re-signing leaves behind; a signed `v1` beside an unsigned `v2` is not it.
@@ -233,7 +233,7 @@ pub async fn discover(
             },
         ) => return Err(error),
         Err(error) => {
-            set.problems.push(Problem::from(&error));
+            set.problems.push(Failure::from(&error));
             Some(Vec::new())
         }
     };
@@ -241,13 +241,13 @@ pub async fn discover(
         Some(list) => list,
         None => match fallback {
             Ok(listed) => listed.unwrap_or_else(|e| {
-                set.problems.push(Problem::from(&e));
+                set.problems.push(Failure::from(&e));
                 Vec::new()
             }),
             Err(error) if error.is_not_found() => Vec::new(),
             Err(error) if error.is_timeout() => return Err(error),
             Err(error) => {
-                set.problems.push(Problem::from(&error));
+                set.problems.push(Failure::from(&error));
                 Vec::new()
             }
         },
@@ -257,7 +257,7 @@ pub async fn discover(
         Ok(parsed) => match parsed {
             Ok(mut manifest) => std::mem::take(manifest.layers_mut()),
             Err(error) => {
-                set.problems.push(Problem {
+                set.problems.push(Failure {
                     reason: Reason::SignatureUnreadable,
                     message: format!(
                         "{}: the manifest of {legacy_tag} {}",
@@ -278,7 +278,7 @@ pub async fn discover(
         }
         Err(error) if error.is_not_found() => Vec::new(),
         Err(error) => {
-            set.problems.push(Problem::from(&error));
+            set.problems.push(Failure::from(&error));
             Vec::new()
         }
     };
@@ -297,7 +297,7 @@ pub async fn discover(
         match result {
             Ok(signature) => set.signatures.push(signature),
             Err(error) if error.is_timeout() => return Err(error),
-            Err(error) => set.problems.push(Problem::from(&error)),
+            Err(error) => set.problems.push(Failure::from(&error)),
         }
     }
     Ok(set)

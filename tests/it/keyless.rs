@@ -1,6 +1,7 @@
 //! Keyless signatures: certificates from a CA the tests make (Fulcio-style issuer extensions and SAN),
 //! signed by real cosign with `--certificate`/`--certificate-chain`, in both formats.
 
+use registryx_guard::refusal::Reason;
 use std::sync::Arc;
 
 use crate::support::cosign::Format;
@@ -84,7 +85,7 @@ async fn refuses_a_certificate_from_another_ca() {
         .issue(ISSUER, SUBJECT)
         .sign(&image.reference, Format::Legacy);
     let verdict = verify(&image.reference, &untlogged_policy(&registry, &trusted)).await;
-    assert_refused(&verdict, "certificate");
+    assert_refused(&verdict, Reason::Certificate);
 
     let bundles = Registry::with_referrers();
     let image = bundles
@@ -94,7 +95,7 @@ async fn refuses_a_certificate_from_another_ca() {
         .issue(ISSUER, SUBJECT)
         .sign(&image.reference, Format::Bundle);
     let verdict = verify(&image.reference, &untlogged_policy(&bundles, &trusted)).await;
-    assert_refused(&verdict, "certificate");
+    assert_refused(&verdict, Reason::Certificate);
 }
 
 /// Certificates from the trusted CA for identities the authority does not accept: (tag, issuer,
@@ -126,7 +127,7 @@ async fn refuses_another_subject_or_issuer() {
             .sign(&image.reference, Format::Legacy);
         assert_refused_saying(
             &verify(&image.reference, &policy).await,
-            "other_signer",
+            Reason::OtherSigner,
             &[&refusal],
         );
     }
@@ -148,7 +149,7 @@ async fn refuses_a_signature_without_the_required_transparency_log_entry() {
     .await;
     assert_refused_saying(
         &verdict,
-        "transparency_log",
+        Reason::TransparencyLog,
         &["no transparency-log entry accompanies the signature, and this authority requires one"],
     );
 }
@@ -163,5 +164,5 @@ async fn refuses_a_key_signature_under_a_keyless_authority() {
         .await;
     cosign.sign(&image.reference, Format::Legacy);
     let verdict = verify(&image.reference, &untlogged_policy(&registry, &ca)).await;
-    assert_refused_saying(&verdict, "other_signer", &["carries no certificate"]);
+    assert_refused_saying(&verdict, Reason::OtherSigner, &["carries no certificate"]);
 }

@@ -2,6 +2,7 @@
 //! step, before the deadline. And RegistryX's own quirks: a token realm that names localhost:5000 and a
 //! 403 DENIED from its pull policy.
 
+use registryx_guard::refusal::Reason;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ async fn a_hanging_registry_is_refused_before_the_deadline() {
     let elapsed = start.elapsed();
     assert_refused_saying(
         &verdict,
-        "unreachable",
+        Reason::Unreachable,
         &[&registry.host(), "resolve team/app:v1", "no answer within"],
     );
     // The verdict arrives at the deadline, not at some socket's timeout: a bound, not a benchmark.
@@ -63,7 +64,11 @@ async fn a_registry_answering_500_is_refused_with_the_status() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_saying(&verdict, "unreachable", &[&registry.host(), "HTTP 500"]);
+    assert_refused_saying(
+        &verdict,
+        Reason::Unreachable,
+        &[&registry.host(), "HTTP 500"],
+    );
 }
 
 #[tokio::test]
@@ -78,7 +83,7 @@ async fn an_oversized_manifest_is_refused_without_reading_it_all() {
     .await;
     assert_refused_saying(
         &verdict,
-        "image_unreadable",
+        Reason::ImageUnreadable,
         &["larger than the 4194304 byte limit"],
     );
     assert!(registry.bytes_sent() < 64 << 20, "the whole body was read");
@@ -96,7 +101,7 @@ async fn a_registry_that_lies_about_a_digest_is_refused() {
     .await;
     assert_refused_saying(
         &verdict,
-        "image_unreadable",
+        Reason::ImageUnreadable,
         &["content does not match its digest"],
     );
 }
@@ -141,7 +146,7 @@ async fn registryx_denied_is_reported_as_the_registrys_refusal() {
     .await;
     assert_refused_saying(
         &verdict,
-        "registry_refused",
+        Reason::RegistryRefused,
         &[
             "refused by the registry",
             "DENIED policy violation: critical vulnerabilities",
@@ -363,7 +368,11 @@ async fn a_redirect_to_a_host_the_policy_names_is_followed() {
         Duration::from_secs(10),
     )
     .await;
-    assert_refused_saying(&unnamed, "unreachable", &["spec.registry.redirectHosts"]);
+    assert_refused_saying(
+        &unnamed,
+        Reason::Unreachable,
+        &["spec.registry.redirectHosts"],
+    );
     assert!(front.requests() > requests);
 }
 

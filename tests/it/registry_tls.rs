@@ -5,6 +5,7 @@ use crate::support::cosign::Cosign;
 use crate::support::policy::PolicySpec;
 use crate::support::registry::Registry;
 use crate::support::verdicts::{assert_admitted, assert_refused_saying, verify};
+use registryx_guard::refusal::Reason;
 
 /// Signs `reference` (legacy format) on `registry`, whose certificate cosign trusts through its CA.
 fn sign_over_tls(cosign: &Cosign, registry: &Registry, reference: &str) {
@@ -58,7 +59,11 @@ async fn a_private_ca_is_trusted_through_the_policy_ca_bundle_only() {
 
     let without_ca = base.insecure(false);
     let verdict = verify(&image.reference, &without_ca.compile()).await;
-    assert_refused_saying(&verdict, "unreachable", &[&registry.host, "cannot connect"]);
+    assert_refused_saying(
+        &verdict,
+        Reason::Unreachable,
+        &[&registry.host, "cannot connect"],
+    );
 }
 
 #[tokio::test]
@@ -77,7 +82,7 @@ async fn a_plain_http_registry_redirecting_to_https_storage_is_followed() {
     // The storage is another host:port than the registry's: followed only once the policy names it.
     assert_refused_saying(
         &verify(&reference, &policy.compile()).await,
-        "unreachable",
+        Reason::Unreachable,
         &["spec.registry.redirectHosts"],
     );
     let named = policy.redirect_hosts([storage.host.as_str()]);

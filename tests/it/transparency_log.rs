@@ -4,6 +4,7 @@
 //! annotation of the `.sig` layer. A policy trusts the log through its public key; the log ID an entry
 //! names is the hex SHA-256 of that key's DER SubjectPublicKeyInfo.
 
+use registryx_guard::refusal::Reason;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::support::cosign::{Cosign, Format};
@@ -257,7 +258,7 @@ async fn refuses_a_signature_without_a_log_entry_when_one_is_required() {
     let logged = Logged::new("unlogged").await;
     assert_refused_saying(
         &logged.verdict().await,
-        "transparency_log",
+        Reason::TransparencyLog,
         &["no transparency-log entry accompanies the signature, and this authority requires one"],
     );
 }
@@ -272,7 +273,7 @@ async fn refuses_an_entry_timestamp_signed_by_another_key() {
     logged.attach(&entry.bundle(&rogue.sign(&entry))).await;
     assert_refused_saying(
         &logged.verdict().await,
-        "transparency_log",
+        Reason::TransparencyLog,
         &["the transparency-log entry's signed timestamp does not verify with the Rekor key"],
     );
 
@@ -284,7 +285,7 @@ async fn refuses_an_entry_timestamp_signed_by_another_key() {
     logged.attach(&rogue.bundle(&entry)).await;
     assert_refused_saying(
         &logged.verdict().await,
-        "transparency_log",
+        Reason::TransparencyLog,
         &[&format!(
             "the transparency-log entry comes from log {}, which this authority does not trust",
             rogue.log_id()
@@ -314,7 +315,7 @@ async fn refuses_an_entry_whose_fields_changed_after_signing() {
         logged.attach(&changed.bundle(&set)).await;
         assert_refused_saying(
             &logged.verdict().await,
-            "transparency_log",
+            Reason::TransparencyLog,
             &["signed timestamp does not verify with the Rekor key"],
         );
     }
@@ -353,7 +354,7 @@ async fn refuses_an_entry_that_logs_another_payload_or_signature() {
             ),
         };
         logged.attach_logged(&payload_sha256, &signature).await;
-        assert_refused_saying(&logged.verdict().await, "transparency_log", &[refusal]);
+        assert_refused_saying(&logged.verdict().await, Reason::TransparencyLog, &[refusal]);
     }
 }
 
@@ -404,7 +405,7 @@ async fn refuses_a_keyless_signature_logged_outside_its_certificate_validity() {
     ] {
         assert_refused_saying(
             &keyless_verdict(seed, integrated_time).await,
-            "certificate",
+            Reason::Certificate,
             &[
                 "the signing certificate does not chain to this authority's trust root",
                 error,

@@ -10,6 +10,7 @@ use crate::support::verdicts::{
     signature_manifest, verify, verify_with,
 };
 use registryx_guard::policy::MultiArch;
+use registryx_guard::refusal::Reason;
 use registryx_guard::verify::ImageVerdict;
 
 #[tokio::test]
@@ -84,13 +85,17 @@ async fn refuses_an_unsigned_image_naming_digest_and_remedy() {
     let verdict = verify(&image.reference, &key_policy(&registry.host, &cosign)).await;
     assert_refused_saying(
         &verdict,
-        "no_signature",
+        Reason::NoSignature,
         &[&format!(
             "no signature found for {} in {}/team/app",
             image.digest, registry.host
         )],
     );
-    let remedy = verdict.policies[0].remedy.as_deref().unwrap();
+    let remedy = verdict.policies[0]
+        .failure
+        .as_ref()
+        .and_then(|f| f.remedy.as_deref())
+        .unwrap();
     assert!(
         remedy.contains("cosign sign --key") && remedy.contains(&image.by_digest()),
         "{remedy}"
@@ -106,7 +111,7 @@ async fn refuses_a_signature_made_with_another_key() {
     let verdict = verify(&image.reference, &key_policy(&registry.host, &trusted)).await;
     assert_refused_saying(
         &verdict,
-        "other_signer",
+        Reason::OtherSigner,
         &["does not verify with key sha256:"],
     );
 
@@ -117,7 +122,7 @@ async fn refuses_a_signature_made_with_another_key() {
     other.sign(&image.reference, Format::Bundle);
     assert_refused(
         &verify(&image.reference, &key_policy(&bundles.host, &trusted)).await,
-        "other_signer",
+        Reason::OtherSigner,
     );
 }
 
@@ -138,7 +143,7 @@ async fn refuses_a_valid_signature_copied_from_another_image() {
     let verdict = verify(&target.reference, &key_policy(&registry.host, &cosign)).await;
     assert_refused_saying(
         &verdict,
-        "other_digest",
+        Reason::OtherDigest,
         &[&format!(
             "the signature is for {}, not for this image's {}",
             signed.digest, target.digest
@@ -161,7 +166,7 @@ async fn refuses_a_tag_moved_to_an_unsigned_image_after_signing() {
     assert_eq!(verdict.digest.as_deref(), Some(moved.digest.as_str()));
     assert_refused_saying(
         &verdict,
-        "other_digest",
+        Reason::OtherDigest,
         &[&format!("no signature found for {}", moved.digest)],
     );
 }
@@ -178,7 +183,7 @@ async fn refuses_altered_signature_bytes() {
 
     assert_refused(
         &verify(&image.reference, &key_policy(&registry.host, &cosign)).await,
-        "other_signer",
+        Reason::OtherSigner,
     );
 }
 
@@ -204,7 +209,7 @@ async fn refuses_an_altered_payload() {
 
     assert_refused(
         &verify(&image.reference, &key_policy(&registry.host, &cosign)).await,
-        "other_signer",
+        Reason::OtherSigner,
     );
 }
 
@@ -226,7 +231,7 @@ async fn multi_arch_indexes_follow_the_policy_choice() {
         .compile();
     assert_refused_saying(
         &verify(&index.reference, &every).await,
-        "other_digest",
+        Reason::OtherDigest,
         &[&format!("no signature found for {}", amd64.digest)],
     );
 

@@ -98,7 +98,7 @@ async fn exit_codes_say_admitted_refused_or_bad_input() {
     // registry here does not exist. --unmatched=allow admits it.
     let output = verify(&["127.0.0.1:9/elsewhere/app:1", "--policy", policy]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
-    assert!(text(&output).contains("no policy governs this image"));
+    assert!(text(&output).contains("is governed by no ImageSigningPolicy"));
     let output = verify(&[
         "127.0.0.1:9/elsewhere/app:1",
         "--policy",
@@ -209,7 +209,7 @@ async fn verify_sees_what_the_webhook_sees_several_images_a_manifest_a_namespace
     ]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(
-        text(&output).contains("no policy governs"),
+        text(&output).contains("is governed by no ImageSigningPolicy"),
         "{}",
         text(&output)
     );

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use registryx_guard::policy::authority::NoSecrets;
-use registryx_guard::policy::{CompiledPolicy, ImageSigningPolicy, Mode, compile};
+use registryx_guard::policy::{CompiledPolicy, ImageSigningPolicy, compile};
+use registryx_guard::refusal::Reason;
 use registryx_guard::registry::ImageRef;
-use registryx_guard::verify::reason::Reason;
 use registryx_guard::verify::{ImageVerdict, Proof, Verifier, VerifierSettings};
 use serde_json::Value;
 
@@ -101,40 +101,34 @@ pub fn assert_admitted(verdict: &ImageVerdict) {
         verdict
             .policies
             .iter()
-            .all(|p| p.authorities.iter().any(|e| e.verified)),
+            .all(|p| p.authorities.iter().any(|e| e.verified())),
         "{verdict:#?}"
     );
 }
 
-/// Why `verdict` refused, as the reason's label (the metrics label and the JSON `reasonKind`) of the
-/// first enforcing policy that failed; `None` when it admitted. The one place the tests read the
-/// reason type: a change of that type is mended here.
-pub fn refusal_label(verdict: &ImageVerdict) -> Option<&'static str> {
-    verdict
-        .policies
-        .iter()
-        .filter(|p| !p.passed && p.mode == Mode::Enforce)
-        .find_map(|p| p.reason_kind)
-        .map(Reason::label)
+/// Why `verdict` refused: the reason of the first enforcing policy that failed; `None` when it
+/// admitted.
+pub fn refusal_reason(verdict: &ImageVerdict) -> Option<Reason> {
+    verdict.reason()
 }
 
-/// Refused for the reason labelled `label` (see [`refusal_label`]).
+/// Refused for `reason`.
 #[track_caller]
-pub fn assert_refused(verdict: &ImageVerdict, label: &str) {
+pub fn assert_refused(verdict: &ImageVerdict, reason: Reason) {
     assert!(!verdict.admitted(), "admitted: {verdict:#?}");
     assert_eq!(
-        refusal_label(verdict),
-        Some(label),
+        refusal_reason(verdict),
+        Some(reason),
         "reasons:\n{}",
         reasons(verdict)
     );
 }
 
-/// Refused for the reason labelled `label`, with every one of `needles` somewhere in the policies'
-/// reasons: for the words a user reads (the host, the status, the field to set).
+/// Refused for `reason`, with every one of `needles` somewhere in the policies' reasons: for the
+/// words a user reads (the host, the status, the field to set).
 #[track_caller]
-pub fn assert_refused_saying(verdict: &ImageVerdict, label: &str, needles: &[&str]) {
-    assert_refused(verdict, label);
+pub fn assert_refused_saying(verdict: &ImageVerdict, reason: Reason, needles: &[&str]) {
+    assert_refused(verdict, reason);
     assert_refused_because(verdict, needles);
 }
 
@@ -156,7 +150,7 @@ pub fn reasons(verdict: &ImageVerdict) -> String {
     verdict
         .policies
         .iter()
-        .flat_map(|p| p.reasons.iter())
+        .flat_map(|p| p.messages().iter())
         .cloned()
         .collect::<Vec<_>>()
         .join("\n")
@@ -169,7 +163,7 @@ pub fn first_proof(verdict: &ImageVerdict) -> &Proof {
         .policies
         .first()
         .and_then(|p| p.authorities.first())
-        .and_then(|e| e.proof.as_ref())
+        .and_then(|e| e.proof())
         .unwrap_or_else(|| panic!("no proof: {verdict:#?}"))
 }
 

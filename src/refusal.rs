@@ -1,7 +1,8 @@
-//! Why an image was refused, as one typed value from the registry client through verification to the
-//! refusal, the metrics label, the JSON evidence and `verify`'s text. Each reason has the one remedy that
-//! fixes it: telling a user to `cosign sign` an image whose signature the registry serves empty, or whose
-//! registry refused the credentials, sends them the wrong way at the worst moment.
+//! Why an image was refused, as one closed type from the registry client through verification and
+//! admission to the refusal, the metrics label, the JSON evidence and `verify`'s text. Each reason has
+//! the one remedy that fixes it, written here and nowhere else: telling a user to `cosign sign` an image
+//! whose signature the registry serves empty, or whose registry refused the credentials, sends them the
+//! wrong way at the worst moment.
 
 use serde::Serialize;
 
@@ -14,6 +15,7 @@ pub const EMPTY_BLOB_DIGEST: &str =
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
+    // What verification found.
     /// No signature at all for the digest.
     NoSignature,
     /// Signatures exist, but none by this authority's key or accepted identity.
@@ -32,7 +34,7 @@ pub enum Reason {
     ImageNotFound,
     /// The registry's answer for the image itself does not check out (not its digest, malformed).
     ImageUnreadable,
-    /// No answer, or no connection, in time.
+    /// No answer, or no connection, in time (or no verification slot free for the registry).
     Unreachable,
     /// The transparency-log entry is missing or does not verify.
     TransparencyLog,
@@ -40,9 +42,82 @@ pub enum Reason {
     Certificate,
     /// A Rego rule denied, with its module's message.
     Rego,
+
+    // What admission decides before or after verification.
+    /// No policy governs the image, and unmatched images are refused (or warned about).
+    NoPolicy,
+    /// A policy that governs the image does not compile: its images are refused until it is fixed.
+    NotReady,
+    /// A tag that a pinning policy admitted reached validation without its digest.
+    Unpinned,
+    /// The tag names another digest than the one recorded when the workload was admitted.
+    TagMoved,
+    /// The object cannot be read as the kind it claims (no pod spec, a container without an image).
+    Malformed,
+    /// An image reference that does not parse.
+    InvalidReference,
+    /// The namespace's labels cannot be known, so its policies' selectors cannot be applied.
+    NamespaceUnknown,
+    /// The object names more distinct images than one review checks.
+    TooManyImages,
+}
+
+/// The metrics label of a decision that admitted an image: every governing policy passed.
+pub const VERIFIED_LABEL: &str = "verified";
+
+/// What a remedy is about: the registry that holds the image and, where signing fixes it, what to sign
+/// and as whom.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct About<'a> {
+    pub registry: &'a str,
+    pub signing: Option<Signing<'a>>,
+}
+
+/// The signing a remedy asks for: `target` (`image@digest`), by `authority`.
+#[derive(Clone, Copy, Debug)]
+pub struct Signing<'a> {
+    pub target: &'a str,
+    pub authority: &'a str,
+    /// The authority trusts identities (Fulcio certificates), not a key.
+    pub keyless: bool,
+}
+
+impl<'a> About<'a> {
+    pub fn registry(registry: &'a str) -> About<'a> {
+        About {
+            registry,
+            signing: None,
+        }
+    }
 }
 
 impl Reason {
+    /// Every reason, in declaration order: the closed set of the metrics' `reason` label (with
+    /// [`VERIFIED_LABEL`]).
+    pub const ALL: [Reason; 21] = [
+        Reason::NoSignature,
+        Reason::OtherSigner,
+        Reason::OtherDigest,
+        Reason::EmptyBlob,
+        Reason::SignatureUnreadable,
+        Reason::Unauthorized,
+        Reason::RegistryRefused,
+        Reason::ImageNotFound,
+        Reason::ImageUnreadable,
+        Reason::Unreachable,
+        Reason::TransparencyLog,
+        Reason::Certificate,
+        Reason::Rego,
+        Reason::NoPolicy,
+        Reason::NotReady,
+        Reason::Unpinned,
+        Reason::TagMoved,
+        Reason::Malformed,
+        Reason::InvalidReference,
+        Reason::NamespaceUnknown,
+        Reason::TooManyImages,
+    ];
+
     /// The metrics label and the JSON value.
     pub fn label(self) -> &'static str {
         match self {
@@ -59,6 +134,14 @@ impl Reason {
             Reason::TransparencyLog => "transparency_log",
             Reason::Certificate => "certificate",
             Reason::Rego => "rego",
+            Reason::NoPolicy => "no_policy",
+            Reason::NotReady => "not_ready",
+            Reason::Unpinned => "unpinned",
+            Reason::TagMoved => "tag_moved",
+            Reason::Malformed => "malformed",
+            Reason::InvalidReference => "invalid_reference",
+            Reason::NamespaceUnknown => "namespace_unknown",
+            Reason::TooManyImages => "too_many_images",
         }
     }
 
@@ -128,13 +211,35 @@ impl Reason {
         )
     }
 
-    /// The remedy for a reason that signing does not fix, about `registry`; `None` where the message
-    /// itself is the remedy (a Rego module's words).
-    pub fn remedy(self, registry: &str) -> Option<String> {
+    /// What fixes it, `about` the image's registry and what to sign; `None` where the message itself
+    /// is the remedy (a Rego module's words, a reference that does not parse) or signing is the remedy
+    /// but nothing says as whom.
+    pub fn remedy(self, about: &About) -> Option<String> {
+        let registry = about.registry;
         Some(match self {
-            Reason::NoSignature | Reason::OtherSigner | Reason::OtherDigest | Reason::Rego => {
-                return None;
+            Reason::NoSignature | Reason::OtherSigner | Reason::OtherDigest => {
+                let signing = about.signing?;
+                let context = match self {
+                    Reason::OtherDigest => {
+                        "the signatures found are for another digest (re-pushed without re-signing?): "
+                    }
+                    Reason::OtherSigner => "signatures exist, but by other signers: ",
+                    _ => "",
+                };
+                let (target, authority) = (signing.target, signing.authority);
+                if signing.keyless {
+                    format!(
+                        "{context}sign it with: cosign sign {target}, as an identity authority \
+                         {authority} accepts"
+                    )
+                } else {
+                    format!(
+                        "{context}sign it with: cosign sign --key <the private key of authority \
+                         {authority}> {target}"
+                    )
+                }
             }
+            Reason::Rego | Reason::Malformed | Reason::InvalidReference => return None,
             Reason::EmptyBlob => format!(
                 "the signature exists, but {registry} serves its blob as 0 bytes (RegistryX stores blobs \
                  uploaded in chunks empty): re-upload the signature layer in one request (a monolithic \
@@ -173,6 +278,28 @@ impl Reason {
                  root: check keyless.trustRoot (fulcioCA, trustedRootJSON)"
                     .to_owned()
             }
+            Reason::NoPolicy => {
+                "add this image to the spec.images of a policy that verifies it".to_owned()
+            }
+            Reason::NotReady => {
+                "fix the policy (`kubectl describe imagesigningpolicy <name>` shows \
+                 its status); until it is Ready, the images it governs are refused"
+                    .to_owned()
+            }
+            Reason::Unpinned => {
+                "name the image by the digest it verified (image:tag@sha256:...), or \
+                 check that the MutatingWebhookConfiguration of registryx-guard is installed"
+                    .to_owned()
+            }
+            Reason::TagMoved => {
+                "pin the image by digest, or remove the annotation to accept the new \
+                 digest"
+                    .to_owned()
+            }
+            Reason::NamespaceUnknown => "retry in a moment".to_owned(),
+            Reason::TooManyImages => "split the workload, or name images that several containers \
+                 share by one reference"
+                .to_owned(),
         })
     }
 }
@@ -183,7 +310,8 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// A signature that does not verify, and why.
+/// Why something was refused, in a closed reason and words a user reads: a signature that does not
+/// verify, a registry read that failed, an image that admission refuses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
     pub reason: Reason,
@@ -219,15 +347,28 @@ impl Failure {
     }
 }
 
-/// A registry read that failed during signature discovery, with its reason.
-#[derive(Clone, Debug)]
-pub struct Problem {
-    pub reason: Reason,
-    pub message: String,
+impl Failure {
+    /// A failure whose message ends with its reason's remedy `about` the subject.
+    pub fn remedied(reason: Reason, message: impl Into<String>, about: &About) -> Failure {
+        let failure = Failure::new(reason, message);
+        Failure {
+            message: failure.with_remedy(about),
+            ..failure
+        }
+    }
+
+    /// The refusal as a user reads it: what happened, then the remedy `about` it.
+    pub fn with_remedy(&self, about: &About) -> String {
+        match self.reason.remedy(about) {
+            Some(remedy) => format!("{}; {remedy}", self.message),
+            None => self.message.clone(),
+        }
+    }
 }
 
-impl From<&RegistryError> for Problem {
-    fn from(error: &RegistryError) -> Problem {
+/// A registry read that failed (during signature discovery, say), with its reason.
+impl From<&RegistryError> for Failure {
+    fn from(error: &RegistryError) -> Failure {
         let reason = Reason::of_registry_error(error);
         let message = match reason {
             Reason::EmptyBlob => format!(
@@ -236,7 +377,7 @@ impl From<&RegistryError> for Problem {
             ),
             _ => error.to_string(),
         };
-        Problem { reason, message }
+        Failure { reason, message }
     }
 }
 
@@ -256,7 +397,7 @@ mod tests {
                 actual: EMPTY_BLOB_DIGEST.into(),
             },
         };
-        let problem = Problem::from(&error);
+        let problem = Failure::from(&error);
         assert_eq!(problem.reason, Reason::EmptyBlob);
         assert!(
             problem.message.contains("empty blob"),
@@ -266,7 +407,7 @@ mod tests {
         assert!(!Reason::EmptyBlob.is_fixed_by_signing());
         assert!(
             Reason::EmptyBlob
-                .remedy("r.example")
+                .remedy(&About::registry("r.example"))
                 .unwrap()
                 .contains("0 bytes")
         );
@@ -274,5 +415,34 @@ mod tests {
             serde_json::to_value(Reason::OtherDigest).unwrap(),
             "other_digest"
         );
+    }
+
+    #[test]
+    fn every_reason_has_its_own_label_and_the_serialized_form_is_the_label() {
+        let mut labels: Vec<&str> = Reason::ALL.iter().map(|r| r.label()).collect();
+        for reason in Reason::ALL {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.label());
+        }
+        labels.push(VERIFIED_LABEL);
+        let count = labels.len();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), count, "labels repeat: {labels:?}");
+    }
+
+    /// The metrics' reason label set is documented from the type: README's table names every label.
+    #[test]
+    fn the_readme_documents_every_reason_label() {
+        let readme = include_str!("../README.md");
+        for label in Reason::ALL
+            .iter()
+            .map(|r| r.label())
+            .chain([VERIFIED_LABEL])
+        {
+            assert!(
+                readme.contains(&format!("`{label}`")),
+                "README.md does not document the reason label `{label}`"
+            );
+        }
     }
 }

@@ -1,0 +1,182 @@
+//! `registryx-guard verify`: the webhook's decision for images named on the command line or in a
+//! manifest, from policy files. The files become a policy snapshot as `serve --policy-dir` makes one,
+//! and each image is decided by the webhook's own [`ImageDecider`], so that a policy that is not
+//! Ready, an image no policy governs, and every verdict read the same here as in a refusal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::{EXIT_ADMITTED, EXIT_REFUSED, OutputFormat, VerifyArgs, runtime};
+use crate::admission::{ImageDecider, ImageDecision, Review, Scope, Workload};
+use crate::decide::RequestContext;
+use crate::policy::authority::NoSecrets;
+use crate::policy::{PolicySnapshot, shared};
+use crate::registry::{DockerConfig, ImageRef};
+use crate::verify::{Verifier, VerifierSettings, render_text};
+
+/// Verifications in flight at once for one registry, as the webhook's default.
+const MAX_CONCURRENT_VERIFICATIONS: usize = 32;
+
+/// Runs `verify`. Errors are the command's input errors (exit 2); refusals are exit codes.
+pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    // The input is checked in full first, so that a wrong file or reference is reported as such
+    // (exit 2) whatever the state of the registry.
+    let mut written: Vec<String> = args.images.clone();
+    let mut context = RequestContext::default();
+    if let Some(path) = &args.resource {
+        let (images, workload) = read_resource(path)?;
+        written.extend(images);
+        context.pod = Some(workload.pod());
+    }
+    anyhow::ensure!(
+        !written.is_empty(),
+        "name at least one image, or a manifest with --resource"
+    );
+    let mut images: Vec<String> = Vec::new();
+    for image in written {
+        ImageRef::parse(&image)?;
+        if !images.contains(&image) {
+            images.push(image);
+        }
+    }
+    let mut labels = BTreeMap::new();
+    for pair in &args.namespace_labels {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--namespace-labels: {pair:?} is not key=value"))?;
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    context.namespace = args.namespace.clone();
+    context.keep_rego_input = true;
+    context.namespace_labels = labels.clone();
+    context.default_environment = args.environment.clone();
+    let (snapshot, not_usable) = load_policies(&args.policies)?;
+    let credentials =
+        DockerConfig::from_environment().map_err(|e| anyhow::anyhow!("Docker credentials: {e}"))?;
+
+    let verifier = Verifier::new(VerifierSettings::default(), Some(credentials));
+    let decider = ImageDecider::new(
+        shared(snapshot),
+        Arc::new(verifier),
+        args.unmatched,
+        MAX_CONCURRENT_VERIFICATIONS,
+    );
+    let recorded = BTreeMap::new();
+    let scope = Scope {
+        // As in admission: with a namespace, only the policies whose namespaceSelector takes it.
+        labels: args.namespace.as_ref().map(|_| &labels),
+        context: &context,
+        recorded: &recorded,
+        review: Review::Command,
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds.max(1));
+    // Every image at once, through one decider: its clients and caches are shared.
+    let decisions = runtime()?.block_on(futures::future::join_all(
+        images
+            .iter()
+            .map(|image| decider.decide("", image, &scope, deadline)),
+    ));
+    let admitted = decisions.iter().all(ImageDecision::admitted);
+    match args.output {
+        OutputFormat::Text => {
+            for decision in &decisions {
+                print!("{}", text(decision));
+            }
+        }
+        OutputFormat::Json => {
+            let mut values: Vec<serde_json::Value> = decisions.iter().map(json).collect();
+            let value = if values.len() == 1 {
+                values.remove(0)
+            } else {
+                serde_json::Value::from(values)
+            };
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+    }
+    // A policy file that does not compile is bad input, said after the decisions it changed.
+    anyhow::ensure!(not_usable.is_empty(), "{}", not_usable.join("\n"));
+    Ok(ExitCode::from(if admitted {
+        EXIT_ADMITTED
+    } else {
+        EXIT_REFUSED
+    }))
+}
+
+/// The policies of `paths` as one snapshot, and a line for each that is not usable (not Ready).
+fn load_policies(paths: &[PathBuf]) -> anyhow::Result<(PolicySnapshot, Vec<String>)> {
+    let mut policies = Vec::new();
+    let mut origin: BTreeMap<String, &Path> = BTreeMap::new();
+    for path in paths {
+        for policy in crate::policy::load_file(path)? {
+            origin.insert(policy.metadata.name.clone().unwrap_or_default(), path);
+            policies.push(policy);
+        }
+    }
+    anyhow::ensure!(
+        !policies.is_empty(),
+        "no ImageSigningPolicy found in {paths:?}"
+    );
+    let (snapshot, results) = PolicySnapshot::build(&policies, &NoSecrets, "registryx-guard", 1);
+    let not_usable = results
+        .iter()
+        .filter_map(|(name, result)| {
+            let message = result.as_ref().err()?;
+            let path = origin
+                .get(name)
+                .map_or_else(String::new, |p| p.display().to_string());
+            Some(format!("{path}: policy {name:?} is not usable: {message}"))
+        })
+        .collect();
+    Ok((snapshot, not_usable))
+}
+
+/// The images of a Pod or workload manifest, and the workload (its pod metadata feeds Rego).
+fn read_resource(path: &Path) -> anyhow::Result<(Vec<String>, Workload)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let object: serde_json::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a YAML or JSON manifest", path.display()))?;
+    let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+    let workload = Workload::new(kind, object);
+    let images = workload
+        .images()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((images.into_iter().map(|i| i.image).collect(), workload))
+}
+
+/// A decision for a terminal: the verdict when the image was verified, else what admission decided
+/// before any verification (the webhook's own words).
+fn text(decision: &ImageDecision) -> String {
+    if let Some(verdict) = &decision.verdict {
+        return render_text(verdict);
+    }
+    let result = if decision.admitted() {
+        "admitted"
+    } else {
+        "refused"
+    };
+    let said = match (decision.refusal_text(), decision.warnings.first()) {
+        (Some(refusal), _) => refusal.to_owned(),
+        (None, Some(warning)) => warning.clone(),
+        (None, None) => format!(
+            "image {} is governed by no ImageSigningPolicy: admitted without looking it up \
+             (--unmatched=allow)",
+            decision.image
+        ),
+    };
+    format!("image {}\n  {said}\nresult: {result}\n", decision.image)
+}
+
+/// A decision as JSON: the verdict when the image was verified, else the decision itself.
+fn json(decision: &ImageDecision) -> serde_json::Value {
+    match &decision.verdict {
+        Some(verdict) => serde_json::to_value(verdict.as_ref()),
+        None => serde_json::to_value(decision),
+    }
+    .unwrap_or_default()
+}
