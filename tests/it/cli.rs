@@ -151,19 +151,8 @@ fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
         .map(|r| r.text().unwrap_or_default())
         .unwrap_or_default();
     // One review, of a pod whose image no policy governs: refused, and logged as a decision.
-    let mut review: serde_json::Value =
-        serde_json::from_str(include_str!("../data/pod-create.json")).unwrap();
-    review["request"]["object"]["spec"]["containers"] =
-        serde_json::json!([{"name": "app", "image": "elsewhere.example/app:1"}]);
-    review["request"]["object"]["spec"]["initContainers"] = serde_json::json!([]);
-    let answered = reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap()
-        .post(format!("https://127.0.0.1:{https}/validate"))
-        .json(&review)
-        .send()
-        .and_then(|r| r.json::<serde_json::Value>());
+    let review = crate::support::pod_create_review(&[("app", "elsewhere.example/app:1")]);
+    let answered = crate::support::post_validate(https, &review);
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
     assert_eq!(ready, Some(200), "not ready: {}", stderr(&output));

@@ -10,6 +10,7 @@ mod containment;
 mod floods;
 mod harness_fakes;
 mod keyless;
+mod layering;
 mod reasons;
 mod reference_grammar;
 mod registry_failures;

@@ -516,43 +516,15 @@ fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let undecided = base_spec()
-        .rego(&[(
-            "k8s.rego",
-            "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n",
-        )])
-        .yaml();
+    let undecided = undecided_policy();
     crate::support::serve_files(dir.path(), &undecided);
     let mut child = crate::support::serve_command(dir.path(), port, https)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let client = reqwest::blocking::Client::new();
-    let mut metrics = String::new();
-    for _ in 0..200 {
-        metrics = client
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default();
-        if metrics.contains("registryx_guard_policies{ready=\"false\"} 1") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let mut review: serde_json::Value =
-        serde_json::from_str(include_str!("../data/pod-create.json")).unwrap();
-    review["request"]["object"]["spec"]["containers"] =
-        serde_json::json!([{"name": "app", "image": "r.example/app:1"}]);
-    review["request"]["object"]["spec"]["initContainers"] = serde_json::json!([]);
-    let answered = reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap()
-        .post(format!("https://127.0.0.1:{https}/validate"))
-        .json(&review)
-        .send()
-        .and_then(|r| r.json::<serde_json::Value>());
+    let metrics = crate::support::metrics_once(port, "registryx_guard_policies{ready=\"false\"} 1");
+    let review = crate::support::pod_create_review(&[("app", "r.example/app:1")]);
+    let answered = crate::support::post_validate(https, &review);
     let _ = child.kill();
     let _ = child.wait();
     assert!(
@@ -568,4 +540,64 @@ fn serve_with_a_policy_dir_refuses_what_cannot_decide() {
             && message.contains("module \\\"k8s.rego\\\" is in package kubernetes.admission"),
         "{answered}"
     );
+}
+
+/// `verify` decides through the webhook's own decider: a policy that is not Ready and an image no
+/// policy governs are refused in the same words, line for line, and for the same typed reasons
+/// (the review's `refusal-reasons` audit annotation, `verify`'s JSON `reason`).
+#[test]
+fn verify_and_the_webhook_refuse_in_the_same_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let undecided = undecided_policy();
+    let policy = crate::support::serve_files(dir.path(), &undecided);
+    let (port, https) = (crate::support::free_port(), crate::support::free_port());
+    let mut child = crate::support::serve_command(dir.path(), port, https)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::support::metrics_once(port, "registryx_guard_policies{ready=\"false\"} 1");
+    let images = ["r.example/app:1", "127.0.0.1:9/elsewhere/app:1"];
+    let review = crate::support::pod_create_review(&[("app", images[0]), ("side", images[1])]);
+    let answered = crate::support::post_validate(https, &review);
+    let _ = child.kill();
+    let _ = child.wait();
+    let answered = answered.expect("the review is answered");
+    let response = &answered["response"];
+    assert_eq!(response["allowed"], false, "{answered}");
+    assert_eq!(
+        response["auditAnnotations"]["refusal-reasons"], "not_ready,no_policy",
+        "{answered}"
+    );
+    let message = response["status"]["message"].as_str().unwrap().to_owned();
+    let refusals: Vec<&str> = message.lines().collect();
+    assert_eq!(refusals.len(), 2, "{message}");
+
+    let policy = policy.join("p.yaml");
+    let policy = policy.to_str().unwrap();
+    let output = verify(&[images[0], images[1], "--policy", policy]);
+    // The policy file is not usable: bad input, after the decisions it changed.
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let said = text(&output);
+    for refusal in &refusals {
+        assert!(
+            said.contains(refusal),
+            "verify does not say {refusal:?}:\n{said}"
+        );
+    }
+    let output = verify(&[images[0], images[1], "--policy", policy, "--output", "json"]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", text(&output)));
+    assert_eq!(json[0]["reason"], "not_ready", "{json:#}");
+    assert_eq!(json[1]["reason"], "no_policy", "{json:#}");
+}
+
+/// Policy `p` with a module in OPA's `kubernetes.admission` package, which the engine never reads:
+/// a policy that cannot decide, so not Ready.
+fn undecided_policy() -> String {
+    base_spec()
+        .rego(&[(
+            "k8s.rego",
+            "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n",
+        )])
+        .yaml()
 }

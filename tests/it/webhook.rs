@@ -1,6 +1,7 @@
 //! The admission endpoints at router level, with AdmissionReviews shaped as the API server sends them
 //! (tests/data), against a real registry with cosign-signed and unsigned images.
 
+use registryx_guard::refusal::Reason;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -191,6 +192,19 @@ fn message(review: &Value) -> &str {
         .unwrap_or_default()
 }
 
+/// Refused for exactly `reasons`: the review's `refusal-reasons` audit annotation, the typed reasons
+/// of its refusals.
+#[track_caller]
+fn assert_refused_for(review: &Value, reasons: &[Reason]) {
+    assert_eq!(review["response"]["allowed"], false, "{review:#}");
+    let labels: Vec<&str> = reasons.iter().map(|r| r.label()).collect();
+    assert_eq!(
+        review["response"]["auditAnnotations"]["refusal-reasons"],
+        labels.join(","),
+        "{review:#}"
+    );
+}
+
 #[tokio::test]
 async fn a_pod_with_signed_images_is_admitted_with_audit_annotations() {
     let f = fixture().await;
@@ -230,7 +244,7 @@ async fn a_pod_with_one_unsigned_image_is_refused_with_the_reason() {
         ],
     );
     let (_, review) = admit(&f.router, body).await;
-    assert_eq!(review["response"]["allowed"], false);
+    assert_refused_for(&review, &[Reason::NoSignature]);
     let message = message(&review);
     for needle in [
         f.unsigned.reference.as_str(),
@@ -372,7 +386,7 @@ async fn unmatched_images_are_refused_unless_the_server_allows_or_warns() {
     let elsewhere = "elsewhere.example/app:1";
     let body = review("cronjob-create.json", &[("APP_IMAGE", elsewhere)]);
     let (_, review) = post(&f.router, "/validate", body.clone()).await;
-    assert_eq!(review["response"]["allowed"], false, "refused by default");
+    assert_refused_for(&review, &[Reason::NoPolicy]);
     assert!(
         message(&review).contains("governed by no ImageSigningPolicy"),
         "{review:#}"
@@ -419,7 +433,7 @@ async fn malformed_and_oversized_bodies_get_clear_errors() {
 
     let bad_image = review_with_image("Not A Valid Reference");
     let (_, review) = post(&f.router, "/validate", bad_image).await;
-    assert_eq!(review["response"]["allowed"], false);
+    assert_refused_for(&review, &[Reason::InvalidReference]);
     assert!(message(&review).contains("does not parse"), "{review:#}");
 
     let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(4 << 20));
@@ -507,14 +521,14 @@ violations contains msg if {
         ),
     )
     .await;
-    assert_eq!(answer["response"]["allowed"], false);
+    assert_refused_for(&answer, &[Reason::Rego]);
     assert!(
         message(&answer).contains("rego: Only signed images are allowed"),
         "{answer:#}"
     );
 
     let (_, answer) = admit(&router, review_with_image_user(&signed.reference)).await;
-    assert_eq!(answer["response"]["allowed"], false);
+    assert_refused_for(&answer, &[Reason::Rego]);
     assert!(
         message(&answer).contains("rego: user bob may not deploy to payments"),
         "{answer:#}"
@@ -701,7 +715,7 @@ async fn one_object_naming_an_image_many_times_costs_one_verification_and_a_cap_
         Value::from(many);
     let before = verifier.registry_requests();
     let (_, refused) = post(&router, "/validate", body.to_string()).await;
-    assert_eq!(refused["response"]["allowed"], false);
+    assert_refused_for(&refused, &[Reason::TooManyImages]);
     assert!(
         message(&refused).contains("names 65 distinct images")
             && message(&refused).contains("at most 64"),
@@ -780,7 +794,7 @@ async fn every_spelling_of_a_governed_registry_is_governed() {
     // no policy vouching for it means it is refused.
     let strict = router_for(&[policy], AdmissionSettings::default());
     let (_, refused) = admit(&strict, review_with_image(&unsigned.reference)).await;
-    assert_eq!(refused["response"]["allowed"], false);
+    assert_refused_for(&refused, &[Reason::NoPolicy]);
     assert!(
         message(&refused).contains("governed by no ImageSigningPolicy"),
         "{refused:#}"
@@ -859,7 +873,7 @@ async fn policies_that_do_not_pin_record_the_digest_and_refuse_a_moved_tag() {
     assert_eq!(status, StatusCode::ACCEPTED);
     state.flush_events();
     let (_, refused) = admit(&router, body.to_string()).await;
-    assert_eq!(refused["response"]["allowed"], false, "{refused:#}");
+    assert_refused_for(&refused, &[Reason::TagMoved]);
     assert!(message(&refused).contains("the tag moved"), "{refused:#}");
 }
 

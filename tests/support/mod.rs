@@ -110,3 +110,46 @@ pub fn serve_files(dir: &std::path::Path, policy: &str) -> PathBuf {
     std::fs::write(policies.join("p.yaml"), policy).unwrap();
     policies
 }
+
+/// The review of `data/pod-create.json` with its containers replaced by `(name, image)` and no init
+/// containers, for a server started with [`serve_command`].
+pub fn pod_create_review(containers: &[(&str, &str)]) -> serde_json::Value {
+    let mut review: serde_json::Value =
+        serde_json::from_str(include_str!("../data/pod-create.json")).unwrap();
+    review["request"]["object"]["spec"]["containers"] = containers
+        .iter()
+        .map(|(name, image)| serde_json::json!({"name": name, "image": image}))
+        .collect();
+    review["request"]["object"]["spec"]["initContainers"] = serde_json::json!([]);
+    review
+}
+
+/// Posts `review` to the validating endpoint of a server on `https` (its self-signed certificate
+/// accepted) and returns the answer.
+pub fn post_validate(https: u16, review: &serde_json::Value) -> reqwest::Result<serde_json::Value> {
+    reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()?
+        .post(format!("https://127.0.0.1:{https}/validate"))
+        .json(review)
+        .send()
+        .and_then(|r| r.json::<serde_json::Value>())
+}
+
+/// The server's /metrics on `port` once it contains `needle` (or after 10 s, as it was then).
+pub fn metrics_once(port: u16, needle: &str) -> String {
+    let client = reqwest::blocking::Client::new();
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        if metrics.contains(needle) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    metrics
+}
