@@ -2,6 +2,7 @@
 //! metrics that the kubelet and the monitoring stack scrape.
 
 mod args;
+pub mod body;
 mod certs;
 mod keepalive;
 mod listener;
