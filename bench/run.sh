@@ -219,15 +219,7 @@ done
 
 say "Making a CA and the server's certificate"
 tls=$RXG_WORK/tls
-mkdir -p "$tls"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench-ca \
-	-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
-	-keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
-	-keyout "$tls/tls.key" -out "$tls/tls.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$tls/ext"
-openssl x509 -req -in "$tls/tls.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial -days 2 \
-	-extfile "$tls/ext" -out "$tls/tls.crt" 2>/dev/null
+make_tls "$tls" bench-ca
 
 # start_server NAME [FLAGS...]: registryx-guard serve over the policy folder; sets SERVER_PID, URL, PROBES.
 start_server() {
@@ -326,15 +318,7 @@ echo "after_load_rss_kib=$(rss_kib "$SERVER_PID")" >>"$RESULTS/memory.env"
 # --- 6. many images at once --------------------------------------------------------------------------
 say "6. Cold Pods through the server: 1 image against 20 images"
 # Pods of images the server has not seen: the cold legacy images (verify_bench, below, is another process).
-pod_of() {
-	python3 - "$@" <<-'PY'
-		import json, sys
-		containers = [{"name": f"c{i}", "image": image} for i, image in enumerate(sys.argv[1:])]
-		review = json.load(open("tests/data/pod-create.json"))
-		review["request"]["object"]["spec"] = {"containers": containers}
-		print(json.dumps(review))
-	PY
-}
+pod_of() { "$LOADGEN" review "$@"; }
 next=0
 for rep in 1 2 3; do
 	for size in 1 20; do

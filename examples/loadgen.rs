@@ -12,6 +12,7 @@
 //! loadgen once ... --body a.json --body b.json # each body once, in turn, with its latency and decision
 //! loadgen fill ... --image-prefix 127.0.0.1:5000/fill/app --digests 25000 --per-review 50
 //! loadgen crowd ... --body review.json --flood idle  # reviews from 127.0.0.1 while 64 others flood
+//! loadgen review IMAGE...                      # prints the review of a Pod of these images
 //! ```
 //!
 //! Open loop (`--rate R`): a pacing thread releases request i at start + i/R whatever the server does,
@@ -66,6 +67,18 @@ enum Command {
     /// crowd of other loopback addresses (127.0.0.2, ...) floods the port; prints one JSON object with
     /// the reviews' success rate and latency.
     Crowd(CrowdArgs),
+    /// Prints the AdmissionReview of a Pod with one container per IMAGE: the one builder of Pod reviews
+    /// for bench/run.sh and bench/soak.sh as for `fill`.
+    Review(ReviewArgs),
+}
+
+#[derive(Args)]
+struct ReviewArgs {
+    /// The Pod's name.
+    #[arg(long, default_value = "web")]
+    name: String,
+    #[arg(required = true)]
+    images: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -200,6 +213,10 @@ fn main() -> anyhow::Result<()> {
     registryx_guard::tls::install_crypto_provider();
     let cli = Cli::parse();
     let threads = match &cli.command {
+        Command::Review(args) => {
+            println!("{}", pod_review(&args.name, args.images.iter().cloned()));
+            return Ok(());
+        }
         Command::Load(a) => a.target.threads,
         Command::Once(a) => a.target.threads,
         Command::Fill(a) => a.target.threads,
@@ -215,6 +232,7 @@ fn main() -> anyhow::Result<()> {
             Command::Once(args) => once(args).await,
             Command::Fill(args) => fill(args).await,
             Command::Crowd(args) => crowd(args).await,
+            Command::Review(_) => unreachable!("answered before the runtime starts"),
         }
     })?;
     println!("{output}");
@@ -1030,31 +1048,17 @@ async fn push_signed(args: &FillArgs) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-/// An AdmissionReview creating a Pod with one container per image, shaped like tests/data/pod-create.json.
+/// An AdmissionReview creating a Pod named `name` with one container per image: tests/data/pod-create.json
+/// with its containers replaced, the fixture every test and bench body starts from.
 fn pod_review(name: &str, images: impl Iterator<Item = String>) -> Value {
+    let mut review: Value = serde_json::from_str(include_str!("../tests/data/pod-create.json"))
+        .expect("tests/data/pod-create.json is JSON");
     let containers: Vec<Value> = images
         .enumerate()
         .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
         .collect();
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("00000000-0000-0000-0000-{:012}", containers.len()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": name,
-            "namespace": "bench",
-            "operation": "CREATE",
-            "userInfo": {"username": "bench"},
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "namespace": "bench"},
-                "spec": {"containers": containers}
-            },
-            "oldObject": null,
-            "dryRun": false
-        }
-    })
+    review["request"]["name"] = json!(name);
+    review["request"]["object"]["metadata"]["name"] = json!(name);
+    review["request"]["object"]["spec"] = json!({ "containers": containers });
+    review
 }
