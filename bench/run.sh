@@ -84,6 +84,58 @@ VERIFY_BENCH=$ROOT/target/release/examples/verify_bench
 	echo "loadavg_start=$loadavg_before"
 } >"$RESULTS/machine.env"
 
+# --- what the run sets, and what it is measured against ------------------------------------------------
+# render.py states every such value from here, never from a literal of its own: the loads' shapes, the
+# targets of BENCHMARKS.md's summary, and the server defaults its explanations rely on (src/verify/mod.rs
+# VerifierConfig, src/registry/client RegistryConfig, src/policy/dir.rs POLL_INTERVAL).
+{
+	echo "rates=${RATES[*]}"
+	echo "warmup_s=1"
+	echo "saturation_concurrency=$SATURATION_CONCURRENCY"
+	echo "h2_saturation_connections=2"
+	echo "h1_rate_connections=16"
+	echo "review_timeout_s=10"
+	echo "cold_images=$COLD_IMAGES"
+	echo "cold_pod_sizes=1 20"
+	echo "cold_pod_runs=3"
+	echo "rtt_ms=20"
+	echo "fill_authorities=$FILL_AUTHORITIES"
+	echo "fill_digests=$FILL_DIGESTS"
+	echo "perf_server_hz=1999"
+	echo "perf_server_s=5"
+	echo "perf_cli_runs=20"
+	echo "hyperfine_warmup=3"
+	echo "hyperfine_runs=30"
+	echo "many_images=20"
+	echo "many_warmup=2"
+	echo "many_runs=10"
+	echo "cpu_tick_ms=10"
+	echo "crowd_addresses=64"
+	echo "crowd_rate=20"
+	echo "crowd_timeout_s=3"
+	echo "crowd_body_sent_kib=192"
+	echo "crowd_body_announced_mib=2"
+	echo "target_rps=10000"
+	echo "target_p99_ms=2"
+	echo "target_rate=2000"
+	echo "target_idle_mib=64"
+	echo "target_filled_mib=200"
+	echo "target_cached_results=100000"
+	echo "target_propagation_s=1"
+	echo "target_cli_ratio=0.5"
+	echo "target_many_ratio=2"
+	echo "target_round_trips=3"
+	echo "quiet_loadavg=0.5"
+	echo "registry_in_flight=64"
+	echo "verifications_per_registry=32"
+	echo "tag_cache_s=10"
+	echo "refused_ttl_s=30"
+	echo "verified_ttl_min=10"
+	echo "policy_dir_poll_ms=500"
+	echo "referrers_memory_min=5"
+	echo "referrers_misses=3"
+} >"$RESULTS/config.env"
+
 # --- peers --------------------------------------------------------------------------------------------
 # policy-controller's policy-tester and the Kyverno CLI, built from their pinned modules (bench/peers.sh;
 # minutes the first time, seconds after). A peer that does not build is skipped with its reason.
@@ -548,6 +600,9 @@ SERVER_PID=$main_pid URL=$main_url PROBES=$main_probes
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.env"
 echo "elapsed_s=$SECONDS" >>"$RESULTS/machine.env"
 say "Writing $OUT"
-python3 "$ROOT/bench/render.py" "$RESULTS" "$ROOT" >"$OUT.tmp"
+# The run's figures as one JSON (kept beside the report, so that the template can be rendered again
+# without a run), then the report from it.
+python3 "$ROOT/bench/render.py" collect "$RESULTS" "$ROOT" >"$ROOT/bench/results.json"
+python3 "$ROOT/bench/render.py" render "$ROOT/bench/results.json" >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 echo "raw results: $RESULTS$([[ -n ${RXG_KEEP_WORK:-} ]] || echo ' (removed on exit; RXG_KEEP_WORK=1 keeps them)')"
