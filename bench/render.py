@@ -473,8 +473,7 @@ class Report:
                            f"server spends {top.get('server_cpu_us_per_review')} µs of CPU per review: the server is about "
                            f"{busy:.0f} % busy, so the tail is not queueing for CPU in the webhook but scheduling: the "
                            "server's runtime threads, the generator and its pacing thread share the CPUs, and a review "
-                           "waits whenever the thread that holds its connection is descheduled (the p99 measured from the "
-                           f"actual send, {ms(top['service_us']['p99'])} ms, tells the same). "
+                           "waits whenever the thread that holds its connection is descheduled. "
                            + ("The load average shows other work on the machine as well. " if self.load_note() else "")
                            + "To verify on a quiet machine, rerun `make bench`.")
         return "\n".join(out)
@@ -789,7 +788,6 @@ class Report:
             "duration": self.machine.get("duration", "?"),
             "warmup": c.get("warmup_s", "?"),
             "saturation_concurrency": (self.sat_digest or {}).get("concurrency", c.get("saturation_concurrency", "?")),
-            "h2_saturation_connections": c.get("h2_saturation_connections", "?"),
             "h1_rate_connections": c.get("h1_rate_connections", "?"),
             "load_table": self.load_table(),
             "registry_requests_during_load": fmt_int(self.memory.get("registry_requests_during_load", 0)),

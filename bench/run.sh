@@ -63,6 +63,8 @@ done
 # Other work on the machine skews every figure: the load average before this script adds its own says
 # whether there was any.
 loadavg_before=$(cut -d' ' -f1-3 /proc/loadavg)
+say "Installing the bench's own tools (bench/peers.sh tools)"
+bash "$ROOT/bench/peers.sh" tools
 say "Building release binaries"
 cargo build --release --locked --bin registryx-guard --example loadgen --example verify_bench
 BIN=$ROOT/target/release/registryx-guard
@@ -92,7 +94,6 @@ VERIFY_BENCH=$ROOT/target/release/examples/verify_bench
 	echo "rates=${RATES[*]}"
 	echo "warmup_s=1"
 	echo "saturation_concurrency=$SATURATION_CONCURRENCY"
-	echo "h2_saturation_connections=2"
 	echo "h1_rate_connections=16"
 	echo "review_timeout_s=10"
 	echo "cold_images=$COLD_IMAGES"
@@ -320,12 +321,13 @@ python3 - "$RESULTS/warm.json" <<-'PY'
 PY
 requests_before_load=$(metric registryx_guard_registry_requests)
 
-# load LABEL BODY HTTP [loadgen flags...]: one bounded run, appended to results/load.jsonl.
+# load LABEL BODY HTTP [load.py flags...]: one bounded run (vegeta), appended to results/load.jsonl.
+LOAD=(python3 "$ROOT/bench/load.py")
 load() {
 	local label=$1 body=$2 http=$3
 	shift 3
 	echo "  $label"
-	logged "$LOADGEN" load --label "$label" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-$body.json" \
+	logged "${LOAD[@]}" --label "$label" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-$body.json" \
 		--http "$http" --duration "$DURATION" --warmup 1 --server-pid "$SERVER_PID" "$@" >>"$RESULTS/load.jsonl"
 }
 # runs BODY: saturation over both protocols, then each fixed rate.
@@ -340,7 +342,7 @@ runs() {
 runs digest
 
 say "1. Profile of the saturated server (perf, 5 s, by digest over HTTP/2)"
-logged "$LOADGEN" load --label "profiled" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" \
+logged "${LOAD[@]}" --label "profiled" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" \
 	--http 2 --connections 2 --concurrency "$SATURATION_CONCURRENCY" --duration 7 --warmup 1 \
 	--server-pid "$SERVER_PID" >"$RESULTS/profiled.json" &
 loadgen_pid=$!

@@ -13,6 +13,8 @@ out=${RXG_SOAK_OUT:-$RXG_ROOT/bench/soak-rss.csv}
 results=$RXG_ROOT/bench/soak-results.md
 profile=${RXG_SOAK_PROFILE:-release}
 
+say "Installing the bench's own tools (bench/peers.sh tools)"
+bash "$RXG_ROOT/bench/peers.sh" tools
 say "Building registryx-guard and the load generator ($profile)"
 flag=()
 [[ $profile == release ]] && flag=(--release)
@@ -72,7 +74,7 @@ echo "seconds,rss_kib" >"$out"
 start_rss=$(rss)
 say "Soaking for ${seconds}s (RSS at start: $((start_rss / 1024)) MiB)"
 load() { # load BODY RATE
-	"$bin/examples/loadgen" load --url "https://127.0.0.1:$port/validate?timeout=3s" --ca "$tls/ca.crt" \
+	python3 "$RXG_ROOT/bench/load.py" --url "https://127.0.0.1:$port/validate?timeout=3s" --ca "$tls/ca.crt" \
 		--body "$1" --rate "$2" --duration "$seconds" --warmup 0 --label "$(basename "$1" .json)" \
 		>"$RXG_WORK/$(basename "$1" .json).out" 2>&1 &
 	RXG_PIDS+=($!)
