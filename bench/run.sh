@@ -38,6 +38,10 @@ SATURATION_CONCURRENCY=32
 COLD_IMAGES=100
 FILL_AUTHORITIES=4
 FILL_DIGESTS=${RXG_BENCH_FILL_DIGESTS:-25000} # x FILL_AUTHORITIES = 100,000 cached results
+# Shapes of the runs, stated in results/config.env for BENCHMARKS.md as well.
+WARMUP_S=1 H1_RATE_CONNECTIONS=16 RTT_MS=20 PERF_SERVER_HZ=1999 PERF_SERVER_S=5
+HYPERFINE_WARMUP=3 HYPERFINE_RUNS=30 MANY_IMAGES=20 MANY_WARMUP=2 MANY_RUNS=10 PERF_CLI_RUNS=20
+CROWD_ADDRESSES=64 CROWD_RATE=20 CROWD_TIMEOUT_S=3
 RESULTS=$RXG_WORK/results
 mkdir -p "$RESULTS"
 cd "$ROOT"
@@ -92,28 +96,28 @@ VERIFY_BENCH=$ROOT/target/release/examples/verify_bench
 # VerifierConfig, src/registry/client RegistryConfig, src/policy/dir.rs POLL_INTERVAL).
 {
 	echo "rates=${RATES[*]}"
-	echo "warmup_s=1"
+	echo "warmup_s=$WARMUP_S"
 	echo "saturation_concurrency=$SATURATION_CONCURRENCY"
-	echo "h1_rate_connections=16"
+	echo "h1_rate_connections=$H1_RATE_CONNECTIONS"
 	echo "review_timeout_s=10"
 	echo "cold_images=$COLD_IMAGES"
 	echo "cold_pod_sizes=1 20"
 	echo "cold_pod_runs=3"
-	echo "rtt_ms=20"
+	echo "rtt_ms=$RTT_MS"
 	echo "fill_authorities=$FILL_AUTHORITIES"
 	echo "fill_digests=$FILL_DIGESTS"
-	echo "perf_server_hz=1999"
-	echo "perf_server_s=5"
-	echo "perf_cli_runs=20"
-	echo "hyperfine_warmup=3"
-	echo "hyperfine_runs=30"
-	echo "many_images=20"
-	echo "many_warmup=2"
-	echo "many_runs=10"
+	echo "perf_server_hz=$PERF_SERVER_HZ"
+	echo "perf_server_s=$PERF_SERVER_S"
+	echo "perf_cli_runs=$PERF_CLI_RUNS"
+	echo "hyperfine_warmup=$HYPERFINE_WARMUP"
+	echo "hyperfine_runs=$HYPERFINE_RUNS"
+	echo "many_images=$MANY_IMAGES"
+	echo "many_warmup=$MANY_WARMUP"
+	echo "many_runs=$MANY_RUNS"
 	echo "cpu_tick_ms=10"
-	echo "crowd_addresses=64"
-	echo "crowd_rate=20"
-	echo "crowd_timeout_s=3"
+	echo "crowd_addresses=$CROWD_ADDRESSES"
+	echo "crowd_rate=$CROWD_RATE"
+	echo "crowd_timeout_s=$CROWD_TIMEOUT_S"
 	echo "crowd_body_sent_kib=192"
 	echo "crowd_body_announced_mib=2"
 	echo "target_rps=10000"
@@ -328,7 +332,7 @@ load() {
 	shift 3
 	echo "  $label"
 	logged "${LOAD[@]}" --label "$label" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-$body.json" \
-		--http "$http" --duration "$DURATION" --warmup 1 --server-pid "$SERVER_PID" "$@" >>"$RESULTS/load.jsonl"
+		--http "$http" --duration "$DURATION" --warmup "$WARMUP_S" --server-pid "$SERVER_PID" "$@" >>"$RESULTS/load.jsonl"
 }
 # runs BODY: saturation over both protocols, then each fixed rate.
 runs() {
@@ -336,7 +340,7 @@ runs() {
 	load "$1 h1 saturation" "$1" 1 --concurrency "$SATURATION_CONCURRENCY"
 	for rate in "${RATES[@]}"; do
 		load "$1 h2 $rate/s" "$1" 2 --connections 1 --rate "$rate"
-		load "$1 h1 $rate/s" "$1" 1 --connections 16 --rate "$rate"
+		load "$1 h1 $rate/s" "$1" 1 --connections "$H1_RATE_CONNECTIONS" --rate "$rate"
 	done
 }
 runs digest
@@ -347,7 +351,7 @@ logged "${LOAD[@]}" --label "profiled" --url "$URL" --ca "$tls/ca.crt" --body "$
 	--server-pid "$SERVER_PID" >"$RESULTS/profiled.json" &
 loadgen_pid=$!
 sleep 1.5
-logged perf record -F 1999 -p "$SERVER_PID" -o "$RXG_WORK/perf.data" -- sleep 5 >/dev/null 2>&1
+logged perf record -F "$PERF_SERVER_HZ" -p "$SERVER_PID" -o "$RXG_WORK/perf.data" -- sleep "$PERF_SERVER_S" >/dev/null 2>&1
 wait "$loadgen_pid"
 perf report -i "$RXG_WORK/perf.data" --stdio --no-children --sort dso,symbol --percent-limit 0.01 2>/dev/null |
 	grep -v '^#' | grep -v '^$' >"$RESULTS/perf.txt" || true
@@ -429,7 +433,7 @@ SERVER_PID=$first_server URL=$first_url PROBES=$first_probes
 
 # --- 2. cold verification ----------------------------------------------------------------------------
 say "2. Cold verification in-process (examples/verify_bench.rs)"
-for rtt in 0 20; do
+for rtt in 0 "$RTT_MS"; do
 	logged "$VERIFY_BENCH" --label legacy --policy "$RXG_WORK/policies/legacy.yaml" --images "$RXG_WORK/cold-legacy.txt" \
 		--rtt-ms "$rtt" --registry-pid "$DIST_PID" >>"$RESULTS/cold.jsonl"
 	logged "$VERIFY_BENCH" --label bundle --policy "$RXG_WORK/policies/bundle.yaml" --images "$RXG_WORK/cold-bundle.txt" \
@@ -438,7 +442,7 @@ done
 # The same bundles named by digest: no tag to resolve, so the referrers path's own round trips.
 while read -r image; do by_digest "$image"; done <"$RXG_WORK/cold-bundle.txt" >"$RXG_WORK/cold-bundle-digest.txt"
 logged "$VERIFY_BENCH" --label bundle-digest --policy "$RXG_WORK/policies/bundle.yaml" \
-	--images "$RXG_WORK/cold-bundle-digest.txt" --rtt-ms 20 --registry-pid "$OCI_PID" >>"$RESULTS/cold.jsonl"
+	--images "$RXG_WORK/cold-bundle-digest.txt" --rtt-ms "$RTT_MS" --registry-pid "$OCI_PID" >>"$RESULTS/cold.jsonl"
 
 say "2. registryx-guard verify next to cosign verify (hyperfine)"
 # The peers' policies for the legacy image: the same key, no transparency log, nothing but the registry.
@@ -492,7 +496,7 @@ printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: default}\nsp
 compare() {
 	local name=$1 image=$2 policy=$3 new_bundle=$4
 	shift 4
-	logged env HOME="$RXG_WORK/home" hyperfine -N --warmup 3 --runs 30 --export-json "$RESULTS/hyperfine-$name.json" \
+	logged env HOME="$RXG_WORK/home" hyperfine -N --warmup "$HYPERFINE_WARMUP" --runs "$HYPERFINE_RUNS" --export-json "$RESULTS/hyperfine-$name.json" \
 		-n "registryx-guard verify" "$BIN verify $image --policy $policy" \
 		-n "cosign verify" "cosign verify --key $RXG_WORK/cosign.pub --insecure-ignore-tlog=true --offline=true --new-bundle-format=$new_bundle $image" \
 		"$@" >"$RXG_WORK/hyperfine-$name.log" 2>&1 || { cat "$RXG_WORK/hyperfine-$name.log" >&2; return 1; }
@@ -505,14 +509,14 @@ legacy_peers=()
 compare legacy "$DIST/bench/app:1" "$RXG_WORK/policies/legacy.yaml" false "${legacy_peers[@]}"
 compare bundle "${bundle[0]}" "$RXG_WORK/policies/bundle.yaml" true
 # Many images in one process: 20 cold images against one, and against one `cosign verify` of the 20.
-twenty=("${legacy[@]:0:20}")
-logged env HOME="$RXG_WORK/home" hyperfine -N --warmup 2 --runs 10 --export-json "$RESULTS/hyperfine-many.json" \
+twenty=("${legacy[@]:0:MANY_IMAGES}")
+logged env HOME="$RXG_WORK/home" hyperfine -N --warmup "$MANY_WARMUP" --runs "$MANY_RUNS" --export-json "$RESULTS/hyperfine-many.json" \
 	-n "registryx-guard verify, 1 image" "$BIN verify ${twenty[0]} --policy $RXG_WORK/policies/legacy.yaml" \
-	-n "registryx-guard verify, 20 images" "$BIN verify ${twenty[*]} --policy $RXG_WORK/policies/legacy.yaml" \
-	-n "cosign verify, 20 images" "cosign verify --key $RXG_WORK/cosign.pub --insecure-ignore-tlog=true --offline=true --new-bundle-format=false ${twenty[*]}" \
+	-n "registryx-guard verify, $MANY_IMAGES images" "$BIN verify ${twenty[*]} --policy $RXG_WORK/policies/legacy.yaml" \
+	-n "cosign verify, $MANY_IMAGES images" "cosign verify --key $RXG_WORK/cosign.pub --insecure-ignore-tlog=true --offline=true --new-bundle-format=false ${twenty[*]}" \
 	>"$RXG_WORK/hyperfine-many.log" 2>&1 || { cat "$RXG_WORK/hyperfine-many.log" >&2; exit 1; }
 # What the registry itself spends on them: its CPU time over one more run of each (new processes, cold).
-for count in 1 20; do
+for count in 1 "$MANY_IMAGES"; do
 	before=$(cpu_ticks "$DIST_PID")
 	"$BIN" verify "${twenty[@]:0:count}" --policy "$RXG_WORK/policies/legacy.yaml" >/dev/null
 	echo "registry_cpu_ms_$count=$((10 * ($(cpu_ticks "$DIST_PID") - before)))"
@@ -525,7 +529,7 @@ logged hyperfine -N --warmup 3 --runs 30 -i --export-json "$RESULTS/hyperfine-st
 
 say "2. Where registryx-guard verify spends its time (perf over 20 runs)"
 logged perf record -F 10000 -o "$RXG_WORK/cli.data" -- bash -c \
-	"for i in \$(seq 20); do $BIN verify $DIST/bench/app:1 --policy $RXG_WORK/policies/legacy.yaml >/dev/null; done" \
+	"for i in \$(seq $PERF_CLI_RUNS); do $BIN verify $DIST/bench/app:1 --policy $RXG_WORK/policies/legacy.yaml >/dev/null; done" \
 	>/dev/null 2>&1
 perf report -i "$RXG_WORK/cli.data" --stdio --no-children --comms registryx-guard,tokio-runtime-w \
 	--percentage relative --sort dso,symbol --percent-limit 0.01 2>/dev/null | grep -v '^#' | grep -v '^$' \
@@ -585,14 +589,14 @@ fi
 say "7. The API server's reviews while 64 other addresses flood the port"
 main_pid=$SERVER_PID main_url=$URL main_probes=$PROBES
 start_server crowd
-crowd_url=${URL/timeout=10s/timeout=3s}
+crowd_url=${URL/timeout=10s/timeout=${CROWD_TIMEOUT_S}s}
 "$LOADGEN" once --url "$crowd_url" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" >/dev/null
 for flood in "none 0" "idle 17" "handshake 17" "body 2"; do
 	read -r kind per_address <<<"$flood"
 	echo "  $kind"
 	logged "$LOADGEN" crowd --label "$kind" --url "$crowd_url" --ca "$tls/ca.crt" --http 1 --threads 2 \
-		--body "$RXG_WORK/review-digest.json" --flood "$kind" --addresses 64 --per-address "$per_address" \
-		--reviews $((DURATION * 20)) --rate 20 --timeout 3 >>"$RESULTS/crowd.jsonl"
+		--body "$RXG_WORK/review-digest.json" --flood "$kind" --addresses "$CROWD_ADDRESSES" --per-address "$per_address" \
+		--reviews $((DURATION * CROWD_RATE)) --rate "$CROWD_RATE" --timeout "$CROWD_TIMEOUT_S" >>"$RESULTS/crowd.jsonl"
 	# The crowd's connections close with its process; its last bodies end on the server within 5 s.
 	sleep 6
 done
