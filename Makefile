@@ -49,6 +49,7 @@ chart: tools
 ## scripts-check: the bench scripts parse, and BENCHMARKS.md's renderer writes no figure of its own
 scripts-check:
 	bash -n bench/run.sh bench/soak.sh bench/peers.sh e2e/lib.sh
+	python3 -m py_compile bench/load.py
 	python3 -m unittest discover -s bench -p 'test_*.py'
 
 ## test: everything CI checks, against the real toolchain
