@@ -8,7 +8,7 @@ CRD := crds/imagesigningpolicies.registryx.io.yaml
 CHART := charts/registryx-guard
 HELM := $(RXG_TOOLS_DIR)/bin/helm
 
-.PHONY: all tools fmt fmt-check lint crds crds-check chart test demo bench soak fuzz image image-push clean
+.PHONY: all tools fmt fmt-check lint crds crds-check chart scripts-check test demo bench soak fuzz image image-push clean
 
 all: test
 
@@ -46,8 +46,14 @@ chart: tools
 	$(HELM) template rxg $(CHART) --namespace registryx-guard > /dev/null
 	$(HELM) template rxg $(CHART) --namespace registryx-guard --set webhook.url=https://127.0.0.1:8443 > /dev/null
 
+## scripts-check: the bench scripts parse, and BENCHMARKS.md's renderer writes no figure of its own
+scripts-check:
+	bash -n bench/run.sh bench/soak.sh bench/peers.sh e2e/lib.sh
+	python3 -m py_compile bench/load.py
+	python3 -m unittest discover -s bench -p 'test_*.py'
+
 ## test: everything CI checks, against the real toolchain
-test: tools fmt-check lint crds-check chart
+test: tools fmt-check lint crds-check chart scripts-check
 	$(CARGO) test --all-targets --locked --no-fail-fast
 
 ## demo: a local control plane and registry (see README)

@@ -20,6 +20,8 @@
 #     skip <name> <reason>
 #   Progress and build logs go to stderr. RXG_PEERS_STRICT=1 makes it exit 1 when any peer was skipped.
 # Usage: bench/peers.sh list    the peers and their pinned module versions, one per line
+# Usage: bench/peers.sh tools   the benches' own tools (not `make test`'s), the same pinned, stamped way:
+#   vegeta, the HTTP load generator of bench/load.py
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,6 +34,8 @@ mkdir -p "$bin" "$stamps" "$builds"
 
 # The peers, pinned: NAME MODULE VERSION PACKAGE VERSION_VARIABLE (the variable their own Makefiles set to
 # the version with -X, so that `policy-tester --version` and `kyverno version` print it).
+VEGETA_MODULE=github.com/tsenart/vegeta/v12
+VEGETA_VERSION=v12.13.0
 PEERS=(
 	"policy-tester github.com/sigstore/policy-controller v0.13.1 ./cmd/tester sigs.k8s.io/release-utils/version.gitVersion"
 	"kyverno github.com/kyverno/kyverno v1.19.1 ./cmd/cli/kubectl-kyverno github.com/kyverno/kyverno/pkg/version.BuildVersion"
@@ -71,6 +75,10 @@ reason() {
 }
 
 case ${1:-build} in
+tools)
+	build vegeta "$VEGETA_VERSION" env GOBIN="$bin" go install "$VEGETA_MODULE@$VEGETA_VERSION"
+	exit 0
+	;;
 list)
 	for peer in "${PEERS[@]}"; do
 		read -r name module version _ <<<"$peer"

@@ -38,6 +38,10 @@ SATURATION_CONCURRENCY=32
 COLD_IMAGES=100
 FILL_AUTHORITIES=4
 FILL_DIGESTS=${RXG_BENCH_FILL_DIGESTS:-25000} # x FILL_AUTHORITIES = 100,000 cached results
+# Shapes of the runs, stated in results/config.env for BENCHMARKS.md as well.
+WARMUP_S=1 H1_RATE_CONNECTIONS=16 RTT_MS=20 PERF_SERVER_HZ=1999 PERF_SERVER_S=5
+HYPERFINE_WARMUP=3 HYPERFINE_RUNS=30 MANY_IMAGES=20 MANY_WARMUP=2 MANY_RUNS=10 PERF_CLI_RUNS=20
+CROWD_ADDRESSES=64 CROWD_RATE=20 CROWD_TIMEOUT_S=3
 RESULTS=$RXG_WORK/results
 mkdir -p "$RESULTS"
 cd "$ROOT"
@@ -63,6 +67,8 @@ done
 # Other work on the machine skews every figure: the load average before this script adds its own says
 # whether there was any.
 loadavg_before=$(cut -d' ' -f1-3 /proc/loadavg)
+say "Installing the bench's own tools (bench/peers.sh tools)"
+bash "$ROOT/bench/peers.sh" tools
 say "Building release binaries"
 cargo build --release --locked --bin registryx-guard --example loadgen --example verify_bench
 BIN=$ROOT/target/release/registryx-guard
@@ -83,6 +89,57 @@ VERIFY_BENCH=$ROOT/target/release/examples/verify_bench
 	echo "duration=$DURATION"
 	echo "loadavg_start=$loadavg_before"
 } >"$RESULTS/machine.env"
+
+# --- what the run sets, and what it is measured against ------------------------------------------------
+# render.py states every such value from here, never from a literal of its own: the loads' shapes, the
+# targets of BENCHMARKS.md's summary, and the server defaults its explanations rely on (src/verify/mod.rs
+# VerifierConfig, src/registry/client RegistryConfig, src/policy/dir.rs POLL_INTERVAL).
+{
+	echo "rates=${RATES[*]}"
+	echo "warmup_s=$WARMUP_S"
+	echo "saturation_concurrency=$SATURATION_CONCURRENCY"
+	echo "h1_rate_connections=$H1_RATE_CONNECTIONS"
+	echo "review_timeout_s=10"
+	echo "cold_images=$COLD_IMAGES"
+	echo "cold_pod_sizes=1 20"
+	echo "cold_pod_runs=3"
+	echo "rtt_ms=$RTT_MS"
+	echo "fill_authorities=$FILL_AUTHORITIES"
+	echo "fill_digests=$FILL_DIGESTS"
+	echo "perf_server_hz=$PERF_SERVER_HZ"
+	echo "perf_server_s=$PERF_SERVER_S"
+	echo "perf_cli_runs=$PERF_CLI_RUNS"
+	echo "hyperfine_warmup=$HYPERFINE_WARMUP"
+	echo "hyperfine_runs=$HYPERFINE_RUNS"
+	echo "many_images=$MANY_IMAGES"
+	echo "many_warmup=$MANY_WARMUP"
+	echo "many_runs=$MANY_RUNS"
+	echo "cpu_tick_ms=10"
+	echo "crowd_addresses=$CROWD_ADDRESSES"
+	echo "crowd_rate=$CROWD_RATE"
+	echo "crowd_timeout_s=$CROWD_TIMEOUT_S"
+	echo "crowd_body_sent_kib=192"
+	echo "crowd_body_announced_mib=2"
+	echo "target_rps=10000"
+	echo "target_p99_ms=2"
+	echo "target_rate=2000"
+	echo "target_idle_mib=64"
+	echo "target_filled_mib=200"
+	echo "target_cached_results=100000"
+	echo "target_propagation_s=1"
+	echo "target_cli_ratio=0.5"
+	echo "target_many_ratio=2"
+	echo "target_round_trips=3"
+	echo "quiet_loadavg=0.5"
+	echo "registry_in_flight=64"
+	echo "verifications_per_registry=32"
+	echo "tag_cache_s=10"
+	echo "refused_ttl_s=30"
+	echo "verified_ttl_min=10"
+	echo "policy_dir_poll_ms=500"
+	echo "referrers_memory_min=5"
+	echo "referrers_misses=3"
+} >"$RESULTS/config.env"
 
 # --- peers --------------------------------------------------------------------------------------------
 # policy-controller's policy-tester and the Kyverno CLI, built from their pinned modules (bench/peers.sh;
@@ -219,15 +276,7 @@ done
 
 say "Making a CA and the server's certificate"
 tls=$RXG_WORK/tls
-mkdir -p "$tls"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench-ca \
-	-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
-	-keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
-	-keyout "$tls/tls.key" -out "$tls/tls.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$tls/ext"
-openssl x509 -req -in "$tls/tls.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial -days 2 \
-	-extfile "$tls/ext" -out "$tls/tls.crt" 2>/dev/null
+make_tls "$tls" bench-ca
 
 # start_server NAME [FLAGS...]: registryx-guard serve over the policy folder; sets SERVER_PID, URL, PROBES.
 start_server() {
@@ -276,13 +325,14 @@ python3 - "$RESULTS/warm.json" <<-'PY'
 PY
 requests_before_load=$(metric registryx_guard_registry_requests)
 
-# load LABEL BODY HTTP [loadgen flags...]: one bounded run, appended to results/load.jsonl.
+# load LABEL BODY HTTP [load.py flags...]: one bounded run (vegeta), appended to results/load.jsonl.
+LOAD=(python3 "$ROOT/bench/load.py")
 load() {
 	local label=$1 body=$2 http=$3
 	shift 3
 	echo "  $label"
-	logged "$LOADGEN" load --label "$label" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-$body.json" \
-		--http "$http" --duration "$DURATION" --warmup 1 --server-pid "$SERVER_PID" "$@" >>"$RESULTS/load.jsonl"
+	logged "${LOAD[@]}" --label "$label" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-$body.json" \
+		--http "$http" --duration "$DURATION" --warmup "$WARMUP_S" --server-pid "$SERVER_PID" "$@" >>"$RESULTS/load.jsonl"
 }
 # runs BODY: saturation over both protocols, then each fixed rate.
 runs() {
@@ -290,18 +340,18 @@ runs() {
 	load "$1 h1 saturation" "$1" 1 --concurrency "$SATURATION_CONCURRENCY"
 	for rate in "${RATES[@]}"; do
 		load "$1 h2 $rate/s" "$1" 2 --connections 1 --rate "$rate"
-		load "$1 h1 $rate/s" "$1" 1 --connections 16 --rate "$rate"
+		load "$1 h1 $rate/s" "$1" 1 --connections "$H1_RATE_CONNECTIONS" --rate "$rate"
 	done
 }
 runs digest
 
 say "1. Profile of the saturated server (perf, 5 s, by digest over HTTP/2)"
-logged "$LOADGEN" load --label "profiled" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" \
+logged "${LOAD[@]}" --label "profiled" --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" \
 	--http 2 --connections 2 --concurrency "$SATURATION_CONCURRENCY" --duration 7 --warmup 1 \
 	--server-pid "$SERVER_PID" >"$RESULTS/profiled.json" &
 loadgen_pid=$!
 sleep 1.5
-logged perf record -F 1999 -p "$SERVER_PID" -o "$RXG_WORK/perf.data" -- sleep 5 >/dev/null 2>&1
+logged perf record -F "$PERF_SERVER_HZ" -p "$SERVER_PID" -o "$RXG_WORK/perf.data" -- sleep "$PERF_SERVER_S" >/dev/null 2>&1
 wait "$loadgen_pid"
 perf report -i "$RXG_WORK/perf.data" --stdio --no-children --sort dso,symbol --percent-limit 0.01 2>/dev/null |
 	grep -v '^#' | grep -v '^$' >"$RESULTS/perf.txt" || true
@@ -326,15 +376,7 @@ echo "after_load_rss_kib=$(rss_kib "$SERVER_PID")" >>"$RESULTS/memory.env"
 # --- 6. many images at once --------------------------------------------------------------------------
 say "6. Cold Pods through the server: 1 image against 20 images"
 # Pods of images the server has not seen: the cold legacy images (verify_bench, below, is another process).
-pod_of() {
-	python3 - "$@" <<-'PY'
-		import json, sys
-		containers = [{"name": f"c{i}", "image": image} for i, image in enumerate(sys.argv[1:])]
-		review = json.load(open("tests/data/pod-create.json"))
-		review["request"]["object"]["spec"] = {"containers": containers}
-		print(json.dumps(review))
-	PY
-}
+pod_of() { "$LOADGEN" review "$@"; }
 next=0
 for rep in 1 2 3; do
 	for size in 1 20; do
@@ -391,7 +433,7 @@ SERVER_PID=$first_server URL=$first_url PROBES=$first_probes
 
 # --- 2. cold verification ----------------------------------------------------------------------------
 say "2. Cold verification in-process (examples/verify_bench.rs)"
-for rtt in 0 20; do
+for rtt in 0 "$RTT_MS"; do
 	logged "$VERIFY_BENCH" --label legacy --policy "$RXG_WORK/policies/legacy.yaml" --images "$RXG_WORK/cold-legacy.txt" \
 		--rtt-ms "$rtt" --registry-pid "$DIST_PID" >>"$RESULTS/cold.jsonl"
 	logged "$VERIFY_BENCH" --label bundle --policy "$RXG_WORK/policies/bundle.yaml" --images "$RXG_WORK/cold-bundle.txt" \
@@ -400,7 +442,7 @@ done
 # The same bundles named by digest: no tag to resolve, so the referrers path's own round trips.
 while read -r image; do by_digest "$image"; done <"$RXG_WORK/cold-bundle.txt" >"$RXG_WORK/cold-bundle-digest.txt"
 logged "$VERIFY_BENCH" --label bundle-digest --policy "$RXG_WORK/policies/bundle.yaml" \
-	--images "$RXG_WORK/cold-bundle-digest.txt" --rtt-ms 20 --registry-pid "$OCI_PID" >>"$RESULTS/cold.jsonl"
+	--images "$RXG_WORK/cold-bundle-digest.txt" --rtt-ms "$RTT_MS" --registry-pid "$OCI_PID" >>"$RESULTS/cold.jsonl"
 
 say "2. registryx-guard verify next to cosign verify (hyperfine)"
 # The peers' policies for the legacy image: the same key, no transparency log, nothing but the registry.
@@ -454,7 +496,7 @@ printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: default}\nsp
 compare() {
 	local name=$1 image=$2 policy=$3 new_bundle=$4
 	shift 4
-	logged env HOME="$RXG_WORK/home" hyperfine -N --warmup 3 --runs 30 --export-json "$RESULTS/hyperfine-$name.json" \
+	logged env HOME="$RXG_WORK/home" hyperfine -N --warmup "$HYPERFINE_WARMUP" --runs "$HYPERFINE_RUNS" --export-json "$RESULTS/hyperfine-$name.json" \
 		-n "registryx-guard verify" "$BIN verify $image --policy $policy" \
 		-n "cosign verify" "cosign verify --key $RXG_WORK/cosign.pub --insecure-ignore-tlog=true --offline=true --new-bundle-format=$new_bundle $image" \
 		"$@" >"$RXG_WORK/hyperfine-$name.log" 2>&1 || { cat "$RXG_WORK/hyperfine-$name.log" >&2; return 1; }
@@ -467,14 +509,14 @@ legacy_peers=()
 compare legacy "$DIST/bench/app:1" "$RXG_WORK/policies/legacy.yaml" false "${legacy_peers[@]}"
 compare bundle "${bundle[0]}" "$RXG_WORK/policies/bundle.yaml" true
 # Many images in one process: 20 cold images against one, and against one `cosign verify` of the 20.
-twenty=("${legacy[@]:0:20}")
-logged env HOME="$RXG_WORK/home" hyperfine -N --warmup 2 --runs 10 --export-json "$RESULTS/hyperfine-many.json" \
+twenty=("${legacy[@]:0:MANY_IMAGES}")
+logged env HOME="$RXG_WORK/home" hyperfine -N --warmup "$MANY_WARMUP" --runs "$MANY_RUNS" --export-json "$RESULTS/hyperfine-many.json" \
 	-n "registryx-guard verify, 1 image" "$BIN verify ${twenty[0]} --policy $RXG_WORK/policies/legacy.yaml" \
-	-n "registryx-guard verify, 20 images" "$BIN verify ${twenty[*]} --policy $RXG_WORK/policies/legacy.yaml" \
-	-n "cosign verify, 20 images" "cosign verify --key $RXG_WORK/cosign.pub --insecure-ignore-tlog=true --offline=true --new-bundle-format=false ${twenty[*]}" \
+	-n "registryx-guard verify, $MANY_IMAGES images" "$BIN verify ${twenty[*]} --policy $RXG_WORK/policies/legacy.yaml" \
+	-n "cosign verify, $MANY_IMAGES images" "cosign verify --key $RXG_WORK/cosign.pub --insecure-ignore-tlog=true --offline=true --new-bundle-format=false ${twenty[*]}" \
 	>"$RXG_WORK/hyperfine-many.log" 2>&1 || { cat "$RXG_WORK/hyperfine-many.log" >&2; exit 1; }
 # What the registry itself spends on them: its CPU time over one more run of each (new processes, cold).
-for count in 1 20; do
+for count in 1 "$MANY_IMAGES"; do
 	before=$(cpu_ticks "$DIST_PID")
 	"$BIN" verify "${twenty[@]:0:count}" --policy "$RXG_WORK/policies/legacy.yaml" >/dev/null
 	echo "registry_cpu_ms_$count=$((10 * ($(cpu_ticks "$DIST_PID") - before)))"
@@ -487,7 +529,7 @@ logged hyperfine -N --warmup 3 --runs 30 -i --export-json "$RESULTS/hyperfine-st
 
 say "2. Where registryx-guard verify spends its time (perf over 20 runs)"
 logged perf record -F 10000 -o "$RXG_WORK/cli.data" -- bash -c \
-	"for i in \$(seq 20); do $BIN verify $DIST/bench/app:1 --policy $RXG_WORK/policies/legacy.yaml >/dev/null; done" \
+	"for i in \$(seq $PERF_CLI_RUNS); do $BIN verify $DIST/bench/app:1 --policy $RXG_WORK/policies/legacy.yaml >/dev/null; done" \
 	>/dev/null 2>&1
 perf report -i "$RXG_WORK/cli.data" --stdio --no-children --comms registryx-guard,tokio-runtime-w \
 	--percentage relative --sort dso,symbol --percent-limit 0.01 2>/dev/null | grep -v '^#' | grep -v '^$' \
@@ -547,14 +589,14 @@ fi
 say "7. The API server's reviews while 64 other addresses flood the port"
 main_pid=$SERVER_PID main_url=$URL main_probes=$PROBES
 start_server crowd
-crowd_url=${URL/timeout=10s/timeout=3s}
+crowd_url=${URL/timeout=10s/timeout=${CROWD_TIMEOUT_S}s}
 "$LOADGEN" once --url "$crowd_url" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" >/dev/null
 for flood in "none 0" "idle 17" "handshake 17" "body 2"; do
 	read -r kind per_address <<<"$flood"
 	echo "  $kind"
 	logged "$LOADGEN" crowd --label "$kind" --url "$crowd_url" --ca "$tls/ca.crt" --http 1 --threads 2 \
-		--body "$RXG_WORK/review-digest.json" --flood "$kind" --addresses 64 --per-address "$per_address" \
-		--reviews $((DURATION * 20)) --rate 20 --timeout 3 >>"$RESULTS/crowd.jsonl"
+		--body "$RXG_WORK/review-digest.json" --flood "$kind" --addresses "$CROWD_ADDRESSES" --per-address "$per_address" \
+		--reviews $((DURATION * CROWD_RATE)) --rate "$CROWD_RATE" --timeout "$CROWD_TIMEOUT_S" >>"$RESULTS/crowd.jsonl"
 	# The crowd's connections close with its process; its last bodies end on the server within 5 s.
 	sleep 6
 done
@@ -564,6 +606,9 @@ SERVER_PID=$main_pid URL=$main_url PROBES=$main_probes
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.env"
 echo "elapsed_s=$SECONDS" >>"$RESULTS/machine.env"
 say "Writing $OUT"
-python3 "$ROOT/bench/render.py" "$RESULTS" "$ROOT" >"$OUT.tmp"
+# The run's figures as one JSON (kept beside the report, so that the template can be rendered again
+# without a run), then the report from it.
+python3 "$ROOT/bench/render.py" collect "$RESULTS" "$ROOT" >"$ROOT/bench/results.json"
+python3 "$ROOT/bench/render.py" render "$ROOT/bench/results.json" >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 echo "raw results: $RESULTS$([[ -n ${RXG_KEEP_WORK:-} ]] || echo ' (removed on exit; RXG_KEEP_WORK=1 keeps them)')"

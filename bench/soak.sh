@@ -13,6 +13,8 @@ out=${RXG_SOAK_OUT:-$RXG_ROOT/bench/soak-rss.csv}
 results=$RXG_ROOT/bench/soak-results.md
 profile=${RXG_SOAK_PROFILE:-release}
 
+say "Installing the bench's own tools (bench/peers.sh tools)"
+bash "$RXG_ROOT/bench/peers.sh" tools
 say "Building registryx-guard and the load generator ($profile)"
 flag=()
 [[ $profile == release ]] && flag=(--release)
@@ -52,14 +54,7 @@ write_policy() { # write_policy NAME HOST MODE
 write_policy healthy "$REGISTRY" enforce
 write_policy hanging "127.0.0.1:$hanging_port" enforce
 tls=$RXG_WORK/tls
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=soak-ca \
-	-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
-	-keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
-	-keyout "$tls/tls.key" -out "$tls/tls.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$tls/ext"
-openssl x509 -req -in "$tls/tls.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial -days 2 \
-	-extfile "$tls/ext" -out "$tls/tls.crt" 2>/dev/null
+make_tls "$tls" soak-ca
 port=$(free_port) probes=$(free_port)
 RXG_LOG=warn "$bin/registryx-guard" serve --policy-dir "$RXG_WORK/policies" --tls-cert "$tls/tls.crt" \
 	--tls-key "$tls/tls.key" --listen "127.0.0.1:$port" --probes-listen "127.0.0.1:$probes" \
@@ -68,14 +63,7 @@ server=$!
 RXG_PIDS+=("$server")
 wait_for "the server" 30 curl -fsS "http://127.0.0.1:$probes/readyz"
 
-review() { # review IMAGE... : an AdmissionReview of a Pod with these images
-	python3 - "$RXG_ROOT/tests/data/pod-create.json" "$@" <<-'PY'
-		import json, sys
-		review = json.load(open(sys.argv[1]))
-		review["request"]["object"]["spec"] = {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(sys.argv[2:])]}
-		print(json.dumps(review))
-	PY
-}
+review() { "$bin/examples/loadgen" review "$@"; } # review IMAGE... : a Pod of these images
 review "${signed%:*}@$digest" "${signed%:*}@$digest" >"$RXG_WORK/by-digest.json"
 review "$signed" >"$RXG_WORK/by-tag.json"
 review "127.0.0.1:$hanging_port/soak/app:v1" "$signed" >"$RXG_WORK/hanging.json"
@@ -86,7 +74,7 @@ echo "seconds,rss_kib" >"$out"
 start_rss=$(rss)
 say "Soaking for ${seconds}s (RSS at start: $((start_rss / 1024)) MiB)"
 load() { # load BODY RATE
-	"$bin/examples/loadgen" load --url "https://127.0.0.1:$port/validate?timeout=3s" --ca "$tls/ca.crt" \
+	python3 "$RXG_ROOT/bench/load.py" --url "https://127.0.0.1:$port/validate?timeout=3s" --ca "$tls/ca.crt" \
 		--body "$1" --rate "$2" --duration "$seconds" --warmup 0 --label "$(basename "$1" .json)" \
 		>"$RXG_WORK/$(basename "$1" .json).out" 2>&1 &
 	RXG_PIDS+=($!)

@@ -117,3 +117,18 @@ start_webhook() {
 	RXG_PIDS+=($!)
 	wait_for "registryx-guard to be ready" 30 curl -fsS "http://127.0.0.1:$probes/readyz"
 }
+
+# make_tls DIR CA_NAME: a CA (DIR/ca.crt) and a serving certificate for 127.0.0.1 signed by it (DIR/tls.crt,
+# DIR/tls.key), valid two days: what a loopback `registryx-guard serve` needs for the benches.
+make_tls() {
+	local dir=$1
+	mkdir -p "$dir"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=$2" \
+		-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+		-keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+		-keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null
+	printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$dir/ext"
+	openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
+		-extfile "$dir/ext" -out "$dir/tls.crt" 2>/dev/null
+}

@@ -1,24 +1,20 @@
-//! Load generator for the admission webhook (BENCHMARKS.md, `make bench`): POSTs AdmissionReviews over
-//! TLS with keep-alive, HTTP/1.1 or HTTP/2, to a running `registryx-guard serve`, and prints one JSON
-//! object with the throughput and the latency percentiles (HdrHistogram, microseconds).
+//! The webhook's clients that no maintained tool replaces (BENCHMARKS.md, `make bench`): requests whose
+//! answers it reads (each review's decision), crowds of loopback addresses holding connections, and a
+//! registry filled with signed images in-process. The plain HTTP load runs are vegeta's (bench/load.py).
 //!
 //! It is an example rather than a bench target because it is a client: it needs a server, a CA and
 //! review bodies that `bench/run.sh` prepares, and takes them on its command line. `cargo test
 //! --all-targets` and clippy compile it, so it cannot rot, but never run it.
 //!
 //! ```text
-//! loadgen load --url https://127.0.0.1:8443/validate --ca ca.crt --body review.json --http 2 --rate 2000
-//! loadgen load ... --concurrency 32           # closed loop: the saturation throughput
-//! loadgen once ... --body a.json --body b.json # each body once, in turn, with its latency and decision
+//! loadgen once --url https://127.0.0.1:8443/validate --ca ca.crt --body a.json --body b.json
 //! loadgen fill ... --image-prefix 127.0.0.1:5000/fill/app --digests 25000 --per-review 50
 //! loadgen crowd ... --body review.json --flood idle  # reviews from 127.0.0.1 while 64 others flood
+//! loadgen review IMAGE...                      # prints the review of a Pod of these images
 //! ```
 //!
-//! Open loop (`--rate R`): a pacing thread releases request i at start + i/R whatever the server does,
-//! and latency runs from that intended time, so a server that stalls shows in the tail instead of
-//! slowing the generator down (no coordinated omission); `service_us` is the same from the moment the
-//! request was actually written. Closed loop (`--concurrency C`): C requests always in flight.
-//! Every run is bounded: the warm-up plus the measured seconds, then at most [`DRAIN`] for stragglers.
+//! `fill --sign-with` signs in-process: the 100,000 verified results of the memory figure need 25,000
+//! signed images, and 25,000 `cosign sign` processes take about an hour where this takes a minute.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,8 +39,6 @@ use tokio_rustls::TlsConnector;
 
 /// How long one request may take before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a run waits for requests still in flight once the measured window is over.
-const DRAIN: Duration = Duration::from_secs(15);
 
 #[derive(Parser)]
 #[command(about = "Load generator for registryx-guard's admission endpoints (see BENCHMARKS.md)")]
@@ -55,8 +49,6 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Sustained load, open loop (--rate) or closed loop (--concurrency); prints one JSON object.
-    Load(LoadArgs),
     /// Sends each --body once, one after the other on one connection; prints a JSON array.
     Once(OnceArgs),
     /// Reviews of Pods whose images are distinct digests: unsigned (refused, and cached as such), or with
@@ -66,6 +58,18 @@ enum Command {
     /// crowd of other loopback addresses (127.0.0.2, ...) floods the port; prints one JSON object with
     /// the reviews' success rate and latency.
     Crowd(CrowdArgs),
+    /// Prints the AdmissionReview of a Pod with one container per IMAGE: the one builder of Pod reviews
+    /// for bench/run.sh and bench/soak.sh as for `fill`.
+    Review(ReviewArgs),
+}
+
+#[derive(Args)]
+struct ReviewArgs {
+    /// The Pod's name.
+    #[arg(long, default_value = "web")]
+    name: String,
+    #[arg(required = true)]
+    images: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -135,34 +139,6 @@ struct Target {
 }
 
 #[derive(Args)]
-struct LoadArgs {
-    #[command(flatten)]
-    target: Target,
-    /// The AdmissionReview to send, over and over.
-    #[arg(long)]
-    body: PathBuf,
-    /// Requests per second, open loop.
-    #[arg(
-        long,
-        conflicts_with = "concurrency",
-        required_unless_present = "concurrency"
-    )]
-    rate: Option<f64>,
-    /// Requests in flight, closed loop.
-    #[arg(long)]
-    concurrency: Option<usize>,
-    /// Measured seconds.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Seconds of the same load before the measured window (not recorded).
-    #[arg(long, default_value_t = 1.0)]
-    warmup: f64,
-    /// The server's pid: its CPU time over the measured window is reported.
-    #[arg(long)]
-    server_pid: Option<u32>,
-}
-
-#[derive(Args)]
 struct OnceArgs {
     #[command(flatten)]
     target: Target,
@@ -200,7 +176,10 @@ fn main() -> anyhow::Result<()> {
     registryx_guard::tls::install_crypto_provider();
     let cli = Cli::parse();
     let threads = match &cli.command {
-        Command::Load(a) => a.target.threads,
+        Command::Review(args) => {
+            println!("{}", pod_review(&args.name, args.images.iter().cloned()));
+            return Ok(());
+        }
         Command::Once(a) => a.target.threads,
         Command::Fill(a) => a.target.threads,
         Command::Crowd(a) => a.target.threads,
@@ -211,10 +190,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let output = runtime.block_on(async move {
         match cli.command {
-            Command::Load(args) => load(args).await,
             Command::Once(args) => once(args).await,
             Command::Fill(args) => fill(args).await,
             Command::Crowd(args) => crowd(args).await,
+            Command::Review(_) => unreachable!("answered before the runtime starts"),
         }
     })?;
     println!("{output}");
@@ -392,10 +371,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 // Recording
 
 struct Stats {
-    /// From the intended send time (open loop) or the send time (closed loop).
+    /// From the intended send time (the crowd's paced reviews) or the send time (fill).
     latency: Histogram<u64>,
-    /// From the moment the request was handed to the connection.
-    service: Histogram<u64>,
     allowed: u64,
     refused: u64,
     errors: u64,
@@ -410,7 +387,6 @@ impl Stats {
         let histogram = || Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
         Arc::new(Mutex::new(Stats {
             latency: histogram(),
-            service: histogram(),
             allowed: 0,
             refused: 0,
             errors: 0,
@@ -420,7 +396,7 @@ impl Stats {
     }
 }
 
-fn record(stats: &Shared, intended: Instant, sent: Instant, outcome: Outcome) {
+fn record(stats: &Shared, intended: Instant, outcome: Outcome) {
     let done = Instant::now();
     let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
     match outcome {
@@ -432,9 +408,8 @@ fn record(stats: &Shared, intended: Instant, sent: Instant, outcome: Outcome) {
             return;
         }
     }
-    let micros = |from: Instant| (done.duration_since(from).as_micros() as u64).max(1);
-    stats.latency.saturating_record(micros(intended));
-    stats.service.saturating_record(micros(sent));
+    let micros = (done.duration_since(intended).as_micros() as u64).max(1);
+    stats.latency.saturating_record(micros);
     stats.last_completion = Some(done);
 }
 
@@ -447,249 +422,6 @@ fn percentiles(h: &Histogram<u64>) -> Value {
         "max": h.max(),
         "mean": (h.mean() * 10.0).round() / 10.0,
     })
-}
-
-/// User plus system CPU seconds of a process so far (`/proc/<pid>/stat`, in USER_HZ = 100 ticks).
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields are counted after its closing parenthesis.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-// ---------------------------------------------------------------------------------------------------
-// load
-
-async fn load(args: LoadArgs) -> anyhow::Result<Value> {
-    let client = Client::new(args.target.clone())?;
-    let body = Bytes::from(
-        std::fs::read(&args.body).with_context(|| format!("read {}", args.body.display()))?,
-    );
-    let stats = Stats::shared();
-    let warmup = Duration::from_secs_f64(args.warmup);
-    let duration = Duration::from_secs_f64(args.duration);
-    // Connections are made before the clock starts: the handshakes are not what is measured.
-    let connections = match (args.target.http, args.concurrency) {
-        (1, Some(concurrency)) => concurrency,
-        _ => args.target.connections.max(1),
-    };
-    let mut pool = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        pool.push(client.connect().await?);
-    }
-    let start = Instant::now() + Duration::from_millis(20);
-    let measured_from = start + warmup;
-    let measured_until = measured_from + duration;
-
-    // CPU time of this process and of the server over exactly the measured window.
-    let server_pid = args.server_pid.map(|p| p.to_string());
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(measured_from.into()).await;
-        let before = (
-            cpu_seconds("self"),
-            server_pid.as_deref().and_then(cpu_seconds),
-        );
-        tokio::time::sleep_until(measured_until.into()).await;
-        let after = (
-            cpu_seconds("self"),
-            server_pid.as_deref().and_then(cpu_seconds),
-        );
-        let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
-        (delta(before.0, after.0), delta(before.1, after.1))
-    });
-
-    let run = async {
-        match (args.rate, args.concurrency) {
-            (Some(rate), _) => {
-                open_loop(
-                    &client,
-                    pool,
-                    &body,
-                    rate,
-                    start,
-                    measured_from,
-                    measured_until,
-                    &stats,
-                )
-                .await
-            }
-            (None, Some(concurrency)) => {
-                closed_loop(
-                    &client,
-                    pool,
-                    &body,
-                    concurrency,
-                    measured_from,
-                    measured_until,
-                    &stats,
-                )
-                .await
-            }
-            (None, None) => unreachable!("clap requires --rate or --concurrency"),
-        }
-    };
-    let drained = tokio::time::timeout_at((measured_until + DRAIN).into(), run)
-        .await
-        .is_ok();
-    let (client_cpu, server_cpu) = cpu.await?;
-
-    let stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
-    let completed = stats.allowed + stats.refused;
-    // Open loop: everything released in the window counts, however late it completed; closed loop:
-    // requests sent in the window.
-    let throughput = completed as f64 / duration.as_secs_f64();
-    let per_review_us = |cpu: Option<f64>| {
-        cpu.filter(|_| completed > 0)
-            .map(|s| (s * 1e6 / completed as f64).round())
-    };
-    Ok(json!({
-        "label": args.target.label,
-        "http": args.target.http,
-        "mode": if args.rate.is_some() { "open" } else { "closed" },
-        "rate": args.rate,
-        "concurrency": args.concurrency,
-        "connections": connections,
-        "client_threads": args.target.threads,
-        "duration_s": args.duration,
-        "completed": completed,
-        "allowed": stats.allowed,
-        "refused": stats.refused,
-        "errors": stats.errors,
-        "first_error": stats.first_error,
-        "drained": drained,
-        "throughput_rps": throughput.round(),
-        "latency_us": percentiles(&stats.latency),
-        "service_us": percentiles(&stats.service),
-        "client_cpu_s": client_cpu,
-        "server_cpu_s": server_cpu,
-        "client_cpu_us_per_review": per_review_us(client_cpu),
-        "server_cpu_us_per_review": per_review_us(server_cpu),
-    }))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn open_loop(
-    client: &Arc<Client>,
-    pool: Vec<Connection>,
-    body: &Bytes,
-    rate: f64,
-    start: Instant,
-    measured_from: Instant,
-    measured_until: Instant,
-    stats: &Shared,
-) {
-    // A plain thread paces the requests: std::thread::sleep wakes within tens of microseconds, where
-    // tokio's timer has a one-millisecond resolution that would send requests in bursts.
-    let (release, mut released) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let total = (measured_until.duration_since(start).as_secs_f64() * rate).floor() as u64;
-    std::thread::spawn(move || {
-        for i in 0..total {
-            let at = start + Duration::from_secs_f64(i as f64 / rate);
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
-            }
-            if release.send(at).is_err() {
-                return;
-            }
-        }
-    });
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(first) = pool.first().and_then(Connection::shared) {
-        // HTTP/2: one task per request, spread over the connections.
-        let senders: Vec<_> = std::iter::once(first)
-            .chain(pool.iter().skip(1).filter_map(Connection::shared))
-            .collect();
-        let mut next = 0;
-        while let Some(intended) = released.recv().await {
-            let mut connection = Connection::H2(senders[next % senders.len()].clone());
-            next += 1;
-            let (client, body, stats) = (client.clone(), body.clone(), stats.clone());
-            tasks.spawn(async move {
-                let sent = Instant::now();
-                let outcome = connection.exchange(&client, body).await;
-                if intended >= measured_from {
-                    record(&stats, intended, sent, outcome);
-                }
-            });
-            // Reap finished tasks as we go so the set stays small.
-            while tasks.try_join_next().is_some() {}
-        }
-    } else {
-        // HTTP/1.1: each connection takes the next released request when it is free; requests that
-        // find every connection busy wait, and that wait is part of their latency.
-        let released = Arc::new(tokio::sync::Mutex::new(released));
-        for mut connection in pool {
-            let (client, body, stats, released) = (
-                client.clone(),
-                body.clone(),
-                stats.clone(),
-                released.clone(),
-            );
-            tasks.spawn(async move {
-                loop {
-                    let next = released.lock().await.recv().await;
-                    let Some(intended) = next else { return };
-                    let sent = Instant::now();
-                    let outcome = connection.exchange(&client, body.clone()).await;
-                    let failed = matches!(outcome, Outcome::Failed(_));
-                    if intended >= measured_from {
-                        record(&stats, intended, sent, outcome);
-                    }
-                    if failed {
-                        match client.connect().await {
-                            Ok(fresh) => connection = fresh,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                        }
-                    }
-                }
-            });
-        }
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
-async fn closed_loop(
-    client: &Arc<Client>,
-    pool: Vec<Connection>,
-    body: &Bytes,
-    concurrency: usize,
-    measured_from: Instant,
-    measured_until: Instant,
-    stats: &Shared,
-) {
-    let mut tasks = tokio::task::JoinSet::new();
-    let senders: Vec<_> = pool.iter().filter_map(Connection::shared).collect();
-    let mut h1 = pool.into_iter().filter(|c| matches!(c, Connection::H1(_)));
-    for i in 0..concurrency {
-        let mut connection = match senders.get(i % senders.len().max(1)) {
-            Some(sender) => Connection::H2(sender.clone()),
-            None => h1.next().expect("one HTTP/1.1 connection per worker"),
-        };
-        let (client, body, stats) = (client.clone(), body.clone(), stats.clone());
-        tasks.spawn(async move {
-            loop {
-                let sent = Instant::now();
-                if sent >= measured_until {
-                    return;
-                }
-                let outcome = connection.exchange(&client, body.clone()).await;
-                let failed = matches!(outcome, Outcome::Failed(_));
-                if sent >= measured_from {
-                    record(&stats, sent, sent, outcome);
-                }
-                if failed && matches!(connection, Connection::H1(_)) {
-                    match client.connect().await {
-                        Ok(fresh) => connection = fresh,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -739,7 +471,6 @@ async fn crowd(args: CrowdArgs) -> anyhow::Result<Value> {
         tokio::time::sleep_until(intended.into()).await;
         let (client, body, stats) = (client.clone(), body.clone(), stats.clone());
         reviews.spawn(async move {
-            let sent = Instant::now();
             let outcome = match tokio::time::timeout(timeout, async {
                 let mut connection = client.connect().await?;
                 anyhow::Ok(connection.exchange(&client, body).await)
@@ -750,7 +481,7 @@ async fn crowd(args: CrowdArgs) -> anyhow::Result<Value> {
                 Ok(Err(error)) => Outcome::Failed(format!("{error:#}")),
                 Ok(Ok(outcome)) => outcome,
             };
-            record(&stats, intended, sent, outcome);
+            record(&stats, intended, outcome);
         });
     }
     while reviews.join_next().await.is_some() {}
@@ -903,7 +634,7 @@ async fn fill(args: FillArgs) -> anyhow::Result<Value> {
                 let Some(body) = next else { return };
                 let sent = Instant::now();
                 let outcome = connection.exchange(&client, body).await;
-                record(&stats, sent, sent, outcome);
+                record(&stats, sent, outcome);
             }
         });
     }
@@ -1030,31 +761,17 @@ async fn push_signed(args: &FillArgs) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-/// An AdmissionReview creating a Pod with one container per image, shaped like tests/data/pod-create.json.
+/// An AdmissionReview creating a Pod named `name` with one container per image: tests/data/pod-create.json
+/// with its containers replaced, the fixture every test and bench body starts from.
 fn pod_review(name: &str, images: impl Iterator<Item = String>) -> Value {
+    let mut review: Value = serde_json::from_str(include_str!("../tests/data/pod-create.json"))
+        .expect("tests/data/pod-create.json is JSON");
     let containers: Vec<Value> = images
         .enumerate()
         .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
         .collect();
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("00000000-0000-0000-0000-{:012}", containers.len()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": name,
-            "namespace": "bench",
-            "operation": "CREATE",
-            "userInfo": {"username": "bench"},
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "namespace": "bench"},
-                "spec": {"containers": containers}
-            },
-            "oldObject": null,
-            "dryRun": false
-        }
-    })
+    review["request"]["name"] = json!(name);
+    review["request"]["object"]["metadata"]["name"] = json!(name);
+    review["request"]["object"]["spec"] = json!({ "containers": containers });
+    review
 }
