@@ -7,6 +7,7 @@
 
 /// Where the compiled authorities live: the policy layer compiles them, this one only checks with them.
 pub use crate::policy::authority;
+mod bundle;
 mod cache;
 mod check;
 #[doc(hidden)]
