@@ -1,19 +1,22 @@
 //! Policies: the `ImageSigningPolicy` resource types and loading them from YAML files, the same files
 //! that `kubectl apply` takes.
 
+mod access;
 pub mod authority;
+mod choice;
 mod compiled;
 mod crd;
 pub mod dir;
+mod globs;
 mod snapshot;
 
 use std::path::Path;
 
-pub use compiled::{
-    CompiledPolicy, ImageMatcher, NormalizedGlob, PolicyChoice, PolicyError, PolicySet,
-    RegistryAccess, choose_policies, compile, governing_policies, normalize_glob,
-};
+pub use access::CompiledAccess;
+pub use choice::{PolicyChoice, choose_policies, governing_policies};
+pub use compiled::{CompiledPolicy, PolicyError, PolicySet, compile};
 pub use crd::*;
+pub use globs::{ImageMatcher, NormalizedGlob, normalize_glob};
 use kube::CustomResourceExt;
 use serde::Deserialize as _;
 pub use snapshot::{

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use kube::core::{Selector, SelectorExt as _};
 
 use super::ImageSigningPolicy;
-use super::compiled::{CompiledPolicy, ImageMatcher, choose_policies, compile};
+use super::{CompiledPolicy, ImageMatcher, choose_policies, compile};
 use crate::policy::authority::SecretSource;
 use crate::registry::ImageRef;
 

@@ -11,7 +11,8 @@
 //!   (each as Rego v1, else as Rego v0), checked for recursion and excessive nesting (`analysis.rs`),
 //!   and prepared into one regorus engine. Modules may use any package; only the decision packages are
 //!   read (below), and modules that define no decision rule the engine reads, or decision-like rules
-//!   (`deny` elsewhere, `denies`) that no decision rule reaches, are refused ([`RegoError::Undecided`]).
+//!   (`deny` elsewhere, `denies`) that no decision rule reaches, are refused ([`RegoError::Undecided`],
+//!   `decisions.rs`).
 //! - **The decision** ([`RegoPolicy::evaluate`]): the prepared engine is cloned per evaluation, given
 //!   the input, and queried for `deny`, `violations` and `allow` in each of `data.registry` (RegistryX's
 //!   guide), `data.registryx.policy` (RegistryX's policy editor) and `data.registryx_guard` (ours). Any
@@ -32,13 +33,15 @@
 
 mod analysis;
 mod builtins;
+mod decisions;
 mod error;
 mod input;
 mod policy;
 
 pub use analysis::MAX_EVAL_DEPTH;
 pub use builtins::MAX_RANGE_LEN;
+pub use decisions::DECISION_PACKAGES;
+pub(crate) use decisions::levenshtein as edit_distance;
 pub use error::{RegoError, RegoSyntax, SourceLocation};
 pub use input::{RegoInput, RegoPod, RegoRequest, RegoSignature, RegoUserInfo, Vulnerabilities};
-pub(crate) use policy::levenshtein as edit_distance;
-pub use policy::{DECISION_PACKAGES, DEFAULT_TIME_LIMIT, RegoDecision, RegoPolicy};
+pub use policy::{DEFAULT_TIME_LIMIT, RegoDecision, RegoPolicy};

@@ -12,6 +12,7 @@ use x509_cert::der::{Decode as _, Encode as _, asn1::Utf8StringRef};
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
+use super::bundle::{Bundle, TlogEntry};
 use super::signatures::{BundleSignature, FoundSignature, LegacySignature};
 use crate::policy::authority::{CompiledAuthority, Trust};
 use crate::refusal::Failure;
@@ -135,78 +136,6 @@ fn check_legacy(
         )));
     }
     Ok(proof)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Bundle {
-    #[serde(default)]
-    media_type: String,
-    verification_material: VerificationMaterial,
-    #[serde(default)]
-    dsse_envelope: Option<Envelope>,
-    #[serde(default)]
-    message_signature: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VerificationMaterial {
-    #[serde(default)]
-    certificate: Option<RawBytes>,
-    #[serde(default)]
-    x509_certificate_chain: Option<CertificateChain>,
-    #[serde(default)]
-    tlog_entries: Vec<TlogEntry>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawBytes {
-    raw_bytes: String,
-}
-
-#[derive(Deserialize)]
-struct CertificateChain {
-    #[serde(default)]
-    certificates: Vec<RawBytes>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope {
-    payload: String,
-    payload_type: String,
-    #[serde(default)]
-    signatures: Vec<EnvelopeSignature>,
-}
-
-#[derive(Deserialize)]
-struct EnvelopeSignature {
-    sig: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TlogEntry {
-    log_index: serde_json::Value,
-    log_id: LogId,
-    integrated_time: serde_json::Value,
-    #[serde(default)]
-    inclusion_promise: Option<InclusionPromise>,
-    canonicalized_body: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LogId {
-    key_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct InclusionPromise {
-    signed_entry_timestamp: String,
 }
 
 fn check_bundle(
