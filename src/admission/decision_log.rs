@@ -56,9 +56,9 @@ impl<'a> AdmittedSummary<'a> {
 }
 
 /// The decisions as a JSON array for the log line, and how many were left out: whole decisions are
-/// kept while they fit in [`MAX_LOGGED_DECISIONS_BYTES`], so the array stays valid JSON that log
+/// kept while they fit in `MAX_LOGGED_DECISIONS_BYTES`, so the array stays valid JSON that log
 /// pipelines read as objects (the JSON log format writes it as one, see `telemetry`). An image admitted
-/// without a warning is logged as its [`AdmittedSummary`].
+/// without a warning is logged as its `AdmittedSummary`.
 pub fn logged_decisions(decided: &[ImageDecision]) -> (String, usize) {
     let mut text = String::from("[");
     let mut kept = 0;

@@ -73,7 +73,7 @@ impl Workload {
         &self.object
     }
 
-    /// Every image, in container order (see [`images_of`]).
+    /// Every image, in container order (containers, init and ephemeral containers, image volumes).
     pub fn images(&self) -> Result<Vec<ContainerImage>, String> {
         images_of(&self.kind, &self.object)
     }

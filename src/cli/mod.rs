@@ -1,6 +1,6 @@
 //! The command line: `serve`, `verify` and `crdgen`, parsed and dispatched. Every flag can also be set
 //! from the environment (`RXG_*`), which is how the Helm chart configures the server. `verify` is its
-//! own room ([`verify`]); `serve`'s flags live with the server (`server::ServeArgs`).
+//! own room (`verify`); `serve`'s flags live with the server (`server::ServeArgs`).
 
 mod verify;
 

@@ -97,7 +97,7 @@ pub enum ErrorKind {
     Malformed {
         detail: String,
     },
-    /// No registry answered (see [`NO_REGISTRY`]); `reading` when the connection failed while the
+    /// No registry answered (see `NO_REGISTRY`); `reading` when the connection failed while the
     /// answer was being read.
     NoRegistry {
         reading: bool,

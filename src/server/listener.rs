@@ -302,7 +302,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// Serves `router` over TLS on `listener` until `shutdown` completes, then stops accepting and waits for
 /// the open connections to finish what they are doing (idle HTTP/1.1 connections close at once, HTTP/2
 /// connections get a GOAWAY and finish their streams). Once `draining` is set, before `shutdown`,
-/// HTTP/1.1 connections close after their next response (see [`keepalive`]).
+/// HTTP/1.1 connections close after their next response (see `keepalive`).
 ///
 /// One client cannot stop the loop: a failed or slow (over [`HANDSHAKE_TIMEOUT`]) handshake and a broken
 /// connection are logged at debug and dropped. Accept errors are retried, so the result is `Ok` once

@@ -192,8 +192,7 @@ impl PolicySpec {
         self
     }
 
-    // `spec.registry`, whose type is reached through the spec's field only (`policy::RegistryAccess`
-    // names the compiled form).
+    // `spec.registry` (`policy::RegistryAccess`; its compiled form is `policy::CompiledAccess`).
 
     /// `registry.insecure`: plain HTTP (the default here: test registries speak it).
     pub fn insecure(mut self, insecure: bool) -> PolicySpec {
