@@ -234,7 +234,10 @@ impl ImageDecider {
                  in flight already (is it slow or down?)",
                 image.registry, self.max_concurrent_verifications
             );
-            return decision.refused(Reason::Unreachable, message, &about);
+            // No remedy: the network and the policy's spec.registry are not the question here.
+            let mut decision = decision;
+            decision.refusal = Some(Failure::new(Reason::Unreachable, message));
+            return decision;
         };
         // Inside the registry's bulkhead: settling may ask the registry what the tag names.
         let policies = settle_policies(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::{EXIT_ADMITTED, EXIT_REFUSED, OutputFormat, VerifyArgs, runtime};
-use crate::admission::{ImageDecider, ImageDecision, Review, Scope, Workload};
+use crate::admission::{ImageDecider, ImageDecision, Review, Scope, Unmatched, Workload};
 use crate::decide::RequestContext;
 use crate::policy::authority::NoSecrets;
 use crate::policy::{PolicySnapshot, shared};
@@ -24,8 +24,9 @@ const MAX_CONCURRENT_VERIFICATIONS: usize = 32;
 
 /// Runs `verify`. Errors are the command's input errors (exit 2); refusals are exit codes.
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    // The input is checked in full first, so that a wrong file or reference is reported as such
-    // (exit 2) whatever the state of the registry.
+    // Files and references are checked in full first, so that a wrong one is reported as such (exit 2)
+    // whatever the state of the registry; a policy that does not compile is reported after the
+    // decisions, since it refuses the images it governs as the webhook refuses them.
     let mut written: Vec<String> = args.images.clone();
     let mut context = RequestContext::default();
     if let Some(path) = &args.resource {
@@ -89,7 +90,8 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             }
         }
         OutputFormat::Json => {
-            let mut values: Vec<serde_json::Value> = decisions.iter().map(json).collect();
+            let mut values: Vec<serde_json::Value> =
+                decisions.iter().map(|d| json(d, args.unmatched)).collect();
             let value = if values.len() == 1 {
                 values.remove(0)
             } else {
@@ -110,10 +112,15 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 /// The policies of `paths` as one snapshot, and a line for each that is not usable (not Ready).
 fn load_policies(paths: &[PathBuf]) -> anyhow::Result<(PolicySnapshot, Vec<String>)> {
     let mut policies = Vec::new();
-    let mut origin: BTreeMap<String, &Path> = BTreeMap::new();
+    // The files each name comes from (one name can be in several).
+    let mut origin: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for path in paths {
         for policy in crate::policy::load_file(path)? {
-            origin.insert(policy.metadata.name.clone().unwrap_or_default(), path);
+            let name = policy.metadata.name.clone().unwrap_or_default();
+            origin
+                .entry(name)
+                .or_default()
+                .push(path.display().to_string());
             policies.push(policy);
         }
     }
@@ -121,15 +128,16 @@ fn load_policies(paths: &[PathBuf]) -> anyhow::Result<(PolicySnapshot, Vec<Strin
         !policies.is_empty(),
         "no ImageSigningPolicy found in {paths:?}"
     );
-    let (snapshot, results) = PolicySnapshot::build(&policies, &NoSecrets, "registryx-guard", 1);
-    let not_usable = results
+    let (snapshot, _) = PolicySnapshot::build(&policies, &NoSecrets, "registryx-guard", 1);
+    // From the snapshot, not the results by name: two policies of one name, one broken, must not
+    // hide the broken one.
+    let not_usable = snapshot
+        .not_ready
         .iter()
-        .filter_map(|(name, result)| {
-            let message = result.as_ref().err()?;
-            let path = origin
-                .get(name)
-                .map_or_else(String::new, |p| p.display().to_string());
-            Some(format!("{path}: policy {name:?} is not usable: {message}"))
+        .map(|policy| {
+            let name = &policy.name;
+            let files = origin.get(name).map(|f| f.join(", ")).unwrap_or_default();
+            format!("{files}: policy {name:?} is not usable: {}", policy.message)
         })
         .collect();
     Ok((snapshot, not_usable))
@@ -172,11 +180,22 @@ fn text(decision: &ImageDecision) -> String {
     format!("image {}\n  {said}\nresult: {result}\n", decision.image)
 }
 
-/// A decision as JSON: the verdict when the image was verified, else the decision itself.
-fn json(decision: &ImageDecision) -> serde_json::Value {
-    match &decision.verdict {
-        Some(verdict) => serde_json::to_value(verdict.as_ref()),
-        None => serde_json::to_value(decision),
+/// A decision as JSON: the verdict when the image was verified, else the verdict's shape (no digest,
+/// no policy) with what admission decided: `reason` (its label), `message`, `warnings`.
+fn json(decision: &ImageDecision, unmatched: Unmatched) -> serde_json::Value {
+    if let Some(verdict) = &decision.verdict {
+        return serde_json::to_value(verdict.as_ref()).unwrap_or_default();
     }
-    .unwrap_or_default()
+    let canonical = ImageRef::parse(&decision.image).map(|i| i.to_string()).ok();
+    serde_json::json!({
+        "image": decision.image,
+        "canonical": canonical,
+        "digest": null,
+        "policies": [],
+        "admitted": decision.admitted(),
+        "reason": decision.label(),
+        "message": decision.refusal_text().or(decision.warnings.first().map(String::as_str)),
+        "warnings": decision.warnings,
+        "unmatched": unmatched,
+    })
 }

@@ -19,6 +19,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use super::body::{BODY_BUDGET_BYTES, BodyBudget, PEER_BUDGET_SHARE, read_body};
 use super::push::{PushCounters, PushEvents, PushToken};
 use crate::admission::Admission;
+use crate::refusal::{Failure, Reason};
 
 /// The API server allows at most 30 s, and defaults to 10 s.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,9 +156,15 @@ async fn review(
     {
         Ok(response) => response,
         Err(_) if mutate => AdmissionResponse::from(&request),
-        Err(_) => AdmissionResponse::from(&request).deny(format!(
-            "registryx-guard could not decide within the {budget:?} the API server allows"
-        )),
+        Err(_) => crate::admission::response::refuse(
+            AdmissionResponse::from(&request),
+            &Failure::new(
+                Reason::Unreachable,
+                format!(
+                    "registryx-guard could not decide within the {budget:?} the API server allows"
+                ),
+            ),
+        ),
     };
     Json(response.into_review()).into_response()
 }

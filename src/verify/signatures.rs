@@ -232,6 +232,18 @@ pub async fn discover(
                 ..
             },
         ) => return Err(error),
+        // A list that does not parse (oci-spec is strict: one sloppy descriptor spoils it) is
+        // reported, and cosign's fallback tag is read as for a registry without the API, so that
+        // signatures stored there are still found.
+        Err(
+            error @ RegistryError {
+                kind: ErrorKind::Malformed { .. },
+                ..
+            },
+        ) => {
+            set.problems.push(Failure::from(&error));
+            None
+        }
         Err(error) => {
             set.problems.push(Failure::from(&error));
             Some(Vec::new())

@@ -2,6 +2,7 @@
 //! and each way a signature can be missing, wrong, or forged that must be refused with its reason.
 
 use crate::support::cosign::{Cosign, Format};
+use crate::support::fakes::RegistryxProxy;
 use crate::support::policy::PolicySpec;
 use crate::support::registry::Registry;
 use crate::support::verdicts::{
@@ -57,6 +58,27 @@ async fn admits_a_bundle_behind_the_fallback_tag_of_a_registry_without_referrers
     );
 
     assert_admitted(&verify(&image.reference, &key_policy(&registry.host, &cosign)).await);
+}
+
+/// A referrers list that does not parse as an OCI index (a registry that writes a sloppy one) is
+/// reported, and cosign's fallback tag is still read: a bundle stored there verifies.
+#[tokio::test]
+async fn a_referrers_list_that_does_not_parse_still_reads_the_fallback_tag() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let image = registry.push_image("team/app", "v1", "sloppy").await;
+    cosign.sign(&image.reference, Format::Bundle);
+    let proxy = RegistryxProxy::start(&registry.host).await;
+    proxy.serve_sloppy_referrers();
+    let reference = image.reference.replacen(&registry.host, &proxy.host(), 1);
+
+    let verdict = verify(&reference, &key_policy(&proxy.host(), &cosign)).await;
+    assert_admitted(&verdict);
+    assert_eq!(first_proof(&verdict).format, "bundle");
+    assert!(
+        proxy.requests().referrers >= 1,
+        "the referrers API was not asked"
+    );
 }
 
 #[tokio::test]

@@ -117,12 +117,7 @@ async fn exit_codes_say_admitted_refused_or_bad_input() {
 fn a_policy_with_a_broken_key_is_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.yaml");
-    std::fs::write(
-        &path,
-        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {name: broken}\nspec:\n  images: ['r.example/**']\n  \
-         authorities:\n  - name: release\n    key: {data: \"-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\\n\"}\n",
-    )
-    .unwrap();
+    std::fs::write(&path, broken_key_policy("broken", "r.example/**")).unwrap();
     let output = verify(&["r.example/app:1", "--policy", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let out = text(&output);
@@ -589,6 +584,37 @@ fn verify_and_the_webhook_refuse_in_the_same_words() {
         serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", text(&output)));
     assert_eq!(json[0]["reason"], "not_ready", "{json:#}");
     assert_eq!(json[1]["reason"], "no_policy", "{json:#}");
+    // The verdict's shape, for scripts that read every image's alike.
+    assert_eq!(json[1]["policies"], serde_json::json!([]), "{json:#}");
+    assert_eq!(json[1]["digest"], serde_json::Value::Null, "{json:#}");
+    assert_eq!(json[1]["canonical"], images[1], "{json:#}");
+    assert_eq!(json[1]["message"].as_str(), Some(refusals[1]), "{json:#}");
+}
+
+/// A broken policy is bad input even when a usable one of the same name follows it: its name does
+/// not hide it.
+#[test]
+fn a_broken_policy_is_not_hidden_by_a_usable_one_of_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, broken_key_policy("p", "other.example/**")).unwrap();
+    let usable = dir.path().join("usable.yaml");
+    std::fs::write(&usable, base_policy()).unwrap();
+    let output = verify(&[
+        "elsewhere.example/app:1",
+        "--unmatched",
+        "allow",
+        "--policy",
+        broken.to_str().unwrap(),
+        "--policy",
+        usable.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("policy \"p\" is not usable"),
+        "{}",
+        text(&output)
+    );
 }
 
 /// Policy `p` with a module in OPA's `kubernetes.admission` package, which the engine never reads:
@@ -600,4 +626,12 @@ fn undecided_policy() -> String {
             "package kubernetes.admission\ndeny contains \"unsigned\" if not input.signed\n",
         )])
         .yaml()
+}
+
+/// Policy `name` for `images` whose key is not a key, as a user's file says it.
+fn broken_key_policy(name: &str, images: &str) -> String {
+    format!(
+        "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: {name}}}\nspec:\n  images: ['{images}']\n  \
+         authorities:\n  - name: release\n    key: {{data: \"-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\\n\"}}\n"
+    )
 }

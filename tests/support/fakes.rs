@@ -217,6 +217,9 @@ struct ProxyState {
     serial: AtomicU64,
     /// RegistryX's chunked-upload defect: every blob is served as 0 bytes.
     empty_blobs: std::sync::atomic::AtomicBool,
+    /// Referrers lists answered as an index without `schemaVersion` and with a descriptor
+    /// without `size`: what a sloppy registry might send.
+    sloppy_referrers: std::sync::atomic::AtomicBool,
 }
 
 impl ProxyState {
@@ -311,6 +314,11 @@ impl RegistryxProxy {
 
     /// Serves every blob as 0 bytes, as RegistryX stores a blob that was uploaded in chunks (what
     /// cosign, crane and docker do): signatures exist, their layers read empty.
+    /// Answers every referrers call with a list that does not parse as an OCI index.
+    pub fn serve_sloppy_referrers(&self) {
+        self.state.sloppy_referrers.store(true, Ordering::SeqCst);
+    }
+
     pub fn serve_empty_blobs(&self) {
         self.state.empty_blobs.store(true, Ordering::SeqCst);
     }
@@ -388,6 +396,21 @@ async fn registryx(State(state): State<Arc<ProxyState>>, request: Request) -> Re
         return unauthorized();
     } else if repository.kind == Kind::Blob && state.empty_blobs.load(Ordering::SeqCst) {
         return (StatusCode::OK, [(header::CONTENT_LENGTH, "0")], "").into_response();
+    } else if repository.kind == Kind::Referrers && state.sloppy_referrers.load(Ordering::SeqCst) {
+        let sloppy = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "digest": format!("sha256:{}", "0".repeat(64))}],
+        });
+        return (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.index.v1+json",
+            )],
+            sloppy.to_string(),
+        )
+            .into_response();
     }
     let upstream_path = format!("/v2/{}/{}", repository.name, repository.rest);
     let response = forward(&state, &method, request.headers(), &upstream_path, &query).await;
