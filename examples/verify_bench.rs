@@ -34,7 +34,7 @@ use hyper_util::rt::TokioIo;
 use registryx_guard::policy::authority::NoSecrets;
 use registryx_guard::policy::{CompiledPolicy, compile, load_file};
 use registryx_guard::registry::{ImageRef, RegistryClient, RegistryConfig};
-use registryx_guard::verify::{Verifier, VerifierSettings};
+use registryx_guard::verify::{Freshness, Verifier, VerifierSettings};
 use serde_json::{Value, json};
 
 /// What one batch may take at most.
@@ -180,7 +180,12 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     let cached_started = Instant::now();
     for image in &images {
         verifier
-            .verify(image, &governing(image), Instant::now() + BUDGET)
+            .verify(
+                image,
+                &governing(image),
+                Freshness::Cached,
+                Instant::now() + BUDGET,
+            )
             .await;
     }
     let cached_us = cached_started.elapsed().as_secs_f64() * 1e6 / images.len() as f64;
@@ -191,7 +196,12 @@ async fn run(args: Args) -> anyhow::Result<Value> {
         let verifier = Verifier::new(VerifierSettings::default(), None);
         let warm = images.last().expect("at least 2 images");
         verifier
-            .verify(warm, &governing(warm), Instant::now() + BUDGET)
+            .verify(
+                warm,
+                &governing(warm),
+                Freshness::Cached,
+                Instant::now() + BUDGET,
+            )
             .await;
         let before = verifier.registry_requests();
         let registry_before = cpu_ms(args.registry_pid);
@@ -201,7 +211,11 @@ async fn run(args: Args) -> anyhow::Result<Value> {
         let verdicts = join_all(pod.iter().map(|image| {
             let policies = governing(image);
             let verifier = &verifier;
-            async move { verifier.verify(image, &policies, started + BUDGET).await }
+            async move {
+                verifier
+                    .verify(image, &policies, Freshness::Cached, started + BUDGET)
+                    .await
+            }
         }))
         .await;
         let total_ms = round2(started.elapsed().as_secs_f64() * 1e3);
@@ -223,7 +237,12 @@ async fn run(args: Args) -> anyhow::Result<Value> {
         let mut admitted = 0;
         for image in &images {
             let verdict = verifier
-                .verify(image, &governing(image), Instant::now() + BUDGET)
+                .verify(
+                    image,
+                    &governing(image),
+                    Freshness::Cached,
+                    Instant::now() + BUDGET,
+                )
                 .await;
             admitted += usize::from(verdict.admitted());
         }
@@ -236,7 +255,11 @@ async fn run(args: Args) -> anyhow::Result<Value> {
         let verdicts = join_all(images.iter().map(|image| {
             let policies = governing(image);
             let verifier = &verifier;
-            async move { verifier.verify(image, &policies, deadline).await }
+            async move {
+                verifier
+                    .verify(image, &policies, Freshness::Cached, deadline)
+                    .await
+            }
         }))
         .await;
         batch(
@@ -281,7 +304,7 @@ async fn timed(
     let before = verifier.registry_requests();
     let started = Instant::now();
     let verdict = verifier
-        .verify(image, &policies, Instant::now() + BUDGET)
+        .verify(image, &policies, Freshness::Cached, Instant::now() + BUDGET)
         .await;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     if !verdict.admitted() {

@@ -21,7 +21,7 @@ use crate::refusal::Reason;
 use crate::registry::ImageRef;
 use crate::registry::registryx::{VulnerabilitySummary, vulnerability_summary};
 use crate::rego::{RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, Vulnerabilities};
-use crate::verify::{ImageVerdict, PolicyVerdict, Verifier};
+use crate::verify::{Freshness, ImageVerdict, PolicyVerdict, Verifier};
 
 /// Rego denial messages of one policy shown in a verdict; the rest are counted.
 const MAX_DENIALS_SHOWN: usize = 8;
@@ -70,9 +70,10 @@ pub async fn decide(
     image: &ImageRef,
     policies: &[Arc<CompiledPolicy>],
     context: &RequestContext,
+    freshness: Freshness,
     deadline: Instant,
 ) -> ImageVerdict {
-    let mut verdict = verifier.verify(image, policies, deadline).await;
+    let mut verdict = verifier.verify(image, policies, freshness, deadline).await;
     let Some(digest) = verdict.digest.clone() else {
         return verdict;
     };

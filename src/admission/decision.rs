@@ -16,7 +16,7 @@ use crate::decide::{RequestContext, decide, settle_policies};
 use crate::policy::{CompiledPolicy, Mode, SharedSnapshot};
 use crate::refusal::{About, Failure, Reason, VERIFIED_LABEL};
 use crate::registry::ImageRef;
-use crate::verify::{ImageVerdict, Verifier};
+use crate::verify::{Freshness, ImageVerdict, Verifier};
 
 /// What the webhook does with an image that no policy governs.
 ///
@@ -248,7 +248,20 @@ impl ImageDecider {
             deadline,
         )
         .await;
-        let verdict = decide(&self.verifier, &image, &policies, scope.context, deadline).await;
+        // The mutating review rechecks cached refusals: see `Freshness::RecheckRefusals`.
+        let freshness = match scope.review {
+            Review::Mutate => Freshness::RecheckRefusals,
+            Review::Validate | Review::Command => Freshness::Cached,
+        };
+        let verdict = decide(
+            &self.verifier,
+            &image,
+            &policies,
+            scope.context,
+            freshness,
+            deadline,
+        )
+        .await;
         self.judge(decision, &image, verdict, &policies, scope)
     }
 

@@ -109,6 +109,23 @@ impl Collector for VerifierCollector {
             let labels = [("result", result)];
             ConstCounter::new(value).encode(lookups.encode_family(&labels)?)?;
         }
+        let renewals = self.0.revalidation_stats();
+        let mut revalidations = encoder.encode_descriptor(
+            "registryx_guard_revalidations",
+            "Verified results renewed in the background before they expire, by outcome (renewed: still \
+             verified, revoked: now refused, failed: the registry failed, skipped: too many in flight)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (outcome, value) in [
+            ("renewed", renewals.renewed),
+            ("revoked", renewals.revoked),
+            ("failed", renewals.failed),
+            ("skipped", renewals.skipped),
+        ] {
+            let labels = [("outcome", outcome)];
+            ConstCounter::new(value).encode(revalidations.encode_family(&labels)?)?;
+        }
         let counters = [
             (
                 "registryx_guard_registry_requests",

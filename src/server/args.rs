@@ -4,9 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::Args;
 
 use crate::admission::Unmatched;
+use crate::verify::VerifierSettings;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -55,6 +58,21 @@ pub struct ServeArgs {
     #[arg(long, env = "RXG_EVENTS_TOKEN", hide_env_values = true)]
     pub events_token: Option<String>,
 
+    /// The longest a verified result is used after its signatures were read, in seconds: how long a
+    /// signature deleted from the registry can still admit on a replica that got no push event.
+    #[arg(long, env = "RXG_VERIFIED_MAX_AGE_SECONDS", default_value_t = 30)]
+    pub verified_max_age_seconds: u64,
+
+    /// A verified result older than this many seconds is renewed in the background on its next use,
+    /// so that a busy image never waits for the registry (0: never; it then expires and is read again).
+    #[arg(long, env = "RXG_REVALIDATE_AFTER_SECONDS", default_value_t = 15)]
+    pub revalidate_after_seconds: u64,
+
+    /// How long a refusal is cached, in seconds: how soon an image signed without a push event is
+    /// admitted.
+    #[arg(long, env = "RXG_REFUSED_MAX_AGE_SECONDS", default_value_t = 30)]
+    pub refused_max_age_seconds: u64,
+
     /// On SIGTERM, report not ready and keep answering this many seconds before stopping, while the
     /// cluster takes the replica out of its Service (the chart's grace period is longer).
     #[arg(long, env = "RXG_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
@@ -74,4 +92,26 @@ fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap_or_else(|_| "registryx-guard".into());
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+impl ServeArgs {
+    /// The cache lifetimes of the flags, checked: a renewal must come before the expiry it prevents.
+    pub fn verifier_settings(&self) -> crate::Result<VerifierSettings> {
+        let settings = VerifierSettings {
+            verified_max_age: Duration::from_secs(self.verified_max_age_seconds),
+            revalidate_after: Duration::from_secs(self.revalidate_after_seconds),
+            refused_ttl: Duration::from_secs(self.refused_max_age_seconds),
+            ..VerifierSettings::default()
+        };
+        if !settings.revalidate_after.is_zero()
+            && settings.revalidate_after >= settings.verified_max_age
+        {
+            return Err(crate::Error::Config(format!(
+                "--revalidate-after-seconds ({}) must be less than --verified-max-age-seconds ({}), \
+                 or 0 to turn renewal off",
+                self.revalidate_after_seconds, self.verified_max_age_seconds
+            )));
+        }
+        Ok(settings)
+    }
 }

@@ -28,13 +28,13 @@ use std::time::Duration;
 use crate::admission::{Admission, AdmissionMetrics, AdmissionSettings};
 use crate::policy::authority::NoSecrets;
 use crate::policy::{PolicySnapshot, Publisher, dir};
-use crate::verify::{Verifier, VerifierSettings};
+use crate::verify::Verifier;
 use crate::{Error, Result};
 
 /// Runs the server until SIGTERM or Ctrl-C: the admission endpoints over HTTPS, the probes and metrics
 /// over plain HTTP, and the policy source (the cluster's controller, or a folder).
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
+    let verifier = Arc::new(Verifier::new(args.verifier_settings()?, None));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = AdmissionMetrics::register(&mut registry, verifier.clone());
     let snapshot = crate::policy::shared(PolicySnapshot::default());

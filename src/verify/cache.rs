@@ -1,11 +1,21 @@
 //! The Verifier's memory: its settings, the bounded caches (results, signature sets, tags, registry
-//! clients) with their lifetimes, the counters read by metrics, and invalidation on push events.
+//! clients) with their lifetimes, the counters read by metrics, invalidation on push events, and the
+//! background renewal of verified results (stale-while-revalidate).
+//!
+//! A verified result is used for at most [`VerifierSettings::verified_max_age`] after the signatures it
+//! rests on were read: that is the revocation bound when no push event arrives (a signature deleted
+//! from the registry, a key revoked by re-signing). So that a busy image never waits for the registry,
+//! a result older than [`VerifierSettings::revalidate_after`] is still used while one background task
+//! reads its signatures again; the renewed result replaces it, a refusal included. Results nobody asks
+//! for are not renewed: they expire, and cost the registry nothing.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use moka::Expiry;
+use tokio::sync::Semaphore;
 
 use super::{AuthorityEvidence, SignatureSet, Verifier};
 use crate::registry::{DockerConfig, RegistryClient, RegistryConfig, RegistryError};
@@ -13,10 +23,21 @@ use crate::registry::{DockerConfig, RegistryClient, RegistryConfig, RegistryErro
 /// Bytes of signature material the signature-set cache keeps (its entries live seconds).
 const SIGNATURE_SETS_BYTES: u64 = 32 << 20;
 
+/// Background renewals in flight at once; beyond, a result is not renewed early and is read again by
+/// the first review after it expires (a flood of distinct images never becomes a flood of tasks).
+pub(super) const MAX_REVALIDATIONS: usize = 64;
+
+/// How long one background renewal may take.
+pub(super) const REVALIDATION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Cache lifetimes and sizes.
 #[derive(Clone, Debug)]
 pub struct VerifierSettings {
-    pub verified_ttl: Duration,
+    /// The longest a verified result is used after its signatures were read: the revocation bound
+    /// without push events.
+    pub verified_max_age: Duration,
+    /// A verified result older than this is renewed in the background on its next use (zero: never).
+    pub revalidate_after: Duration,
     pub refused_ttl: Duration,
     /// How long one discovery is shared; short, it only coalesces concurrent lookups.
     pub signatures_ttl: Duration,
@@ -35,7 +56,8 @@ pub struct VerifierSettings {
 impl Default for VerifierSettings {
     fn default() -> Self {
         VerifierSettings {
-            verified_ttl: Duration::from_secs(600),
+            verified_max_age: Duration::from_secs(30),
+            revalidate_after: Duration::from_secs(15),
             refused_ttl: Duration::from_secs(30),
             signatures_ttl: Duration::from_secs(5),
             max_cached_results: 200_000,
@@ -51,24 +73,97 @@ pub(super) type SetKey = (String, RegistryConfig, String);
 /// `(registry/repository, how it is reached, tag)`.
 pub(super) type TagKey = (String, RegistryConfig, String);
 
+/// A cached result, and when the read of the signatures it was judged on began.
+#[derive(Clone)]
+pub(super) struct Cached {
+    pub evidence: Arc<AuthorityEvidence>,
+    pub read_at: Instant,
+}
+
+/// One read of a digest's signatures, and when it began: what it found is at least that recent.
+pub(super) struct Discovery {
+    pub at: Instant,
+    /// The Verifier's invalidation count when it began.
+    pub generation: u64,
+    pub found: Result<SignatureSet, RegistryError>,
+}
+
+pub(super) type SetCache = moka::future::Cache<SetKey, Arc<Discovery>>;
+pub(super) type EvidenceCache = moka::future::Cache<EvidenceKey, Cached>;
+
+/// Results live from the read of their signatures, not from their insertion: a renewal that read the
+/// registry 3 s ago gives a result 3 s old.
 struct EvidenceExpiry {
     verified: Duration,
     refused: Duration,
 }
 
-impl Expiry<EvidenceKey, Arc<AuthorityEvidence>> for EvidenceExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &EvidenceKey,
-        value: &Arc<AuthorityEvidence>,
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(if value.verified() {
+impl EvidenceExpiry {
+    fn remaining(&self, value: &Cached, now: Instant) -> Duration {
+        let lifetime = if value.evidence.verified() {
             self.verified
         } else {
             self.refused
-        })
+        };
+        lifetime.saturating_sub(now.saturating_duration_since(value.read_at))
     }
+}
+
+impl Expiry<EvidenceKey, Cached> for EvidenceExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &EvidenceKey,
+        value: &Cached,
+        now: Instant,
+    ) -> Option<Duration> {
+        Some(self.remaining(value, now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &EvidenceKey,
+        value: &Cached,
+        now: Instant,
+        _remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.remaining(value, now))
+    }
+}
+
+/// Background renewals: one per result at a time, [`MAX_REVALIDATIONS`] at once, and what they did.
+pub(super) struct Revalidations {
+    pub in_flight: Mutex<HashSet<EvidenceKey>>,
+    pub permits: Arc<Semaphore>,
+    /// Renewals that kept the result verified.
+    pub renewed: AtomicU64,
+    /// Renewals that turned a verified result into a refusal (a signature gone, a key revoked).
+    pub revoked: AtomicU64,
+    /// Renewals the registry failed (the result is kept until it expires).
+    pub failed: AtomicU64,
+    /// Renewals not started because [`MAX_REVALIDATIONS`] were in flight.
+    pub skipped: AtomicU64,
+}
+
+impl Revalidations {
+    fn new() -> Revalidations {
+        Revalidations {
+            in_flight: Mutex::default(),
+            permits: Arc::new(Semaphore::new(MAX_REVALIDATIONS)),
+            renewed: AtomicU64::new(0),
+            revoked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What background renewal did so far, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevalidationStats {
+    pub renewed: u64,
+    pub revoked: u64,
+    pub failed: u64,
+    pub skipped: u64,
 }
 
 impl Verifier {
@@ -77,7 +172,7 @@ impl Verifier {
             .max_capacity(settings.max_cached_results)
             .support_invalidation_closures()
             .expire_after(EvidenceExpiry {
-                verified: settings.verified_ttl,
+                verified: settings.verified_max_age,
                 refused: settings.refused_ttl,
             })
             .build();
@@ -90,13 +185,12 @@ impl Verifier {
         // 10,000 sets of a hostile registry's largest would not fit in the pod's memory.
         let signature_sets = moka::future::Cache::builder()
             .max_capacity(SIGNATURE_SETS_BYTES)
-            .weigher(
-                |_key, set: &Arc<Result<SignatureSet, RegistryError>>| -> u32 {
-                    let bytes = set.as_ref().as_ref().map_or(256, SignatureSet::weight);
-                    u32::try_from(bytes).unwrap_or(u32::MAX)
-                },
-            )
-            .time_to_live(settings.signatures_ttl)
+            .weigher(|_key, read: &Arc<Discovery>| -> u32 {
+                let bytes = read.found.as_ref().map_or(256, SignatureSet::weight);
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            // A shared read never outlives the bound of the results judged on it.
+            .time_to_live(settings.signatures_ttl.min(settings.verified_max_age))
             .build();
         let evicted_requests = Arc::new(AtomicU64::new(0));
         let evicted = evicted_requests.clone();
@@ -115,6 +209,8 @@ impl Verifier {
             tags,
             evidence,
             fallback_credentials,
+            generation: Arc::new(AtomicU64::new(0)),
+            revalidations: Arc::new(Revalidations::new()),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
@@ -127,6 +223,17 @@ impl Verifier {
             self.cache_hits.load(Ordering::Relaxed),
             self.cache_misses.load(Ordering::Relaxed),
         )
+    }
+
+    /// What background renewal of verified results did so far.
+    pub fn revalidation_stats(&self) -> RevalidationStats {
+        let r = &self.revalidations;
+        RevalidationStats {
+            renewed: r.renewed.load(Ordering::Relaxed),
+            revoked: r.revoked.load(Ordering::Relaxed),
+            failed: r.failed.load(Ordering::Relaxed),
+            skipped: r.skipped.load(Ordering::Relaxed),
+        }
     }
 
     /// Signature reads that failed at the registry so far.
@@ -156,6 +263,7 @@ impl Verifier {
     pub fn invalidate_repositories(&self, repositories: std::collections::HashSet<String>) {
         // Entries are keyed `registry/repository@digest`; a notification names only the repository, so
         // every registry's copy of it is dropped (RegistryX also serves `x` as `library/x`).
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let wanted: std::collections::HashSet<String> = repositories
             .into_iter()
             .map(|r| r.trim_start_matches("library/").to_owned())
@@ -191,6 +299,7 @@ impl Verifier {
 
     /// Drops every cached result.
     pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.evidence.invalidate_all();
         self.tags.invalidate_all();
         self.signature_sets.invalidate_all();

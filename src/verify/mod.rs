@@ -1,8 +1,9 @@
 //! Signature verification: for one image and the policies that govern it, find the image's signatures
 //! once, check every authority of every policy against them, and return evidence, not a boolean.
 //!
-//! Results are cached by (image digest, authority fingerprint): verified ones for a long TTL, refusals
-//! for a short one, so that a freshly signed image is admitted soon after. Concurrent lookups of one
+//! Results are cached by (image digest, authority fingerprint): verified ones at most a bounded time
+//! after their signatures were read, renewed in the background while in use (see `cache`), refusals
+//! for a short time, so that a freshly signed image is admitted soon after. Concurrent lookups of one
 //! image share one signature fetch. An image that no policy governs is never looked up at all.
 
 /// Where the compiled authorities live: the policy layer compiles them, this one only checks with them.
@@ -18,12 +19,15 @@ mod verdict;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
-pub use cache::VerifierSettings;
-use cache::{EvidenceKey, SetKey, TagKey};
+use cache::{
+    Cached, Discovery, EvidenceCache, EvidenceKey, REVALIDATION_TIMEOUT, Revalidations, SetCache,
+    TagKey,
+};
+pub use cache::{RevalidationStats, VerifierSettings};
 pub use check::Proof;
 pub use report::render_text;
 pub use signatures::{FoundSignature, SignatureSet};
@@ -36,6 +40,31 @@ use crate::registry::{
     DockerConfig, ImageRef, RegistryClient, RegistryConfig, RegistryError, Step,
 };
 
+/// How old a cached refusal the mutating webhook accepts.
+pub const RECHECKED_REFUSAL_AGE: Duration = Duration::from_secs(1);
+
+/// What a caller accepts from the result cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Any cached result (validation, the command line).
+    Cached,
+    /// Verified results as cached; refusals only if their signatures were read within
+    /// [`RECHECKED_REFUSAL_AGE`], otherwise read again (one read per image per second at most). The
+    /// mutating webhook asks this: a replica that cached a refusal before the image was signed must
+    /// not leave a tag unpinned that the validating replica, which may be another one, verifies fresh
+    /// and would then refuse as unpinned.
+    RecheckRefusals,
+}
+
+impl Freshness {
+    fn accepts_refusal(self, age: Duration) -> bool {
+        match self {
+            Freshness::Cached => true,
+            Freshness::RecheckRefusals => age <= RECHECKED_REFUSAL_AGE,
+        }
+    }
+}
+
 /// The verification engine, shared by all requests.
 pub struct Verifier {
     settings: VerifierSettings,
@@ -44,10 +73,14 @@ pub struct Verifier {
     clients: moka::sync::Cache<(String, RegistryConfig), Arc<RegistryClient>>,
     /// Requests of clients that were evicted, so that the total never goes back.
     evicted_requests: Arc<AtomicU64>,
-    signature_sets: moka::future::Cache<SetKey, Arc<Result<SignatureSet, RegistryError>>>,
+    signature_sets: SetCache,
     /// Tag resolutions, shared by concurrent lookups of one tag and kept [`VerifierSettings::tag_ttl`].
     tags: moka::future::Cache<TagKey, crate::registry::Resolved>,
-    evidence: moka::future::Cache<EvidenceKey, Arc<AuthorityEvidence>>,
+    evidence: EvidenceCache,
+    /// Moves on every invalidation: a read that began before one is not cached after it (a push event
+    /// arriving while a renewal or a lookup reads the registry must not be undone by it).
+    generation: Arc<AtomicU64>,
+    revalidations: Arc<Revalidations>,
     fallback_credentials: Option<DockerConfig>,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
@@ -69,6 +102,7 @@ impl Verifier {
         &self,
         image: &ImageRef,
         policies: &[Arc<CompiledPolicy>],
+        freshness: Freshness,
         deadline: Instant,
     ) -> ImageVerdict {
         let mut verdict = ImageVerdict {
@@ -100,7 +134,7 @@ impl Verifier {
         verdict.policies = join_all(
             policies
                 .iter()
-                .map(|policy| self.verify_policy(image, &resolved, policy, deadline)),
+                .map(|policy| self.verify_policy(image, &resolved, policy, freshness, deadline)),
         )
         .await;
         verdict
@@ -111,6 +145,7 @@ impl Verifier {
         image: &ImageRef,
         resolved: &crate::registry::Resolved,
         policy: &CompiledPolicy,
+        freshness: Freshness,
         deadline: Instant,
     ) -> PolicyVerdict {
         let client = match self.client(image, policy) {
@@ -139,7 +174,7 @@ impl Verifier {
             let client = client.clone();
             async move {
                 join_all(policy.authorities.iter().map(|authority| {
-                    self.evidence_for(&client, image, digest, authority, deadline)
+                    self.evidence_for(&client, image, digest, authority, freshness, deadline)
                 }))
                 .await
             }
@@ -203,53 +238,110 @@ impl Verifier {
         image: &ImageRef,
         digest: &str,
         authority: &CompiledAuthority,
+        freshness: Freshness,
         deadline: Instant,
     ) -> Arc<AuthorityEvidence> {
         let key = (image.with_digest(digest), authority.fingerprint.clone());
+        let mut newer_than = None;
         if let Some(hit) = self.evidence.get(&key).await {
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return hit;
+            let age = hit.read_at.elapsed();
+            let usable = if hit.evidence.verified() {
+                let renew = &self.settings.revalidate_after;
+                if !renew.is_zero() && age >= *renew {
+                    self.revalidate(key, client, image, digest, authority, hit.read_at);
+                }
+                true
+            } else {
+                freshness.accepts_refusal(age)
+            };
+            if usable {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return hit.evidence;
+            }
+            newer_than = Some(hit.read_at);
         }
         self.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let set_key = (image.name(), client_config_key(client), digest.to_owned());
-        let repository = image.repository.clone();
-        let set = self
-            .signature_sets
-            .get_with(set_key, async {
-                let discovered = signatures::discover(client, &repository, digest, deadline).await;
-                Arc::new(match discovered {
-                    Ok(mut set) => {
-                        signatures::find_signed_elsewhere(
-                            client, image, digest, &mut set, deadline,
-                        )
-                        .await;
-                        Ok(set)
-                    }
-                    failed => failed,
-                })
-            })
-            .await;
-        match &*set {
-            Ok(set) => {
-                let evidence = Arc::new(evaluate(authority, image, digest, set));
-                self.evidence.insert(key, evidence.clone()).await;
-                evidence
-            }
-            // A registry failure is not a verdict on the image: it refuses now, and is not cached beyond
-            // the short life of the shared discovery.
-            Err(error) => {
+        let read = Reader {
+            sets: &self.signature_sets,
+            results: &self.evidence,
+            generation: &self.generation,
+            client,
+            image,
+            digest,
+        };
+        match read.judge(authority, newer_than, deadline).await {
+            Ok(evidence) => evidence,
+            Err(refusal) => {
                 self.registry_errors.fetch_add(1, Ordering::Relaxed);
-                let problem = Failure::from(error);
-                Arc::new(AuthorityEvidence {
-                    authority: authority.name.clone(),
-                    digest: digest.to_owned(),
-                    outcome: Outcome::Refused(Failure::new(
-                        problem.reason,
-                        format!("cannot read the signatures: {}", problem.message),
-                    )),
-                })
+                refusal
             }
         }
+    }
+
+    /// Renews a verified result in the background (see `cache`): one renewal per result at a time,
+    /// a bounded number at once; the review that asked goes on with the result it has.
+    fn revalidate(
+        &self,
+        key: EvidenceKey,
+        client: &Arc<RegistryClient>,
+        image: &ImageRef,
+        digest: &str,
+        authority: &CompiledAuthority,
+        read_at: Instant,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let jobs = self.revalidations.clone();
+        let permit = {
+            let mut in_flight = jobs.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if in_flight.contains(&key) {
+                return;
+            }
+            let Ok(permit) = jobs.permits.clone().try_acquire_owned() else {
+                jobs.skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            in_flight.insert(key.clone());
+            permit
+        };
+        let (sets, results, generation) = (
+            self.signature_sets.clone(),
+            self.evidence.clone(),
+            self.generation.clone(),
+        );
+        let (client, image, digest, authority) = (
+            client.clone(),
+            image.clone(),
+            digest.to_owned(),
+            authority.clone(),
+        );
+        runtime.spawn(async move {
+            let _permit = permit;
+            let read = Reader {
+                sets: &sets,
+                results: &results,
+                generation: &generation,
+                client: &client,
+                image: &image,
+                digest: &digest,
+            };
+            let deadline = Instant::now() + REVALIDATION_TIMEOUT;
+            let judged =
+                tokio::time::timeout(REVALIDATION_TIMEOUT, read.judge(&authority, Some(read_at), deadline))
+                    .await;
+            let counter = match judged {
+                Ok(Ok(evidence)) if evidence.verified() => &jobs.renewed,
+                Ok(Ok(_)) => {
+                    tracing::info!(image = %image.with_digest(&digest), authority = %authority.name, "a verified result was renewed as a refusal");
+                    &jobs.revoked
+                }
+                _ => &jobs.failed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let mut in_flight = jobs.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            in_flight.remove(&key);
+        });
     }
 
     /// The digest `image` names: itself when it has one; for a tag, the registry's answer, shared by
@@ -311,6 +403,102 @@ impl Verifier {
             .try_get_with(key, || RegistryClient::new(image, config).map(Arc::new))
             // The error of the one build that ran, shared with the loads that waited on it.
             .map_err(Arc::unwrap_or_clone)
+    }
+}
+
+/// One digest's signatures, read through the shared caches.
+struct Reader<'a> {
+    sets: &'a SetCache,
+    results: &'a EvidenceCache,
+    generation: &'a AtomicU64,
+    client: &'a Arc<RegistryClient>,
+    image: &'a ImageRef,
+    digest: &'a str,
+}
+
+impl Reader<'_> {
+    /// Judges `authority` on the digest's signatures (read after `newer_than` when given) and caches
+    /// the result, unless an invalidation came while it read. A registry failure is not a verdict on
+    /// the image: `Err` is the refusal for now, not cached beyond the short life of the shared read.
+    async fn judge(
+        &self,
+        authority: &CompiledAuthority,
+        newer_than: Option<Instant>,
+        deadline: Instant,
+    ) -> Result<Arc<AuthorityEvidence>, Arc<AuthorityEvidence>> {
+        let read = self.signatures(newer_than, deadline).await;
+        match &read.found {
+            Ok(set) => {
+                let evidence = Arc::new(evaluate(authority, self.image, self.digest, set));
+                if read.generation == self.generation.load(Ordering::Acquire) {
+                    let key = (
+                        self.image.with_digest(self.digest),
+                        authority.fingerprint.clone(),
+                    );
+                    let cached = Cached {
+                        evidence: evidence.clone(),
+                        read_at: read.at,
+                    };
+                    self.results.insert(key, cached).await;
+                }
+                Ok(evidence)
+            }
+            Err(error) => {
+                let problem = Failure::from(error);
+                Err(Arc::new(AuthorityEvidence {
+                    authority: authority.name.clone(),
+                    digest: self.digest.to_owned(),
+                    outcome: Outcome::Refused(Failure::new(
+                        problem.reason,
+                        format!("cannot read the signatures: {}", problem.message),
+                    )),
+                }))
+            }
+        }
+    }
+
+    /// The digest's signatures, shared with concurrent lookups for a few seconds; read again when the
+    /// shared read is not newer than `newer_than` or an invalidation came after it began.
+    async fn signatures(&self, newer_than: Option<Instant>, deadline: Instant) -> Arc<Discovery> {
+        let key = (
+            self.image.name(),
+            client_config_key(self.client),
+            self.digest.to_owned(),
+        );
+        let shared = self.sets.get_with(key.clone(), self.read(deadline)).await;
+        let outdated = shared.generation != self.generation.load(Ordering::Acquire)
+            || newer_than.is_some_and(|after| shared.at <= after);
+        if !outdated {
+            return shared;
+        }
+        self.sets.invalidate(&key).await;
+        self.sets.get_with(key, self.read(deadline)).await
+    }
+
+    async fn read(&self, deadline: Instant) -> Arc<Discovery> {
+        let (at, generation) = (Instant::now(), self.generation.load(Ordering::Acquire));
+        let found =
+            match signatures::discover(self.client, &self.image.repository, self.digest, deadline)
+                .await
+            {
+                Ok(mut set) => {
+                    signatures::find_signed_elsewhere(
+                        self.client,
+                        self.image,
+                        self.digest,
+                        &mut set,
+                        deadline,
+                    )
+                    .await;
+                    Ok(set)
+                }
+                failed => failed,
+            };
+        Arc::new(Discovery {
+            at,
+            generation,
+            found,
+        })
     }
 }
 

@@ -16,6 +16,7 @@ mod reference_grammar;
 mod registry_failures;
 mod registry_tls;
 mod rego;
+mod revocation;
 mod tls_rotation;
 mod transparency_log;
 mod verify;

@@ -154,8 +154,18 @@ async fn admit(router: &axum::Router, body: String) -> (StatusCode, Value) {
 }
 
 async fn admit_object(router: &axum::Router, body: String) -> ((StatusCode, Value), Value) {
+    admit_across(router, router, body).await
+}
+
+/// As the API server calls two replicas behind one Service: `/mutate` on one, `/validate` of the
+/// mutated object on the other.
+async fn admit_across(
+    mutating: &axum::Router,
+    validating: &axum::Router,
+    body: String,
+) -> ((StatusCode, Value), Value) {
     let mut request: Value = serde_json::from_str(&body).unwrap();
-    let (status, mutated) = post(router, "/mutate", body).await;
+    let (status, mutated) = post(mutating, "/mutate", body).await;
     assert_eq!(status, StatusCode::OK, "{mutated:#}");
     assert_eq!(
         mutated["response"]["allowed"], true,
@@ -165,7 +175,10 @@ async fn admit_object(router: &axum::Router, body: String) -> ((StatusCode, Valu
         json_patch::patch(&mut request["request"]["object"], &operations).unwrap();
     }
     let object = request["request"]["object"].clone();
-    (post(router, "/validate", request.to_string()).await, object)
+    (
+        post(validating, "/validate", request.to_string()).await,
+        object,
+    )
 }
 
 fn patch_of(review: &Value) -> Option<json_patch::Patch> {
@@ -1140,5 +1153,61 @@ async fn a_tags_digest_is_shared_for_seconds_and_dropped_by_a_push_event() {
     assert!(
         verifier.registry_requests() > after_first,
         "the push event did not drop the tag's digest"
+    );
+}
+
+/// Two replicas with different cache states: A cached a refusal of a tag before it was signed (no push
+/// event reached it), B never saw the image. Whichever replica mutates, the validating one decides as
+/// it would alone: A's mutation reads the refusal again instead of leaving the tag unpinned for B to
+/// refuse as `unpinned`. A refusal read within the last second is reused, so a crowd of unsigned pods
+/// costs the registry one read per image per second through `/mutate`.
+#[tokio::test]
+async fn mutate_and_validate_on_different_replicas_agree() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let image = registry.push_image("team/app", "late", "agree-late").await;
+    let never = registry
+        .push_image("team/app", "never", "agree-never")
+        .await;
+    let policies = [policy("team-signed", &registry.host, &cosign.public_key_pem()).yaml()];
+    let (a, verifier_a) = router_and_verifier(&policies, AdmissionSettings::default());
+    let (b, _) = router_and_verifier(&policies, AdmissionSettings::default());
+    let body = review_with_image(&image.reference);
+
+    let ((_, refused), _) = admit_across(&a, &a, body.clone()).await;
+    assert_refused_for(&refused, &[Reason::NoSignature]);
+    cosign.sign(&image.reference, Format::Legacy);
+    tokio::time::sleep(registryx_guard::verify::RECHECKED_REFUSAL_AGE + Duration::from_millis(200))
+        .await;
+
+    // A still holds its refusal for validation (30 s, no event)...
+    let (_, stale) = post(&a, "/validate", body.clone()).await;
+    assert_refused_for(&stale, &[Reason::NoSignature]);
+    // ...but its mutation reads again and pins, so B admits what B verifies.
+    let ((_, admitted), object) = admit_across(&a, &b, body.clone()).await;
+    assert_eq!(admitted["response"]["allowed"], true, "{admitted:#}");
+    let pinned =
+        object["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    assert_eq!(pinned, format!("{}@{}", image.reference, image.digest));
+    // A's read replaced its stale refusal: A now admits alone as well.
+    let ((_, alone), _) = admit_across(&a, &a, body).await;
+    assert_eq!(alone["response"]["allowed"], true, "{alone:#}");
+
+    // An image that stays unsigned: twenty mutations within the second cost at most one read.
+    let crowd = review_with_image(&never.reference);
+    let ((_, first), _) = admit_across(&a, &a, crowd.clone()).await;
+    assert_refused_for(&first, &[Reason::NoSignature]);
+    let before = verifier_a.registry_requests();
+    for _ in 0..20 {
+        let (_, mutated) = post(&a, "/mutate", crowd.clone()).await;
+        assert!(patch_of(&mutated).is_none(), "an unsigned tag was pinned");
+    }
+    let reads = verifier_a.registry_requests() - before;
+    assert!(
+        reads <= 4,
+        "twenty mutations of an unsigned image cost {reads} registry requests"
     );
 }

@@ -318,6 +318,28 @@ impl Registry {
         )
     }
 
+    /// Deletes the manifest `reference` (a tag or a digest) names, as `crane delete` does: by digest,
+    /// which removes every tag naming it.
+    pub async fn delete_manifest(&self, repository: &str, reference: &str) {
+        let (status, digest, _, _) = self.get_manifest(repository, reference).await;
+        assert_eq!(
+            status, 200,
+            "no manifest {repository}:{reference} to delete"
+        );
+        let digest = digest.expect("the registry names the manifest's digest");
+        let response = self
+            .client
+            .delete(self.url(&format!("/v2/{repository}/manifests/{digest}")))
+            .send()
+            .await
+            .expect("delete manifest");
+        assert_eq!(
+            response.status().as_u16(),
+            202,
+            "delete {repository}@{digest}"
+        );
+    }
+
     /// The tags of a repository.
     pub async fn tags(&self, repository: &str) -> Vec<String> {
         let body: serde_json::Value = self

@@ -80,6 +80,7 @@ pub async fn verify_with(
         &image,
         &governing,
         &registryx_guard::decide::RequestContext::default(),
+        registryx_guard::verify::Freshness::Cached,
         Instant::now() + budget,
     )
     .await
