@@ -14,6 +14,13 @@
 //! - While the replica drains ([`Draining`]), every HTTP/1.1 response says `Connection: close`: the
 //!   client reads that before it could reuse the connection, and so each pooled connection used during
 //!   the drain ends cleanly; at the stop only connections idle for the whole drain are left to close.
+//! - A connection older than [`MAX_CONNECTION_AGE`] also ends after its next response, the same clean
+//!   way. The API server picks a replica when it dials (it resolves the Service's endpoints then) and
+//!   then reuses its pooled connection for as long as it lives: without this, a replica that restarted
+//!   or was added would get no review until the other's connections idled out, and one replica would
+//!   take the whole load. With it, the API server re-dials every few seconds and spreads its reviews
+//!   over the ready replicas, at the cost of one TLS handshake per connection per
+//!   [`MAX_CONNECTION_AGE`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +43,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a client may take to send the rest of an HTTP/1.1 request head once its first byte came.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// An HTTP/1.1 connection older than this ends after its next response (`Connection: close`).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(5);
+
+/// When the connection a request came on was accepted (a request extension set per connection).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionOpened(pub Instant);
+
 /// Set when the replica starts draining; read by every HTTP/1.1 response from then on.
 #[derive(Clone, Default)]
 pub struct Draining(Arc<AtomicBool>);
@@ -50,17 +64,22 @@ impl Draining {
     }
 }
 
-/// Middleware: once draining, HTTP/1.1 responses carry `Connection: close` (hyper then closes the
-/// connection after writing them). HTTP/2 has no such header: its connections get a GOAWAY at the stop,
-/// after which the client opens new streams elsewhere.
+/// Middleware: once draining, or on a connection older than [`MAX_CONNECTION_AGE`], HTTP/1.1 responses
+/// carry `Connection: close` (hyper then closes the connection after writing them). HTTP/2 has no such
+/// header: its connections get a GOAWAY at the stop, after which the client opens new streams
+/// elsewhere (the API server calls webhooks over HTTP/1.1).
 pub async fn close_when_draining(
     State(draining): State<Draining>,
     request: Request,
     next: Next,
 ) -> Response {
     let http1 = request.version() <= Version::HTTP_11;
+    let old = request
+        .extensions()
+        .get::<ConnectionOpened>()
+        .is_some_and(|opened| opened.0.elapsed() >= MAX_CONNECTION_AGE);
     let mut response = next.run(request).await;
-    if http1 && draining.is_draining() {
+    if http1 && (old || draining.is_draining()) {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -387,7 +387,10 @@ pub async fn serve_https_with(
         // The peer's address travels with each request: the webhook shares its body budget per peer.
         let service = Tracked {
             inner: TowerToHyperService::new(
-                router.clone().layer(axum::Extension(PeerAddr(peer.ip()))),
+                router
+                    .clone()
+                    .layer(axum::Extension(PeerAddr(peer.ip())))
+                    .layer(axum::Extension(keepalive::ConnectionOpened(Instant::now()))),
             ),
             state: Arc::clone(&slot.state),
         };

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 pub use args::ServeArgs;
 pub use certs::{CertificateReloader, server_config};
-pub use keepalive::{Draining, HEAD_TIMEOUT, IDLE_TIMEOUT};
+pub use keepalive::{Draining, HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTION_AGE};
 pub use listener::{
     ConnectionLimits, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER, serve_https,
     serve_https_with,

@@ -5,9 +5,7 @@
 //! unsigned one refused with the reason; the webhook's own image verified by its own policy; no failed
 //! admission while a replica is deleted, and the status Lease moving to the survivor.
 
-use std::process::{Command, Output};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::ControlPlane;
@@ -17,62 +15,9 @@ use crate::support::node::Node;
 use crate::support::policy::release_key_policy;
 use crate::support::registry::Registry;
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Polls `condition` every 250 ms until it holds, or fails with `what` and `context()` after `limit`.
-fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut condition: impl FnMut() -> bool,
-    context: impl Fn() -> String,
-) -> Duration {
-    let start = Instant::now();
-    while !condition() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    start.elapsed()
-}
-
-/// Builds an image with `e2e/image/oci-image.py` from the static pause binary (it runs and waits),
-/// labelled `seed` so that each seed is another digest; returns the OCI layout folder.
-fn pause_image(dir: &std::path::Path, seed: &str) -> std::path::PathBuf {
-    let layout = dir.join(format!("oci-{seed}"));
-    let output = Command::new("python3")
-        .arg(crate::support::repo_root().join("e2e/image/oci-image.py"))
-        .arg("--file")
-        .arg(format!(
-            "{}:/pause",
-            crate::support::tool("pause").display()
-        ))
-        .args(["--entrypoint", "/pause", "--label", &format!("seed={seed}")])
-        .arg("--oci-dir")
-        .arg(&layout)
-        .output()
-        .unwrap();
-    assert_success("oci-image.py", &output);
-    layout
-}
-
-fn crane_push(layout: &std::path::Path, reference: &str) {
-    let output = Command::new(crate::support::tool("crane"))
-        .args(["push", "--insecure"])
-        .arg(layout)
-        .arg(reference)
-        .output()
-        .unwrap();
-    assert_success(&format!("crane push {reference}"), &output);
-}
+use super::pods::{
+    Stream, build_own_image, crane_push, jsonpath, load_own_image, pause_image, text, wait_until,
+};
 
 fn deployment(name: &str, image: &str) -> String {
     format!(
@@ -82,13 +27,6 @@ fn deployment(name: &str, image: &str) -> String {
     )
 }
 
-fn jsonpath(cluster: &ControlPlane, args: &[&str], path: &str) -> String {
-    let mut all = args.to_vec();
-    let expression = format!("jsonpath={path}");
-    all.extend(["-o", expression.as_str()]);
-    String::from_utf8_lossy(&cluster.kubectl(&all).stdout).into_owned()
-}
-
 #[test]
 fn helm_install_into_a_cluster_that_runs_pods() {
     let cluster = ControlPlane::start_for_pods();
@@ -96,26 +34,14 @@ fn helm_install_into_a_cluster_that_runs_pods() {
     let work = tempfile::tempdir().unwrap();
 
     // 1. The image, built without a Docker engine, loaded into the node under the chart's default name.
-    let image_dir = work.path().join("image");
-    let output = Command::new("bash")
-        .arg(crate::support::repo_root().join("e2e/image/build.sh"))
-        .env("BINARY", env!("CARGO_BIN_EXE_registryx-guard"))
-        .env("OUT", &image_dir)
-        .output()
-        .unwrap();
-    assert_success("e2e/image/build.sh", &output);
-    let again = Command::new("bash")
-        .arg(crate::support::repo_root().join("e2e/image/build.sh"))
-        .env("BINARY", env!("CARGO_BIN_EXE_registryx-guard"))
-        .env("OUT", work.path().join("image-again"))
-        .output()
-        .unwrap();
+    let image_dir = load_own_image(&node, work.path());
+    let once = build_own_image(&work.path().join("image-once"));
+    let again = build_own_image(&work.path().join("image-again"));
     assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&once.stdout),
         String::from_utf8_lossy(&again.stdout),
         "two builds of one binary gave two digests"
     );
-    node.load_image(&image_dir.join("registryx-guard.tar"));
 
     // 2. helm install with the chart's defaults: two replicas Ready through their probes, with the
     // chart's own ServiceAccount and RBAC talking to the API server from inside the cluster.
@@ -455,69 +381,4 @@ fn served_certificate(ip: &str) -> String {
         .output()
         .unwrap();
     first_certificate(&String::from_utf8_lossy(&output.stdout))
-}
-
-/// Admissions in a loop (`kubectl run --dry-run=server`, which goes through both webhooks), counting
-/// the failures, until [`Stream::finish`].
-struct Stream {
-    stop: Arc<AtomicBool>,
-    attempts: Arc<AtomicUsize>,
-    failures: Arc<AtomicUsize>,
-    thread: std::thread::JoinHandle<Option<String>>,
-}
-
-impl Stream {
-    fn start(cluster: &ControlPlane, image: &str) -> Stream {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (attempts, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (flag, tried, failed) = (stop.clone(), attempts.clone(), failures.clone());
-        let kubeconfig = cluster.kubeconfig.clone();
-        let image = image.to_owned();
-        let thread = std::thread::spawn(move || {
-            let mut first_failure = None;
-            let mut n = 0;
-            while !flag.load(Ordering::SeqCst) {
-                n += 1;
-                let output = Command::new(crate::support::tool("kubectl"))
-                    .arg("--kubeconfig")
-                    .arg(&kubeconfig)
-                    .args([
-                        "run",
-                        &format!("stream-{n}"),
-                        "-n",
-                        "default",
-                        "--image",
-                        &image,
-                    ])
-                    .args(["--restart", "Never", "--dry-run=server"])
-                    .output()
-                    .unwrap();
-                tried.fetch_add(1, Ordering::SeqCst);
-                if !output.status.success() {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                    first_failure.get_or_insert_with(|| text(&output));
-                }
-            }
-            first_failure
-        });
-        Stream {
-            stop,
-            attempts,
-            failures,
-            thread,
-        }
-    }
-
-    fn finish(self, during: &str) {
-        self.stop.store(true, Ordering::SeqCst);
-        let first_failure = self.thread.join().unwrap();
-        let attempts = self.attempts.load(Ordering::SeqCst);
-        let failures = self.failures.load(Ordering::SeqCst);
-        println!("admissions while {during}: {attempts}, failed: {failures}");
-        assert!(attempts > 5, "the stream hardly ran: {attempts}");
-        assert_eq!(
-            failures, 0,
-            "failed admissions while {during}: {first_failure:?}"
-        );
-    }
 }

@@ -568,6 +568,39 @@ async fn draining_closes_http1_connections_after_a_response_never_while_idle() {
     server.shut_down().await;
 }
 
+/// The API server picks a replica when it dials and reuses the connection as long as it lives: an old
+/// connection ends after its next response (cleanly: the client reads `Connection: close` with it), so
+/// the API server re-dials and spreads its reviews over the replicas. A young one is kept, and an idle
+/// old one is never closed under the client.
+#[tokio::test]
+async fn an_old_http1_connection_ends_after_its_next_response_so_the_api_server_redials() {
+    let _room = crate::support::serial::room("tls_rotation");
+    let ca = Ca::new("test CA");
+    let server = Server::start(&ca.leaf()).await;
+    let mut used = RawConnection::open(&ca, server.addr).await;
+    let mut idle = RawConnection::open(&ca, server.addr).await;
+    for connection in [&mut used, &mut idle] {
+        let response = connection.ping().await;
+        assert!(!response.contains("connection: close"), "{response}");
+    }
+    tokio::time::sleep(registryx_guard::server::MAX_CONNECTION_AGE).await;
+    assert_eq!(
+        idle.closed_within(Duration::from_millis(500)).await,
+        None,
+        "an old idle connection was closed under its client"
+    );
+    let response = used.ping().await;
+    assert!(
+        response.contains("connection: close"),
+        "an old connection is kept: {response}"
+    );
+    assert!(
+        used.closed_within(Duration::from_secs(2)).await.is_some(),
+        "the connection stays open after Connection: close"
+    );
+    server.shut_down().await;
+}
+
 #[tokio::test]
 async fn an_idle_http1_connection_outlives_the_head_timeout_a_trickled_head_does_not() {
     let _room = crate::support::serial::room("tls_rotation");
