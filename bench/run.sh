@@ -42,6 +42,9 @@ FILL_DIGESTS=${RXG_BENCH_FILL_DIGESTS:-25000} # x FILL_AUTHORITIES = 100,000 cac
 WARMUP_S=1 H1_RATE_CONNECTIONS=16 RTT_MS=20 PERF_SERVER_HZ=1999 PERF_SERVER_S=5
 HYPERFINE_WARMUP=3 HYPERFINE_RUNS=30 MANY_IMAGES=20 MANY_WARMUP=2 MANY_RUNS=10 PERF_CLI_RUNS=20
 CROWD_ADDRESSES=64 CROWD_RATE=20 CROWD_TIMEOUT_S=3
+# The renewing server renews each verified result after RENEW_AFTER_S (the default is 15 s, longer than a
+# run); the fill server keeps results FILL_VERIFIED_MAX_AGE_S so that the whole fill stays cached.
+RENEW_AFTER_S=1 RENEW_MAX_AGE_S=2 FILL_VERIFIED_MAX_AGE_S=3600
 RESULTS=$RXG_WORK/results
 mkdir -p "$RESULTS"
 cd "$ROOT"
@@ -135,7 +138,11 @@ VERIFY_BENCH=$ROOT/target/release/examples/verify_bench
 	echo "verifications_per_registry=32"
 	echo "tag_cache_s=10"
 	echo "refused_ttl_s=30"
-	echo "verified_ttl_min=10"
+	echo "verified_max_age_s=30"
+	echo "revalidate_after_s=15"
+	echo "renew_after_s=$RENEW_AFTER_S"
+	echo "renew_max_age_s=$RENEW_MAX_AGE_S"
+	echo "fill_verified_max_age_s=$FILL_VERIFIED_MAX_AGE_S"
 	echo "policy_dir_poll_ms=500"
 	echo "referrers_memory_min=5"
 	echo "referrers_misses=3"
@@ -363,6 +370,19 @@ start_server serve-quiet --log-level warn
 "$LOADGEN" once --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" >/dev/null
 load "digest h2 saturation, --log-level warn" digest 2 --connections 2 --concurrency "$SATURATION_CONCURRENCY"
 kill "$SERVER_PID"
+
+# Stale-while-revalidate's cost: the same saturation run while every verified result is renewed in the
+# background each RENEW_AFTER_S (a review never waits for it; the renewals are counted).
+say "1. The same saturation run with verified results renewed every ${RENEW_AFTER_S} s"
+start_server serve-renewing --revalidate-after-seconds "$RENEW_AFTER_S" --verified-max-age-seconds "$RENEW_MAX_AGE_S"
+"$LOADGEN" once --url "$URL" --ca "$tls/ca.crt" --body "$RXG_WORK/review-digest.json" >/dev/null
+load "digest h2 saturation, renewing" digest 2 --connections 2 --concurrency "$SATURATION_CONCURRENCY"
+{
+	echo "renewing_renewed=$(metric 'registryx_guard_revalidations_total{outcome="renewed"}')"
+	echo "renewing_misses=$(metric 'registryx_guard_verification_cache_lookups_total{result="miss"}')"
+	echo "renewing_registry_requests=$(metric registryx_guard_registry_requests)"
+} >>"$RESULTS/memory.env"
+kill "$SERVER_PID"
 SERVER_PID=$main_pid URL=$main_url PROBES=$main_probes
 
 # By tag last: past its saturation, reviews queue in the server until their deadline (10 s), and that
@@ -413,7 +433,7 @@ logged "$LOADGEN" fill --url "$URL" --ca "$tls/ca.crt" --image-prefix "$OCI/fill
 
 say "4. Filling a fresh server's cache: $FILL_DIGESTS signed digests x $FILL_AUTHORITIES authorities"
 first_server=$SERVER_PID first_url=$URL first_probes=$PROBES
-start_server verified-fill
+start_server verified-fill --verified-max-age-seconds "$FILL_VERIFIED_MAX_AGE_S" --revalidate-after-seconds 0
 sleep 1
 echo "verified_idle_rss_kib=$(rss_kib "$SERVER_PID")" >>"$RESULTS/memory.env"
 misses_before=$(metric 'registryx_guard_verification_cache_lookups_total{result="miss"}')
