@@ -11,4 +11,5 @@ mod cluster;
 mod controller;
 mod crd;
 mod e2e;
+mod push_sharing;
 mod toolchain;
