@@ -41,6 +41,10 @@ pub struct ControllerSettings {
     pub identity: String,
     pub lease_name: String,
     pub lease_duration: Duration,
+    /// The ConfigMap the replicas share push events through (`serve --events-configmap`): written up
+    /// to five times a second per replica under a flood and read by no policy, so the controller's
+    /// watch leaves it out rather than rebuild the snapshot and renew the Lease on every write.
+    pub events_config_map: Option<String>,
 }
 
 impl ControllerSettings {
@@ -50,6 +54,7 @@ impl ControllerSettings {
             identity: identity.to_owned(),
             lease_name: "registryx-guard-status-writer".to_owned(),
             lease_duration: Duration::from_secs(15),
+            events_config_map: None,
         }
     }
 }
@@ -82,13 +87,20 @@ pub async fn run_until(
 ) -> Result<(), ControllerError> {
     let mut shutdown = std::pin::pin!(shutdown);
     let changed = Arc::new(Notify::new());
-    let policies: Store<ImageSigningPolicy> = watch(Api::all(client.clone()), changed.clone());
+    let everything = watcher::Config::default;
+    let policies: Store<ImageSigningPolicy> =
+        watch(Api::all(client.clone()), everything(), changed.clone());
     let secrets: Store<Secret> = watch(
         Api::namespaced(client.clone(), &settings.namespace),
+        everything(),
         changed.clone(),
     );
     let config_maps: Store<ConfigMap> = watch(
         Api::namespaced(client.clone(), &settings.namespace),
+        match &settings.events_config_map {
+            Some(events) => everything().fields(&format!("metadata.name!={events}")),
+            None => everything(),
+        },
         changed.clone(),
     );
     for ready in [
@@ -154,11 +166,16 @@ pub async fn run_until(
 
 /// A live cache of namespaces and their labels, for policies' namespaceSelectors.
 pub fn namespace_store(client: Client) -> Store<k8s_openapi::api::core::v1::Namespace> {
-    watch(Api::all(client), Arc::new(Notify::new()))
+    watch(
+        Api::all(client),
+        watcher::Config::default(),
+        Arc::new(Notify::new()),
+    )
 }
 
-/// Starts a reflector for `api`, notifying `changed` on every event it applies.
-fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+/// Starts a reflector for the objects of `api` that `config` selects, notifying `changed` on every
+/// event it applies.
+fn watch<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -169,10 +186,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {

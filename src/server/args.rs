@@ -73,6 +73,12 @@ pub struct ServeArgs {
     #[arg(long, env = "RXG_REFUSED_MAX_AGE_SECONDS", default_value_t = 30)]
     pub refused_max_age_seconds: u64,
 
+    /// A ConfigMap of --namespace through which the replicas pass each other the push events that
+    /// reach one of them (the chart creates `<release>-events`). Without it, or with --policy-dir, an
+    /// event drops cached results only on the replica that receives it.
+    #[arg(long, env = "RXG_EVENTS_CONFIGMAP")]
+    pub events_configmap: Option<String>,
+
     /// On SIGTERM, report not ready and keep answering this many seconds before stopping, while the
     /// cluster takes the replica out of its Service (the chart's grace period is longer).
     #[arg(long, env = "RXG_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]

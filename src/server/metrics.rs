@@ -73,6 +73,21 @@ impl Collector for ServerCollector {
                     "Sweeps that dropped every cached result because too many repositories were pending",
                     self.push.overflows.load(Relaxed),
                 ),
+                (
+                    "registryx_guard_push_events_shared",
+                    "Batches of swept push events this replica wrote to the events ConfigMap for the others",
+                    self.push.shared.load(Relaxed),
+                ),
+                (
+                    "registryx_guard_push_events_from_peers",
+                    "Batches of push events from other replicas that this replica applied",
+                    self.push.from_peers.load(Relaxed),
+                ),
+                (
+                    "registryx_guard_push_events_share_failures",
+                    "Writes of the events ConfigMap that failed (the local sweep had happened)",
+                    self.push.share_failures.load(Relaxed),
+                ),
             ],
         )
     }

@@ -65,8 +65,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .map_err(|e| Error::KubeConfig(e.to_string()))?;
-            let settings =
+            let mut settings =
                 crate::controller::ControllerSettings::new(&args.namespace, &args.identity);
+            settings.events_config_map = args.events_configmap.clone();
             let namespaces = crate::controller::namespace_store(client.clone());
             let (store, ready) = (namespaces.clone(), probes.clone());
             tokio::spawn(async move {
@@ -104,6 +105,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Some((store, client, controller)) => (Some(store), Some(client), Some(controller)),
         None => (None, None, None),
     };
+    let push_token = push::PushToken::new(args.events_token.as_deref()).map_err(Error::Config)?;
+    let mut push_events =
+        push::PushEvents::new(push_token.clone(), verifier.clone(), push_counters);
+    match (&args.events_configmap, &client) {
+        (Some(name), Some(client)) if push_token.is_enabled() => {
+            push_events = push_events.shared_through(
+                kube::Api::namespaced(client.clone(), &args.namespace),
+                name,
+                &args.identity,
+            );
+        }
+        (Some(_), None) => tracing::info!(
+            "--events-configmap needs the cluster: with --policy-dir, push events stay on this process"
+        ),
+        _ => {}
+    }
     let mut admission = Admission::new(snapshot, verifier, store, settings, Some(metrics));
     if let Some(client) = client {
         admission = admission
@@ -151,11 +168,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tokio::time::sleep(drain).await;
         let _ = stop.send(true);
     });
-    let push_token = push::PushToken::new(args.events_token.as_deref()).map_err(Error::Config)?;
-    let webhook = webhook::router(webhook::WebhookState::with_events(
+    let webhook = webhook::router(webhook::WebhookState::with_push_events(
         admission,
-        push_token,
-        push_counters,
+        push_events,
     ));
     let limits = ConnectionLimits {
         total: args.max_connections.max(1),

@@ -9,7 +9,11 @@
 //!   distribution grammar (at most 255 characters);
 //! - **coalesced**: names go into a bounded set that one task drains every [`FLUSH_INTERVAL`] with a
 //!   single cache sweep, so a flood of events costs one sweep, repeated names cost nothing, and a set
-//!   that fills up drops every cached verdict instead of refusing genuine events.
+//!   that fills up drops every cached verdict instead of refusing genuine events;
+//! - **shared**: an event reaches one replica through the Service; each sweep is passed to the others
+//!   through a ConfigMap ([`share`]), so that every replica drops its cached verdicts within a second.
+
+pub mod share;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -17,6 +21,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, Uri};
+use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -54,6 +59,11 @@ impl PushToken {
         PushToken(None)
     }
 
+    /// Whether the endpoint is on.
+    pub fn is_enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn accepts(&self, given: &str) -> bool {
         let Some(expected) = &self.0 else {
             return false;
@@ -79,6 +89,12 @@ pub struct PushCounters {
     pub repositories_dropped: std::sync::atomic::AtomicU64,
     /// Sweeps that dropped every cached result because too many repositories were pending.
     pub overflows: std::sync::atomic::AtomicU64,
+    /// Batches of this replica's sweeps written to the events ConfigMap for the other replicas.
+    pub shared: std::sync::atomic::AtomicU64,
+    /// Batches of other replicas that this one applied.
+    pub from_peers: std::sync::atomic::AtomicU64,
+    /// Writes of the events ConfigMap that failed (the local sweep had happened).
+    pub share_failures: std::sync::atomic::AtomicU64,
 }
 
 /// Repositories waiting for the next sweep.
@@ -95,6 +111,8 @@ pub struct PushEvents {
     pending: Arc<Mutex<Pending>>,
     verifier: Arc<Verifier>,
     counters: Arc<PushCounters>,
+    /// The other replicas, when events are shared with them.
+    share: Option<share::Share>,
 }
 
 impl PushEvents {
@@ -108,6 +126,34 @@ impl PushEvents {
             pending: Arc::default(),
             verifier,
             counters,
+            share: None,
+        }
+    }
+
+    /// Shares every sweep with the other replicas through the ConfigMap `name` of `config_maps`, and
+    /// applies theirs, as `origin` (this replica's name): starts the writer and the watch on the current
+    /// Tokio runtime; they end with the last clone of this state.
+    pub fn shared_through(
+        mut self,
+        config_maps: kube::Api<ConfigMap>,
+        name: &str,
+        origin: &str,
+    ) -> PushEvents {
+        self.share = Some(share::Share::start(
+            config_maps,
+            name,
+            origin,
+            self.verifier.clone(),
+            self.counters.clone(),
+        ));
+        self
+    }
+
+    /// Resolves once the watch of the events ConfigMap has seen it (or found it missing) for the first
+    /// time: from then on, what the other replicas write is applied here. At once when not shared.
+    pub async fn peers_synced(&self) {
+        if let Some(share) = &self.share {
+            share.synced().await;
         }
     }
 
@@ -119,6 +165,7 @@ impl PushEvents {
         };
         let pending = Arc::downgrade(&self.pending);
         let (verifier, counters) = (self.verifier.clone(), self.counters.clone());
+        let share = self.share.clone();
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(FLUSH_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -127,14 +174,19 @@ impl PushEvents {
                 let Some(pending) = pending.upgrade() else {
                     return;
                 };
-                flush(&pending, &verifier, &counters);
+                flush(&pending, &verifier, &counters, share.as_ref());
             }
         });
     }
 
     /// Applies what is pending now (tests, and shutdown).
     pub fn flush_now(&self) {
-        flush(&self.pending, &self.verifier, &self.counters);
+        flush(
+            &self.pending,
+            &self.verifier,
+            &self.counters,
+            self.share.as_ref(),
+        );
     }
 
     /// Handles one request: authentication first, then a bounded read, then validation.
@@ -225,9 +277,18 @@ impl PushEvents {
     }
 }
 
-fn flush(pending: &Mutex<Pending>, verifier: &Verifier, counters: &PushCounters) {
+/// Sweeps what is pending out of the caches, then hands the same batch to the other replicas.
+fn flush(
+    pending: &Mutex<Pending>,
+    verifier: &Verifier,
+    counters: &PushCounters,
+    share: Option<&share::Share>,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     let taken = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(share) = share {
+        share.offer(&taken.repositories, taken.overflowed);
+    }
     counters
         .repositories_dropped
         .fetch_add(taken.repositories.len() as u64, Relaxed);

@@ -17,7 +17,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 
 use super::body::{BODY_BUDGET_BYTES, BodyBudget, PEER_BUDGET_SHARE, read_body};
-use super::push::{PushCounters, PushEvents, PushToken};
+use super::push::{PushEvents, PushToken};
 use crate::admission::Admission;
 use crate::refusal::{Failure, Reason};
 
@@ -43,16 +43,12 @@ impl WebhookState {
 
     /// The endpoints with push events authenticated by `token`; starts the task that applies them.
     pub fn with_events_token(admission: Arc<Admission>, token: PushToken) -> WebhookState {
-        WebhookState::with_events(admission, token, Arc::default())
+        let push = PushEvents::new(token, admission.verifier().clone(), Arc::default());
+        WebhookState::with_push_events(admission, push)
     }
 
-    /// As [`WebhookState::with_events_token`], counting what the events endpoint does in `counters`.
-    pub fn with_events(
-        admission: Arc<Admission>,
-        token: PushToken,
-        counters: Arc<PushCounters>,
-    ) -> WebhookState {
-        let push = PushEvents::new(token, admission.verifier().clone(), counters);
+    /// The endpoints with `push` behind /registryx/events; starts the task that applies its events.
+    pub fn with_push_events(admission: Arc<Admission>, push: PushEvents) -> WebhookState {
         push.spawn_flusher();
         WebhookState {
             admission,

@@ -6,14 +6,13 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
 use base64::Engine as _;
-use serde::Deserialize as _;
 use serde_json::Value;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use crate::support::cluster::ControlPlane;
 use crate::support::cosign::assert_success;
-use crate::support::helm::{Helm, NAMESPACE, helm_template, helm_upgrade};
+use crate::support::helm::{Helm, NAMESPACE, documents, helm_template, helm_upgrade};
 
 fn render(values: &[&str]) -> String {
     let output = helm_template(values);
@@ -44,6 +43,7 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
             "CustomResourceDefinition",
             "ClusterRole",
             "Role",
+            "ConfigMap",
             "Deployment",
             "ValidatingWebhookConfiguration",
             "PodDisruptionBudget",
@@ -88,6 +88,47 @@ fn the_webhook_can_never_lock_the_cluster_out() {
     assert!(!cluster_role.contains("secrets"), "{cluster_role}");
 }
 
+/// The replicas share push events through the chart's ConfigMap, the one object of the namespace
+/// they may write.
+#[test]
+fn the_replicas_write_only_the_events_config_map() {
+    let docs = documents(&render(&[]));
+    let events = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("the events ConfigMap");
+    assert_eq!(events["metadata"]["name"], "rxg-events");
+    let role = docs.iter().find(|d| d["kind"] == "Role").unwrap();
+    let writes: Vec<&Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| {
+            rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|verb| verb != "get" && verb != "list" && verb != "watch")
+                && rule["resources"].to_string().contains("configmaps")
+        })
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(
+        writes[0]["resourceNames"],
+        serde_json::json!(["rxg-events"])
+    );
+    assert_eq!(writes[0]["verbs"], serde_json::json!(["update", "patch"]));
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "RXG_EVENTS_CONFIGMAP" && e["value"] == "rxg-events"),
+        "{env}"
+    );
+}
+
 #[test]
 fn namespaces_opt_in_by_label_by_default_and_unmatched_images_are_refused() {
     let webhooks = |values: &[&str]| -> Vec<String> {
@@ -119,14 +160,6 @@ fn namespaces_opt_in_by_label_by_default_and_unmatched_images_are_refused() {
     let output = helm_template(&["webhook.namespaces=some"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("optIn or all"));
-}
-
-/// Every document of a rendered manifest stream, as JSON.
-fn documents(manifests: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(manifests)
-        .filter_map(|doc| Value::deserialize(doc).ok())
-        .filter(|doc| !doc.is_null())
-        .collect()
 }
 
 fn decode(data: &Value) -> Vec<u8> {

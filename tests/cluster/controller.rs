@@ -8,21 +8,14 @@ use crate::support::cluster::ControlPlane;
 use crate::support::cosign::assert_success;
 use crate::support::policy::PolicySpec;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
 use registryx_guard::controller::{ControllerSettings, LeaseLock};
 use registryx_guard::policy::{KeyAuthority, SecretKeyRef};
 use registryx_guard::policy::{PolicySnapshot, SharedSnapshot};
 use registryx_guard::registry::ImageRef;
 
 const NAMESPACE: &str = "registryx-guard";
-
-async fn client(cluster: &ControlPlane) -> kube::Client {
-    registryx_guard::tls::install_crypto_provider();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
 
 fn apply(cluster: &ControlPlane, yaml: &str) -> Output {
     cluster.kubectl_with_stdin(&["apply", "-f", "-"], yaml)
@@ -99,7 +92,7 @@ async fn policies_are_reconciled_into_status_and_the_snapshot() {
     let snapshot = registryx_guard::policy::shared(PolicySnapshot::default());
     let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
     let controller = tokio::spawn(registryx_guard::controller::run(
-        client(&cluster).await,
+        cluster.client().await,
         snapshot.clone(),
         ControllerSettings::new(NAMESPACE, "replica-a"),
         move || {
@@ -262,7 +255,7 @@ async fn lease_api() -> (ControlPlane, kube::Api<Lease>) {
         "namespace",
         &cluster.kubectl(&["create", "namespace", NAMESPACE]),
     );
-    let api = kube::Api::namespaced(client(&cluster).await, NAMESPACE);
+    let api = kube::Api::namespaced(cluster.client().await, NAMESPACE);
     (cluster, api)
 }
 
@@ -362,7 +355,7 @@ async fn lease_expiry_is_measured_on_our_own_clock() {
 async fn the_lease_is_released_on_shutdown() {
     let cluster = ControlPlane::start();
     prepare(&cluster);
-    let client = client(&cluster).await;
+    let client = cluster.client().await;
     let snapshot = registryx_guard::policy::shared(PolicySnapshot::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut settings = ControllerSettings::new(NAMESPACE, "replica-a");
@@ -431,7 +424,7 @@ async fn policies_that_cannot_decide_are_not_ready_with_the_reason() {
     let snapshot = registryx_guard::policy::shared(PolicySnapshot::default());
     let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
     let controller = tokio::spawn(registryx_guard::controller::run(
-        client(&cluster).await,
+        cluster.client().await,
         snapshot.clone(),
         ControllerSettings::new(NAMESPACE, "replica-a"),
         move || {
@@ -546,5 +539,64 @@ async fn policies_that_cannot_decide_are_not_ready_with_the_reason() {
         !output.status.success() && said.contains("mutateDigset"),
         "{said}"
     );
+    controller.abort();
+}
+
+/// The push-events ConfigMap is written up to five times a second per replica under a flood, and no
+/// policy reads it: the controller's watch leaves it out, so those writes cost no rebuild of the
+/// snapshot (nor a Lease renewal), while any other ConfigMap of the namespace still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_the_push_events_config_map_cost_no_reconcile() {
+    let cluster = ControlPlane::start();
+    prepare(&cluster);
+    let client = cluster.client().await;
+    let snapshot = registryx_guard::policy::shared(PolicySnapshot::default());
+    let mut settings = ControllerSettings::new(NAMESPACE, "replica-a");
+    settings.events_config_map = Some("rxg-events".into());
+    // The loop also wakes every third of the lease; far beyond this test.
+    settings.lease_duration = Duration::from_secs(600);
+    let controller = tokio::spawn(registryx_guard::controller::run(
+        client.clone(),
+        snapshot.clone(),
+        settings,
+        || {},
+    ));
+    let revision = || snapshot.load().revision;
+    eventually("first sync", || revision() > 0).await;
+    let config_maps: kube::Api<ConfigMap> = kube::Api::namespaced(client, NAMESPACE);
+    let write = |name: &'static str, n: usize| {
+        let config_maps = config_maps.clone();
+        async move {
+            let patch = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name},
+                "data": {"log": n.to_string()},
+            });
+            config_maps
+                .patch(
+                    name,
+                    &PatchParams::apply("test").force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    write("other", 0).await;
+    let before = revision();
+    eventually("the other ConfigMap reconciled", || revision() > before).await;
+    let before = revision();
+    for n in 0..10 {
+        write("rxg-events", n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        revision(),
+        before,
+        "a write of the events ConfigMap rebuilt the snapshot"
+    );
+    write("other", 1).await;
+    eventually("the other ConfigMap reconciled", || revision() > before).await;
     controller.abort();
 }

@@ -12,4 +12,5 @@ mod controller;
 mod crd;
 mod e2e;
 mod pods;
+mod push_sharing;
 mod toolchain;

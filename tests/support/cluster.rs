@@ -144,6 +144,27 @@ impl ControlPlane {
         }
     }
 
+    /// A client of this control plane's API server, as its administrator.
+    pub async fn client(&self) -> kube::Client {
+        self.client_impersonating(None).await
+    }
+
+    /// A client acting as `user` (a ServiceAccount is `system:serviceaccount:<namespace>:<name>`):
+    /// allowed what RBAC grants that user, no more.
+    pub async fn client_as(&self, user: &str) -> kube::Client {
+        self.client_impersonating(Some(user)).await
+    }
+
+    async fn client_impersonating(&self, user: Option<&str>) -> kube::Client {
+        registryx_guard::tls::install_crypto_provider();
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        config.auth_info.impersonate = user.map(str::to_owned);
+        kube::Client::try_from(config).unwrap()
+    }
+
     /// Runs kubectl against this control plane.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         kubectl_with(&self.kubeconfig, args).expect("run kubectl")

@@ -109,6 +109,15 @@ pub fn helm_upgrade(cluster: &ControlPlane, values: &[&str]) -> Output {
 
 /// `helm template` of the chart in its namespace, CRDs included, with `--set` `values`: the manifests,
 /// or helm's output when it fails.
+/// Every document of a rendered manifest stream, as JSON.
+pub fn documents(manifests: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize as _;
+    serde_yaml::Deserializer::from_str(manifests)
+        .filter_map(|doc| serde_json::Value::deserialize(doc).ok())
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
 pub fn helm_template(values: &[&str]) -> Output {
     let mut command = Command::new(tool("helm"));
     command.args(["template", RELEASE]).arg(chart_dir()).args([

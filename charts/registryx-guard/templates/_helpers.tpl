@@ -9,6 +9,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/name: registryx-guard
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+{{- define "rxg.eventsConfigMap" -}}{{ include "rxg.name" . }}-events{{- end -}}
 {{- define "rxg.service" -}}{{ include "rxg.name" . }}-webhook{{- end -}}
 {{- define "rxg.tlsSecret" -}}{{ default (printf "%s-tls" (include "rxg.name" .)) .Values.tls.existingSecret }}{{- end -}}
 {{/* The generated CA and certificate, reused from the existing Secret so upgrades keep them.
