@@ -13,4 +13,5 @@ mod crd;
 mod e2e;
 mod pods;
 mod push_sharing;
+mod replicas;
 mod toolchain;
