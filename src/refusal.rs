@@ -40,6 +40,10 @@ pub enum Reason {
     TransparencyLog,
     /// The signing certificate does not chain to the authority's trust root.
     Certificate,
+    /// The keyless certificate carries no embedded SCT, though the authority knows a CT log.
+    SctMissing,
+    /// The keyless certificate's embedded SCTs do not verify with a CT log key the authority trusts.
+    SctInvalid,
     /// A Rego rule denied, with its module's message.
     Rego,
 
@@ -94,7 +98,7 @@ impl<'a> About<'a> {
 impl Reason {
     /// Every reason, in declaration order: the closed set of the metrics' `reason` label (with
     /// [`VERIFIED_LABEL`]).
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 23] = [
         Reason::NoSignature,
         Reason::OtherSigner,
         Reason::OtherDigest,
@@ -107,6 +111,8 @@ impl Reason {
         Reason::Unreachable,
         Reason::TransparencyLog,
         Reason::Certificate,
+        Reason::SctMissing,
+        Reason::SctInvalid,
         Reason::Rego,
         Reason::NoPolicy,
         Reason::NotReady,
@@ -133,6 +139,8 @@ impl Reason {
             Reason::Unreachable => "unreachable",
             Reason::TransparencyLog => "transparency_log",
             Reason::Certificate => "certificate",
+            Reason::SctMissing => "sct_missing",
+            Reason::SctInvalid => "sct_invalid",
             Reason::Rego => "rego",
             Reason::NoPolicy => "no_policy",
             Reason::NotReady => "not_ready",
@@ -184,12 +192,14 @@ impl Reason {
     pub fn most_telling(reasons: impl IntoIterator<Item = Reason>) -> Option<Reason> {
         // An empty blob ranks above another signer: with a CI signature by another key beside the
         // release signature whose blob reads empty, "sign again" would only make another empty blob.
-        const ORDER: [Reason; 13] = [
+        const ORDER: [Reason; 15] = [
             Reason::ImageUnreadable,
             Reason::OtherDigest,
             Reason::EmptyBlob,
             Reason::OtherSigner,
             Reason::Certificate,
+            Reason::SctInvalid,
+            Reason::SctMissing,
             Reason::TransparencyLog,
             Reason::Unauthorized,
             Reason::RegistryRefused,
@@ -276,6 +286,18 @@ impl Reason {
             Reason::Certificate => {
                 "the signing certificate does not chain to the authority's trust \
                  root: check keyless.trustRoot (fulcioCA, trustedRootJSON)"
+                    .to_owned()
+            }
+            Reason::SctMissing => {
+                "the certificate was not logged to certificate transparency: sign with a Fulcio \
+                 that embeds SCTs from the CT log of keyless.trustRoot (ctLogKey, or the ctlogs of \
+                 trustedRootJSON); only if your CA logs to no CT log, set keyless.ctLog.required: false"
+                    .to_owned()
+            }
+            Reason::SctInvalid => {
+                "no CT log this authority trusts logged the certificate (a forged or altered SCT, \
+                 or one of another log): check keyless.trustRoot's ctLogKey, or the ctlogs of \
+                 trustedRootJSON, against the CT log your Fulcio uses"
                     .to_owned()
             }
             Reason::NoPolicy => {

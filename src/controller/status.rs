@@ -20,14 +20,11 @@ pub static STATUS_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::Atom
 pub static STATUS_WRITE_FAILURES: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
-/// The Ready condition a compile result deserves.
-fn ready_condition(result: &Result<(), String>) -> (String, String, String) {
+/// The Ready condition a compile result deserves: Ready with the policy's Ready message (what it
+/// does not check included), or not, with why.
+fn ready_condition(result: &Result<String, String>) -> (String, String, String) {
     match result {
-        Ok(()) => (
-            "True".into(),
-            "Compiled".into(),
-            "the policy is enforced".into(),
-        ),
+        Ok(message) => ("True".into(), "Compiled".into(), message.clone()),
         Err(message) => (
             "False".into(),
             "Invalid".into(),
@@ -41,7 +38,7 @@ pub(super) async fn write_status(
     api: &Api<ImageSigningPolicy>,
     recorder: &Recorder,
     policy: &ImageSigningPolicy,
-    result: &Result<(), String>,
+    result: &Result<String, String>,
 ) {
     let Some(name) = policy.metadata.name.as_deref() else {
         return;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use regex::Regex;
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest as _, Sha256};
@@ -75,7 +76,62 @@ pub enum Trust {
         identities: Arc<Vec<IdentityMatcher>>,
         anchors: Arc<Vec<CertificateDer<'static>>>,
         intermediates: Arc<Vec<CertificateDer<'static>>>,
+        /// Whether, and against which CT logs, the certificate's embedded SCTs are checked.
+        sct: SctCheck,
     },
+}
+
+/// Certificate transparency for a keyless authority: whether the signing certificate's embedded SCTs
+/// are checked, and against which CT log keys.
+#[derive(Clone)]
+pub enum SctCheck {
+    /// An embedded SCT must verify with one of these logs' keys, by log ID (hex SHA-256 of the key's
+    /// DER SubjectPublicKeyInfo, RFC 6962's `LogID`).
+    Required(Arc<BTreeMap<String, CtLogKey>>),
+    /// The policy turned the check off (`keyless.ctLog.required: false`).
+    Off,
+    /// The trust root names no CT log key, so there is nothing to check against.
+    NoKey,
+}
+
+/// A CT log's key and when it signed: a trusted root keeps a retired log (with the end of its
+/// validity), whose SCTs stay good for the certificates it logged while it was in service.
+#[derive(Clone)]
+pub struct CtLogKey {
+    pub key: CosignVerificationKey,
+    /// Unix milliseconds, as SCT timestamps are; `None`: unbounded (a `ctLogKey` PEM).
+    pub valid_from: Option<i64>,
+    pub valid_until: Option<i64>,
+}
+
+impl SctCheck {
+    fn fingerprint(&self) -> &'static [u8] {
+        match self {
+            SctCheck::Required(_) => b"sct-required",
+            SctCheck::Off => b"sct-off",
+            SctCheck::NoKey => b"sct-no-key",
+        }
+    }
+}
+
+impl CompiledAuthority {
+    /// What this authority does not check that it could, for the policy's Ready message.
+    pub fn caveat(&self) -> Option<String> {
+        let why = match &self.trust {
+            Trust::Keyless {
+                sct: SctCheck::Off, ..
+            } => "keyless.ctLog.required: false",
+            Trust::Keyless {
+                sct: SctCheck::NoKey,
+                ..
+            } => "no CT log key: trustRoot.ctLogKey, or ctlogs in trustRoot.trustedRootJSON",
+            _ => return None,
+        };
+        Some(format!(
+            "authority {:?}: embedded SCTs are not checked ({why})",
+            self.name
+        ))
+    }
 }
 
 /// One accepted signer identity.
@@ -159,17 +215,32 @@ pub fn compile(
                 .map(compile_identity)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(&fail)?;
-            let (anchors, intermediates, rekor) =
-                compile_trust_root(&keyless.trust_root).map_err(&fail)?;
+            let root = compile_trust_root(&keyless.trust_root).map_err(&fail)?;
+            let rekor = root.rekor_keys;
+            let sct = match (keyless.ct_log.as_ref().map(|c| c.required), root.ct_logs) {
+                (Some(false), _) => SctCheck::Off,
+                (Some(true), ct_logs) if ct_logs.is_empty() => {
+                    return Err(fail(
+                        "an embedded SCT is required but no CT log key is configured (set \
+                         trustRoot.ctLogKey, the ctlogs of trustRoot.trustedRootJSON, or \
+                         keyless.ctLog.required: false)"
+                            .into(),
+                    ));
+                }
+                (None, ct_logs) if ct_logs.is_empty() => SctCheck::NoKey,
+                (_, ct_logs) => SctCheck::Required(Arc::new(ct_logs)),
+            };
             material.update(b"keyless");
             for identity in &keyless.identities {
                 material.update(serde_json::to_vec(identity).unwrap_or_default());
             }
             material.update(serde_json::to_vec(&keyless.trust_root).unwrap_or_default());
+            material.update(sct.fingerprint());
             let trust = Trust::Keyless {
                 identities: Arc::new(identities),
-                anchors: Arc::new(anchors),
-                intermediates: Arc::new(intermediates),
+                anchors: Arc::new(root.anchors),
+                intermediates: Arc::new(root.intermediates),
+                sct,
             };
             (trust, rekor, true)
         }
@@ -178,7 +249,7 @@ pub fn compile(
     let tlog = authority.transparency_log.as_ref();
     if let Some(pem) = tlog.and_then(|t| t.rekor_key.as_deref()) {
         let (log_id, key) =
-            rekor_key(pem).map_err(|e| fail(format!("transparencyLog.rekorKey: {e}")))?;
+            log_key(pem).map_err(|e| fail(format!("transparencyLog.rekorKey: {e}")))?;
         material.update(pem.as_bytes());
         rekor_keys.insert(log_id, key);
     }
@@ -243,15 +314,20 @@ fn compile_identity(identity: &Identity) -> Result<IdentityMatcher, String> {
     })
 }
 
-type RootMaterial = (
-    Vec<CertificateDer<'static>>,
-    Vec<CertificateDer<'static>>,
-    BTreeMap<String, CosignVerificationKey>,
-);
+/// A keyless trust root, parsed.
+struct RootMaterial {
+    anchors: Vec<CertificateDer<'static>>,
+    intermediates: Vec<CertificateDer<'static>>,
+    /// Rekor keys by log ID.
+    rekor_keys: BTreeMap<String, CosignVerificationKey>,
+    /// CT log keys by log ID.
+    ct_logs: BTreeMap<String, CtLogKey>,
+}
 
 fn compile_trust_root(root: &TrustRoot) -> Result<RootMaterial, String> {
     let mut certificates = Vec::new();
     let mut rekor_keys = BTreeMap::new();
+    let mut ct_logs = BTreeMap::new();
     if let Some(json) = &root.trusted_root_json {
         let parsed =
             sigstore::trust::sigstore::SigstoreTrustRoot::from_trusted_root_json_unchecked(
@@ -272,6 +348,8 @@ fn compile_trust_root(root: &TrustRoot) -> Result<RootMaterial, String> {
                 .map_err(|e| format!("trustRoot.trustedRootJSON: Rekor key {log_id}: {e}"))?;
             rekor_keys.insert(log_id, key);
         }
+        ct_logs = trusted_root_ct_logs(json)
+            .map_err(|e| format!("trustRoot.trustedRootJSON: ctlogs: {e}"))?;
     }
     if let Some(pem) = &root.fulcio_ca {
         let chain = Certificate::load_pem_chain(pem.as_bytes())
@@ -284,8 +362,17 @@ fn compile_trust_root(root: &TrustRoot) -> Result<RootMaterial, String> {
         }
     }
     if let Some(pem) = &root.rekor_key {
-        let (log_id, key) = rekor_key(pem).map_err(|e| format!("trustRoot.rekorKey: {e}"))?;
+        let (log_id, key) = log_key(pem).map_err(|e| format!("trustRoot.rekorKey: {e}"))?;
         rekor_keys.insert(log_id, key);
+    }
+    if let Some(pem) = &root.ct_log_key {
+        let (log_id, key) = log_key(pem).map_err(|e| format!("trustRoot.ctLogKey: {e}"))?;
+        let unbounded = CtLogKey {
+            key,
+            valid_from: None,
+            valid_until: None,
+        };
+        ct_logs.insert(log_id, unbounded);
     }
     if certificates.is_empty() {
         return Err("trustRoot holds no CA certificate".into());
@@ -304,11 +391,76 @@ fn compile_trust_root(root: &TrustRoot) -> Result<RootMaterial, String> {
     if anchors.is_empty() {
         return Err("trustRoot holds no self-signed root certificate".into());
     }
-    Ok((anchors, intermediates, rekor_keys))
+    Ok(RootMaterial {
+        anchors,
+        intermediates,
+        rekor_keys,
+        ct_logs,
+    })
 }
 
-/// A Rekor key and its log ID (hex SHA-256 of its DER SubjectPublicKeyInfo), as in entries' `logID`.
-fn rekor_key(pem: &str) -> Result<(String, CosignVerificationKey), String> {
+/// The CT logs of a sigstore `trusted_root.json`, retired ones included with their validity (sigstore-rs
+/// hands out only the logs valid now, which would refuse every certificate a retired log logged).
+fn trusted_root_ct_logs(json: &str) -> Result<BTreeMap<String, CtLogKey>, String> {
+    #[derive(serde::Deserialize)]
+    struct Root {
+        #[serde(default)]
+        ctlogs: Vec<Log>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Log {
+        public_key: PublicKey,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct PublicKey {
+        raw_bytes: String,
+        valid_for: Option<Validity>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Validity {
+        start: Option<String>,
+        end: Option<String>,
+    }
+    let millis = |time: &Option<String>| -> Result<Option<i64>, String> {
+        time.as_deref()
+            .map(|t| {
+                t.parse::<k8s_openapi::jiff::Timestamp>()
+                    .map(|t| t.as_millisecond())
+                    .map_err(|e| format!("validFor time {t:?}: {e}"))
+            })
+            .transpose()
+    };
+    let root: Root = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let mut logs = BTreeMap::new();
+    for log in root.ctlogs {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(&log.public_key.raw_bytes)
+            .map_err(|_| "a publicKey.rawBytes is not base64".to_owned())?;
+        let key = CosignVerificationKey::try_from_der(&der)
+            .map_err(|e| format!("unsupported or malformed public key: {e}"))?;
+        let validity = log.public_key.valid_for;
+        let (valid_from, valid_until) = match &validity {
+            Some(v) => (millis(&v.start)?, millis(&v.end)?),
+            None => (None, None),
+        };
+        // RFC 6962's log ID, whatever the file's logId says: an SCT names its log by this hash.
+        logs.insert(
+            hex::encode(Sha256::digest(&der)),
+            CtLogKey {
+                key,
+                valid_from,
+                valid_until,
+            },
+        );
+    }
+    Ok(logs)
+}
+
+/// A transparency log's key (Rekor's or a CT log's) and its log ID: the hex SHA-256 of its DER
+/// SubjectPublicKeyInfo, as Rekor entries' `logID` and RFC 6962 SCTs' `LogID` name it.
+fn log_key(pem: &str) -> Result<(String, CosignVerificationKey), String> {
     let der = pem_to_der(pem, "PUBLIC KEY")?;
     let key = CosignVerificationKey::try_from_der(&der)
         .map_err(|e| format!("unsupported or malformed public key: {e}"))?;
@@ -428,6 +580,26 @@ mod tests {
             compile(&key_authority(P256), &NoSecrets, "ns")
                 .unwrap()
                 .fingerprint
+        );
+    }
+
+    /// A retired CT log stays, with its validity, so that the certificates it logged still verify; its
+    /// log ID is RFC 6962's, whatever the file names.
+    #[test]
+    fn a_trusted_roots_ct_logs_include_retired_ones_with_their_validity() {
+        let der = pem_to_der(P256, "PUBLIC KEY").unwrap();
+        let json = serde_json::json!({"ctlogs": [{
+            "publicKey": {
+                "rawBytes": base64::engine::general_purpose::STANDARD.encode(&der),
+                "validFor": {"start": "2021-03-14T00:00:00Z", "end": "2022-10-31T23:59:59.999Z"},
+            },
+            "logId": {"keyId": "AAAA"},
+        }]});
+        let logs = trusted_root_ct_logs(&json.to_string()).unwrap();
+        let log = &logs[&hex::encode(Sha256::digest(&der))];
+        assert_eq!(
+            (log.valid_from, log.valid_until),
+            (Some(1_615_680_000_000), Some(1_667_260_799_999))
         );
     }
 

@@ -61,6 +61,17 @@ impl CompiledPolicy {
     pub fn governs_by_digest(&self, image: &ImageRef) -> bool {
         self.images.matches_by_digest(image)
     }
+
+    /// The message of the Ready condition: that the policy is enforced, and what it does not check
+    /// that it could (an authority whose certificates' SCTs are not checked).
+    pub fn ready_message(&self) -> String {
+        let mut message = "the policy is enforced".to_owned();
+        for caveat in self.authorities.iter().filter_map(|a| a.caveat()) {
+            message.push_str("; ");
+            message.push_str(&caveat);
+        }
+        message
+    }
 }
 /// Compiles `policy`, reading referenced Secrets through `secrets`.
 pub fn compile(

@@ -159,6 +159,22 @@ pub struct KeylessAuthority {
     pub identities: Vec<Identity>,
     /// The roots the certificate must chain to, given in full so that no network is needed at start.
     pub trust_root: TrustRoot,
+    /// Certificate transparency: whether the signing certificate must carry an embedded SCT (RFC 6962)
+    /// that a CT log of the trust root signed (`trustRoot.ctLogKey`, or the `ctlogs` of
+    /// `trustRoot.trustedRootJSON`). Default: required whenever the trust root names a CT log key, as
+    /// cosign does; without one, SCTs are not checked. `required: false` turns the check off (the
+    /// policy's Ready message then says that SCTs are not checked); `required: true` without a CT log
+    /// key makes the policy not Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ct_log: Option<CtLog>,
+}
+
+/// Whether a keyless certificate must carry an embedded SCT from a trusted CT log, checked offline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CtLog {
+    /// `false`: embedded SCTs are not checked, for a CA that logs to no CT log.
+    pub required: bool,
 }
 
 /// An OIDC issuer and subject, each given exactly or as a regular expression.
@@ -195,7 +211,8 @@ pub struct TrustRoot {
     /// PEM public key of the Rekor log, to check signed entry timestamps offline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rekor_key: Option<String>,
-    /// PEM public key of the certificate transparency log, to check embedded SCTs.
+    /// PEM public key of the certificate transparency log (Fulcio's CT log): the certificate's embedded
+    /// SCT must verify with it (see `keyless.ctLog`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ct_log_key: Option<String>,
 }

@@ -53,13 +53,14 @@ impl Governing {
 }
 
 impl PolicySnapshot {
-    /// Compiles `policies`; each result also comes back, by name, for status reporting.
+    /// Compiles `policies`; each result also comes back, by name, for status reporting: the Ready
+    /// message ([`CompiledPolicy::ready_message`]) or why the policy is not ready.
     pub fn build(
         policies: &[ImageSigningPolicy],
         sources: &dyn SecretSource,
         default_namespace: &str,
         revision: u64,
-    ) -> (PolicySnapshot, BTreeMap<String, Result<(), String>>) {
+    ) -> (PolicySnapshot, BTreeMap<String, Result<String, String>>) {
         let mut snapshot = PolicySnapshot {
             revision,
             ..PolicySnapshot::default()
@@ -69,8 +70,8 @@ impl PolicySnapshot {
             let name = policy.metadata.name.clone().unwrap_or_default();
             match compile(policy, sources, default_namespace) {
                 Ok(compiled) => {
+                    results.insert(name, Ok(compiled.ready_message()));
                     snapshot.policies.push(Arc::new(compiled));
-                    results.insert(name, Ok(()));
                 }
                 Err(error) => {
                     let message = error.to_string();
@@ -143,7 +144,7 @@ pub type SharedSnapshot = Arc<ArcSwap<PolicySnapshot>>;
 pub struct Publisher {
     shared: SharedSnapshot,
     revision: u64,
-    last: Vec<(String, Option<i64>, Result<(), String>)>,
+    last: Vec<(String, Option<i64>, Result<String, String>)>,
 }
 
 impl Publisher {
@@ -161,15 +162,18 @@ impl Publisher {
         policies: &[ImageSigningPolicy],
         sources: &dyn SecretSource,
         default_namespace: &str,
-    ) -> BTreeMap<String, Result<(), String>> {
+    ) -> BTreeMap<String, Result<String, String>> {
         self.revision += 1;
         let revision = self.revision;
         let (next, results) = PolicySnapshot::build(policies, sources, default_namespace, revision);
-        let summary: Vec<(String, Option<i64>, Result<(), String>)> = policies
+        let summary: Vec<(String, Option<i64>, Result<String, String>)> = policies
             .iter()
             .map(|policy| {
                 let name = policy.metadata.name.clone().unwrap_or_default();
-                let result = results.get(&name).cloned().unwrap_or(Ok(()));
+                let result = results
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_else(|| Ok(String::new()));
                 (name, policy.metadata.generation, result)
             })
             .collect();
@@ -185,7 +189,7 @@ impl Publisher {
                     continue;
                 }
                 match result {
-                    Ok(()) => tracing::info!(policy = %name, "policy ready"),
+                    Ok(message) => tracing::info!(policy = %name, %message, "policy ready"),
                     Err(message) => tracing::warn!(
                         policy = %name,
                         %message,

@@ -14,7 +14,7 @@ use x509_cert::ext::pkix::name::GeneralName;
 
 use super::bundle::{Bundle, TlogEntry};
 use super::signatures::{BundleSignature, FoundSignature, LegacySignature};
-use crate::policy::authority::{CompiledAuthority, Trust};
+use crate::policy::authority::{CompiledAuthority, SctCheck, Trust};
 use crate::refusal::Failure;
 
 const COSIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
@@ -371,6 +371,7 @@ fn signing_key_der(
             identities,
             anchors,
             intermediates,
+            sct,
         } => {
             let leaf = leaf.ok_or_else(|| {
                 Failure::other_signer(
@@ -401,7 +402,7 @@ fn signing_key_der(
             let end_entity = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| {
                 Failure::certificate(format!("the signature's certificate is unusable: {e:?}"))
             })?;
-            end_entity
+            let path = end_entity
                 .verify_for_usage(
                     webpki::ALL_VERIFICATION_ALGS,
                     &trust_anchors,
@@ -416,6 +417,11 @@ fn signing_key_der(
                         "the signing certificate does not chain to this authority's trust root ({e:?})"
                     ))
                 })?;
+            // Certificate transparency: the CA that the chain proved issued the leaf must also have
+            // had it logged.
+            if let SctCheck::Required(ct_logs) = sct {
+                super::sct::check(ct_logs, &certificate, leaf, &path.issuer_spki())?;
+            }
 
             let issuer_value = issuer.clone().unwrap_or_default();
             let accepted = identities.iter().any(|identity| {

@@ -14,6 +14,7 @@ mod check;
 #[doc(hidden)]
 pub mod fuzzing;
 mod report;
+mod sct;
 mod signatures;
 mod verdict;
 

@@ -8,7 +8,9 @@ use crate::support::fakes::{
     FailingRegistry, HangingRegistry, LyingRegistry, OVERSIZED_DIGEST, OversizedRegistry,
     RegistryxProxy, RequestCounts,
 };
-use crate::support::keyless::{Leaf, OID_ISSUER_V1, OID_ISSUER_V2, TestCa};
+use crate::support::keyless::{
+    Leaf, OID_EMBEDDED_SCTS, OID_ISSUER_V1, OID_ISSUER_V2, Sct, TestCa, TestCtLog,
+};
 use crate::support::registry::{OCI_INDEX, OCI_MANIFEST, PushedImage, Registry, sha256};
 use crate::support::verdicts::{base64_decode, get_blob, signature_manifest};
 use serde_json::{Value, json};
@@ -334,6 +336,37 @@ fn pem_certificates(pem: &str) -> Vec<Vec<u8>> {
 
 fn squeeze(text: &str) -> String {
     text.split_whitespace().collect()
+}
+
+/// A leaf issued with an SCT carries, as its last extension, an RFC 6962 SCT list that x509-parser
+/// reads: one v1 SCT naming the test log, SHA-256 with ECDSA. A leaf issued without has none.
+#[test]
+fn test_ca_embeds_an_sct_of_its_ct_log() {
+    let (ca, log) = (TestCa::with_intermediate("ct"), TestCtLog::new());
+    let leaf = ca.issue_with(ISSUER, IDENTITY, Sct::By(&log));
+    let der = der_of(leaf.cert_pem());
+    let (_, cert) = X509Certificate::from_der(&der).expect("parse the leaf");
+    let last = cert.extensions().last().expect("extensions");
+    let oid: Vec<u64> = last.oid.iter().expect("small OID").collect();
+    assert_eq!(oid, OID_EMBEDDED_SCTS);
+    let ParsedExtension::SCT(scts) = last.parsed_extension() else {
+        panic!("not an SCT list: {:?}", last.parsed_extension());
+    };
+    assert_eq!(scts.len(), 1);
+    assert_eq!(scts[0].id.key_id, &log.log_id());
+    assert_eq!(
+        (scts[0].signature.hash_alg_id, scts[0].signature.sign_alg_id),
+        (4, 3)
+    );
+
+    let plain = ca.issue(ISSUER, IDENTITY);
+    let der = der_of(plain.cert_pem());
+    let (_, cert) = X509Certificate::from_der(&der).expect("parse the leaf");
+    assert!(
+        cert.extensions()
+            .iter()
+            .all(|e| !matches!(e.parsed_extension(), ParsedExtension::SCT(_)))
+    );
 }
 
 #[test]

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use registryx_guard::policy::{
-    Authority, CompiledPolicy, Identity, ImageSigningPolicy, ImageSigningPolicySpec, KeyAuthority,
-    KeylessAuthority, Mode, MultiArch, RegoModule, RegoRules, TransparencyLog, TrustRoot,
+    Authority, CompiledPolicy, CtLog, Identity, ImageSigningPolicy, ImageSigningPolicySpec,
+    KeyAuthority, KeylessAuthority, Mode, MultiArch, RegoModule, RegoRules, TransparencyLog,
+    TrustRoot,
 };
 
 /// An `ImageSigningPolicy` with one authority over the images of one plain-HTTP registry. The defaults
@@ -82,6 +83,7 @@ impl PolicySpec {
                     rekor_key: None,
                     ct_log_key: None,
                 },
+                ct_log: None,
             }),
             transparency_log: None,
         });
@@ -126,13 +128,15 @@ impl PolicySpec {
         self.spec.authorities.last_mut().expect("no authority yet")
     }
 
-    fn trust_root(&mut self) -> &mut TrustRoot {
-        &mut self
-            .last_authority()
+    fn last_keyless(&mut self) -> &mut KeylessAuthority {
+        self.last_authority()
             .keyless
             .as_mut()
-            .expect("a key authority has no trustRoot")
-            .trust_root
+            .expect("the last authority is not keyless")
+    }
+
+    fn trust_root(&mut self) -> &mut TrustRoot {
+        &mut self.last_keyless().trust_root
     }
 
     /// The keyless authority's `trustRoot.fulcioCA`: the PEM chain that certifies its signers.
@@ -144,6 +148,18 @@ impl PolicySpec {
     /// The keyless authority's `trustRoot.rekorKey`.
     pub fn rekor_key(mut self, pem: &str) -> PolicySpec {
         self.trust_root().rekor_key = Some(pem.into());
+        self
+    }
+
+    /// The keyless authority's `trustRoot.ctLogKey`: the CT log whose SCTs its certificates carry.
+    pub fn ct_log_key(mut self, pem: &str) -> PolicySpec {
+        self.trust_root().ct_log_key = Some(pem.into());
+        self
+    }
+
+    /// The keyless authority's `ctLog.required`: whether its certificates must carry a verified SCT.
+    pub fn ct_log_required(mut self, required: bool) -> PolicySpec {
+        self.last_keyless().ct_log = Some(CtLog { required });
         self
     }
 
