@@ -20,7 +20,9 @@ use crate::policy::CompiledPolicy;
 use crate::refusal::Reason;
 use crate::registry::ImageRef;
 use crate::registry::registryx::{VulnerabilitySummary, vulnerability_summary};
-use crate::rego::{RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, Vulnerabilities};
+use crate::rego::{
+    RegoAttestation, RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, Vulnerabilities,
+};
 use crate::verify::{Freshness, ImageVerdict, PolicyVerdict, Verifier};
 
 /// Rego denial messages of one policy shown in a verdict; the rest are counted.
@@ -170,6 +172,24 @@ impl Stage<'_> {
                 rekor_integrated_time: e.proof().and_then(|p| p.rekor_integrated_time),
             })
             .collect();
+        let mut attestations: std::collections::BTreeMap<String, Vec<RegoAttestation>> =
+            std::collections::BTreeMap::new();
+        for evidence in verdict.authorities.iter().filter(|e| e.digest == digest) {
+            for found in evidence.verified_attestations() {
+                let (Some(kind), Some(predicate)) = (&found.predicate_type, &found.predicate)
+                else {
+                    continue;
+                };
+                attestations
+                    .entry(kind.clone())
+                    .or_default()
+                    .push(RegoAttestation {
+                        predicate: predicate.clone(),
+                        signer: evidence.authority.clone(),
+                        integrated_time: found.rekor_integrated_time,
+                    });
+            }
+        }
         let input = RegoInput {
             image: image.to_string(),
             registry: image.registry.clone(),
@@ -177,6 +197,7 @@ impl Stage<'_> {
             tag: image.tag.clone(),
             digest: Some(digest.to_owned()),
             signatures,
+            attestations,
             vulnerabilities,
             environment: RegoInput::environment_of(
                 context.namespace.as_deref(),

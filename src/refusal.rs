@@ -46,6 +46,15 @@ pub enum Reason {
     SctInvalid,
     /// A Rego rule denied, with its module's message.
     Rego,
+    /// The image is signed, but no attestation of a required predicate type is stored for it.
+    AttestationMissing,
+    /// Attestations of the required type exist, but none verifies against the authority (unsigned,
+    /// or signed by another key or identity).
+    AttestationOtherSigner,
+    /// An attestation of the required type, signed by the authority, names another digest.
+    AttestationOtherDigest,
+    /// The authority signed attestations for the digest, but of other predicate types only.
+    AttestationOtherType,
 
     // What admission decides before or after verification.
     /// No policy governs the image, and unmatched images are refused (or warned about).
@@ -84,6 +93,8 @@ pub struct Signing<'a> {
     pub authority: &'a str,
     /// The authority trusts identities (Fulcio certificates), not a key.
     pub keyless: bool,
+    /// The predicate type of a required attestation that is not there.
+    pub attestation: Option<&'a str>,
 }
 
 impl<'a> About<'a> {
@@ -98,7 +109,7 @@ impl<'a> About<'a> {
 impl Reason {
     /// Every reason, in declaration order: the closed set of the metrics' `reason` label (with
     /// [`VERIFIED_LABEL`]).
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 27] = [
         Reason::NoSignature,
         Reason::OtherSigner,
         Reason::OtherDigest,
@@ -114,6 +125,10 @@ impl Reason {
         Reason::SctMissing,
         Reason::SctInvalid,
         Reason::Rego,
+        Reason::AttestationMissing,
+        Reason::AttestationOtherSigner,
+        Reason::AttestationOtherDigest,
+        Reason::AttestationOtherType,
         Reason::NoPolicy,
         Reason::NotReady,
         Reason::Unpinned,
@@ -142,6 +157,10 @@ impl Reason {
             Reason::SctMissing => "sct_missing",
             Reason::SctInvalid => "sct_invalid",
             Reason::Rego => "rego",
+            Reason::AttestationMissing => "attestation_missing",
+            Reason::AttestationOtherSigner => "attestation_other_signer",
+            Reason::AttestationOtherDigest => "attestation_other_digest",
+            Reason::AttestationOtherType => "attestation_other_type",
             Reason::NoPolicy => "no_policy",
             Reason::NotReady => "not_ready",
             Reason::Unpinned => "unpinned",
@@ -192,8 +211,14 @@ impl Reason {
     pub fn most_telling(reasons: impl IntoIterator<Item = Reason>) -> Option<Reason> {
         // An empty blob ranks above another signer: with a CI signature by another key beside the
         // release signature whose blob reads empty, "sign again" would only make another empty blob.
-        const ORDER: [Reason; 15] = [
+        // An authority that verified the signature but misses an attestation explains more than
+        // another authority that found no signature of its own.
+        const ORDER: [Reason; 19] = [
             Reason::ImageUnreadable,
+            Reason::AttestationOtherDigest,
+            Reason::AttestationOtherSigner,
+            Reason::AttestationOtherType,
+            Reason::AttestationMissing,
             Reason::OtherDigest,
             Reason::EmptyBlob,
             Reason::OtherSigner,
@@ -211,6 +236,17 @@ impl Reason {
         ];
         let seen: Vec<Reason> = reasons.into_iter().collect();
         ORDER.into_iter().find(|r| seen.contains(r))
+    }
+
+    /// Whether it is about a required attestation (the signature itself verified).
+    pub fn is_about_attestations(self) -> bool {
+        matches!(
+            self,
+            Reason::AttestationMissing
+                | Reason::AttestationOtherSigner
+                | Reason::AttestationOtherDigest
+                | Reason::AttestationOtherType
+        )
     }
 
     /// Whether signing the image (again) is what fixes it.
@@ -246,6 +282,37 @@ impl Reason {
                     format!(
                         "{context}sign it with: cosign sign --key <the private key of authority \
                          {authority}> {target}"
+                    )
+                }
+            }
+            Reason::AttestationMissing
+            | Reason::AttestationOtherSigner
+            | Reason::AttestationOtherDigest
+            | Reason::AttestationOtherType => {
+                let signing = about.signing?;
+                let context = match self {
+                    Reason::AttestationOtherSigner => {
+                        "attestations of this type exist, but none verifies against the authority: "
+                    }
+                    Reason::AttestationOtherDigest => {
+                        "the attestations of this type found are for another digest: "
+                    }
+                    Reason::AttestationOtherType => {
+                        "the attestations found are of other predicate types: "
+                    }
+                    _ => "",
+                };
+                let (target, authority) = (signing.target, signing.authority);
+                let kind = signing.attestation.unwrap_or("<type>");
+                if signing.keyless {
+                    format!(
+                        "{context}attest it with: cosign attest --type {kind} --predicate <file> \
+                         {target}, as an identity authority {authority} accepts"
+                    )
+                } else {
+                    format!(
+                        "{context}attest it with: cosign attest --key <the private key of authority \
+                         {authority}> --type {kind} --predicate <file> {target}"
                     )
                 }
             }

@@ -170,6 +170,8 @@ mod tests {
             } else {
                 Outcome::Refused(Failure::new(Reason::OtherSigner, "signed with another key"))
             },
+            attestations: Vec::new(),
+            unmet_attestation: None,
         };
         let policy = |name: &str, passed: bool, authorities| PolicyVerdict {
             policy: name.into(),

@@ -52,8 +52,40 @@ pub struct CompiledAuthority {
     pub tlog_required: bool,
     /// Rekor public keys by log ID (hex SHA-256 of the key's DER), for offline entry checks.
     pub rekor_keys: Arc<BTreeMap<String, CosignVerificationKey>>,
+    /// Predicate type URIs of the attestations this authority must have signed for the digest.
+    pub attestations: Vec<String>,
     /// Hash of everything that decides this authority's verdicts: the cache key of its results.
     pub fingerprint: String,
+}
+
+/// cosign's `attest --type` short names and the predicate types it writes for them (cosign v3,
+/// `pkg/cosign/attestation`).
+pub const PREDICATE_TYPES: [(&str, &str); 10] = [
+    ("slsaprovenance", "https://slsa.dev/provenance/v0.2"),
+    ("slsaprovenance02", "https://slsa.dev/provenance/v0.2"),
+    ("slsaprovenance1", "https://slsa.dev/provenance/v1"),
+    ("link", "https://in-toto.io/Link/v1"),
+    ("spdx", "https://spdx.dev/Document"),
+    ("spdxjson", "https://spdx.dev/Document"),
+    ("cyclonedx", "https://cyclonedx.org/bom"),
+    ("vuln", "https://cosign.sigstore.dev/attestation/vuln/v1"),
+    ("openvex", "https://openvex.dev/ns"),
+    ("custom", "https://cosign.sigstore.dev/attestation/v1"),
+];
+
+/// The predicate type URI of an `attestations[].type`: a short name of `cosign attest --type`, or a
+/// URI as given.
+pub fn predicate_type(kind: &str) -> Result<String, String> {
+    if let Some((_, uri)) = PREDICATE_TYPES.iter().find(|(name, _)| *name == kind) {
+        return Ok((*uri).to_owned());
+    }
+    if kind.contains("://") && !kind.chars().any(char::is_whitespace) {
+        return Ok(kind.to_owned());
+    }
+    Err(format!(
+        "{kind:?} is neither a cosign attest --type name ({}) nor a predicate type URI",
+        PREDICATE_TYPES.map(|(name, _)| name).join(", ")
+    ))
 }
 
 impl std::fmt::Debug for CompiledAuthority {
@@ -262,11 +294,24 @@ pub fn compile(
         ));
     }
     material.update([u8::from(tlog_required)]);
+    let mut attestations = Vec::new();
+    for (i, required) in authority.attestations.iter().enumerate() {
+        let uri = predicate_type(&required.kind)
+            .map_err(|e| fail(format!("attestations[{i}].type: {e}")))?;
+        if !attestations.contains(&uri) {
+            attestations.push(uri);
+        }
+    }
+    for uri in &attestations {
+        material.update(b"attestation");
+        material.update(uri.as_bytes());
+    }
     Ok(CompiledAuthority {
         name: authority.name.clone(),
         trust,
         tlog_required,
         rekor_keys: Arc::new(rekor_keys),
+        attestations,
         fingerprint: hex::encode(material.finalize()),
     })
 }
@@ -497,7 +542,42 @@ mod tests {
             }),
             keyless: None,
             transparency_log: None,
+            attestations: Vec::new(),
         }
+    }
+
+    #[test]
+    fn attestation_types_are_cosign_names_or_uris_and_change_the_fingerprint() {
+        assert_eq!(
+            predicate_type("slsaprovenance1").unwrap(),
+            "https://slsa.dev/provenance/v1"
+        );
+        assert_eq!(
+            predicate_type("https://example.com/p/v1").unwrap(),
+            "https://example.com/p/v1"
+        );
+        assert!(predicate_type("slsa").is_err());
+        let plain = compile(&key_authority(P256), &NoSecrets, "ns").unwrap();
+        let mut with = key_authority(P256);
+        with.attestations = vec![crate::policy::AttestationRequirement {
+            kind: "vuln".into(),
+        }];
+        let with = compile(&with, &NoSecrets, "ns").unwrap();
+        assert_eq!(
+            with.attestations,
+            ["https://cosign.sigstore.dev/attestation/vuln/v1"]
+        );
+        assert_ne!(plain.fingerprint, with.fingerprint);
+        with_bad_type();
+    }
+
+    fn with_bad_type() {
+        let mut bad = key_authority(P256);
+        bad.attestations = vec![crate::policy::AttestationRequirement {
+            kind: "sbom".into(),
+        }];
+        let error = compile(&bad, &NoSecrets, "ns").unwrap_err().to_string();
+        assert!(error.contains("attestations[0].type"), "{error}");
     }
 
     #[test]

@@ -121,6 +121,26 @@ pub struct Authority {
     /// keyless, not required for keys. Entries are verified offline from the bundle or SET.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transparency_log: Option<TransparencyLog>,
+
+    /// Attestations this authority must also have signed for the verified digest, by predicate type.
+    /// For each entry, one attestation suffices: a DSSE envelope (legacy `sha256-<hex>.att` tag, or a
+    /// sigstore bundle among the referrers) whose signature verifies against this authority, whose
+    /// in-toto `subject` names the digest and whose `predicateType` is the one required. What the
+    /// predicates say is for Rego (`input.attestations["<predicateType>"]`). The image signature is
+    /// still required; a signature never counts as an attestation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attestations: Vec<AttestationRequirement>,
+}
+
+/// A required attestation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestationRequirement {
+    /// `cosign attest --type`'s short names (`slsaprovenance`, `slsaprovenance02`, `slsaprovenance1`,
+    /// `spdx`, `spdxjson`, `cyclonedx`, `vuln`, `openvex`, `link`, `custom`) or a predicate type URI.
+    #[serde(rename = "type")]
+    #[schemars(length(min = 1))]
+    pub kind: String,
 }
 
 /// A PEM public key (ECDSA P-256/P-384, RSA, Ed25519), inline or from a Secret.

@@ -30,6 +30,18 @@ pub struct RegoSignature {
     pub rekor_integrated_time: Option<i64>,
 }
 
+/// A verified attestation's statement, as an entry of `input.attestations["<predicateType>"]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegoAttestation {
+    /// The in-toto statement's `predicate`, as signed.
+    pub predicate: Value,
+    /// The name of the authority it verified against.
+    pub signer: String,
+    /// The Rekor integrated time (Unix seconds), when a verified log entry came with it.
+    pub integrated_time: Option<i64>,
+}
+
 /// RegistryX's vulnerability summary of the image, as `input.vulnerabilities`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vulnerabilities {
@@ -84,6 +96,8 @@ pub struct RegoPod {
 ///  "signed": true, "is_signed": true,
 ///  "signatures": [{"authority": "release-key", "verified": true, "keyId": "sha256:...",
 ///                  "issuer": null, "subject": null, "rekorIntegratedTime": null}],
+///  "attestations": {"https://slsa.dev/provenance/v1": [{"predicate": {"buildDefinition": {...}},
+///                   "signer": "release-key", "integratedTime": null}]},
 ///  "vulnerabilities": {"critical": 0, "high": 2, "medium": 5, "low": 9, "status": "completed"},
 ///  "environment": "prod", "namespace": "payments", "user": "alice",
 ///  "request": {"kind": "Pod", "operation": "CREATE", "name": "api-7d9", "namespace": "payments",
@@ -109,6 +123,9 @@ pub struct RegoInput {
     pub digest: Option<String>,
     /// Every authority's verdict; `signed` is derived from these.
     pub signatures: Vec<RegoSignature>,
+    /// The attestations that verified against a policy's authority for the digest (signature checked,
+    /// subject the digest), by predicate type.
+    pub attestations: BTreeMap<String, Vec<RegoAttestation>>,
     pub vulnerabilities: Option<Vulnerabilities>,
     /// See [`RegoInput::environment_of`].
     pub environment: Option<String>,
@@ -129,6 +146,7 @@ impl Default for RegoInput {
             tag: None,
             digest: None,
             signatures: Vec::new(),
+            attestations: BTreeMap::new(),
             vulnerabilities: None,
             environment: None,
             namespace: None,
@@ -183,6 +201,20 @@ impl RegoInput {
             Value::Array(self.signatures.iter().map(signature).collect()),
         );
         doc.insert(
+            "attestations".into(),
+            Value::Object(
+                self.attestations
+                    .iter()
+                    .map(|(kind, list)| {
+                        (
+                            kind.clone(),
+                            Value::Array(list.iter().map(attestation).collect()),
+                        )
+                    })
+                    .collect(),
+            ),
+        );
+        doc.insert(
             "vulnerabilities".into(),
             self.vulnerabilities
                 .as_ref()
@@ -231,6 +263,17 @@ fn signature(s: &RegoSignature) -> Value {
     doc.insert(
         "rekorIntegratedTime".into(),
         s.rekor_integrated_time.map_or(Value::Null, Value::from),
+    );
+    Value::Object(doc)
+}
+
+fn attestation(a: &RegoAttestation) -> Value {
+    let mut doc = Map::new();
+    doc.insert("predicate".into(), a.predicate.clone());
+    doc.insert("signer".into(), a.signer.clone().into());
+    doc.insert(
+        "integratedTime".into(),
+        a.integrated_time.map_or(Value::Null, Value::from),
     );
     Value::Object(doc)
 }

@@ -43,5 +43,7 @@ pub use builtins::MAX_RANGE_LEN;
 pub use decisions::DECISION_PACKAGES;
 pub(crate) use decisions::levenshtein as edit_distance;
 pub use error::{RegoError, RegoSyntax, SourceLocation};
-pub use input::{RegoInput, RegoPod, RegoRequest, RegoSignature, RegoUserInfo, Vulnerabilities};
+pub use input::{
+    RegoAttestation, RegoInput, RegoPod, RegoRequest, RegoSignature, RegoUserInfo, Vulnerabilities,
+};
 pub use policy::{DEFAULT_TIME_LIMIT, RegoDecision, RegoPolicy};

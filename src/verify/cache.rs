@@ -69,7 +69,8 @@ impl Default for VerifierSettings {
 }
 
 pub(super) type EvidenceKey = (String, String);
-pub(super) type SetKey = (String, RegistryConfig, String);
+/// `(registry/repository, how it is reached, digest, whether the `.att` tag is read too)`.
+pub(super) type SetKey = (String, RegistryConfig, String, bool);
 /// `(registry/repository, how it is reached, tag)`.
 pub(super) type TagKey = (String, RegistryConfig, String);
 

@@ -12,8 +12,8 @@ use x509_cert::der::{Decode as _, Encode as _, asn1::Utf8StringRef};
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
-use super::bundle::{Bundle, TlogEntry};
-use super::signatures::{BundleSignature, FoundSignature, LegacySignature};
+use super::bundle::{Bundle, Envelope, TlogEntry};
+use super::signatures::{BundleSignature, FoundSignature, LegacyAttestation, LegacySignature};
 use crate::policy::authority::{CompiledAuthority, SctCheck, Trust};
 use crate::refusal::Failure;
 
@@ -148,7 +148,260 @@ fn check_bundle(
         signature_digest: signature.manifest_digest.clone(),
         ..Proof::default()
     };
-    let bundle: Bundle = serde_json::from_slice(&signature.bundle).map_err(|e| {
+    let statement = verify_bundle(authority, &signature.bundle, &mut proof)?;
+    if statement.predicate_type != COSIGN_PREDICATE {
+        // An attestation (provenance, SBOM) beside the image is not a malformed signature: as far as
+        // signing goes, there is none.
+        return Err(Failure::new(
+            crate::refusal::Reason::NoSignature,
+            format!(
+                "the bundle is an attestation of type {}, not a cosign signature",
+                crate::untrusted::quote(&statement.predicate_type)
+            ),
+        ));
+    }
+    statement.names_digest(digest, "signature")?;
+    Ok(proof)
+}
+
+/// One attestation found for the digest, and what it proved to this authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attestation {
+    /// `legacy` (a layer of the `.att` tag) or `bundle` (a referrer).
+    pub format: &'static str,
+    /// The `.att` layer or the referrer manifest that held it.
+    pub attestation_digest: String,
+    /// The statement's predicate type; before verification only what it claims.
+    pub predicate_type: Option<String>,
+    /// Its DSSE signature verified against the authority and its subject names the digest.
+    pub verified: bool,
+    /// Verified, and of a type the authority requires.
+    pub counted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_kind: Option<crate::refusal::Reason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub rekor_integrated_time: Option<i64>,
+    /// The verified statement's predicate (for Rego; not repeated in the evidence JSON).
+    #[serde(skip)]
+    pub predicate: Option<serde_json::Value>,
+}
+
+/// Checks a stored attestation (a `.att` layer or a bundle referrer) against `authority` for `digest`.
+/// `None`: not an attestation at all (a bundle that holds an image signature).
+pub fn check_attestation(
+    authority: &CompiledAuthority,
+    digest: &str,
+    found: &FoundAttestation<'_>,
+) -> Option<Attestation> {
+    let mut proof = Proof::default();
+    let (format, attestation_digest, claimed, verified) = match found {
+        FoundAttestation::Bundle(bundle) => {
+            let claimed = claimed_type_of_bundle(&bundle.bundle);
+            if claimed.as_deref() == Some(COSIGN_PREDICATE) {
+                return None;
+            }
+            (
+                "bundle",
+                bundle.manifest_digest.clone(),
+                claimed,
+                verify_bundle(authority, &bundle.bundle, &mut proof),
+            )
+        }
+        FoundAttestation::Legacy(legacy) => (
+            "legacy",
+            legacy.layer_digest.clone(),
+            claimed_type_of_envelope(&legacy.envelope),
+            verify_legacy_envelope(authority, legacy, &mut proof),
+        ),
+    };
+    let checked = verified.and_then(|statement| {
+        if statement.predicate_type == COSIGN_PREDICATE {
+            return Err(Failure::new(
+                crate::refusal::Reason::AttestationOtherType,
+                "a cosign signature, not an attestation",
+            ));
+        }
+        statement.names_digest(digest, "attestation")?;
+        Ok(statement)
+    });
+    let mut attestation = Attestation {
+        format,
+        attestation_digest,
+        predicate_type: claimed,
+        verified: false,
+        counted: false,
+        reason_kind: None,
+        reason: None,
+        rekor_integrated_time: proof.rekor_integrated_time,
+        predicate: None,
+    };
+    match checked {
+        Ok(statement) => {
+            attestation.counted = authority.attestations.contains(&statement.predicate_type);
+            attestation.verified = true;
+            attestation.predicate_type = Some(statement.predicate_type);
+            attestation.predicate = Some(statement.predicate);
+        }
+        Err(failure) => {
+            use crate::refusal::Reason;
+            let reason = match failure.reason {
+                Reason::OtherSigner => Reason::AttestationOtherSigner,
+                Reason::OtherDigest => Reason::AttestationOtherDigest,
+                other => other,
+            };
+            attestation.reason_kind = Some(reason);
+            attestation.reason = Some(failure.message);
+        }
+    }
+    Some(attestation)
+}
+
+/// What may hold an attestation.
+pub enum FoundAttestation<'a> {
+    Legacy(&'a LegacyAttestation),
+    Bundle(&'a BundleSignature),
+}
+
+/// The predicate type a bundle's statement claims, before anything is verified.
+fn claimed_type_of_bundle(bundle: &[u8]) -> Option<String> {
+    let bundle: Bundle = serde_json::from_slice(bundle).ok()?;
+    claimed_type(&bundle.dsse_envelope?.payload)
+}
+
+fn claimed_type_of_envelope(envelope: &[u8]) -> Option<String> {
+    let envelope: Envelope = serde_json::from_slice(envelope).ok()?;
+    claimed_type(&envelope.payload)
+}
+
+fn claimed_type(payload_base64: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Claim {
+        predicate_type: String,
+    }
+    let payload = STANDARD.decode(payload_base64).ok()?;
+    let claim: Claim = serde_json::from_slice(&payload).ok()?;
+    Some(crate::untrusted::excerpt(&claim.predicate_type, 200))
+}
+
+/// Verifies a `.att` layer's DSSE envelope against `authority` (its certificate or key; the
+/// signature over the PAE) and returns its in-toto statement.
+fn verify_legacy_envelope(
+    authority: &CompiledAuthority,
+    attestation: &LegacyAttestation,
+    proof: &mut Proof,
+) -> Result<Statement, Failure> {
+    let envelope: Envelope = serde_json::from_slice(&attestation.envelope).map_err(|e| {
+        Failure::unreadable(format!(
+            "the .att layer, read as a DSSE envelope, {}",
+            crate::untrusted::json_error(&e)
+        ))
+    })?;
+    let payload = in_toto_payload(&envelope, "the envelope")?;
+    if authority.tlog_required {
+        // The intoto entries cosign logs for legacy attestations are not read yet: an authority that
+        // requires a log entry does not count a legacy attestation.
+        return Err(Failure::tlog(
+            "this authority requires a transparency-log entry, and those of legacy (.att) \
+             attestations are not checked; attest with --new-bundle-format",
+        ));
+    }
+    let key = signing_key(
+        authority,
+        attestation.certificate.as_deref().map(Material::Pem),
+        attestation.chain.as_deref(),
+        None,
+        proof,
+    )?;
+    let pae = pae(&envelope.payload_type, &payload);
+    let verifies = envelope.signatures.iter().any(|signature| {
+        STANDARD
+            .decode(&signature.sig)
+            .is_ok_and(|raw| key.verify_signature(Signature::Raw(&raw), &pae).is_ok())
+    });
+    if !verifies {
+        return Err(Failure::other_signer(if envelope.signatures.is_empty() {
+            "the attestation is unsigned".to_owned()
+        } else {
+            describe_key_mismatch(authority, proof)
+        }));
+    }
+    Statement::parse(&payload, "the envelope's payload")
+}
+
+/// An in-toto statement, as a DSSE envelope carries it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Statement {
+    #[serde(rename = "_type")]
+    kind: String,
+    predicate_type: String,
+    #[serde(default)]
+    subject: Vec<Subject>,
+    #[serde(default)]
+    predicate: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct Subject {
+    #[serde(default)]
+    digest: std::collections::BTreeMap<String, String>,
+}
+
+impl Statement {
+    fn parse(payload: &[u8], what: &str) -> Result<Statement, Failure> {
+        let statement: Statement = serde_json::from_slice(payload).map_err(|e| {
+            Failure::unreadable(format!(
+                "{what}, read as an in-toto statement, {}",
+                crate::untrusted::json_error(&e)
+            ))
+        })?;
+        if !statement.kind.starts_with("https://in-toto.io/Statement/") {
+            return Err(Failure::unreadable(format!(
+                "{what} has _type {}, not an in-toto statement",
+                crate::untrusted::quote(&statement.kind)
+            )));
+        }
+        Ok(statement)
+    }
+
+    /// `Err(other_digest)` unless a subject names `digest` (sha256).
+    fn names_digest(&self, digest: &str, what: &str) -> Result<(), Failure> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        if self
+            .subject
+            .iter()
+            .any(|s| s.digest.get("sha256").is_some_and(|d| d == hex))
+        {
+            return Ok(());
+        }
+        let signed: Vec<String> = self
+            .subject
+            .iter()
+            .filter_map(|s| s.digest.get("sha256"))
+            .map(|d| format!("sha256:{}", crate::untrusted::excerpt(d, 64)))
+            .collect();
+        Err(Failure::other_digest(format!(
+            "the {what} is for {}, not for this image's {digest} (copied from another image, or the tag moved after signing)",
+            if signed.is_empty() {
+                "no digest".to_owned()
+            } else {
+                crate::untrusted::first_few(signed, 3)
+            }
+        )))
+    }
+}
+
+/// Verifies a sigstore bundle's DSSE envelope against `authority` (its transparency-log entries, its
+/// certificate or key, the signature over the PAE) and returns its in-toto statement.
+fn verify_bundle(
+    authority: &CompiledAuthority,
+    bundle: &[u8],
+    proof: &mut Proof,
+) -> Result<Statement, Failure> {
+    let bundle: Bundle = serde_json::from_slice(bundle).map_err(|e| {
         Failure::unreadable(format!(
             "the referrer, read as a sigstore bundle, {}",
             crate::untrusted::json_error(&e)
@@ -170,15 +423,7 @@ fn check_bundle(
             "the bundle holds no signature"
         }));
     };
-    if envelope.payload_type != IN_TOTO_PAYLOAD {
-        return Err(Failure::unreadable(format!(
-            "the bundle's payload type is {}, not an in-toto statement",
-            crate::untrusted::quote(&envelope.payload_type)
-        )));
-    }
-    let payload = STANDARD
-        .decode(&envelope.payload)
-        .map_err(|_| Failure::unreadable("the bundle's payload is not base64"))?;
+    let payload = in_toto_payload(&envelope, "the bundle")?;
     let [envelope_signature] = envelope.signatures.as_slice() else {
         return Err(Failure::unreadable(format!(
             "the bundle has {} signatures; cosign writes exactly one",
@@ -239,78 +484,27 @@ fn check_bundle(
                 .collect()
         })
         .unwrap_or_default();
-    let key = signing_key_der(
-        authority,
-        leaf.as_deref(),
-        &chain,
-        integrated_time,
-        &mut proof,
-    )?;
+    let key = signing_key_der(authority, leaf.as_deref(), &chain, integrated_time, proof)?;
     key.verify_signature(
         Signature::Raw(&raw_signature),
         &pae(&envelope.payload_type, &payload),
     )
-    .map_err(|_| Failure::other_signer(describe_key_mismatch(authority, &proof)))?;
+    .map_err(|_| Failure::other_signer(describe_key_mismatch(authority, proof)))?;
 
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Statement {
-        #[serde(rename = "_type")]
-        kind: String,
-        predicate_type: String,
-        #[serde(default)]
-        subject: Vec<Subject>,
-    }
-    #[derive(Deserialize)]
-    struct Subject {
-        #[serde(default)]
-        digest: std::collections::BTreeMap<String, String>,
-    }
-    let statement: Statement = serde_json::from_slice(&payload).map_err(|e| {
-        Failure::unreadable(format!(
-            "the bundle's payload, read as an in-toto statement, {}",
-            crate::untrusted::json_error(&e)
-        ))
-    })?;
-    if !statement.kind.starts_with("https://in-toto.io/Statement/") {
+    Statement::parse(&payload, "the bundle's payload")
+}
+
+/// A DSSE envelope's payload, which must be an in-toto statement; `what` names the envelope.
+fn in_toto_payload(envelope: &Envelope, what: &str) -> Result<Vec<u8>, Failure> {
+    if envelope.payload_type != IN_TOTO_PAYLOAD {
         return Err(Failure::unreadable(format!(
-            "the bundle's payload has _type {}, not an in-toto statement",
-            crate::untrusted::quote(&statement.kind)
+            "{what}'s payload type is {}, not an in-toto statement",
+            crate::untrusted::quote(&envelope.payload_type)
         )));
     }
-    if statement.predicate_type != COSIGN_PREDICATE {
-        // An attestation (provenance, SBOM) beside the image is not a malformed signature: as far as
-        // signing goes, there is none.
-        return Err(Failure::new(
-            crate::refusal::Reason::NoSignature,
-            format!(
-                "the bundle is an attestation of type {}, not a cosign signature",
-                crate::untrusted::quote(&statement.predicate_type)
-            ),
-        ));
-    }
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    if !statement
-        .subject
-        .iter()
-        .any(|s| s.digest.get("sha256").is_some_and(|d| d == hex))
-    {
-        let signed: Vec<String> = statement
-            .subject
-            .iter()
-            .filter_map(|s| s.digest.get("sha256"))
-            .map(|d| format!("sha256:{}", crate::untrusted::excerpt(d, 64)))
-            .collect();
-        return Err(Failure::other_digest(format!(
-            "the signature is for {}, not for this image's {digest} (a signature copied from another image, or the tag moved after signing)",
-            if signed.is_empty() {
-                "no digest".to_owned()
-            } else {
-                crate::untrusted::first_few(signed, 3)
-            }
-        )));
-    }
-    Ok(proof)
+    STANDARD
+        .decode(&envelope.payload)
+        .map_err(|_| Failure::unreadable(format!("{what}'s payload is not base64")))
 }
 
 /// DSSE pre-authentication encoding: what a DSSE signature actually signs.

@@ -207,13 +207,30 @@ impl Verifier {
                 let reason = Reason::most_telling(failures.map(|(_, f)| f.reason))
                     .unwrap_or(Reason::NoSignature);
                 let target = image.with_digest(digest);
+                // For a missing attestation, the authority that misses it; else the first.
+                let attesting = policy
+                    .authorities
+                    .iter()
+                    .zip(evidence.iter())
+                    .find(|(_, e)| {
+                        e.failure()
+                            .is_some_and(|f| f.reason.is_about_attestations() && f.reason == reason)
+                    });
                 let about = About {
                     registry: &image.registry,
-                    signing: policy.authorities.first().map(|authority| Signing {
-                        target: &target,
-                        authority: &authority.name,
-                        keyless: matches!(authority.trust, Trust::Keyless { .. }),
-                    }),
+                    signing: attesting
+                        .map(|(authority, _)| authority)
+                        .or(policy.authorities.first())
+                        .map(|authority| Signing {
+                            target: &target,
+                            authority: &authority.name,
+                            keyless: matches!(authority.trust, Trust::Keyless { .. }),
+                            attestation: attesting.and_then(|(authority, evidence)| {
+                                evidence
+                                    .missing_attestation()
+                                    .or(authority.attestations.first().map(String::as_str))
+                            }),
+                        }),
                 };
                 match &mut verdict.failure {
                     Some(failure) => failure.messages.extend(messages),
@@ -427,7 +444,9 @@ impl Reader<'_> {
         newer_than: Option<Instant>,
         deadline: Instant,
     ) -> Result<Arc<AuthorityEvidence>, Arc<AuthorityEvidence>> {
-        let read = self.signatures(newer_than, deadline).await;
+        let read = self
+            .signatures(!authority.attestations.is_empty(), newer_than, deadline)
+            .await;
         match &read.found {
             Ok(set) => {
                 let evidence = Arc::new(evaluate(authority, self.image, self.digest, set));
@@ -453,6 +472,8 @@ impl Reader<'_> {
                         problem.reason,
                         format!("cannot read the signatures: {}", problem.message),
                     )),
+                    attestations: Vec::new(),
+                    unmet_attestation: None,
                 }))
             }
         }
@@ -460,41 +481,57 @@ impl Reader<'_> {
 
     /// The digest's signatures, shared with concurrent lookups for a few seconds; read again when the
     /// shared read is not newer than `newer_than` or an invalidation came after it began.
-    async fn signatures(&self, newer_than: Option<Instant>, deadline: Instant) -> Arc<Discovery> {
+    async fn signatures(
+        &self,
+        attestations: bool,
+        newer_than: Option<Instant>,
+        deadline: Instant,
+    ) -> Arc<Discovery> {
         let key = (
             self.image.name(),
             client_config_key(self.client),
             self.digest.to_owned(),
+            attestations,
         );
-        let shared = self.sets.get_with(key.clone(), self.read(deadline)).await;
+        let shared = self
+            .sets
+            .get_with(key.clone(), self.read(attestations, deadline))
+            .await;
         let outdated = shared.generation != self.generation.load(Ordering::Acquire)
             || newer_than.is_some_and(|after| shared.at <= after);
         if !outdated {
             return shared;
         }
         self.sets.invalidate(&key).await;
-        self.sets.get_with(key, self.read(deadline)).await
+        self.sets
+            .get_with(key, self.read(attestations, deadline))
+            .await
     }
 
-    async fn read(&self, deadline: Instant) -> Arc<Discovery> {
+    async fn read(&self, attestations: bool, deadline: Instant) -> Arc<Discovery> {
         let (at, generation) = (Instant::now(), self.generation.load(Ordering::Acquire));
-        let found =
-            match signatures::discover(self.client, &self.image.repository, self.digest, deadline)
-                .await
-            {
-                Ok(mut set) => {
-                    signatures::find_signed_elsewhere(
-                        self.client,
-                        self.image,
-                        self.digest,
-                        &mut set,
-                        deadline,
-                    )
-                    .await;
-                    Ok(set)
-                }
-                failed => failed,
-            };
+        let found = match signatures::discover(
+            self.client,
+            &self.image.repository,
+            self.digest,
+            attestations,
+            deadline,
+        )
+        .await
+        {
+            Ok(mut set) => {
+                signatures::find_signed_elsewhere(
+                    self.client,
+                    self.image,
+                    self.digest,
+                    &mut set,
+                    deadline,
+                )
+                .await;
+                Ok(set)
+            }
+            failed => failed,
+        };
         Arc::new(Discovery {
             at,
             generation,
@@ -553,16 +590,26 @@ fn evaluate(
         authority: authority.name.clone(),
         digest: digest.to_owned(),
         outcome: Outcome::Refused(failure),
+        attestations: Vec::new(),
+        unmet_attestation: None,
     };
     let mut failures: Vec<Failure> = Vec::new();
     for signature in &set.signatures {
         match check::check(authority, digest, signature) {
             Ok(proof) => {
-                return AuthorityEvidence {
-                    authority: authority.name.clone(),
-                    digest: digest.to_owned(),
-                    outcome: Outcome::Verified(proof),
-                };
+                return attested(
+                    authority,
+                    image,
+                    digest,
+                    set,
+                    AuthorityEvidence {
+                        authority: authority.name.clone(),
+                        digest: digest.to_owned(),
+                        outcome: Outcome::Verified(proof),
+                        attestations: Vec::new(),
+                        unmet_attestation: None,
+                    },
+                );
             }
             Err(failure) if !failures.contains(&failure) => failures.push(failure),
             Err(_) => {}
@@ -620,6 +667,84 @@ fn evaluate(
         ),
     };
     refused(Failure::new(reason, message))
+}
+
+/// The evidence of an authority whose signature verified, with the attestations it requires: each
+/// required predicate type needs one attestation that verifies against the authority, names the
+/// digest and has that type; without one the authority refuses, saying why.
+fn attested(
+    authority: &CompiledAuthority,
+    image: &ImageRef,
+    digest: &str,
+    set: &SignatureSet,
+    mut evidence: AuthorityEvidence,
+) -> AuthorityEvidence {
+    if authority.attestations.is_empty() {
+        return evidence;
+    }
+    let found = set
+        .attestations
+        .iter()
+        .map(check::FoundAttestation::Legacy)
+        .chain(set.signatures.iter().filter_map(|s| match s {
+            FoundSignature::Bundle(bundle) => Some(check::FoundAttestation::Bundle(bundle)),
+            FoundSignature::Legacy(_) => None,
+        }));
+    evidence.attestations = found
+        .filter_map(|f| check::check_attestation(authority, digest, &f))
+        .collect();
+    for required in &authority.attestations {
+        let all = &evidence.attestations;
+        if all
+            .iter()
+            .any(|a| a.counted && a.predicate_type.as_ref() == Some(required))
+        {
+            continue;
+        }
+        let of_type: Vec<&check::Attestation> = all
+            .iter()
+            .filter(|a| a.predicate_type.as_ref() == Some(required))
+            .collect();
+        let shown = crate::untrusted::quote(required);
+        let (reason, message) = if !of_type.is_empty() {
+            let reason = Reason::most_telling(of_type.iter().filter_map(|a| a.reason_kind))
+                .unwrap_or(Reason::AttestationOtherSigner);
+            let why: Vec<String> = of_type.iter().filter_map(|a| a.reason.clone()).collect();
+            (
+                reason,
+                format!(
+                    "none of {} attestations of type {shown} for {digest} counts: {}",
+                    of_type.len(),
+                    crate::untrusted::first_few(why, 3)
+                ),
+            )
+        } else if all.iter().any(|a| a.verified) {
+            let types: Vec<String> = all
+                .iter()
+                .filter(|a| a.verified)
+                .filter_map(|a| a.predicate_type.clone())
+                .collect();
+            (
+                Reason::AttestationOtherType,
+                format!(
+                    "no attestation of type {shown} for {digest}; the authority attested only {}",
+                    crate::untrusted::first_few(types, 3)
+                ),
+            )
+        } else {
+            (
+                Reason::AttestationMissing,
+                format!(
+                    "the signature verifies, but no attestation of type {shown} is stored for {digest} in {}",
+                    image.name()
+                ),
+            )
+        };
+        evidence.unmet_attestation = Some(required.clone());
+        evidence.outcome = Outcome::Refused(Failure::new(reason, message));
+        break;
+    }
+    evidence
 }
 
 fn failed(

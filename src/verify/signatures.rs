@@ -16,6 +16,7 @@ use crate::registry::{
 };
 
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
 const BUNDLE_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
 const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
 const ANNOTATION_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
@@ -28,6 +29,9 @@ const MAX_SIGNATURES: usize = 32;
 #[derive(Clone, Debug, Default)]
 pub struct SignatureSet {
     pub signatures: Vec<FoundSignature>,
+    /// The layers of the legacy `sha256-<hex>.att` tag, read only when an authority requires
+    /// attestations. Bundle-format attestations are referrers, among `signatures`.
+    pub attestations: Vec<LegacyAttestation>,
     /// Reads that failed; reported when no authority verifies, since they may explain why.
     pub problems: Vec<Failure>,
     /// When nothing at all is stored for the digest: digests of the repository that cosign signed (a
@@ -54,7 +58,18 @@ impl SignatureSet {
                 FoundSignature::Bundle(bundle) => bundle.bundle.len() + 128,
             })
             .sum();
+        let attestations: usize = self
+            .attestations
+            .iter()
+            .map(|a| {
+                a.envelope.len()
+                    + a.certificate.as_ref().map_or(0, String::len)
+                    + a.chain.as_ref().map_or(0, String::len)
+                    + 128
+            })
+            .sum();
         256 + signatures
+            + attestations
             + self
                 .problems
                 .iter()
@@ -174,6 +189,16 @@ pub struct LegacySignature {
     pub rekor_bundle: Option<String>,
 }
 
+/// One layer of a `sha256-<hex>.att` manifest: a DSSE envelope.
+#[derive(Clone, Debug)]
+pub struct LegacyAttestation {
+    pub layer_digest: String,
+    /// The DSSE envelope's JSON.
+    pub envelope: Vec<u8>,
+    pub certificate: Option<String>,
+    pub chain: Option<String>,
+}
+
 /// A sigstore bundle stored as a referrer of the image.
 #[derive(Clone, Debug)]
 pub struct BundleSignature {
@@ -181,15 +206,18 @@ pub struct BundleSignature {
     pub bundle: Vec<u8>,
 }
 
-/// Reads every signature stored for `digest` in `repository`.
+/// Reads every signature stored for `digest` in `repository`, and with `attestations` the legacy
+/// `.att` tag too, in the same pass (bundle-format attestations are referrers, read anyway).
 pub async fn discover(
     client: &RegistryClient,
     repository: &str,
     digest: &str,
+    attestations: bool,
     deadline: Instant,
 ) -> Result<SignatureSet, RegistryError> {
     let tag = digest.replace(':', "-");
     let legacy_tag = format!("{tag}.sig");
+    let attestation_tag = format!("{tag}.att");
     // The fallback tag is read at once too: on a registry without the referrers API that saves a round
     // trip, on one with it the answer is a cheap 404 or ignored.
     // Each manifest is parsed and its bytes dropped inside its own read: bytes held while a sibling
@@ -198,7 +226,7 @@ pub async fn discover(
         repository: repository.to_owned(),
         tag: tag.clone(),
     };
-    let (referrers, legacy, fallback) = futures::join!(
+    let (referrers, legacy, fallback, attested) = futures::join!(
         client.referrers(repository, digest, deadline),
         async {
             let manifest = client
@@ -209,6 +237,17 @@ pub async fn discover(
         async {
             let index = client.get_manifest(repository, &tag, deadline).await?;
             Ok::<_, RegistryError>(client.index_manifests(&fallback_step, &index))
+        },
+        async {
+            if !attestations {
+                return Ok(None);
+            }
+            let manifest = client
+                .get_manifest(repository, &attestation_tag, deadline)
+                .await?;
+            Ok::<_, RegistryError>(Some(serde_json::from_slice::<ImageManifest>(
+                &manifest.bytes,
+            )))
         },
     );
     let mut set = SignatureSet::default();
@@ -269,14 +308,8 @@ pub async fn discover(
         Ok(parsed) => match parsed {
             Ok(mut manifest) => std::mem::take(manifest.layers_mut()),
             Err(error) => {
-                set.problems.push(Failure {
-                    reason: Reason::SignatureUnreadable,
-                    message: format!(
-                        "{}: the manifest of {legacy_tag} {}",
-                        client.registry(),
-                        crate::untrusted::json_error(&error)
-                    ),
-                });
+                set.problems
+                    .push(unreadable_manifest(client, &legacy_tag, &error));
                 Vec::new()
             }
         },
@@ -295,6 +328,27 @@ pub async fn discover(
         }
     };
 
+    let attestation_layers = match attested {
+        Ok(None) => Vec::new(),
+        Ok(Some(Ok(mut manifest))) => std::mem::take(manifest.layers_mut()),
+        Ok(Some(Err(error))) => {
+            set.problems
+                .push(unreadable_manifest(client, &attestation_tag, &error));
+            Vec::new()
+        }
+        Err(error) if error.is_timeout() => return Err(error),
+        Err(error) if error.is_not_found() => Vec::new(),
+        Err(error) => {
+            set.problems.push(Failure::from(&error));
+            Vec::new()
+        }
+    };
+    let attestation_reads = attestation_layers
+        .into_iter()
+        .filter(|layer| layer.media_type().as_ref() == DSSE_ENVELOPE)
+        .take(MAX_SIGNATURES)
+        .map(|layer| read_attestation(client, repository, layer, deadline));
+
     let legacy_reads = legacy_layers
         .into_iter()
         .filter(|layer| layer.media_type().as_ref() == SIMPLE_SIGNING)
@@ -304,7 +358,18 @@ pub async fn discover(
         .into_iter()
         .take(MAX_SIGNATURES)
         .map(|descriptor| read_bundle(client, repository, descriptor, deadline));
-    let (legacy, bundles) = futures::join!(join_all(legacy_reads), join_all(bundle_reads));
+    let (legacy, bundles, attestations) = futures::join!(
+        join_all(legacy_reads),
+        join_all(bundle_reads),
+        join_all(attestation_reads)
+    );
+    for result in attestations {
+        match result {
+            Ok(attestation) => set.attestations.push(attestation),
+            Err(error) if error.is_timeout() => return Err(error),
+            Err(error) => set.problems.push(Failure::from(&error)),
+        }
+    }
     for result in legacy.into_iter().chain(bundles.into_iter().flatten()) {
         match result {
             Ok(signature) => set.signatures.push(signature),
@@ -315,15 +380,38 @@ pub async fn discover(
     Ok(set)
 }
 
+/// A `.sig` or `.att` manifest that does not parse.
+fn unreadable_manifest(client: &RegistryClient, tag: &str, error: &serde_json::Error) -> Failure {
+    Failure {
+        reason: Reason::SignatureUnreadable,
+        message: format!(
+            "{}: the manifest of {tag} {}",
+            client.registry(),
+            crate::untrusted::json_error(error)
+        ),
+    }
+}
+
+/// A layer's digest, annotations and blob.
+async fn read_layer(
+    client: &RegistryClient,
+    repository: &str,
+    layer: Descriptor,
+    deadline: Instant,
+) -> Result<(String, std::collections::HashMap<String, String>, Vec<u8>), RegistryError> {
+    let digest = layer.digest().to_string();
+    let annotations = layer.annotations().clone().unwrap_or_default();
+    let blob = client.get_blob(repository, &digest, deadline).await?;
+    Ok((digest, annotations, blob))
+}
+
 async fn read_legacy(
     client: &RegistryClient,
     repository: &str,
     layer: Descriptor,
     deadline: Instant,
 ) -> Result<FoundSignature, RegistryError> {
-    let digest = layer.digest().to_string();
-    let annotations = layer.annotations().clone().unwrap_or_default();
-    let payload = client.get_blob(repository, &digest, deadline).await?;
+    let (digest, annotations, payload) = read_layer(client, repository, layer, deadline).await?;
     let Some(signature) = annotations.get(ANNOTATION_SIGNATURE).cloned() else {
         return Err(RegistryError {
             registry: client.registry().to_owned(),
@@ -333,12 +421,7 @@ async fn read_legacy(
             },
         });
     };
-    let non_empty = |key: &str| {
-        annotations
-            .get(key)
-            .filter(|v| !v.trim().is_empty())
-            .cloned()
-    };
+    let non_empty = |key: &str| non_empty_annotation(&annotations, key);
     Ok(FoundSignature::Legacy(LegacySignature {
         layer_digest: digest,
         payload,
@@ -347,6 +430,33 @@ async fn read_legacy(
         chain: non_empty(ANNOTATION_CHAIN),
         rekor_bundle: non_empty(ANNOTATION_BUNDLE),
     }))
+}
+
+/// An annotation's value, unless it is missing or blank (cosign writes empty ones).
+fn non_empty_annotation(
+    annotations: &std::collections::HashMap<String, String>,
+    key: &str,
+) -> Option<String> {
+    annotations
+        .get(key)
+        .filter(|v| !v.trim().is_empty())
+        .cloned()
+}
+
+async fn read_attestation(
+    client: &RegistryClient,
+    repository: &str,
+    layer: Descriptor,
+    deadline: Instant,
+) -> Result<LegacyAttestation, RegistryError> {
+    let (digest, annotations, envelope) = read_layer(client, repository, layer, deadline).await?;
+    let non_empty = |key: &str| non_empty_annotation(&annotations, key);
+    Ok(LegacyAttestation {
+        layer_digest: digest,
+        envelope,
+        certificate: non_empty(ANNOTATION_CERTIFICATE),
+        chain: non_empty(ANNOTATION_CHAIN),
+    })
 }
 
 /// Reads a referrer and, when it is a sigstore bundle, its bundle layer. Registries list referrers under

@@ -15,6 +15,10 @@ pub struct AuthorityEvidence {
     /// The digest the evidence is about (a platform manifest's, for `multiArch: everyPlatform`).
     pub digest: String,
     pub outcome: Outcome,
+    /// The attestations found for the digest and what each proved, when the authority requires any.
+    pub attestations: Vec<super::check::Attestation>,
+    /// The first required predicate type with no counted attestation (the outcome then says why).
+    pub unmet_attestation: Option<String>,
 }
 
 /// A verified signature's proof, or why none verified: never both, never neither.
@@ -34,6 +38,19 @@ impl AuthorityEvidence {
             Outcome::Verified(proof) => Some(proof),
             Outcome::Refused(_) => None,
         }
+    }
+
+    /// The predicate type of a required attestation that is not there, if that is why it refused.
+    pub fn missing_attestation(&self) -> Option<&str> {
+        self.unmet_attestation.as_deref()
+    }
+
+    /// The verified statements, of any type but a signature's, with their predicates (for Rego):
+    /// only those of an authority whose own verdict is verified.
+    pub fn verified_attestations(&self) -> impl Iterator<Item = &super::check::Attestation> {
+        self.attestations
+            .iter()
+            .filter(move |a| a.verified && self.verified())
     }
 
     pub fn failure(&self) -> Option<&Failure> {
@@ -60,6 +77,8 @@ impl Serialize for AuthorityEvidence {
             reason_kind: Option<Reason>,
             #[serde(flatten, skip_serializing_if = "Option::is_none")]
             proof: Option<&'a Proof>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            attestations: &'a [super::check::Attestation],
         }
         let failure = self.failure();
         Wire {
@@ -69,6 +88,7 @@ impl Serialize for AuthorityEvidence {
             reason: failure.map(|f| f.message.as_str()),
             reason_kind: failure.map(|f| f.reason),
             proof: self.proof(),
+            attestations: &self.attestations,
         }
         .serialize(serializer)
     }

@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod attestations;
 mod cli;
 mod containment;
 mod floods;

@@ -14,8 +14,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use registryx_guard::registry::registryx::{VulnerabilitySummary, vulnerability_summary};
 use registryx_guard::rego::{
-    DEFAULT_TIME_LIMIT, MAX_EVAL_DEPTH, RegoError, RegoInput, RegoPod, RegoPolicy, RegoRequest,
-    RegoSignature, RegoSyntax, RegoUserInfo, Vulnerabilities,
+    DEFAULT_TIME_LIMIT, MAX_EVAL_DEPTH, RegoAttestation, RegoError, RegoInput, RegoPod, RegoPolicy,
+    RegoRequest, RegoSignature, RegoSyntax, RegoUserInfo, Vulnerabilities,
 };
 use serde_json::json;
 
@@ -118,6 +118,14 @@ fn input_document_is_the_contract() {
             annotations: BTreeMap::new(),
             service_account_name: Some("api".into()),
         }),
+        attestations: BTreeMap::from([(
+            "https://slsa.dev/provenance/v1".into(),
+            vec![RegoAttestation {
+                predicate: json!({"runDetails": {"builder": {"id": "https://ci.example/b"}}}),
+                signer: "release-key".into(),
+                integrated_time: None,
+            }],
+        )]),
         ..input()
     };
     assert_eq!(
@@ -133,6 +141,9 @@ fn input_document_is_the_contract() {
             "is_signed": true,
             "signatures": [{"authority": "release-key", "verified": true, "keyId": "sha256:0a1b",
                             "issuer": null, "subject": null, "rekorIntegratedTime": null}],
+            "attestations": {"https://slsa.dev/provenance/v1": [{
+                "predicate": {"runDetails": {"builder": {"id": "https://ci.example/b"}}},
+                "signer": "release-key", "integratedTime": null}]},
             "vulnerabilities": {"critical": 0, "high": 2, "medium": 5, "low": 9, "status": "completed"},
             "environment": "prod",
             "namespace": "payments",
@@ -1422,4 +1433,51 @@ async fn vulnerabilities_come_from_registryx_and_its_signed_flag_is_ignored() {
         .await
         .unwrap_err();
     assert!(error.contains("not a repository name"), "{error}");
+}
+
+#[test]
+fn slsa_provenance_example_checks_builder_and_source() {
+    let policy = example("slsa-provenance.rego");
+    let with = |builder: &str, source: &str| RegoInput {
+        attestations: BTreeMap::from([(
+            "https://slsa.dev/provenance/v1".into(),
+            vec![RegoAttestation {
+                predicate: json!({
+                    "buildDefinition": {"externalParameters": {"workflow": {"repository": source}}},
+                    "runDetails": {"builder": {"id": builder}},
+                }),
+                signer: "release-key".into(),
+                integrated_time: None,
+            }],
+        )]),
+        ..input()
+    };
+    let release = "https://github.com/acme/.github/workflows/release.yml@refs/heads/main";
+    assert_eq!(
+        denials(&policy, &with(release, "https://github.com/acme/app")),
+        Vec::<String>::new()
+    );
+    let other_builder = denials(
+        &policy,
+        &with("https://evil.example/b", "https://github.com/acme/app"),
+    );
+    assert!(
+        other_builder
+            .iter()
+            .any(|d| d.contains("not by the release workflow")),
+        "{other_builder:?}"
+    );
+    let other_source = denials(&policy, &with(release, "https://github.com/evil/app"));
+    assert!(
+        other_source
+            .iter()
+            .any(|d| d.contains("not from https://github.com/acme/app")),
+        "{other_source:?}"
+    );
+    let none = denials(&policy, &input());
+    assert!(
+        none.iter()
+            .any(|d| d.contains("no verified SLSA v1 provenance")),
+        "{none:?}"
+    );
 }

@@ -65,6 +65,29 @@ impl Cosign {
         assert_success(&format!("cosign sign {image}"), &output);
     }
 
+    /// Attests `image` with the private key: `cosign attest --type <kind> --predicate <predicate>`,
+    /// offline; panics with cosign's output on failure.
+    pub fn attest(&self, image: &str, kind: &str, predicate: &serde_json::Value, format: Format) {
+        let file = self
+            .dir
+            .path()
+            .join(format!("predicate-{}.json", kind.replace(['/', ':'], "_")));
+        std::fs::write(&file, serde_json::to_vec(predicate).unwrap()).unwrap();
+        let mut command = self.command();
+        command
+            .args(["attest", "--yes", "--key"])
+            .arg(self.private_key())
+            .args(["--type", kind, "--predicate"])
+            .arg(&file)
+            .args(["--tlog-upload=false", "--use-signing-config=false"])
+            .arg(format!("--new-bundle-format={}", format == Format::Bundle));
+        if !image.starts_with("127.0.0.1:") && !image.starts_with("localhost:") {
+            command.arg("--allow-http-registry");
+        }
+        let output = command.arg(image).output().unwrap();
+        assert_success(&format!("cosign attest --type {kind} {image}"), &output);
+    }
+
     /// Runs `cosign verify` with the public key, without a transparency log; returns its output.
     pub fn verify(&self, image: &str, format: Format) -> Output {
         self.command()

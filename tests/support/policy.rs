@@ -61,6 +61,7 @@ impl PolicySpec {
             }),
             keyless: None,
             transparency_log: None,
+            attestations: Vec::new(),
         });
         self
     }
@@ -86,6 +87,7 @@ impl PolicySpec {
                 ct_log: None,
             }),
             transparency_log: None,
+            attestations: Vec::new(),
         });
         self
     }
@@ -115,6 +117,19 @@ impl PolicySpec {
     /// The `images` globs, instead of `<host>/**`.
     pub fn images<'a>(mut self, globs: impl IntoIterator<Item = &'a str>) -> PolicySpec {
         self.spec.images = globs.into_iter().map(str::to_owned).collect();
+        self
+    }
+
+    /// The last authority also requires attestations of these types (`cosign attest --type` names or
+    /// URIs).
+    pub fn requiring_attestations<'a>(
+        mut self,
+        types: impl IntoIterator<Item = &'a str>,
+    ) -> PolicySpec {
+        self.last_authority().attestations = types
+            .into_iter()
+            .map(|kind| registryx_guard::policy::AttestationRequirement { kind: kind.into() })
+            .collect();
         self
     }
 

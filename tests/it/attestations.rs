@@ -1,0 +1,253 @@
+//! Attestations as evidence (issue 20): real `cosign attest` output, legacy `.att` tags on a registry
+//! and bundles among the referrers, required by a key authority. The attacker's cases first: what
+//! must never count.
+
+use serde_json::{Value, json};
+
+use crate::support::cosign::{Cosign, Format, command_in};
+use crate::support::policy::PolicySpec;
+use crate::support::registry::{PushedImage, Registry};
+use crate::support::verdicts::{assert_admitted, assert_refused, assert_refused_saying, verify};
+use registryx_guard::refusal::Reason;
+use registryx_guard::verify::ImageVerdict;
+
+const SLSA1: &str = "https://slsa.dev/provenance/v1";
+
+fn provenance(builder: &str) -> Value {
+    json!({
+        "buildDefinition": {
+            "buildType": "https://actions.github.io/buildtypes/workflow/v1",
+            "externalParameters": {"workflow": {"repository": "https://github.com/acme/app"}},
+        },
+        "runDetails": {"builder": {"id": builder}},
+    })
+}
+
+const BUILDER: &str = "https://github.com/acme/.github/workflows/release.yml@refs/heads/main";
+
+/// A registry of `format`'s kind (referrers for bundles), an image signed by `cosign` in it.
+async fn signed_image(format: Format, seed: &str) -> (Registry, Cosign, PushedImage) {
+    let registry = match format {
+        Format::Bundle => Registry::with_referrers(),
+        Format::Legacy => Registry::distribution(),
+    };
+    let cosign = Cosign::with_new_key_pair();
+    let image = registry.push_image("team/app", "v1", seed).await;
+    cosign.sign(&image.reference, format);
+    (registry, cosign, image)
+}
+
+fn requiring(registry: &Registry, cosign: &Cosign, types: &[&str]) -> PolicySpec {
+    PolicySpec::key(&registry.host, &cosign.public_key_pem())
+        .requiring_attestations(types.iter().copied())
+}
+
+/// Verifies `image` under the key policy of `cosign` whose authority requires `kind`.
+async fn verify_requiring(
+    registry: &Registry,
+    cosign: &Cosign,
+    image: &PushedImage,
+    kind: &str,
+) -> ImageVerdict {
+    verify(
+        &image.reference,
+        &requiring(registry, cosign, &[kind]).compile(),
+    )
+    .await
+}
+
+/// The evidence JSON of the first attestation the first authority of the first policy found.
+fn first_attestation(verdict: &ImageVerdict) -> Value {
+    let json = serde_json::to_value(&verdict.policies[0]).unwrap();
+    json["authorities"][0]["attestations"][0].clone()
+}
+
+const BUILDER_RULE: &str = "package registry\nimport rego.v1\n\n\
+    deny contains msg if {\n\
+      some p in input.attestations[\"https://slsa.dev/provenance/v1\"]\n\
+      not startswith(p.predicate.runDetails.builder.id, \"https://github.com/acme/\")\n\
+      msg := sprintf(\"untrusted builder %v\", [p.predicate.runDetails.builder.id])\n\
+    }\n\
+    deny contains \"no provenance\" if not input.attestations[\"https://slsa.dev/provenance/v1\"]\n";
+
+#[tokio::test]
+async fn a_signature_alone_never_satisfies_an_attestation_requirement() {
+    for format in [Format::Legacy, Format::Bundle] {
+        let (registry, cosign, image) = signed_image(format, &format!("sig-only-{format:?}")).await;
+        let verdict = verify_requiring(&registry, &cosign, &image, "slsaprovenance1").await;
+        assert_refused_saying(
+            &verdict,
+            Reason::AttestationMissing,
+            &["no attestation of type \"https://slsa.dev/provenance/v1\""],
+        );
+        let remedy = verdict.policies[0].failure.as_ref().unwrap().remedy.clone();
+        assert!(
+            remedy.as_deref().is_some_and(|r| r.contains(
+                "cosign attest --key <the private key of authority release> --type https://slsa.dev/provenance/v1"
+            ) && r.contains(&image.digest)),
+            "{remedy:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_attestation_signed_by_another_key_does_not_count() {
+    for format in [Format::Legacy, Format::Bundle] {
+        let (registry, cosign, image) =
+            signed_image(format, &format!("other-key-{format:?}")).await;
+        let intruder = Cosign::with_new_key_pair();
+        intruder.attest(
+            &image.reference,
+            "slsaprovenance1",
+            &provenance(BUILDER),
+            format,
+        );
+
+        let verdict = verify_requiring(&registry, &cosign, &image, "slsaprovenance1").await;
+        assert_refused(&verdict, Reason::AttestationOtherSigner);
+        let found = first_attestation(&verdict);
+        assert_eq!(found["predicateType"], SLSA1, "{found:#}");
+        assert_eq!(found["verified"], false, "{found:#}");
+        assert_eq!(found["reasonKind"], "attestation_other_signer", "{found:#}");
+    }
+}
+
+#[tokio::test]
+async fn an_attestation_of_another_type_does_not_count() {
+    for format in [Format::Legacy, Format::Bundle] {
+        let (registry, cosign, image) =
+            signed_image(format, &format!("other-type-{format:?}")).await;
+        cosign.attest(
+            &image.reference,
+            "slsaprovenance02",
+            &json!({"builder": {"id": BUILDER}, "buildType": "x"}),
+            format,
+        );
+
+        let verdict = verify_requiring(&registry, &cosign, &image, "slsaprovenance1").await;
+        assert_refused_saying(
+            &verdict,
+            Reason::AttestationOtherType,
+            &["https://slsa.dev/provenance/v0.2"],
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unsigned_sbom_attached_never_admits() {
+    let (registry, cosign, image) = signed_image(Format::Legacy, "attached-sbom").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sbom = dir.path().join("sbom.json");
+    std::fs::write(
+        &sbom,
+        r#"{"spdxVersion":"SPDX-2.3","SPDXID":"SPDXRef-DOCUMENT","name":"app","packages":[]}"#,
+    )
+    .unwrap();
+    let output = command_in(dir.path())
+        .args(["attach", "sbom", "--type", "spdx", "--sbom"])
+        .arg(&sbom)
+        .arg(&image.reference)
+        .output()
+        .unwrap();
+    crate::support::cosign::assert_success("cosign attach sbom", &output);
+
+    let verdict = verify_requiring(&registry, &cosign, &image, "spdxjson").await;
+    assert_refused(&verdict, Reason::AttestationMissing);
+}
+
+#[tokio::test]
+async fn a_required_provenance_admits_and_reaches_rego() {
+    for format in [Format::Legacy, Format::Bundle] {
+        let (registry, cosign, image) = signed_image(format, &format!("attested-{format:?}")).await;
+        cosign.attest(
+            &image.reference,
+            "slsaprovenance1",
+            &provenance(BUILDER),
+            format,
+        );
+
+        let policy = requiring(&registry, &cosign, &["slsaprovenance1"])
+            .rego(&[("builder.rego", BUILDER_RULE)])
+            .compile();
+        let verdict = verify(&image.reference, &policy).await;
+        assert_admitted(&verdict);
+        let found = first_attestation(&verdict);
+        assert_eq!(found["counted"], true, "{format:?} {found:#}");
+        assert_eq!(
+            found["format"],
+            if format == Format::Bundle {
+                "bundle"
+            } else {
+                "legacy"
+            }
+        );
+        // The module denies "no provenance" unless input.attestations carries it: admitted says it
+        // reached Rego.
+    }
+}
+
+#[tokio::test]
+async fn rego_denies_a_provenance_from_another_builder() {
+    let (registry, cosign, image) = signed_image(Format::Bundle, "rego-builder").await;
+    cosign.attest(
+        &image.reference,
+        "slsaprovenance1",
+        &provenance("https://evil.example/builder"),
+        Format::Bundle,
+    );
+    let policy = requiring(&registry, &cosign, &["slsaprovenance1"])
+        .rego(&[("builder.rego", BUILDER_RULE)])
+        .compile();
+    let verdict = verify(&image.reference, &policy).await;
+    assert_refused_saying(
+        &verdict,
+        Reason::Rego,
+        &["untrusted builder https://evil.example/builder"],
+    );
+}
+
+#[tokio::test]
+async fn without_a_requirement_nothing_changes_and_no_att_tag_is_read() {
+    let (registry, cosign, image) = signed_image(Format::Legacy, "no-requirement").await;
+    let verifier = crate::support::verdicts::new_verifier();
+    let verdict = crate::support::verdicts::verify_with(
+        &verifier,
+        &image.by_digest(),
+        &PolicySpec::key(&registry.host, &cosign.public_key_pem()).compile(),
+        crate::support::verdicts::BUDGET,
+    )
+    .await;
+    assert_admitted(&verdict);
+    // As before attestations existed: referrers, .sig manifest, fallback tag, one payload.
+    assert_eq!(verifier.registry_requests(), 4);
+}
+
+/// An attestation the authority made for one image, copied to another image's `.att` tag: signed by
+/// the right key, but its subject names the first digest.
+#[tokio::test]
+async fn an_attestation_copied_from_another_digest_does_not_count() {
+    let (registry, cosign, first) = signed_image(Format::Legacy, "copied-from").await;
+    cosign.attest(
+        &first.reference,
+        "slsaprovenance1",
+        &provenance(BUILDER),
+        Format::Legacy,
+    );
+    let second = registry.push_image("team/app", "v2", "copied-to").await;
+    cosign.sign(&second.reference, Format::Legacy);
+    let att = |digest: &str| format!("{}.att", digest.replace(':', "-"));
+    let (status, _, media_type, bytes) =
+        registry.get_manifest("team/app", &att(&first.digest)).await;
+    assert_eq!(status, 200);
+    registry
+        .push_manifest(
+            "team/app",
+            &att(&second.digest),
+            media_type.as_deref().unwrap(),
+            &bytes,
+        )
+        .await;
+
+    let verdict = verify_requiring(&registry, &cosign, &second, "slsaprovenance1").await;
+    assert_refused_saying(&verdict, Reason::AttestationOtherDigest, &[&first.digest]);
+}
