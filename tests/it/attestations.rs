@@ -251,3 +251,53 @@ async fn an_attestation_copied_from_another_digest_does_not_count() {
     let verdict = verify_requiring(&registry, &cosign, &second, "slsaprovenance1").await;
     assert_refused_saying(&verdict, Reason::AttestationOtherDigest, &[&first.digest]);
 }
+
+/// Each `cosign attest --type` name maps to the predicate type cosign writes: real predicates of each
+/// kind, required by that name, admit.
+#[tokio::test]
+async fn cosign_type_names_match_what_cosign_writes() {
+    let (registry, cosign, image) = signed_image(Format::Bundle, "every-type").await;
+    let predicates = [
+        (
+            "slsaprovenance",
+            json!({"builder": {"id": BUILDER}, "buildType": "https://example.com/b/v1"}),
+        ),
+        (
+            "spdxjson",
+            json!({"spdxVersion": "SPDX-2.3", "SPDXID": "SPDXRef-DOCUMENT", "name": "app",
+                   "dataLicense": "CC0-1.0", "packages": []}),
+        ),
+        (
+            "cyclonedx",
+            json!({"bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1, "components": []}),
+        ),
+        (
+            "vuln",
+            json!({"scanner": {"uri": "pkg:github/aquasecurity/trivy", "version": "0.50.0",
+                               "result": {"Results": []}},
+                   "metadata": {"scanStartedOn": "2026-01-01T00:00:00Z",
+                                "scanFinishedOn": "2026-01-01T00:01:00Z"}}),
+        ),
+        (
+            "openvex",
+            json!({"@context": "https://openvex.dev/ns/v0.2.0", "@id": "https://example.com/vex/1",
+                   "author": "acme", "timestamp": "2026-01-01T00:00:00Z", "version": 1,
+                   "statements": []}),
+        ),
+    ];
+    for (kind, predicate) in &predicates {
+        cosign.attest(&image.reference, kind, predicate, Format::Bundle);
+    }
+    for (kind, _) in &predicates {
+        let verdict = verify_requiring(&registry, &cosign, &image, kind).await;
+        assert_admitted(&verdict);
+    }
+    let every: Vec<&str> = predicates.iter().map(|(kind, _)| *kind).collect();
+    assert_admitted(
+        &verify(
+            &image.reference,
+            &requiring(&registry, &cosign, &every).compile(),
+        )
+        .await,
+    );
+}

@@ -1435,22 +1435,32 @@ async fn vulnerabilities_come_from_registryx_and_its_signed_flag_is_ignored() {
     assert!(error.contains("not a repository name"), "{error}");
 }
 
-#[test]
-fn slsa_provenance_example_checks_builder_and_source() {
-    let policy = example("slsa-provenance.rego");
-    let with = |builder: &str, source: &str| RegoInput {
+/// [`input`] with one verified attestation of `predicate_type` by `release-key`.
+fn attested(predicate_type: &str, predicate: serde_json::Value) -> RegoInput {
+    RegoInput {
         attestations: BTreeMap::from([(
-            "https://slsa.dev/provenance/v1".into(),
+            predicate_type.to_owned(),
             vec![RegoAttestation {
-                predicate: json!({
-                    "buildDefinition": {"externalParameters": {"workflow": {"repository": source}}},
-                    "runDetails": {"builder": {"id": builder}},
-                }),
+                predicate,
                 signer: "release-key".into(),
                 integrated_time: None,
             }],
         )]),
         ..input()
+    }
+}
+
+#[test]
+fn slsa_provenance_example_checks_builder_and_source() {
+    let policy = example("slsa-provenance.rego");
+    let with = |builder: &str, source: &str| {
+        attested(
+            "https://slsa.dev/provenance/v1",
+            json!({
+                "buildDefinition": {"externalParameters": {"workflow": {"repository": source}}},
+                "runDetails": {"builder": {"id": builder}},
+            }),
+        )
     };
     let release = "https://github.com/acme/.github/workflows/release.yml@refs/heads/main";
     assert_eq!(
@@ -1480,4 +1490,34 @@ fn slsa_provenance_example_checks_builder_and_source() {
             .any(|d| d.contains("no verified SLSA v1 provenance")),
         "{none:?}"
     );
+}
+
+#[test]
+fn vuln_attestation_example_wants_a_recent_scan_without_criticals() {
+    let policy = example("vuln-attestation.rego");
+    let scan = |finished: &str, severity: &str| {
+        attested(
+            "https://cosign.sigstore.dev/attestation/vuln/v1",
+            json!({
+                "scanner": {"uri": "pkg:github/aquasecurity/trivy", "result": {"Results": [
+                    {"Vulnerabilities": [{"VulnerabilityID": "CVE-1", "Severity": severity}]}
+                ]}},
+                "metadata": {"scanFinishedOn": finished},
+            }),
+        )
+    };
+    let rfc3339 = |ago: time::Duration| {
+        (time::OffsetDateTime::now_utc() - ago)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let fresh = rfc3339(time::Duration::hours(1));
+    let stale = rfc3339(time::Duration::days(8));
+    assert_eq!(
+        denials(&policy, &scan(&fresh, "HIGH")),
+        Vec::<String>::new()
+    );
+    assert_eq!(denials(&policy, &scan(&fresh, "CRITICAL")).len(), 1);
+    assert_eq!(denials(&policy, &scan(&stale, "HIGH")).len(), 1);
+    assert_eq!(denials(&policy, &input()).len(), 1);
 }

@@ -635,3 +635,71 @@ fn broken_key_policy(name: &str, images: &str) -> String {
          authorities:\n  - name: release\n    key: {{data: \"-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\\n\"}}\n"
     )
 }
+
+/// `verify --output json` shows every attestation found and why it counted or not, and the verified
+/// predicates in the Rego input.
+#[tokio::test]
+async fn json_output_shows_each_attestation_and_why_it_counted() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let image = registry.push_image("team/app", "v1", "cli-attested").await;
+    cosign.sign(&image.reference, Format::Legacy);
+    let predicate = serde_json::json!({"runDetails": {"builder": {"id": "https://ci.example/b"}}});
+    cosign.attest(
+        &image.reference,
+        "slsaprovenance1",
+        &predicate,
+        Format::Legacy,
+    );
+    Cosign::with_new_key_pair().attest(
+        &image.reference,
+        "slsaprovenance1",
+        &predicate,
+        Format::Legacy,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        &team_policy(&registry, &cosign)
+            .requiring_attestations(["slsaprovenance1"])
+            .rego(&[(
+                "pass.rego",
+                "package registryx.policy\ndefault allow = true",
+            )]),
+    );
+
+    let output = verify(&[
+        &image.reference,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let found = json["policies"][0]["authorities"][0]["attestations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{json:#}"));
+    assert_eq!(found.len(), 2, "{json:#}");
+    assert!(
+        found
+            .iter()
+            .any(|a| a["counted"] == true && a["format"] == "legacy"),
+        "{json:#}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|a| a["counted"] == false && a["reasonKind"] == "attestation_other_signer"),
+        "{json:#}"
+    );
+    let input = &json["policies"][0]["regoInput"];
+    assert_eq!(
+        input["attestations"]["https://slsa.dev/provenance/v1"][0]["predicate"], predicate,
+        "{json:#}"
+    );
+    assert_eq!(
+        input["attestations"]["https://slsa.dev/provenance/v1"][0]["signer"], "release-key",
+        "{json:#}"
+    );
+}
