@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::support::cosign::{Cosign, Format, command_in};
+use crate::support::keyless::TestCa;
 use crate::support::policy::PolicySpec;
 use crate::support::registry::{PushedImage, Registry};
 use crate::support::verdicts::{assert_admitted, assert_refused, assert_refused_saying, verify};
@@ -300,4 +301,59 @@ async fn cosign_type_names_match_what_cosign_writes() {
         )
         .await,
     );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Keyless authorities: the same certificate checks as signatures (a CA of the tests' own, no log)
+
+const ISSUER: &str = "https://issuer.ci.example";
+const SUBJECT: &str = "https://ci.example/team/app/.github/workflows/release.yaml@refs/heads/main";
+
+#[tokio::test]
+async fn keyless_attestations_count_for_the_accepted_identity_only() {
+    for format in [Format::Legacy, Format::Bundle] {
+        let registry = match format {
+            Format::Bundle => Registry::with_referrers(),
+            Format::Legacy => Registry::distribution(),
+        };
+        let ca = TestCa::new("ci-ca");
+        let image = registry
+            .push_image("team/app", "v1", &format!("keyless-att-{format:?}"))
+            .await;
+        let leaf = ca.issue(ISSUER, SUBJECT);
+        leaf.sign(&image.reference, format);
+        let policy = PolicySpec::keyless(&registry.host, ISSUER, SUBJECT)
+            .fulcio_ca(&ca.chain_pem())
+            .transparency_log(false, None)
+            .requiring_attestations(["slsaprovenance1"])
+            .compile();
+
+        // Another identity of the same CA attests: not this authority's attestation.
+        ca.issue(ISSUER, "https://ci.example/evil").attest(
+            &image.reference,
+            "slsaprovenance1",
+            &provenance(BUILDER),
+            format,
+        );
+        assert_refused(
+            &verify(&image.reference, &policy).await,
+            Reason::AttestationOtherSigner,
+        );
+
+        leaf.attest(
+            &image.reference,
+            "slsaprovenance1",
+            &provenance(BUILDER),
+            format,
+        );
+        let verdict = verify(&image.reference, &policy).await;
+        assert_admitted(&verdict);
+        let json = serde_json::to_value(&verdict.policies[0]).unwrap();
+        let found = json["authorities"][0]["attestations"].as_array().unwrap();
+        assert_eq!(
+            found.iter().filter(|a| a["counted"] == true).count(),
+            1,
+            "{json:#}"
+        );
+    }
 }

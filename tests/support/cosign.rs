@@ -68,19 +68,13 @@ impl Cosign {
     /// Attests `image` with the private key: `cosign attest --type <kind> --predicate <predicate>`,
     /// offline; panics with cosign's output on failure.
     pub fn attest(&self, image: &str, kind: &str, predicate: &serde_json::Value, format: Format) {
-        let file = self
-            .dir
-            .path()
-            .join(format!("predicate-{}.json", kind.replace(['/', ':'], "_")));
-        std::fs::write(&file, serde_json::to_vec(predicate).unwrap()).unwrap();
-        let mut command = self.command();
-        command
-            .args(["attest", "--yes", "--key"])
-            .arg(self.private_key())
-            .args(["--type", kind, "--predicate"])
-            .arg(&file)
-            .args(["--tlog-upload=false", "--use-signing-config=false"])
-            .arg(format!("--new-bundle-format={}", format == Format::Bundle));
+        let mut command = attest_command(
+            self.dir.path(),
+            &self.private_key(),
+            kind,
+            predicate,
+            format,
+        );
         if !image.starts_with("127.0.0.1:") && !image.starts_with("localhost:") {
             command.arg("--allow-http-registry");
         }
@@ -121,6 +115,28 @@ pub fn sign_command(dir: &Path, key: &Path, format: Format) -> Command {
     command
         .args(["sign", "--yes", "--key"])
         .arg(key)
+        .args(["--tlog-upload=false", "--use-signing-config=false"])
+        .arg(format!("--new-bundle-format={}", format == Format::Bundle));
+    command
+}
+
+/// `cosign attest` of `predicate` (written into `dir`) as `kind` with `key`, offline, in `format`;
+/// the image (and any certificate flags) still to be added.
+pub fn attest_command(
+    dir: &Path,
+    key: &Path,
+    kind: &str,
+    predicate: &serde_json::Value,
+    format: Format,
+) -> Command {
+    let file = dir.join(format!("predicate-{}.json", kind.replace(['/', ':'], "_")));
+    std::fs::write(&file, serde_json::to_vec(predicate).unwrap()).unwrap();
+    let mut command = command_in(dir);
+    command
+        .args(["attest", "--yes", "--key"])
+        .arg(key)
+        .args(["--type", kind, "--predicate"])
+        .arg(&file)
         .args(["--tlog-upload=false", "--use-signing-config=false"])
         .arg(format!("--new-bundle-format={}", format == Format::Bundle));
     command

@@ -20,7 +20,7 @@ use tempfile::TempDir;
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use super::cosign::{Format, assert_success, command_in, sign_command};
+use super::cosign::{Format, assert_success, attest_command, command_in, sign_command};
 
 /// Fulcio's "Issuer (V1)" extension: the OIDC issuer as raw string bytes (deprecated, still read).
 pub const OID_ISSUER_V1: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 1, 1];
@@ -494,15 +494,32 @@ impl Leaf {
     /// on failure. Cosign checks that the certificate holds the key's public half and chains to the last
     /// certificate of `chain.pem` for code signing.
     pub fn sign(&self, image: &str, format: Format) {
-        let output = sign_command(self.dir.path(), &self.private_key(), format)
+        let command = sign_command(self.dir.path(), &self.private_key(), format);
+        self.run_with_certificate(command, "sign", image);
+    }
+
+    /// Attests `image` with the leaf's key, attaching the leaf and the chain (`cosign attest --type
+    /// <kind>`, offline); panics with cosign's output on failure.
+    pub fn attest(&self, image: &str, kind: &str, predicate: &serde_json::Value, format: Format) {
+        let key = self.private_key();
+        let command = attest_command(self.dir.path(), &key, kind, predicate, format);
+        self.run_with_certificate(command, "attest", image);
+    }
+
+    /// Runs cosign's `verb` on `image` with the leaf and the chain attached.
+    fn run_with_certificate(&self, mut command: Command, verb: &str, image: &str) {
+        let output = command
             .arg("--certificate")
             .arg(self.cert_path())
             .arg("--certificate-chain")
             .arg(self.chain_path())
             .arg(image)
             .output()
-            .expect("run cosign sign");
-        assert_success(&format!("cosign sign {image} with a certificate"), &output);
+            .unwrap_or_else(|e| panic!("run cosign {verb}: {e}"));
+        assert_success(
+            &format!("cosign {verb} {image} with a certificate"),
+            &output,
+        );
     }
 
     /// `trusted_root.json`: the CA as a sigstore trusted root (see [`TestCa::trusted_root_json`]).
