@@ -79,6 +79,13 @@ pub fn predicate_type(kind: &str) -> Result<String, String> {
     if let Some((_, uri)) = PREDICATE_TYPES.iter().find(|(name, _)| *name == kind) {
         return Ok((*uri).to_owned());
     }
+    if kind == "https://sigstore.dev/cosign/sign/v1" {
+        return Err(
+            "that is the predicate type of cosign's bundle signatures, and a signature is never an \
+             attestation: the authority verifies the signature anyway"
+                .to_owned(),
+        );
+    }
     if kind.contains("://") && !kind.chars().any(char::is_whitespace) {
         return Ok(kind.to_owned());
     }
@@ -557,6 +564,7 @@ mod tests {
             "https://example.com/p/v1"
         );
         assert!(predicate_type("slsa").is_err());
+        assert!(predicate_type("https://sigstore.dev/cosign/sign/v1").is_err());
         let plain = compile(&key_authority(P256), &NoSecrets, "ns").unwrap();
         let mut with = key_authority(P256);
         with.attestations = vec![crate::policy::AttestationRequirement {

@@ -1211,3 +1211,42 @@ async fn mutate_and_validate_on_different_replicas_agree() {
         "twenty mutations of an unsigned image cost {reads} registry requests"
     );
 }
+
+/// A policy that requires a provenance attestation: the signed image without one is refused through
+/// the webhook with the typed reason, the missing type and the `cosign attest` remedy; once attested,
+/// the same image is admitted.
+#[tokio::test]
+async fn a_required_attestation_refuses_until_the_image_is_attested() {
+    let f = fixture_with(|policy| policy.requiring_attestations(["slsaprovenance1"])).await;
+    let (_, refused) = admit(&f.router, review_with_image(&f.signed.reference)).await;
+    assert_refused_for(&refused, &[Reason::AttestationMissing]);
+    let message = message(&refused);
+    for needle in [
+        "no attestation of type \"https://slsa.dev/provenance/v1\"",
+        "attest it with: cosign attest --key <the private key of authority release> --type https://slsa.dev/provenance/v1",
+        f.signed.digest.as_str(),
+    ] {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from: {message}"
+        );
+    }
+
+    f.cosign.attest(
+        &f.signed.reference,
+        "slsaprovenance1",
+        &serde_json::json!({"runDetails": {"builder": {"id": "https://ci.example/b"}}}),
+        Format::Legacy,
+    );
+    let mut admitted = Value::Null;
+    for _ in 0..40 {
+        admitted = admit(&f.router, review_with_image(&f.signed.reference))
+            .await
+            .1;
+        if admitted["response"]["allowed"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(admitted["response"]["allowed"], true, "{admitted:#}");
+}
