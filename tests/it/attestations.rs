@@ -223,6 +223,29 @@ async fn without_a_requirement_nothing_changes_and_no_att_tag_is_read() {
     assert_eq!(verifier.registry_requests(), 4);
 }
 
+/// Required, a legacy attestation costs two requests more: the `.att` manifest (read beside the `.sig`
+/// one) and its envelope (beside the payload).
+#[tokio::test]
+async fn a_required_legacy_attestation_is_read_in_the_same_pass() {
+    let (registry, cosign, image) = signed_image(Format::Legacy, "same-pass").await;
+    cosign.attest(
+        &image.reference,
+        "slsaprovenance1",
+        &provenance(BUILDER),
+        Format::Legacy,
+    );
+    let verifier = crate::support::verdicts::new_verifier();
+    let verdict = crate::support::verdicts::verify_with(
+        &verifier,
+        &image.by_digest(),
+        &requiring(&registry, &cosign, &["slsaprovenance1"]).compile(),
+        crate::support::verdicts::BUDGET,
+    )
+    .await;
+    assert_admitted(&verdict);
+    assert_eq!(verifier.registry_requests(), 6);
+}
+
 /// An attestation the authority made for one image, copied to another image's `.att` tag: signed by
 /// the right key, but its subject names the first digest.
 #[tokio::test]
