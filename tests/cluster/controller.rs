@@ -583,8 +583,9 @@ async fn writes_of_the_push_events_config_map_cost_no_reconcile() {
                 .unwrap();
         }
     };
-    write("other", 0).await;
+    // Read before the write: the reconcile may come before `write` returns.
     let before = revision();
+    write("other", 0).await;
     eventually("the other ConfigMap reconciled", || revision() > before).await;
     let before = revision();
     for n in 0..10 {
