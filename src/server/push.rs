@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, Uri};
+use headers::authorization::Bearer;
+use headers::{Authorization, HeaderMapExt as _};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -31,6 +33,8 @@ use crate::verify::Verifier;
 pub const MAX_EVENT_BYTES: usize = 64 << 10;
 /// The whole body must arrive within this: a caller that stalls is dropped.
 pub const EVENT_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refused caller's small body is waited for (see [`discard_small_body`]).
+const REFUSED_BODY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Distinct repositories held between two sweeps; beyond, every cached verdict is dropped at once.
 pub const MAX_PENDING_REPOSITORIES: usize = 1024;
 /// How often pending repositories are swept out of the caches.
@@ -207,16 +211,15 @@ impl PushEvents {
                 "push events are off: start registryx-guard with --events-token".into(),
             );
         }
-        // By hand: one prefix on one header; the typed headers (`headers`, axum-extra) are not in the
-        // dependency graph, and would bring a crate for this line.
+        // The `headers` crate reads the scheme case-insensitively (`bearer` is `Bearer`, RFC 9110).
         let bearer = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .typed_get::<Authorization<Bearer>>()
+            .map(|Authorization(bearer)| bearer);
         let from_query = query_token(uri);
-        let authenticated = bearer.is_some_and(|t| self.token.accepts(t))
+        let authenticated = bearer.is_some_and(|b| self.token.accepts(b.token()))
             || from_query.is_some_and(|t| self.token.accepts(&t));
         if !authenticated {
+            discard_small_body(headers, body).await;
             return (
                 StatusCode::UNAUTHORIZED,
                 "push events need the shared token".into(),
@@ -274,6 +277,25 @@ impl PushEvents {
             StatusCode::ACCEPTED,
             "cached results will be dropped".into(),
         )
+    }
+}
+
+/// Reads and drops a refused request's body when it is event-sized. Over HTTP/2, answering while the
+/// body is still unread resets the stream, and clients such as curl and Go's then report a stream error
+/// instead of the 401: the sender reads an outage where it should read "wrong token". The read is
+/// bounded like an event's, in a second; a body that is larger, undeclared or slow is not worth it and
+/// its sender gets the reset.
+async fn discard_small_body(headers: &HeaderMap, body: Body) {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length <= MAX_EVENT_BYTES) {
+        let _ = tokio::time::timeout(
+            REFUSED_BODY_TIMEOUT,
+            axum::body::to_bytes(body, MAX_EVENT_BYTES),
+        )
+        .await;
     }
 }
 

@@ -565,3 +565,49 @@ async fn stalled_bodies_from_64_addresses_do_not_queue_the_api_servers_reviews()
     assert!(rss < RSS_CEILING_MIB, "RSS {rss} MiB");
     drop(crowd);
 }
+
+/// RegistryX (or anyone) posting an event without the token, or with a wrong one, gets a 401 on every
+/// try and on both protocols: a stream reset instead would read as an outage to the sender. curl is the
+/// client because it sends the body after the headers, as Go's client does, which is what exposed the
+/// reset (hyper's client sends both at once and never saw it). The scheme of `Authorization` is
+/// case-insensitive (RFC 9110 11.1) and the query token is percent-decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_event_authentication_answers_401_on_both_protocols() {
+    let _room = crate::support::serial::room("floods");
+    let server = start_server();
+    let url = format!("https://127.0.0.1:{}/registryx/events", server.https);
+    let post = |protocol: &str, target: &str, authorization: Option<&str>| {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sk", protocol, "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-X",
+                "POST",
+                "--data",
+                r#"{"action":"push","repository":"team/app","tag":"v1"}"#,
+            ]);
+        if let Some(value) = authorization {
+            curl.args(["-H", &format!("authorization: {value}")]);
+        }
+        let output = curl.arg(target).output().expect("curl runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // `f` and `-` percent-encoded, as a URL builder may write them.
+    let encoded = TOKEN.replacen('f', "%66", 1).replace('-', "%2D");
+    for protocol in ["--http1.1", "--http2"] {
+        for attempt in 0..30 {
+            let (target, authorization) = match attempt % 3 {
+                0 => (url.clone(), None),
+                1 => (url.clone(), Some("Bearer wrong-token-0123456789")),
+                _ => (format!("{url}?token=wrong-token-0123456789"), None),
+            };
+            let status = post(protocol, &target, authorization);
+            assert_eq!(status, "401", "{protocol} attempt {attempt}");
+        }
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let status = post(protocol, &url, Some(&format!("{scheme} {TOKEN}")));
+            assert_eq!(status, "202", "{protocol} {scheme}");
+        }
+        let status = post(protocol, &format!("{url}?token={encoded}"), None);
+        assert_eq!(status, "202", "{protocol} percent-encoded token");
+    }
+}
