@@ -77,6 +77,10 @@ pub fn init(
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(make_writer);
     // `try_init` so that a second call (in tests) is harmless.
     let _ = match args.log_format {
@@ -87,6 +91,12 @@ pub fn init(
             .try_init(),
     };
     guard
+}
+
+/// Colour codes only for a person at a terminal: a log file, a pipe or `kubectl logs` would show them
+/// as `[2m...[0m`. A non-empty `NO_COLOR` turns them off everywhere (no-color.org).
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// tracing-subscriber's JSON lines (timestamp, level, the event's fields at the top, target, the

@@ -6,7 +6,7 @@ use std::fmt;
 /// The one text of every failure to reach a registry: a closed port, a reset, a TLS failure, and an
 /// answer from something that is not a registry all read the same.
 pub(crate) const NO_REGISTRY: &str = "no registry answered: cannot connect, the connection failed, or \
-     what answered is not a registry (the webhook's log has the cause)";
+     what answered is not a registry (the log has the cause: the webhook's, or verify's stderr)";
 
 /// A registry step that failed: `{registry}: {step}: {kind}`.
 #[derive(Clone, Debug)]

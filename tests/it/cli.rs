@@ -297,3 +297,69 @@ fn a_policy_file_rewritten_in_place_is_never_published_half_written() {
         "the finished file was not published once: {seen:?}"
     );
 }
+
+/// Colour codes only on a terminal, and never with NO_COLOR: `verify`'s log of a registry that does not
+/// answer, read from a pipe, from a pseudo-terminal (`script`), and from one with NO_COLOR=1.
+#[test]
+fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = rcgen::KeyPair::generate()
+        .unwrap()
+        .public_key_pem()
+        .replace('\n', "\n        ");
+    let closed = crate::support::free_port();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: p}}\nspec:\n  images: ['127.0.0.1:{closed}/**']\n  \
+             authorities:\n  - name: k\n    key:\n      data: |\n        {pem}\n"
+        ),
+    )
+    .unwrap();
+    let binary = env!("CARGO_BIN_EXE_registryx-guard");
+    let image = format!("127.0.0.1:{closed}/app:1");
+    let args = ["verify", "--policy", policy.to_str().unwrap(), &image];
+    let output = Command::new(binary).args(args).output().unwrap();
+    let piped = stderr(&output);
+    // The log names the URL tried, port included.
+    let tried = format!("registry connection failed url=\"https://127.0.0.1:{closed}/v2/app/");
+    assert!(piped.contains(&tried), "{piped}");
+    assert!(
+        !piped.contains('\u{1b}'),
+        "colour codes in a pipe: {piped:?}"
+    );
+    // The refusal points at the log this command wrote, not at a webhook's.
+    let refusal = stdout(&output);
+    assert!(refusal.contains("verify's stderr"), "{refusal}");
+
+    let on_terminal = |no_color: Option<&str>| {
+        let command = std::iter::once(binary)
+            .chain(args)
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = Command::new("script");
+        script.args(["-qec", &command, "/dev/null"]);
+        script.env_remove("NO_COLOR");
+        if let Some(value) = no_color {
+            script.env("NO_COLOR", value);
+        }
+        String::from_utf8_lossy(&script.output().unwrap().stdout).into_owned()
+    };
+    let coloured = on_terminal(None);
+    assert!(
+        coloured.contains("registry connection failed"),
+        "{coloured}"
+    );
+    assert!(
+        coloured.contains("\u{1b}["),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = on_terminal(Some("1"));
+    assert!(plain.contains("registry connection failed"), "{plain}");
+    assert!(
+        !plain.contains('\u{1b}'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+}

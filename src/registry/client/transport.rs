@@ -277,8 +277,9 @@ pub(super) fn log_transport_error(error: &reqwest::Error) {
     let url = error
         .url()
         .map(|u| {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
             format!(
-                "{}://{}{}",
+                "{}://{}{port}{}",
                 u.scheme(),
                 u.host_str().unwrap_or(""),
                 u.path()
