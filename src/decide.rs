@@ -17,9 +17,11 @@ use std::time::Instant;
 use futures::future::join_all;
 
 use crate::policy::CompiledPolicy;
-use crate::refusal::Reason;
+use crate::refusal::{About, Reason};
 use crate::registry::ImageRef;
-use crate::registry::registryx::{VulnerabilitySummary, vulnerability_summary};
+use crate::registry::registryx::{
+    ApiError, ApiErrorKind, VulnerabilitySummary, vulnerability_summary,
+};
 use crate::rego::{
     RegoAttestation, RegoInput, RegoPod, RegoPolicy, RegoRequest, RegoSignature, Vulnerabilities,
 };
@@ -112,24 +114,39 @@ impl Stage<'_> {
         let Some(rego) = &policy.rego else {
             return;
         };
-        let (denials, input) = self.evaluate(rego, policy, verdict).await;
+        let (refusal, input) = self.evaluate(rego, policy, verdict).await;
         verdict.rego_input = self.context.keep_rego_input.then_some(input);
-        if !denials.is_empty() {
-            verdict.refuse(Reason::Rego, denials);
+        match refusal {
+            Some(Refusal::Rego(denials)) => verdict.refuse(Reason::Rego, denials),
+            Some(Refusal::RegistryxApi(error)) => {
+                let reason = Reason::of_registryx_api(&error);
+                let host = error.host();
+                verdict.refuse(
+                    reason,
+                    vec![format!("cannot read the vulnerability summary: {error}")],
+                );
+                if let Some(failure) = verdict.failure.as_mut()
+                    && failure.remedy.is_none()
+                {
+                    failure.remedy = reason.remedy(&About::registry(&host));
+                }
+            }
+            None => {}
         }
     }
 
-    /// Runs the policy's Rego rules on the input document; the messages that refuse, if any, and the
+    /// Runs the policy's Rego rules on the input document; what refuses, if anything, and the
     /// document. An evaluation error or a runaway policy refuses too: rules that cannot be evaluated
-    /// are not skipped.
+    /// are not skipped. When RegistryX's API cannot be read, the rules are not evaluated at all: their
+    /// verdict on a document without the scan would be about the outage, in the policy's words.
     async fn evaluate(
         &self,
         rego: &Arc<RegoPolicy>,
         policy: &CompiledPolicy,
         verdict: &PolicyVerdict,
-    ) -> (Vec<String>, serde_json::Value) {
+    ) -> (Option<Refusal>, serde_json::Value) {
         let (image, digest, context) = (self.image, self.digest, self.context);
-        let mut refusals = Vec::new();
+        let mut unread = None;
         let vulnerabilities = match &policy.registry.registryx_api {
             Some(api) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
@@ -145,14 +162,15 @@ impl Stage<'_> {
                         )
                         .await
                     }
-                    Err(error) => Err(error.to_string()),
+                    Err(error) => Err(ApiError {
+                        url: api.clone(),
+                        kind: ApiErrorKind::NoAnswer(error.to_string()),
+                    }),
                 };
                 match read {
                     Ok(found) => found.map(Vulnerabilities::from),
                     Err(error) => {
-                        refusals.push(format!(
-                            "rego: cannot read the vulnerability summary: {error}"
-                        ));
+                        unread = Some(error);
                         None
                     }
                 }
@@ -214,6 +232,10 @@ impl Stage<'_> {
             ..RegoInput::default()
         }
         .to_value();
+        if let Some(error) = unread {
+            return (Some(Refusal::RegistryxApi(error)), input);
+        }
+        let mut refusals = Vec::new();
         // Evaluation is CPU work bounded by the policy's own time limit: off the async threads.
         let rego = rego.clone();
         let evaluated = input.clone();
@@ -238,8 +260,19 @@ impl Stage<'_> {
             Ok(Err(error)) => refusals.push(format!("rego: evaluation failed, refusing: {error}")),
             Err(error) => refusals.push(format!("rego: evaluation aborted, refusing: {error}")),
         }
-        (refusals, input)
+        (
+            (!refusals.is_empty()).then_some(Refusal::Rego(refusals)),
+            input,
+        )
     }
+}
+
+/// Why a policy's Rego stage refuses.
+enum Refusal {
+    /// The rules denied (or could not be evaluated), in these messages.
+    Rego(Vec<String>),
+    /// RegistryX's REST API could not be read, so the rules were not evaluated.
+    RegistryxApi(ApiError),
 }
 
 /// RegistryX's scan summary as the Rego input document carries it.

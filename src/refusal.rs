@@ -6,6 +6,7 @@
 
 use serde::Serialize;
 
+use crate::registry::registryx::{ApiError, ApiErrorKind};
 use crate::registry::{ErrorKind, RegistryError};
 
 /// The digest of zero bytes: what RegistryX reports for a blob it stored empty.
@@ -179,6 +180,19 @@ impl Reason {
         match Reason::of_registry_error(error) {
             Reason::EmptyBlob | Reason::SignatureUnreadable => Reason::ImageUnreadable,
             other => other,
+        }
+    }
+
+    /// What a failure to read RegistryX's REST API (the vulnerability summary) means: an outage is
+    /// `unreachable`, never a policy's `rego` verdict, so that metrics and the user see what happened.
+    pub fn of_registryx_api(error: &ApiError) -> Reason {
+        match &error.kind {
+            ApiErrorKind::NoAnswer(_) => Reason::Unreachable,
+            ApiErrorKind::Status(401 | 403) => Reason::Unauthorized,
+            ApiErrorKind::Status(status) if *status == 429 || *status >= 500 => Reason::Unreachable,
+            ApiErrorKind::Status(_) => Reason::RegistryRefused,
+            ApiErrorKind::Malformed(_) => Reason::ImageUnreadable,
+            ApiErrorKind::BadRequest(_) => Reason::InvalidReference,
         }
     }
 

@@ -49,6 +49,88 @@ pub struct VulnerabilitySummary {
     pub status: String,
 }
 
+/// A failure to read RegistryX's REST API: the URL and what went wrong, worded as the refusal shows it
+/// (`RegistryX API GET <url>: <what>`). The kind tells an outage from a refusal or a lie, so that the
+/// decision is labelled for what happened rather than as a policy's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub url: String,
+    pub kind: ApiErrorKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiErrorKind {
+    /// No connection, no answer in time, or a TLS failure: the API is out of reach.
+    NoAnswer(String),
+    /// The API answered with this HTTP status (its body is never quoted).
+    Status(u16),
+    /// The answer is not a manifest summary, or is for another digest.
+    Malformed(String),
+    /// The repository or digest asked about cannot be put in a URL.
+    BadRequest(String),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            ApiErrorKind::BadRequest(what) => write!(f, "RegistryX API: {what}"),
+            ApiErrorKind::NoAnswer(what) | ApiErrorKind::Malformed(what) => {
+                write!(f, "RegistryX API GET {}: {what}", self.url)
+            }
+            ApiErrorKind::Status(status) => write!(
+                f,
+                "RegistryX API GET {}: HTTP {}",
+                self.url,
+                reqwest::StatusCode::from_u16(*status)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|_| status.to_string())
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    /// The host (and port) of the API, for the reason and remedy.
+    pub fn host(&self) -> String {
+        reqwest::Url::parse(&self.url)
+            .ok()
+            .and_then(|u| {
+                u.host_str().map(|h| {
+                    format!(
+                        "{h}{}",
+                        u.port().map(|p| format!(":{p}")).unwrap_or_default()
+                    )
+                })
+            })
+            .unwrap_or_else(|| "the RegistryX API".to_owned())
+    }
+}
+
+/// What a failed request says, causes included (reqwest's own message is only "error sending
+/// request"), with the one hint the RegistryX guide's users need: RegistryX started as its README says
+/// serves plain HTTP, and TLS against it fails with rustls' "InvalidContentType".
+fn no_answer(error: &reqwest::Error, timeout: Duration) -> String {
+    if error.is_timeout() {
+        return format!("no answer within {timeout:?}");
+    }
+    let mut cause = String::from("request failed");
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        cause.push_str(": ");
+        cause.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
+        cause.push_str(
+            " (the API does not speak TLS here: a RegistryX started as its README says serves plain \
+             HTTP; give registryxApi as http://...)",
+        );
+    }
+    cause
+}
+
 /// Reads RegistryX's vulnerability summary of `repository@digest` from the REST API at `api_base`
 /// (`https://registryx.example.com`). `Ok(None)` when RegistryX has no summary for it (404, or an answer
 /// without `vulnerabilities`); an error names the URL and what went wrong.
@@ -58,31 +140,32 @@ pub async fn vulnerability_summary(
     repository: &str,
     digest: &str,
     timeout: Duration,
-) -> Result<Option<VulnerabilitySummary>, String> {
+) -> Result<Option<VulnerabilitySummary>, ApiError> {
+    let bad_request = |what: String| ApiError {
+        url: api_base.to_owned(),
+        kind: ApiErrorKind::BadRequest(what),
+    };
     let repository_path = repository_path(repository)
-        .ok_or_else(|| format!("RegistryX API: {repository:?} is not a repository name"))?;
+        .ok_or_else(|| bad_request(format!("{repository:?} is not a repository name")))?;
     if !is_digest(digest) {
-        return Err(format!("RegistryX API: {digest:?} is not a digest"));
+        return Err(bad_request(format!("{digest:?} is not a digest")));
     }
     let url = format!(
         "{}/api/v1/repositories/{repository_path}/manifests/{digest}",
         api_base.trim_end_matches('/')
     );
 
-    let fail = |what: String| format!("RegistryX API GET {url}: {what}");
+    let fail = |kind: ApiErrorKind| ApiError {
+        url: url.clone(),
+        kind,
+    };
     let mut response = http
         .get(&url)
         .header(reqwest::header::ACCEPT, "application/json")
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| {
-            fail(if e.is_timeout() {
-                format!("no answer within {timeout:?}")
-            } else {
-                format!("request failed: {e}")
-            })
-        })?;
+        .map_err(|e| fail(ApiErrorKind::NoAnswer(no_answer(&e, timeout))))?;
     let status = response.status();
     if status == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
@@ -93,28 +176,34 @@ pub async fn vulnerability_summary(
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                    return Err(fail(format!("answer larger than {MAX_ANSWER_BYTES} bytes")));
+                    return Err(fail(ApiErrorKind::Malformed(format!(
+                        "answer larger than {MAX_ANSWER_BYTES} bytes"
+                    ))));
                 }
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
-            Err(e) if e.is_timeout() => return Err(fail(format!("no answer within {timeout:?}"))),
-            Err(e) => return Err(fail(format!("reading the answer: {e}"))),
+            Err(e) => {
+                let what = no_answer(&e, timeout);
+                return Err(fail(ApiErrorKind::NoAnswer(format!(
+                    "reading the answer: {what}"
+                ))));
+            }
         }
     }
     // The answer's body is not quoted: a refusal must not carry what an arbitrary server said.
     if !status.is_success() {
-        return Err(fail(format!("HTTP {status}")));
+        return Err(fail(ApiErrorKind::Status(status.as_u16())));
     }
 
     let details: ManifestDetails =
         // Where the JSON broke, not serde's message: that can quote the answer's own strings.
         serde_json::from_slice(&body).map_err(|e| {
-            fail(format!(
+            fail(ApiErrorKind::Malformed(format!(
                 "not a manifest summary (invalid JSON at line {} column {})",
                 e.line(),
                 e.column()
-            ))
+            )))
         })?;
     if let Some(answered) = &details.digest
         && !answered.is_empty()
@@ -126,7 +215,9 @@ pub async fn vulnerability_summary(
         } else {
             "another digest"
         };
-        return Err(fail(format!("answered for {answered}, not {digest}")));
+        return Err(fail(ApiErrorKind::Malformed(format!(
+            "answered for {answered}, not {digest}"
+        ))));
     }
     Ok(details.vulnerabilities.map(|v| VulnerabilitySummary {
         critical: v.critical.unwrap_or(0),

@@ -440,3 +440,61 @@ async fn a_closed_port_an_open_port_and_a_web_server_read_the_same() {
         );
     }
 }
+
+/// RegistryX's REST API out of reach (a closed port), or spoken to in TLS while it serves plain HTTP as
+/// its README starts it: the refusal is `unreachable`, names the API's host and the step, gives the
+/// remedy and, for the second, the plain-HTTP hint; never a `rego` verdict, since no rule was asked.
+#[tokio::test]
+async fn registryx_api_outages_are_unreachable_with_the_host_and_step() {
+    let (registry, cosign, image) = legacy_signed_image("registryx-api-outage").await;
+    let allow = [(
+        "allow.rego",
+        "package registryx.policy\ndefault allow = true\n",
+    )];
+    let closed = closed_port_host();
+    let policy = PolicySpec::key(&registry.host, &cosign.public_key_pem())
+        .registryx_api(&format!("http://{closed}"))
+        .rego(&allow)
+        .compile();
+    let verdict = verify_with(
+        &Verifier::new(VerifierSettings::default(), None),
+        &image.reference,
+        &policy,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_refused_saying(
+        &verdict,
+        Reason::Unreachable,
+        &["vulnerability summary", &closed, "Connection refused"],
+    );
+    let json = serde_json::to_value(&verdict).unwrap().to_string();
+    assert!(
+        json.contains(&format!("check that {closed} answers")),
+        "{json}"
+    );
+
+    // https:// against the plain-HTTP registry port (the distribution registry stands in for
+    // RegistryX's server, which serves both on one port).
+    let policy = PolicySpec::key(&registry.host, &cosign.public_key_pem())
+        .registryx_api(&format!("https://{}", registry.host))
+        .rego(&allow)
+        .compile();
+    let verdict = verify_with(
+        &Verifier::new(VerifierSettings::default(), None),
+        &image.reference,
+        &policy,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_refused_saying(
+        &verdict,
+        Reason::Unreachable,
+        &[
+            "vulnerability summary",
+            &registry.host,
+            "plain HTTP",
+            "http://",
+        ],
+    );
+}

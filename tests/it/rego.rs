@@ -1402,7 +1402,8 @@ async fn vulnerabilities_come_from_registryx_and_its_signed_flag_is_ignored() {
 
     let error = vulnerability_summary(&http, &base, "prod/broken", DIGEST, timeout)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("/api/v1/repositories/prod/broken/manifests/"),
         "{error}"
@@ -1415,7 +1416,8 @@ async fn vulnerabilities_come_from_registryx_and_its_signed_flag_is_ignored() {
 
     let error = vulnerability_summary(&http, &base, "prod/liar", DIGEST, timeout)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("sha256:other"), "{error}");
 
     let error = vulnerability_summary(
@@ -1426,12 +1428,14 @@ async fn vulnerabilities_come_from_registryx_and_its_signed_flag_is_ignored() {
         Duration::from_millis(200),
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(error.contains("no answer within 200ms"), "{error}");
 
     let error = vulnerability_summary(&http, &base, "prod/../admin", DIGEST, timeout)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("not a repository name"), "{error}");
 }
 
