@@ -447,22 +447,21 @@ async fn a_closed_port_an_open_port_and_a_web_server_read_the_same() {
 #[tokio::test]
 async fn registryx_api_outages_are_unreachable_with_the_host_and_step() {
     let (registry, cosign, image) = legacy_signed_image("registryx-api-outage").await;
-    let allow = [(
-        "allow.rego",
-        "package registryx.policy\ndefault allow = true\n",
-    )];
+    let with_api = |api: String| {
+        PolicySpec::key(&registry.host, &cosign.public_key_pem())
+            .registryx_api(&api)
+            .rego(&[(
+                "allow.rego",
+                "package registryx.policy\ndefault allow = true\n",
+            )])
+            .compile()
+    };
+    let fresh = || Verifier::new(VerifierSettings::default(), None);
+    let budget = Duration::from_secs(10);
+
     let closed = closed_port_host();
-    let policy = PolicySpec::key(&registry.host, &cosign.public_key_pem())
-        .registryx_api(&format!("http://{closed}"))
-        .rego(&allow)
-        .compile();
-    let verdict = verify_with(
-        &Verifier::new(VerifierSettings::default(), None),
-        &image.reference,
-        &policy,
-        Duration::from_secs(10),
-    )
-    .await;
+    let policy = with_api(format!("http://{closed}"));
+    let verdict = verify_with(&fresh(), &image.reference, &policy, budget).await;
     assert_refused_saying(
         &verdict,
         Reason::Unreachable,
@@ -476,17 +475,8 @@ async fn registryx_api_outages_are_unreachable_with_the_host_and_step() {
 
     // https:// against the plain-HTTP registry port (the distribution registry stands in for
     // RegistryX's server, which serves both on one port).
-    let policy = PolicySpec::key(&registry.host, &cosign.public_key_pem())
-        .registryx_api(&format!("https://{}", registry.host))
-        .rego(&allow)
-        .compile();
-    let verdict = verify_with(
-        &Verifier::new(VerifierSettings::default(), None),
-        &image.reference,
-        &policy,
-        Duration::from_secs(10),
-    )
-    .await;
+    let policy = with_api(format!("https://{}", registry.host));
+    let verdict = verify_with(&fresh(), &image.reference, &policy, budget).await;
     assert_refused_saying(
         &verdict,
         Reason::Unreachable,
