@@ -57,8 +57,15 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     context.namespace_labels = labels.clone();
     context.default_environment = args.environment.clone();
     let (snapshot, not_usable) = load_policies(&args.policies)?;
-    let credentials =
+    let mut credentials =
         DockerConfig::from_environment().map_err(|e| anyhow::anyhow!("Docker credentials: {e}"))?;
+    let registries: Vec<String> = images
+        .iter()
+        .filter_map(|image| ImageRef::parse(image).ok().map(|i| i.registry))
+        .collect();
+    for note in credentials.ask_helpers(registries.iter().map(String::as_str)) {
+        eprintln!("note: {note}; verifying without those credentials");
+    }
 
     let verifier = Verifier::new(VerifierSettings::default(), Some(credentials));
     let decider = ImageDecider::new(
@@ -115,8 +122,19 @@ fn load_policies(paths: &[PathBuf]) -> anyhow::Result<(PolicySnapshot, Vec<Strin
     // The files each name comes from (one name can be in several).
     let mut origin: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for path in paths {
-        for policy in crate::policy::load_file(path)? {
+        for mut policy in crate::policy::load_file(path)? {
             let name = policy.metadata.name.clone().unwrap_or_default();
+            // A pull Secret lives in the cluster; here the user's own Docker config stands in for it,
+            // as it does for cosign.
+            if let Some(registry) = policy.spec.registry.as_mut()
+                && let Some(secret) = registry.credentials_secret_ref.take()
+            {
+                eprintln!(
+                    "note: policy {name:?}: registry.credentialsSecretRef ({}) is read in the cluster \
+                     only; verify uses your Docker config (DOCKER_CONFIG or ~/.docker/config.json) instead",
+                    secret.name
+                );
+            }
             origin
                 .entry(name)
                 .or_default()

@@ -703,3 +703,93 @@ async fn json_output_shows_each_attestation_and_why_it_counted() {
         "{json:#}"
     );
 }
+
+/// A Docker config whose credentials live in a credential helper (`credsStore`, and `credHelpers` per
+/// registry, which wins), as `docker login` leaves it on most desktops: `verify` asks the helper as
+/// docker, cosign and crane do. The helper here is a script speaking the helpers' protocol (a keychain
+/// is not available to tests); it logs what it was asked. A policy's credentialsSecretRef, which names
+/// a cluster Secret, gives way to this config with one line saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_credential_helpers_are_asked_and_a_pull_secret_falls_back_to_them() {
+    use crate::support::fakes::RegistryxProxy;
+    let upstream = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let image = upstream.push_image("team/app", "v1", "cli-helpers").await;
+    cosign.sign(&image.reference, Format::Legacy);
+    let proxy = RegistryxProxy::start(&upstream.host)
+        .await
+        .with_credentials("robot", "s3cret-from-helper");
+    let reference = format!("{}/team/app:v1", proxy.host());
+
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let asked = dir.path().join("asked");
+    let helper = |name: &str, secret: &str| {
+        let path = bin.join(format!("docker-credential-{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"{name} $server\" >> {asked}\n\
+                 case \"$server\" in\n  {host}) printf '{{\"ServerURL\":\"%s\",\"Username\":\"robot\",\"Secret\":\"{secret}\"}}' \"$server\" ;;\n  \
+                 *) echo 'credentials not found in native keychain'; exit 1 ;;\nesac\n",
+                asked = asked.display(),
+                host = proxy.host(),
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    };
+    helper("rxgstore", "s3cret-from-helper");
+    helper("rxgwrong", "not-the-secret");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let policy = PolicySpec::key(&proxy.host(), &cosign.public_key_pem())
+        .named("team-signed")
+        .credentials_secret_ref("pull-secret");
+    let policy = write_policy(dir.path(), &policy);
+    let run = |config: &str| {
+        let docker = dir.path().join("docker");
+        std::fs::create_dir_all(&docker).unwrap();
+        std::fs::write(docker.join("config.json"), config).unwrap();
+        let _ = std::fs::remove_file(&asked);
+        let output = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
+            .args(["verify", &reference, "--policy", policy.to_str().unwrap()])
+            .env("DOCKER_CONFIG", &docker)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let asked = std::fs::read_to_string(&asked).unwrap_or_default();
+        (output, asked)
+    };
+
+    // credsStore holds the credentials: admitted, the helper asked once, for this registry only.
+    let (output, asked_now) = run(r#"{"auths":{},"credsStore":"rxgstore"}"#);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(asked_now, format!("rxgstore {}\n", proxy.host()));
+    let said = text(&output);
+    assert!(
+        said.contains("registry.credentialsSecretRef (pull-secret) is read in the cluster only"),
+        "{said}"
+    );
+    assert!(!said.contains("s3cret"), "a secret in the output: {said}");
+
+    // credHelpers names another helper for this registry: it wins over credsStore, and its wrong
+    // secret refuses.
+    let config = format!(
+        r#"{{"credsStore":"rxgstore","credHelpers":{{"{}":"rxgwrong"}}}}"#,
+        proxy.host()
+    );
+    let (output, asked_now) = run(&config);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(asked_now, format!("rxgwrong {}\n", proxy.host()));
+
+    // A helper that is not installed: said in one line, and verified without credentials (refused).
+    let (output, _) = run(r#"{"credsStore":"rxgmissing"}"#);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("docker-credential-rxgmissing"),
+        "{}",
+        text(&output)
+    );
+}

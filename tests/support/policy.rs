@@ -252,6 +252,18 @@ impl PolicySpec {
         self
     }
 
+    /// `registry.credentialsSecretRef`: the pull Secret (in registryx-guard's namespace) to log in with.
+    pub fn credentials_secret_ref(mut self, name: &str) -> PolicySpec {
+        self.spec
+            .registry
+            .get_or_insert_with(Default::default)
+            .credentials_secret_ref = Some(registryx_guard::policy::ObjectRef {
+            name: name.into(),
+            namespace: None,
+        });
+        self
+    }
+
     /// `registry.redirectHosts`: the hosts the registry's redirects may lead to.
     pub fn redirect_hosts<'a>(mut self, hosts: impl IntoIterator<Item = &'a str>) -> PolicySpec {
         self.spec
