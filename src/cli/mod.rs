@@ -2,7 +2,10 @@
 //! from the environment (`RXG_*`), which is how the Helm chart configures the server. `verify` is its
 //! own room (`verify`); `serve`'s flags live with the server (`server::ServeArgs`).
 
+mod cosign_flags;
 mod verify;
+
+pub use cosign_flags::CosignFlags;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,13 +87,18 @@ pub struct VerifyArgs {
     pub environment: Option<String>,
 
     /// An ImageSigningPolicy YAML file (the same file `kubectl apply` takes); repeat for several.
+    /// Optional when cosign's flags (--key, or --certificate-identity and --certificate-oidc-issuer)
+    /// name the signer.
     #[arg(
         long = "policy",
         env = "RXG_POLICY",
         value_delimiter = ',',
-        required = true
+        required_unless_present_any = ["key", "certificate_identity", "certificate_identity_regexp"]
     )]
     pub policies: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub cosign: CosignFlags,
 
     /// Output format.
     #[arg(long, env = "RXG_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use super::cosign_flags::FLAGS_POLICY;
 use super::{EXIT_ADMITTED, EXIT_REFUSED, OutputFormat, VerifyArgs, runtime};
 use crate::admission::{ImageDecider, ImageDecision, Review, Scope, Unmatched, Workload};
 use crate::decide::RequestContext;
 use crate::policy::authority::NoSecrets;
-use crate::policy::{PolicySnapshot, shared};
+use crate::policy::{ImageSigningPolicy, PolicySnapshot, shared};
 use crate::registry::{DockerConfig, ImageRef};
 use crate::verify::{Verifier, VerifierSettings, render_text};
 
@@ -56,14 +57,15 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     context.keep_rego_input = true;
     context.namespace_labels = labels.clone();
     context.default_environment = args.environment.clone();
-    let (snapshot, not_usable) = load_policies(&args.policies)?;
+    let parsed: Vec<ImageRef> = images
+        .iter()
+        .map(|image| ImageRef::parse(image))
+        .collect::<Result<_, _>>()?;
+    let from_flags = args.cosign.policy(&parsed)?;
+    let (snapshot, not_usable) = load_policies(&args.policies, from_flags)?;
     let mut credentials =
         DockerConfig::from_environment().map_err(|e| anyhow::anyhow!("Docker credentials: {e}"))?;
-    let registries: Vec<String> = images
-        .iter()
-        .filter_map(|image| ImageRef::parse(image).ok().map(|i| i.registry))
-        .collect();
-    for note in credentials.ask_helpers(registries.iter().map(String::as_str)) {
+    for note in credentials.ask_helpers(parsed.iter().map(|image| image.registry.as_str())) {
         eprintln!("note: {note}; verifying without those credentials");
     }
 
@@ -117,10 +119,21 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The policies of `paths` as one snapshot, and a line for each that is not usable (not Ready).
-fn load_policies(paths: &[PathBuf]) -> anyhow::Result<(PolicySnapshot, Vec<String>)> {
+/// With cosign's flags, `from_flags` is their policy, one more among the files'.
+fn load_policies(
+    paths: &[PathBuf],
+    from_flags: Option<ImageSigningPolicy>,
+) -> anyhow::Result<(PolicySnapshot, Vec<String>)> {
     let mut policies = Vec::new();
     // The files each name comes from (one name can be in several).
     let mut origin: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if let Some(policy) = from_flags {
+        origin
+            .entry(FLAGS_POLICY.to_owned())
+            .or_default()
+            .push("cosign's flags".to_owned());
+        policies.push(policy);
+    }
     for path in paths {
         for mut policy in crate::policy::load_file(path)? {
             let name = policy.metadata.name.clone().unwrap_or_default();
@@ -144,7 +157,7 @@ fn load_policies(paths: &[PathBuf]) -> anyhow::Result<(PolicySnapshot, Vec<Strin
     }
     anyhow::ensure!(
         !policies.is_empty(),
-        "no ImageSigningPolicy found in {paths:?}"
+        "no ImageSigningPolicy found in {paths:?}, and no --key or --certificate-identity"
     );
     let (snapshot, _) = PolicySnapshot::build(&policies, &NoSecrets, "registryx-guard", 1);
     // From the snapshot, not the results by name: two policies of one name, one broken, must not

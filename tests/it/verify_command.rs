@@ -793,3 +793,118 @@ async fn docker_credential_helpers_are_asked_and_a_pull_secret_falls_back_to_the
         text(&output)
     );
 }
+
+/// cosign's own words: the same `verify` flags given to `cosign` and to `registryx-guard` decide alike
+/// on a matrix of key and keyless authorities, legacy and bundle signatures, a wrong key or identity
+/// and no signature at all. RegistryX's guide's `cosign verify --key cosign.pub IMAGE` thus works by
+/// replacing the program's name (offline here, hence `--insecure-ignore-tlog`: the signatures are
+/// made with `--tlog-upload=false`).
+#[tokio::test]
+async fn cosign_flags_decide_as_cosign_verify_does() {
+    use crate::support::keyless::TestCa;
+    use std::ffi::OsString;
+    const ISSUER: &str = "https://ci.example/oidc";
+    const SUBJECT: &str = "https://ci.example/release@refs/heads/main";
+    let legacy = Registry::distribution();
+    let bundles = Registry::with_referrers();
+    let cosign = Cosign::with_new_key_pair();
+    let other = Cosign::with_new_key_pair();
+    let ca = TestCa::with_intermediate("ci-ca");
+    let leaf = ca.issue(ISSUER, SUBJECT);
+
+    let mut cases: Vec<(String, Vec<OsString>, bool)> = Vec::new();
+    let key_flags = |key: &Cosign, image: &str, format: Format| -> Vec<OsString> {
+        let mut flags: Vec<OsString> = vec!["--key".into(), key.public_key().into()];
+        for flag in [
+            "--insecure-ignore-tlog=true",
+            "--offline=true",
+            &format!("--new-bundle-format={}", format == Format::Bundle),
+            image,
+        ] {
+            flags.push(flag.into());
+        }
+        flags
+    };
+    for (registry, format, name) in [
+        (&legacy, Format::Legacy, "legacy"),
+        (&bundles, Format::Bundle, "bundle"),
+    ] {
+        let signed = registry
+            .push_image("team/app", name, &format!("flags-{name}"))
+            .await;
+        cosign.sign(&signed.reference, format);
+        let unsigned = registry
+            .push_image(
+                "team/app",
+                &format!("{name}-unsigned"),
+                &format!("flags-u-{name}"),
+            )
+            .await;
+        let keyless = registry
+            .push_image(
+                "team/app",
+                &format!("{name}-keyless"),
+                &format!("flags-k-{name}"),
+            )
+            .await;
+        leaf.sign(&keyless.reference, format);
+        let root = leaf.trusted_root_path();
+        cases.extend([
+            (
+                format!("key, {name}"),
+                key_flags(&cosign, &signed.reference, format),
+                true,
+            ),
+            (
+                format!("another key, {name}"),
+                key_flags(&other, &signed.reference, format),
+                false,
+            ),
+            (
+                format!("no signature, {name}"),
+                key_flags(&cosign, &unsigned.reference, format),
+                false,
+            ),
+            (
+                format!("keyless, {name}"),
+                leaf.verify_flags(&keyless.reference, format, SUBJECT, ISSUER, &root),
+                true,
+            ),
+            (
+                format!("keyless, another identity, {name}"),
+                leaf.verify_flags(&keyless.reference, format, "someone@else", ISSUER, &root),
+                false,
+            ),
+        ]);
+    }
+    for (case, flags, verifies) in cases {
+        let mut flags = flags;
+        if case.starts_with("keyless") {
+            flags.push("--insecure-ignore-sct=true".into());
+        }
+        let theirs = cosign
+            .command()
+            .arg("verify")
+            .args(&flags)
+            .output()
+            .unwrap();
+        let ours = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
+            .arg("verify")
+            .args(&flags)
+            .env("DOCKER_CONFIG", "/nonexistent")
+            .output()
+            .unwrap();
+        assert_eq!(
+            theirs.status.success(),
+            verifies,
+            "{case}: cosign: {}",
+            String::from_utf8_lossy(&theirs.stderr)
+        );
+        assert_eq!(
+            ours.status.code(),
+            Some(if verifies { 0 } else { 1 }),
+            "{case}: registryx-guard: {}",
+            text(&ours)
+        );
+    }
+}

@@ -570,29 +570,49 @@ impl Leaf {
                 path
             }
         };
+        command.args(self.verify_flags(image, format, identity, issuer, &trusted_root));
+        command.arg(format!("--insecure-ignore-sct={}", ct_log.is_none()));
+        command
+    }
+
+    /// `cosign verify`'s flags for `image` signed by this leaf in `format`, accepting `identity` from
+    /// `issuer`, trusting the CA (`trusted_root` for bundles, `--ca-roots` for legacy signatures), with
+    /// no transparency log. `registryx-guard verify` takes the same flags.
+    pub fn verify_flags(
+        &self,
+        image: &str,
+        format: Format,
+        identity: &str,
+        issuer: &str,
+        trusted_root: &Path,
+    ) -> Vec<std::ffi::OsString> {
+        let mut flags: Vec<std::ffi::OsString> = Vec::new();
         match format {
             Format::Bundle => {
-                command
-                    .arg("--trusted-root")
-                    .arg(trusted_root)
-                    .arg("--allow-certificate-chain");
+                flags.push("--trusted-root".into());
+                flags.push(trusted_root.into());
+                flags.push("--allow-certificate-chain".into());
             }
             Format::Legacy => {
-                command.arg("--ca-roots").arg(self.root_path());
+                flags.push("--ca-roots".into());
+                flags.push(self.root_path().into());
                 if self.intermediate_pem.is_some() {
-                    command
-                        .arg("--ca-intermediates")
-                        .arg(self.dir.path().join("intermediate.pem"));
+                    flags.push("--ca-intermediates".into());
+                    flags.push(self.dir.path().join("intermediate.pem").into());
                 }
             }
         }
-        command
-            .args(["--certificate-identity", identity])
-            .args(["--certificate-oidc-issuer", issuer])
-            .arg(format!("--insecure-ignore-sct={}", ct_log.is_none()))
-            .arg("--insecure-ignore-tlog=true")
-            .arg(format!("--new-bundle-format={}", format == Format::Bundle))
-            .arg(image);
-        command
+        for flag in [
+            "--certificate-identity",
+            identity,
+            "--certificate-oidc-issuer",
+            issuer,
+            "--insecure-ignore-tlog=true",
+            &format!("--new-bundle-format={}", format == Format::Bundle),
+            image,
+        ] {
+            flags.push(flag.into());
+        }
+        flags
     }
 }
