@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::policy::PolicySpec;
 use crate::support::process::{Process, http_ok};
 use crate::support::{free_port, pod_create_review, post_validate, repo_root, serve_command, tool};
 
@@ -18,16 +19,13 @@ const RULES: &str = "charts/registryx-guard/files/alerts.yaml";
 #[test]
 fn prometheus_scrapes_a_refusal_and_loads_every_shipped_alert() {
     let dir = tempfile::tempdir().unwrap();
-    let pem = rcgen::KeyPair::generate()
-        .unwrap()
-        .public_key_pem()
-        .replace('\n', "\n        ");
+    // A Ready policy over r.example (a key it never needs: no image of r.example is reviewed).
+    let pem = rcgen::KeyPair::generate().unwrap().public_key_pem();
     crate::support::serve_files(
         dir.path(),
-        &format!(
-            "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {{name: team-signed}}\nspec:\n  \
-             images: ['r.example/**']\n  authorities:\n  - name: k\n    key:\n      data: |\n        {pem}\n"
-        ),
+        &PolicySpec::key("r.example", &pem)
+            .named("team-signed")
+            .yaml(),
     );
     let (probes, https) = (free_port(), free_port());
     let mut server = Process::start(
