@@ -10,6 +10,8 @@ CHART := charts/registryx-guard
 HELM := $(RXG_TOOLS_DIR)/bin/helm
 PROMTOOL := $(RXG_TOOLS_DIR)/bin/promtool
 ALERTS := $(CHART)/files/alerts.yaml
+# The chart with its optional monitoring objects on: what make chart and make alerts-check render.
+MONITORING := --set monitoring.prometheusRule.enabled=true --set monitoring.serviceMonitor.enabled=true
 
 .PHONY: all tools fmt fmt-check lint crds crds-check chart alerts-check scripts-check test demo bench soak fuzz image image-push clean
 
@@ -45,7 +47,6 @@ crds-check:
 
 ## chart: helm lint, and helm template with the defaults, with an external webhook URL, and with the
 ## monitoring (PrometheusRule and ServiceMonitor) on
-MONITORING := --set monitoring.prometheusRule.enabled=true --set monitoring.serviceMonitor.enabled=true
 chart: tools
 	$(HELM) lint $(CHART)
 	$(HELM) lint $(CHART) $(MONITORING)
