@@ -1,5 +1,6 @@
 # The targets CI runs, one to one. `make test` is what .ci/run calls: it installs the test toolchain,
-# checks formatting, lints, checks the generated CRD for drift, and runs every test.
+# checks formatting, lints, checks the generated CRD for drift, checks the chart and its alert rules,
+# and runs every test.
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
@@ -7,8 +8,12 @@ export RXG_TOOLS_DIR ?= $(CURDIR)/.tools
 CRD := crds/imagesigningpolicies.registryx.io.yaml
 CHART := charts/registryx-guard
 HELM := $(RXG_TOOLS_DIR)/bin/helm
+PROMTOOL := $(RXG_TOOLS_DIR)/bin/promtool
+ALERTS := $(CHART)/files/alerts.yaml
+# The chart with its optional monitoring objects on: what make chart and make alerts-check render.
+MONITORING := --set monitoring.prometheusRule.enabled=true --set monitoring.serviceMonitor.enabled=true
 
-.PHONY: all tools fmt fmt-check lint crds crds-check chart scripts-check test demo bench soak fuzz image image-push clean
+.PHONY: all tools fmt fmt-check lint crds crds-check chart alerts-check scripts-check test demo bench soak fuzz image image-push clean
 
 all: test
 
@@ -40,11 +45,23 @@ crds-check:
 	if ! diff -u $(CRD) $$tmp; then echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; fi; \
 	if ! diff -u $(CRD) $(CHART)/crds/$(notdir $(CRD)); then echo "the chart's CRD is stale: run 'make crds'" >&2; exit 1; fi
 
-## chart: helm lint, and helm template with the defaults and with an external webhook URL
+## chart: helm lint, and helm template with the defaults, with an external webhook URL, and with the
+## monitoring (PrometheusRule and ServiceMonitor) on
 chart: tools
 	$(HELM) lint $(CHART)
+	$(HELM) lint $(CHART) $(MONITORING)
 	$(HELM) template rxg $(CHART) --namespace registryx-guard > /dev/null
 	$(HELM) template rxg $(CHART) --namespace registryx-guard --set webhook.url=https://127.0.0.1:8443 > /dev/null
+	$(HELM) template rxg $(CHART) --namespace registryx-guard $(MONITORING) > /dev/null
+
+## alerts-check: the chart's alert rules: promtool check rules, promtool test rules (tests/alerts/), and
+## tests/alerts/check.py (the PrometheusRule renders the rule file's groups; each alert fires and stays
+## quiet in some test)
+alerts-check: tools
+	$(PROMTOOL) check rules $(ALERTS)
+	$(PROMTOOL) test rules tests/alerts/alerts_test.yaml
+	$(HELM) template rxg $(CHART) --namespace registryx-guard $(MONITORING) \
+		| python3 tests/alerts/check.py $(ALERTS) tests/alerts/alerts_test.yaml
 
 ## scripts-check: the bench scripts parse, and BENCHMARKS.md's renderer writes no figure of its own
 scripts-check:
@@ -53,7 +70,7 @@ scripts-check:
 	python3 -m unittest discover -s bench -p 'test_*.py'
 
 ## test: everything CI checks, against the real toolchain
-test: tools fmt-check lint crds-check chart scripts-check
+test: tools fmt-check lint crds-check chart alerts-check scripts-check
 	$(CARGO) test --all-targets --locked --no-fail-fast
 
 ## demo: a local control plane and registry (see README)

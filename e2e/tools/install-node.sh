@@ -28,6 +28,8 @@ export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 total_start=$SECONDS
+# shellcheck source=apt.sh
+source "$here/apt.sh"
 
 # up_to_date PATH STAMPNAME STAMP: true when PATH exists and was made from STAMP.
 up_to_date() {
@@ -51,23 +53,8 @@ make_product() {
 
 # --- Debian packages ---------------------------------------------------------------------------------------
 install_debs() {
-	local sudo=""
-	[[ $(id -u) == 0 ]] || sudo=sudo
-	# policy-rc.d keeps the packages' services from starting (as install.sh does for docker-registry):
-	# node.sh starts its own containerd, with its own config, root and socket under a work folder.
-	local policy=/usr/sbin/policy-rc.d created=""
-	if [[ ! -e $policy ]]; then
-		printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-		$sudo chmod +x "$policy"
-		created=1
-	fi
 	# shellcheck disable=SC2086 # NODE_DEBS is a list of package=version words.
-	if ! $sudo apt-get install -y -qq --no-install-recommends $NODE_DEBS >/dev/null 2>&1; then
-		$sudo apt-get update -qq
-		# shellcheck disable=SC2086
-		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $NODE_DEBS >/dev/null
-	fi
-	[[ -z $created ]] || $sudo rm -f "$policy"
+	apt_install $NODE_DEBS
 	# On a machine with systemd, Debian's containerd.service would still start at the next boot with the
 	# system config (/run/containerd): harmless, node.sh's containerd shares nothing with it.
 	local tool

@@ -9,6 +9,7 @@
 #   kube-apiserver, kubectl   built from k8s.io/kubernetes by the wrapper module kube/
 #   etcd           built from go.etcd.io/etcd/server/v3 by the wrapper module etcd/
 #   registry       Debian's docker-registry (the CNCF distribution registry), linked into bin/
+#   prometheus, promtool      Debian's prometheus, pinned in versions.env, linked into bin/
 #   ociregistry, crane        go-containerregistry (OCI 1.1 referrers API), wrapper module ociregistry/
 #   containerd, runc, CNI, kubelet, kube-scheduler, kube-controller-manager, pause: install-node.sh
 set -euo pipefail
@@ -28,6 +29,8 @@ log() { printf '[tools] %s\n' "$*" >&2; }
 
 # shellcheck source=stamped-build.sh
 source "$here/stamped-build.sh"
+# shellcheck source=apt.sh
+source "$here/apt.sh"
 
 # The stamp of a wrapper module: the hash of its go.mod, go.sum and Go sources.
 module_hash() { find "$here/$1" -maxdepth 1 -type f \( -name 'go.*' -o -name '*.go' \) -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16; }
@@ -51,25 +54,30 @@ build ociregistry "$oci" wrapper_build ociregistry ociregistry .
 build crane "$oci" wrapper_build ociregistry crane github.com/google/go-containerregistry/cmd/crane
 
 install_docker_registry() {
-	if ! command -v docker-registry >/dev/null; then
-		log "apt-get install $DOCKER_REGISTRY_DEB"
-		local sudo=""
-		[[ $(id -u) == 0 ]] || sudo=sudo
-		# policy-rc.d keeps the package's service from starting: the tests start their own registries.
-		local policy=/usr/sbin/policy-rc.d created=""
-		if [[ ! -e $policy ]]; then
-			printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-			$sudo chmod +x "$policy"
-			created=1
-		fi
-		$sudo apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$DOCKER_REGISTRY_DEB" >/dev/null
-		[[ -z $created ]] || $sudo rm -f "$policy"
-	fi
+	command -v docker-registry >/dev/null || apt_install "$DOCKER_REGISTRY_DEB"
 	ln -sf "$(command -v docker-registry)" "$bin/registry"
 }
 
+# prometheus and promtool, from one package: the alert rules' tests (make alerts-check) and the scrape test.
+install_prometheus() {
+	# The status too: a package removed but not purged still has its version.
+	if [[ $(dpkg-query -W -f='${db:Status-Status} ${Version}' prometheus 2>/dev/null) != "installed ${PROMETHEUS_DEB#*=}" ]]; then
+		apt_install "$PROMETHEUS_DEB"
+	fi
+	# policy-rc.d kept the service from starting now; on a machine that runs systemd it would still
+	# start at the next boot, on the tests' default port 9090 and with Debian's config: disable it.
+	if [[ -d /run/systemd/system ]]; then
+		local sudo=""
+		[[ $(id -u) == 0 ]] || sudo=sudo
+		$sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+	fi
+	ln -sf /usr/bin/prometheus "$bin/prometheus"
+	ln -sf /usr/bin/promtool "$bin/promtool"
+}
+
 build registry "$DOCKER_REGISTRY_DEB" install_docker_registry
+build prometheus "$PROMETHEUS_DEB" install_prometheus
+build promtool "$PROMETHEUS_DEB" install_prometheus
 
 # The node that runs pods (tests/cluster/cluster.rs, the demo): containerd, runc, CNI plugins, kubelet,
 # kube-scheduler, kube-controller-manager and the pause image.

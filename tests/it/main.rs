@@ -12,6 +12,7 @@ mod floods;
 mod harness_fakes;
 mod keyless;
 mod layering;
+mod prometheus_scrape;
 mod reasons;
 mod reference_grammar;
 mod registry_failures;
