@@ -2,6 +2,7 @@
 //! from the environment (`RXG_*`), which is how the Helm chart configures the server. `verify` is its
 //! own room (`verify`); `serve`'s flags live with the server (`server::ServeArgs`).
 
+mod cluster;
 mod cosign_flags;
 mod verify;
 
@@ -93,9 +94,19 @@ pub struct VerifyArgs {
         long = "policy",
         env = "RXG_POLICY",
         value_delimiter = ',',
-        required_unless_present_any = ["key", "certificate_identity", "certificate_identity_regexp"]
+        required_unless_present_any = ["key", "certificate_identity", "certificate_identity_regexp", "cluster"]
     )]
     pub policies: Vec<PathBuf>,
+
+    /// Decide with the cluster of the current kube context (KUBECONFIG), read-only: its
+    /// ImageSigningPolicies, the Secrets and ConfigMaps they name, and --namespace's labels; the
+    /// answer is the webhook's, in its words, before `kubectl apply`.
+    #[arg(long, env = "RXG_CLUSTER")]
+    pub cluster: bool,
+
+    /// With --cluster: the namespace registryx-guard runs in (where policies' Secrets live).
+    #[arg(long, env = "RXG_CLUSTER_NAMESPACE", default_value = "registryx-guard")]
+    pub cluster_namespace: String,
 
     #[command(flatten)]
     pub cosign: CosignFlags,

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use super::cluster::ClusterView;
 use super::cosign_flags::FLAGS_POLICY;
 use super::{EXIT_ADMITTED, EXIT_REFUSED, OutputFormat, VerifyArgs, runtime};
 use crate::admission::{ImageDecider, ImageDecision, Review, Scope, Unmatched, Workload};
 use crate::decide::RequestContext;
-use crate::policy::authority::NoSecrets;
+use crate::policy::authority::{NoSecrets, SecretSource};
 use crate::policy::{ImageSigningPolicy, PolicySnapshot, shared};
 use crate::registry::{DockerConfig, ImageRef};
 use crate::verify::{Verifier, VerifierSettings, render_text};
@@ -46,7 +47,23 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             images.push(image);
         }
     }
+    let runtime = runtime()?;
+    let cluster = match args.cluster {
+        true => Some(runtime.block_on(super::cluster::read(
+            &args.cluster_namespace,
+            args.namespace.as_deref(),
+        ))?),
+        false => None,
+    };
     let mut labels = BTreeMap::new();
+    if args.namespace_labels.is_empty()
+        && let Some(found) = cluster.as_ref().and_then(|c| c.namespace_labels.clone())
+    {
+        labels = found;
+    }
+    for note in cluster.iter().flat_map(|c| &c.notes) {
+        eprintln!("note: {note}");
+    }
     for pair in &args.namespace_labels {
         let (key, value) = pair
             .split_once('=')
@@ -62,7 +79,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .map(|image| ImageRef::parse(image))
         .collect::<Result<_, _>>()?;
     let from_flags = args.cosign.policy(&parsed)?;
-    let (snapshot, not_usable) = load_policies(&args.policies, from_flags)?;
+    let (snapshot, not_usable) = load_policies(&args.policies, from_flags, cluster)?;
     let mut credentials =
         DockerConfig::from_environment().map_err(|e| anyhow::anyhow!("Docker credentials: {e}"))?;
     for note in credentials.ask_helpers(parsed.iter().map(|image| image.registry.as_str())) {
@@ -86,7 +103,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     };
     let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds.max(1));
     // Every image at once, through one decider: its clients and caches are shared.
-    let decisions = runtime()?.block_on(futures::future::join_all(
+    let decisions = runtime.block_on(futures::future::join_all(
         images
             .iter()
             .map(|image| decider.decide("", image, &scope, deadline)),
@@ -119,14 +136,32 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The policies of `paths` as one snapshot, and a line for each that is not usable (not Ready).
-/// With cosign's flags, `from_flags` is their policy, one more among the files'.
+/// With cosign's flags, `from_flags` is their policy, one more among the files'; with `--cluster`, the
+/// cluster's policies are more, and the Secrets and ConfigMaps they name are the cluster's.
 fn load_policies(
     paths: &[PathBuf],
     from_flags: Option<ImageSigningPolicy>,
+    cluster: Option<ClusterView>,
 ) -> anyhow::Result<(PolicySnapshot, Vec<String>)> {
     let mut policies = Vec::new();
     // The files each name comes from (one name can be in several).
     let mut origin: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let in_cluster = cluster.as_ref().map(|c| c.guard_namespace.clone());
+    let sources: Box<dyn SecretSource> = match cluster {
+        Some(cluster) => {
+            for policy in cluster.policies {
+                let name = policy.metadata.name.clone().unwrap_or_default();
+                origin
+                    .entry(name)
+                    .or_default()
+                    .push("the cluster".to_owned());
+                policies.push(policy);
+            }
+            Box::new(cluster.sources)
+        }
+        None => Box::new(NoSecrets),
+    };
+
     if let Some(policy) = from_flags {
         origin
             .entry(FLAGS_POLICY.to_owned())
@@ -139,7 +174,8 @@ fn load_policies(
             let name = policy.metadata.name.clone().unwrap_or_default();
             // A pull Secret lives in the cluster; here the user's own Docker config stands in for it,
             // as it does for cosign.
-            if let Some(registry) = policy.spec.registry.as_mut()
+            if in_cluster.is_none()
+                && let Some(registry) = policy.spec.registry.as_mut()
                 && let Some(secret) = registry.credentials_secret_ref.take()
             {
                 eprintln!(
@@ -159,7 +195,8 @@ fn load_policies(
         !policies.is_empty(),
         "no ImageSigningPolicy found in {paths:?}, and no --key or --certificate-identity"
     );
-    let (snapshot, _) = PolicySnapshot::build(&policies, &NoSecrets, "registryx-guard", 1);
+    let guard_namespace = in_cluster.as_deref().unwrap_or("registryx-guard");
+    let (snapshot, _) = PolicySnapshot::build(&policies, sources.as_ref(), guard_namespace, 1);
     // From the snapshot, not the results by name: two policies of one name, one broken, must not
     // hide the broken one.
     let not_usable = snapshot

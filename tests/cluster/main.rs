@@ -15,3 +15,4 @@ mod pods;
 mod push_sharing;
 mod replicas;
 mod toolchain;
+mod verify_cluster;
