@@ -27,20 +27,7 @@ fn assert_refused(cluster: &ControlPlane, yaml: &str, message: &str) {
 #[test]
 fn the_api_server_accepts_the_crd_and_enforces_its_schema() {
     let cluster = ControlPlane::start();
-    let crd = crate::support::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
-    assert_success(
-        "apply CRD",
-        &cluster.kubectl(&["apply", "-f", crd.to_str().unwrap()]),
-    );
-    assert_success(
-        "wait for CRD",
-        &cluster.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/imagesigningpolicies.registryx.io",
-            "--timeout=30s",
-        ]),
-    );
+    cluster.install_crd();
 
     let valid = policy(
         "key-based",

@@ -30,20 +30,7 @@ fn verify(cluster: &ControlPlane, args: &[&str]) -> (Output, String) {
 #[tokio::test]
 async fn verify_cluster_decides_with_the_clusters_policies_secrets_and_labels() {
     let cluster = ControlPlane::start();
-    let crd = crate::support::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
-    assert_success(
-        "apply CRD",
-        &cluster.kubectl(&["apply", "-f", crd.to_str().unwrap()]),
-    );
-    assert_success(
-        "CRD established",
-        &cluster.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/imagesigningpolicies.registryx.io",
-            "--timeout=30s",
-        ]),
-    );
+    cluster.install_crd();
     for namespace in ["registryx-guard", "team", "dev"] {
         assert_success(
             "namespace",

@@ -165,6 +165,24 @@ impl ControlPlane {
         kube::Client::try_from(config).unwrap()
     }
 
+    /// Installs the ImageSigningPolicy CRD from crds/ and waits until it is served.
+    pub fn install_crd(&self) {
+        let crd = super::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
+        super::cosign::assert_success(
+            "apply CRD",
+            &self.kubectl(&["apply", "-f", crd.to_str().unwrap()]),
+        );
+        super::cosign::assert_success(
+            "CRD established",
+            &self.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/imagesigningpolicies.registryx.io",
+                "--timeout=30s",
+            ]),
+        );
+    }
+
     /// Runs kubectl against this control plane.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         kubectl_with(&self.kubeconfig, args).expect("run kubectl")
