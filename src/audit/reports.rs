@@ -371,20 +371,23 @@ pub fn report_content(found: &[&ReportResult]) -> ReportContent {
     found.dedup();
 
     let mut summary = PolicyReportSummary::default();
-    let (mut results, mut keys, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+    let (mut results, mut keys, mut bytes, mut capped) = (Vec::new(), Vec::new(), 0usize, false);
     for one in &found {
         if one.passed {
             summary.pass += 1;
         } else {
             summary.fail += 1;
         }
-        if results.len() == MAX_RESULTS {
-            continue;
+        if capped || results.len() == MAX_RESULTS {
+            continue; // still counted in the summary
         }
         let result = to_result(one);
         let json = result_json(&result);
         if bytes + json.len() > MAX_RESULT_BYTES {
-            continue; // a smaller result further on may still fit; the count says what is left out
+            // Full. A smaller result further on might fit, but it would be a passing one in place of
+            // a failing one left out: the report stops here, and the count says what is left out.
+            capped = true;
+            continue;
         }
         bytes += json.len();
         keys.push(Sha256::digest(&json).into());
@@ -895,19 +898,29 @@ mod tests {
 
     #[test]
     fn long_messages_are_cut_and_the_results_stay_under_the_byte_budget() {
-        let results: Vec<ReportResult> = (0..MAX_RESULTS)
+        let mut results: Vec<ReportResult> = (0..MAX_RESULTS)
             .map(|i| ReportResult {
                 image: format!("registry.example/{}:{i}", "deep/".repeat(400)),
                 message: "x".repeat(50_000),
                 ..found("team", &format!("pod-{i:05}"), "signed", false)
             })
             .collect();
+        // Small passing results after the failing ones: they must not fill the room that is left.
+        results.extend(failing_then_passing(0, 50));
         let content = report_content(&results.iter().collect::<Vec<_>>());
         assert!(
             content.omitted > 0,
             "2 KiB images x 1,000 must hit the budget"
         );
-        assert_eq!(content.results.len() + content.omitted, MAX_RESULTS);
+        assert!(
+            content
+                .results
+                .iter()
+                .all(|r| r.result == Some(PolicyResult::Fail)),
+            "a passing result took the place of a failing one"
+        );
+        assert_eq!(content.summary.pass, 50);
+        assert_eq!(content.results.len() + content.omitted, MAX_RESULTS + 50);
         assert_eq!(content.summary.fail as usize, MAX_RESULTS);
         let message = content.results[0].message.as_deref().unwrap();
         assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS);
