@@ -1,5 +1,6 @@
 //! The audit's PolicyReports against a real kube-apiserver, written as the chart's ServiceAccount (its
-//! RBAC, no more) into the CRDs `crdgen --policy-reports` generates: nothing without the API, one
+//! RBAC, no more) into the CRDs `crdgen --policy-reports` generates (as crds/ holds them, and as the
+//! chart installs them with `audit.policyReports.installCRD=true`): nothing without the API, one
 //! report per namespace and one for the cluster, written only when they change, results and reports
 //! gone with their pods, other tools' reports never touched, and a huge namespace capped.
 
@@ -44,13 +45,39 @@ async fn control_plane() -> (ControlPlane, kube::Client) {
     (cluster, client)
 }
 
-/// The generated CRDs (crds/, what the chart installs with installCRD=true), established.
-fn install_crds(cluster: &ControlPlane) {
-    let crds = crate::support::repo_root().join("crds/policyreports.wgpolicyk8s.io.yaml");
-    assert_success(
-        "apply the PolicyReport CRDs",
-        &cluster.kubectl(&["apply", "-f", crds.to_str().unwrap()]),
-    );
+/// Where the CRDs come from: the generated file, or the chart with `audit.policyReports.installCRD`.
+enum Crds {
+    Generated,
+    FromChart,
+}
+
+/// The generated CRDs, applied and established.
+fn install_crds(cluster: &ControlPlane, from: Crds) {
+    let applied = match from {
+        Crds::Generated => {
+            let crds = crate::support::repo_root().join("crds/policyreports.wgpolicyk8s.io.yaml");
+            cluster.kubectl(&["apply", "-f", crds.to_str().unwrap()])
+        }
+        Crds::FromChart => {
+            let wanted = |values: &[&str]| -> Vec<serde_json::Value> {
+                let rendered = helm_template(values);
+                assert_success("helm template", &rendered);
+                documents(&String::from_utf8_lossy(&rendered.stdout))
+                    .into_iter()
+                    .filter(|doc| doc["spec"]["group"] == "wgpolicyk8s.io")
+                    .collect()
+            };
+            assert!(
+                wanted(&[]).is_empty(),
+                "the chart installs the PolicyReport CRDs by default"
+            );
+            let items = wanted(&["audit.policyReports.installCRD=true"]);
+            assert_eq!(items.len(), 2, "{items:#?}");
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            cluster.kubectl_with_stdin(&["apply", "-f", "-"], &list.to_string())
+        }
+    };
+    assert_success("apply the PolicyReport CRDs", &applied);
     assert_success(
         "CRDs established",
         &cluster.kubectl(&[
@@ -162,7 +189,7 @@ async fn reports_follow_the_pods_and_leave_other_tools_reports_alone() {
             .is_none(),
         "no CRD, yet the API was found"
     );
-    install_crds(&cluster);
+    install_crds(&cluster, Crds::Generated);
     let reports = PolicyReports::discover(client.clone())
         .await
         .unwrap()
@@ -367,7 +394,7 @@ async fn reports_follow_the_pods_and_leave_other_tools_reports_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_namespace_is_capped_under_the_api_servers_object_limit() {
     let (cluster, client) = control_plane().await;
-    install_crds(&cluster);
+    install_crds(&cluster, Crds::FromChart);
     namespaces(&cluster, &["crowded"]);
     let reports = PolicyReports::discover(client).await.unwrap().unwrap();
     // 5,000 pods with a long refusal each: about 5 MB as results, over the ~1.5 MiB an object may be.
