@@ -6,6 +6,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export RXG_TOOLS_DIR ?= $(CURDIR)/.tools
 CRD := crds/imagesigningpolicies.registryx.io.yaml
+# The wgpolicyk8s.io PolicyReport CRDs (src/audit/reports.rs), and the chart's copy, installed only with
+# audit.policyReports.installCRD=true (clusters with Kyverno have them already).
+REPORTS_CRD := crds/policyreports.wgpolicyk8s.io.yaml
+REPORTS_TEMPLATE := charts/registryx-guard/templates/policyreports-crd.yaml
+REPORTS_GUARD := {{- if .Values.audit.policyReports.installCRD }}
 CHART := charts/registryx-guard
 HELM := $(RXG_TOOLS_DIR)/bin/helm
 PROMTOOL := $(RXG_TOOLS_DIR)/bin/promtool
@@ -37,13 +42,18 @@ crds:
 	@mkdir -p crds
 	$(CARGO) run --quiet --locked -- crdgen --output $(CRD)
 	cp $(CRD) $(CHART)/crds/
+	$(CARGO) run --quiet --locked -- crdgen --policy-reports --output $(REPORTS_CRD)
+	{ echo '$(REPORTS_GUARD)'; cat $(REPORTS_CRD); echo '{{- end }}'; } > $(REPORTS_TEMPLATE)
 
 ## crds-check: fail when crds/ differs from what the Rust types generate
 crds-check:
 	@tmp=$$(mktemp); trap 'rm -f $$tmp' EXIT; \
 	$(CARGO) run --quiet --locked -- crdgen --output $$tmp; \
 	if ! diff -u $(CRD) $$tmp; then echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; fi; \
-	if ! diff -u $(CRD) $(CHART)/crds/$(notdir $(CRD)); then echo "the chart's CRD is stale: run 'make crds'" >&2; exit 1; fi
+	if ! diff -u $(CRD) $(CHART)/crds/$(notdir $(CRD)); then echo "the chart's CRD is stale: run 'make crds'" >&2; exit 1; fi; \
+	$(CARGO) run --quiet --locked -- crdgen --policy-reports --output $$tmp; \
+	if ! diff -u $(REPORTS_CRD) $$tmp; then echo "$(REPORTS_CRD) is stale: run 'make crds' and commit the result" >&2; exit 1; fi; \
+	if ! diff -u $(REPORTS_TEMPLATE) <(echo '$(REPORTS_GUARD)'; cat $$tmp; echo '{{- end }}'); then echo "the chart's PolicyReport CRDs are stale: run 'make crds'" >&2; exit 1; fi
 
 ## chart: helm lint, and helm template with the defaults, with an external webhook URL, and with the
 ## monitoring (PrometheusRule and ServiceMonitor) on
@@ -53,6 +63,8 @@ chart: tools
 	$(HELM) template rxg $(CHART) --namespace registryx-guard > /dev/null
 	$(HELM) template rxg $(CHART) --namespace registryx-guard --set webhook.url=https://127.0.0.1:8443 > /dev/null
 	$(HELM) template rxg $(CHART) --namespace registryx-guard $(MONITORING) > /dev/null
+	$(HELM) template rxg $(CHART) --namespace registryx-guard --set audit.policyReports.installCRD=true \
+		--show-only templates/policyreports-crd.yaml > /dev/null
 
 ## alerts-check: the chart's alert rules: promtool check rules, promtool test rules (tests/alerts/), and
 ## tests/alerts/check.py (the PrometheusRule renders the rule file's groups; each alert fires and stays

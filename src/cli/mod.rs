@@ -51,7 +51,8 @@ pub enum Command {
     /// is not usable is bad input: the images it governs are shown refused, as the webhook refuses them).
     Verify(VerifyArgs),
 
-    /// Print the ImageSigningPolicy CustomResourceDefinition generated from the Rust types.
+    /// Print the ImageSigningPolicy CustomResourceDefinition generated from the Rust types (or, with
+    /// --policy-reports, the wgpolicyk8s.io PolicyReport CRDs).
     Crdgen(CrdgenArgs),
 }
 
@@ -135,6 +136,11 @@ pub struct CrdgenArgs {
     /// Write the CRD to this file instead of standard output.
     #[arg(long, env = "RXG_CRDGEN_OUTPUT")]
     pub output: Option<PathBuf>,
+
+    /// Print the wgpolicyk8s.io/v1alpha2 PolicyReport and ClusterPolicyReport CRDs instead, for
+    /// clusters where no other tool (Kyverno) installed them.
+    #[arg(long, env = "RXG_CRDGEN_POLICY_REPORTS")]
+    pub policy_reports: bool,
 }
 
 /// Runs the parsed command. Errors are the command's input errors (exit 2); refusals are exit codes.
@@ -157,7 +163,11 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn crdgen(args: CrdgenArgs) -> anyhow::Result<ExitCode> {
-    let yaml = crate::policy::crd_yaml()?;
+    let yaml = if args.policy_reports {
+        crate::audit::reports::crds_yaml()?
+    } else {
+        crate::policy::crd_yaml()?
+    };
     match args.output {
         Some(path) => std::fs::write(&path, yaml)
             .map_err(|source| crate::Error::WriteFile { path, source })?,

@@ -79,6 +79,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RXG_EVENTS_CONFIGMAP")]
     pub events_configmap: Option<String>,
 
+    /// Write what the audit finds as wgpolicyk8s.io/v1alpha2 PolicyReports (one per namespace) and a
+    /// ClusterPolicyReport, when the cluster serves that API (`--policy-reports false`: never).
+    #[arg(long, env = "RXG_POLICY_REPORTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub policy_reports: bool,
+
     /// On SIGTERM, report not ready and keep answering this many seconds before stopping, while the
     /// cluster takes the replica out of its Service (the chart's grace period is longer).
     #[arg(long, env = "RXG_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]

@@ -12,6 +12,7 @@ mod controller;
 mod crd;
 mod e2e;
 mod pods;
+mod policy_reports;
 mod push_sharing;
 mod replicas;
 mod toolchain;

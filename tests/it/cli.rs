@@ -40,13 +40,17 @@ fn every_subcommand_explains_itself_and_its_environment_variables() {
                 "--policy-dir",
                 "--unmatched",
                 "RXG_UNMATCHED",
+                "--policy-reports",
             ][..],
         ),
         (
             "verify",
             &["--policy", "RXG_POLICY", "--output", "Exit status"][..],
         ),
-        ("crdgen", &["--output", "RXG_CRDGEN_OUTPUT"][..]),
+        (
+            "crdgen",
+            &["--output", "RXG_CRDGEN_OUTPUT", "--policy-reports"][..],
+        ),
     ] {
         let output = run(&[subcommand, "--help"]);
         assert!(output.status.success(), "{subcommand} --help failed");
@@ -111,6 +115,39 @@ fn crdgen_prints_the_committed_crd() {
         stdout(&output) == committed,
         "crds/ is stale: run `make crds`"
     );
+}
+
+#[test]
+fn crdgen_prints_the_committed_policy_report_crds_and_the_chart_holds_them_behind_its_switch() {
+    let output = run(&["crdgen", "--policy-reports"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/policyreports.wgpolicyk8s.io.yaml"
+    ))
+    .unwrap();
+    assert!(printed == committed, "crds/ is stale: run `make crds`");
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/registryx-guard/templates/policyreports-crd.yaml"
+    ))
+    .unwrap();
+    assert_eq!(
+        template,
+        format!("{{{{- if .Values.audit.policyReports.installCRD }}}}\n{printed}{{{{- end }}}}\n"),
+        "the chart's copy is stale: run `make crds`"
+    );
+    for needle in [
+        "name: policyreports.wgpolicyk8s.io",
+        "name: clusterpolicyreports.wgpolicyk8s.io",
+        "- polr",
+        "- cpolr",
+        "name: v1alpha2",
+        "jsonPath: .summary.fail",
+    ] {
+        assert!(printed.contains(needle), "no {needle:?} in:\n{printed}");
+    }
 }
 
 #[test]

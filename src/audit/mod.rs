@@ -1,0 +1,3 @@
+//! The audit of what already runs.
+
+pub mod reports;
