@@ -824,6 +824,7 @@ class Report:
             "soak": include("soak-results.md"),
             "cluster": include("cluster-results.md"),
             "fuzz": include("fuzz-results.md"),
+            "cli": include("cli-results.md"),
             "history": include("history.md"),
             "commands": "\n".join(self.d.get("commands", [])),
         }
