@@ -7,6 +7,7 @@
 //! `verify` → `decide` → `admission`; `controller`, `server` and `cli` drive them.
 
 pub mod admission;
+pub mod audit;
 pub mod cli;
 pub mod controller;
 pub mod decide;

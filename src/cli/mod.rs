@@ -39,7 +39,8 @@ pub enum Command {
     ///
     /// Policies come from the cluster's ImageSigningPolicy resources, or from YAML files with
     /// --policy-dir when there is no cluster (local runs, GitOps checks).
-    Serve(ServeArgs),
+    // Boxed: its flags make it by far the largest variant.
+    Serve(Box<ServeArgs>),
 
     /// Decide whether one image is signed as the given policies demand, as the webhook would.
     ///
@@ -123,7 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crdgen(args) => crdgen(args),
         Command::Serve(args) => runtime()?
-            .block_on(crate::server::serve(args))
+            .block_on(crate::server::serve(*args))
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
         Command::Verify(args) => verify::run(args),

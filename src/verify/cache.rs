@@ -215,7 +215,15 @@ impl Verifier {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
+            // Sweeps come at most five times a second; a listener that lags behind 64 is told so and
+            // treats it as `All`.
+            invalidations: tokio::sync::broadcast::channel(64).0,
         }
+    }
+
+    /// The sweeps from now on (see [`super::Invalidated`]).
+    pub fn invalidations(&self) -> tokio::sync::broadcast::Receiver<super::Invalidated> {
+        self.invalidations.subscribe()
     }
 
     /// (hits, misses) of the result cache so far.
@@ -269,6 +277,10 @@ impl Verifier {
             .into_iter()
             .map(|r| r.trim_start_matches("library/").to_owned())
             .collect();
+        // No listener is not an error: the audit runs on the Lease holder only.
+        let _ = self.invalidations.send(super::Invalidated::Repositories(
+            wanted.iter().cloned().collect(),
+        ));
         let wanted_tags = wanted.clone();
         let result = self.evidence.invalidate_entries_if(move |key, _| {
             let name = key.0.split('@').next().unwrap_or_default();
@@ -301,6 +313,7 @@ impl Verifier {
     /// Drops every cached result.
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        let _ = self.invalidations.send(super::Invalidated::All);
         self.evidence.invalidate_all();
         self.tags.invalidate_all();
         self.signature_sets.invalidate_all();

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// From the ground up: a module may name (`crate::x`) only modules listed before it.
-const LAYERS: [&str; 14] = [
+const LAYERS: [&str; 15] = [
     // Ground: foreign text made safe, logging, the crypto provider.
     "untrusted",
     "telemetry",
@@ -28,6 +28,8 @@ const LAYERS: [&str; 14] = [
     "decide",
     // One review decided.
     "admission",
+    // What already runs, re-checked against today's policies.
+    "audit",
     // HTTP, TLS, probes, push events.
     "server",
     // The command line.
