@@ -169,11 +169,21 @@ impl Audit {
         }
     }
 
-    /// Runs passes while this replica leads, until `shutdown`.
+    /// Runs passes while this replica leads, until `shutdown`. The watches start with the first lead
+    /// and stay: a replica that led once is likely to lead again.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut leading = self.link.leading();
-        let mut invalidations = self.verifier.invalidations();
+        tokio::select! {
+            led = leading.wait_for(|leading| *leading) => if led.is_err() { return },
+            () = &mut shutdown => return,
+        }
+        self.start().run(shutdown).await;
+    }
+
+    /// Starts the watches and the pass state: an [`Auditor`], for [`Auditor::run`], or for a caller
+    /// that runs and times passes itself.
+    pub fn start(self) -> Auditor {
         let check = check::DeciderCheck {
             // Its own bulkhead: the audit's checks never take the webhook's slots of a slow registry.
             decider: ImageDecider::new(
@@ -188,11 +198,55 @@ impl Audit {
             environment: self.settings.environment.clone(),
             timeout: CHECK_TIMEOUT,
         };
-        let mut state = pass::PassState::default();
-        let mut budget = budget::Budget::new(self.settings.requests_per_second);
-        let mut events = events::PodEvents::new(self.client.clone(), &self.settings.identity);
-        let mut inventory: Option<inventory::Inventory> = None;
-        let mut next_round = tokio::time::Instant::now() + self.settings.interval;
+        Auditor {
+            check,
+            state: pass::PassState::default(),
+            budget: budget::Budget::new(self.settings.requests_per_second),
+            events: events::PodEvents::new(self.client.clone(), &self.settings.identity),
+            inventory: inventory::Inventory::start(&self.client),
+            invalidations: self.verifier.invalidations(),
+            audit: self,
+        }
+    }
+}
+
+/// A started audit: the watches, the pass state, the budget, the events told.
+pub struct Auditor {
+    audit: Audit,
+    check: check::DeciderCheck,
+    state: pass::PassState,
+    budget: budget::Budget,
+    events: events::PodEvents,
+    inventory: inventory::Inventory,
+    invalidations: tokio::sync::broadcast::Receiver<Invalidated>,
+}
+
+impl Auditor {
+    /// Waits for the watches' first lists; false when they do not come within a minute (RBAC?).
+    pub async fn ready(&self) -> bool {
+        matches!(
+            tokio::time::timeout(INVENTORY_TIMEOUT, self.inventory.ready()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// What a pass would check now (pods and pod-less workloads of the audited namespaces).
+    pub fn subjects(&self) -> Vec<inventory::Subject> {
+        let audit = &self.audit;
+        self.inventory.subjects(|ns| audit.audited(ns))
+    }
+
+    /// Makes the next pass check everything once more (what the period does).
+    pub fn new_round(&mut self) {
+        self.state.new_round();
+    }
+
+    /// Passes while this replica leads, each after a trigger, until `shutdown`.
+    async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut leading = self.audit.link.leading();
+        let interval = self.audit.settings.interval;
+        let mut next_round = tokio::time::Instant::now() + interval;
         loop {
             if !*leading.borrow_and_update() {
                 tokio::select! {
@@ -201,29 +255,17 @@ impl Audit {
                 }
                 continue;
             }
-            // Watches start with the first lead and stay: a replica that leads once likely leads again.
-            let watches =
-                inventory.get_or_insert_with(|| inventory::Inventory::start(&self.client));
             let ready = tokio::select! {
-                ready = tokio::time::timeout(INVENTORY_TIMEOUT, watches.ready()) => ready,
+                ready = self.ready() => ready,
                 () = &mut shutdown => return,
             };
-            if !matches!(ready, Ok(Ok(()))) {
+            if !ready {
                 tracing::warn!("the audit cannot list pods and workloads (RBAC?); retrying");
-                self.metrics.failed();
+                self.audit.metrics.failed();
                 continue;
             }
-            let revision = self.snapshot.load().revision;
-            let summary = self
-                .pass(
-                    watches,
-                    &check,
-                    &mut state,
-                    &mut budget,
-                    &mut events,
-                    &mut invalidations,
-                )
-                .await;
+            let revision = self.audit.snapshot.load().revision;
+            let summary = self.pass().await;
             tracing::info!(
                 subjects = summary.subjects,
                 images = summary.images,
@@ -236,16 +278,16 @@ impl Audit {
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(next_round) => {
-                        state.new_round();
-                        next_round = tokio::time::Instant::now() + self.settings.interval;
+                        self.state.new_round();
+                        next_round = tokio::time::Instant::now() + interval;
                         break;
                     }
-                    received = invalidations.recv() => {
-                        state.forget(&received.unwrap_or(Invalidated::All));
+                    received = self.invalidations.recv() => {
+                        self.state.forget(&received.unwrap_or(Invalidated::All));
                         break;
                     }
                     () = tokio::time::sleep(SNAPSHOT_POLL) => {
-                        if self.snapshot.load().revision != revision {
+                        if self.audit.snapshot.load().revision != revision {
                             break;
                         }
                     }
@@ -260,17 +302,10 @@ impl Audit {
     }
 
     /// One pass: check what is not current, then tell what was found.
-    async fn pass(
-        &self,
-        inventory: &inventory::Inventory,
-        check: &check::DeciderCheck,
-        state: &mut pass::PassState,
-        budget: &mut budget::Budget,
-        events: &mut events::PodEvents,
-        invalidations: &mut tokio::sync::broadcast::Receiver<Invalidated>,
-    ) -> PassSummary {
+    pub async fn pass(&mut self) -> PassSummary {
         let started = Instant::now();
-        let subjects = inventory.subjects(|ns| self.audited(ns));
+        let audit = &self.audit;
+        let subjects = self.inventory.subjects(|ns| audit.audited(ns));
         let keys: BTreeSet<pass::Key> = subjects
             .iter()
             .flat_map(|s| {
@@ -280,16 +315,21 @@ impl Audit {
                 })
             })
             .collect();
-        let stats = state
-            .run(&keys, check, budget, || drain(invalidations))
+        let invalidations = &mut self.invalidations;
+        let stats = self
+            .state
+            .run(&keys, &self.check, &mut self.budget, || {
+                drain(invalidations)
+            })
             .await;
-        self.metrics.registry_requests.inc_by(stats.requests);
-        let findings = Findings::gather(&subjects, state);
-        self.link.publish(findings.by_policy.clone());
-        self.metrics
+        audit.metrics.registry_requests.inc_by(stats.requests);
+        let findings = Findings::gather(&subjects, &self.state);
+        audit.link.publish(findings.by_policy.clone());
+        audit
+            .metrics
             .completed(&findings, started.elapsed().as_secs_f64());
-        events.publish(&findings).await;
-        if let Some(sink) = &self.sink {
+        self.events.publish(&findings).await;
+        if let Some(sink) = &audit.sink {
             sink.publish(&findings.results).await;
         }
         PassSummary {

@@ -133,10 +133,16 @@ pub async fn run_until(
     let api: Api<ImageSigningPolicy> = Api::all(client);
     let mut synced = Some(synced);
     let mut publisher = Publisher::new(snapshot);
+    let mut results = BTreeMap::new();
+    // Recompiled on a watched change only: a wake to renew the lease or to write the audit's findings
+    // publishes no new snapshot (the audit takes a new revision for a change of policies).
+    let mut recompile = true;
     loop {
         let current: Vec<ImageSigningPolicy> =
             policies.state().iter().map(|p| (**p).clone()).collect();
-        let results = publisher.publish(&current, &sources, &settings.namespace);
+        if recompile {
+            results = publisher.publish(&current, &sources, &settings.namespace);
+        }
         if let Some(synced) = synced.take() {
             synced();
         }
@@ -162,8 +168,9 @@ pub async fn run_until(
         }
         // Wake on any change, and at least every third of the lease to keep it renewed.
         let renew = settings.lease_duration / 3;
+        recompile = false;
         tokio::select! {
-            _ = changed.notified() => {},
+            _ = changed.notified() => recompile = true,
             () = settings.audit.published() => {},
             _ = tokio::time::sleep(renew) => {},
             () = &mut shutdown => break,

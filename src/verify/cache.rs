@@ -277,10 +277,9 @@ impl Verifier {
             .into_iter()
             .map(|r| r.trim_start_matches("library/").to_owned())
             .collect();
-        // No listener is not an error: the audit runs on the Lease holder only.
-        let _ = self.invalidations.send(super::Invalidated::Repositories(
-            wanted.iter().cloned().collect(),
-        ));
+        // Told after the sweep, never before: a listener that re-checks at once must not read the
+        // results being dropped. (No listener is no error: the audit runs on the Lease holder only.)
+        let told = super::Invalidated::Repositories(wanted.iter().cloned().collect());
         let wanted_tags = wanted.clone();
         let result = self.evidence.invalidate_entries_if(move |key, _| {
             let name = key.0.split('@').next().unwrap_or_default();
@@ -308,15 +307,16 @@ impl Verifier {
             self.tags.invalidate_all();
         }
         self.signature_sets.invalidate_all();
+        let _ = self.invalidations.send(told);
     }
 
     /// Drops every cached result.
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let _ = self.invalidations.send(super::Invalidated::All);
         self.evidence.invalidate_all();
         self.tags.invalidate_all();
         self.signature_sets.invalidate_all();
+        let _ = self.invalidations.send(super::Invalidated::All);
     }
 
     pub fn settings(&self) -> &VerifierSettings {

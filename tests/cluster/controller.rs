@@ -22,20 +22,7 @@ fn apply(cluster: &ControlPlane, yaml: &str) -> Output {
 }
 
 fn prepare(cluster: &ControlPlane) {
-    let crd = crate::support::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
-    assert_success(
-        "apply CRD",
-        &cluster.kubectl(&["apply", "-f", crd.to_str().unwrap()]),
-    );
-    assert_success(
-        "CRD established",
-        &cluster.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/imagesigningpolicies.registryx.io",
-            "--timeout=30s",
-        ]),
-    );
+    cluster.install_policy_crd();
     assert_success(
         "namespace",
         &cluster.kubectl(&["create", "namespace", NAMESPACE]),

@@ -192,6 +192,25 @@ impl ControlPlane {
         child.wait_with_output().expect("wait for kubectl")
     }
 
+    /// Applies the ImageSigningPolicy CRD of crds/ and waits until the API server serves it.
+    pub fn install_policy_crd(&self) {
+        use super::cosign::assert_success;
+        let crd = super::repo_root().join("crds/imagesigningpolicies.registryx.io.yaml");
+        assert_success(
+            "apply CRD",
+            &self.kubectl(&["apply", "-f", crd.to_str().unwrap()]),
+        );
+        assert_success(
+            "CRD established",
+            &self.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/imagesigningpolicies.registryx.io",
+                "--timeout=30s",
+            ]),
+        );
+    }
+
     pub fn apiserver_log(&self) -> String {
         self.apiserver.log_tail()
     }
