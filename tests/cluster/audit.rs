@@ -373,9 +373,17 @@ async fn five_thousand_pods_of_fifty_images_cost_one_check_per_image() {
     )
     .await;
 
-    let log_lines = registry.log().lines().count();
+    // The registry's own access log counts what it was asked, beside the verifier's counter.
+    let served = || {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains(" HTTP/1.1\""))
+            .count() as u64
+    };
+    let served_before = served();
     let cold = auditor.pass().await;
-    let registry_lines = registry.log().lines().count() - log_lines;
+    let served_cold = served() - served_before;
     assert_eq!(
         (cold.subjects, cold.images, cold.checked),
         (PODS + 1, IMAGES + 1, IMAGES)
@@ -386,20 +394,25 @@ async fn five_thousand_pods_of_fifty_images_cost_one_check_per_image() {
         cold.requests,
         one.requests
     );
+    assert!(
+        served_cold <= IMAGES as u64 * one.requests,
+        "the registry served {served_cold} requests for {IMAGES} images of {} each",
+        one.requests
+    );
 
     auditor.new_round();
     let warm = auditor.pass().await;
     assert_eq!(warm.checked, IMAGES + 1);
     let pods_per_second = warm.subjects as f64 / warm.elapsed.as_secs_f64();
     println!(
-        "audit of {} pods, {} images: one image cold {} requests; cold pass {:?} ({} requests, {} registry log lines); \
+        "audit of {} pods, {} images: one image cold {} requests; cold pass {:?} ({} requests, {} served by the registry); \
          warm pass {:?} ({} requests, {pods_per_second:.0} pods/s)",
         cold.subjects,
         cold.images,
         one.requests,
         cold.elapsed,
         cold.requests,
-        registry_lines,
+        served_cold,
         warm.elapsed,
         warm.requests,
     );
