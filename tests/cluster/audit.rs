@@ -9,8 +9,11 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
-use registryx_guard::audit::{Audit, AuditMetrics, AuditSettings};
+use registryx_guard::admission::{ImageDecider, Review, Scope, Unmatched};
+use registryx_guard::audit::{Audit, AuditMetrics, AuditNamespaces, AuditSettings};
 use registryx_guard::controller::{AuditLink, ControllerSettings};
+use registryx_guard::decide::RequestContext;
+use registryx_guard::policy::Mode;
 use registryx_guard::policy::PolicySnapshot;
 use registryx_guard::verify::{Verifier, VerifierSettings};
 
@@ -100,7 +103,7 @@ struct Rig {
     link: AuditLink,
 }
 
-async fn rig(cluster: &ControlPlane, requests_per_second: f64) -> Rig {
+async fn rig(cluster: &ControlPlane, requests_per_second: f64, audited: AuditNamespaces) -> Rig {
     let client = cluster.client().await;
     let verifier = std::sync::Arc::new(Verifier::new(VerifierSettings::default(), None));
     let snapshot = registryx_guard::policy::shared(PolicySnapshot::default());
@@ -112,6 +115,7 @@ async fn rig(cluster: &ControlPlane, requests_per_second: f64) -> Rig {
         // Only the triggers under test start a pass.
         interval: Duration::from_secs(3600),
         requests_per_second,
+        namespaces: audited,
         ..AuditSettings::default()
     };
     let audit = Audit::new(
@@ -166,7 +170,7 @@ async fn a_rotated_key_shows_in_status_events_and_metrics_and_signing_clears_the
         &cluster.kubectl_with_stdin(&["apply", "-f", "-"], &policy(&k1)),
     );
 
-    let rig = rig(&cluster, 50.0).await;
+    let rig = rig(&cluster, 50.0, AuditNamespaces::OptIn).await;
     let mut settings = ControllerSettings::new(NAMESPACE, "replica-a");
     settings.audit = rig.link.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -327,7 +331,7 @@ async fn five_thousand_pods_of_fifty_images_cost_one_check_per_image() {
         &cluster.kubectl_with_stdin(&["apply", "-f", "-"], &policy),
     );
     let client = cluster.client().await;
-    let rig = rig(&cluster, 1000.0).await;
+    let rig = rig(&cluster, 1000.0, AuditNamespaces::OptIn).await;
     let settings = ControllerSettings::new(NAMESPACE, "replica-a");
     let (snapshot, controller_client) = (rig.snapshot.clone(), client.clone());
     let controller = tokio::spawn(registryx_guard::controller::run(
@@ -419,6 +423,134 @@ async fn five_thousand_pods_of_fifty_images_cost_one_check_per_image() {
     assert_eq!(
         warm.requests, 0,
         "a warm pass reads nothing from the registry"
+    );
+    controller.abort();
+}
+
+/// A policy in `mode: audit` over namespaces that have not opted in (`--audit-namespaces all`): the
+/// webhook's decision admits with no warning, and the audit reports the pod and the pod-less
+/// Deployment it would refuse; with the default `optIn`, those namespaces are not audited at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_policy_in_namespaces_not_opted_in_is_reported_and_refuses_nothing() {
+    let cluster = ControlPlane::start();
+    prepare(&cluster, &[], &["newcomer"]);
+    let registry = Registry::distribution();
+    let unsigned = registry.push_image("team/app", "v1", "unsigned").await;
+    let key = Cosign::with_new_key_pair();
+    let policy = PolicySpec::key(&registry.host, &key.public_key_pem()).mode(Mode::Audit);
+    assert_success(
+        "dry-run policy",
+        &cluster.kubectl_with_stdin(&["apply", "-f", "-"], &policy.yaml()),
+    );
+    let client = cluster.client().await;
+    create_pods(
+        &client,
+        "newcomer",
+        vec![("solo".into(), unsigned.reference.clone())],
+    )
+    .await;
+    // No controller-manager here: the Deployment never gets a ReplicaSet or pods, so its template is
+    // what the audit checks.
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "newcomer"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": unsigned.reference}]},
+            },
+        },
+    });
+    assert_success(
+        "deployment",
+        &cluster.kubectl_with_stdin(&["apply", "-f", "-"], &deployment.to_string()),
+    );
+
+    let opted_in_only = rig(&cluster, 50.0, AuditNamespaces::OptIn).await;
+    let all = rig(&cluster, 50.0, AuditNamespaces::All).await;
+    let controller = tokio::spawn(registryx_guard::controller::run(
+        client.clone(),
+        all.snapshot.clone(),
+        ControllerSettings::new(NAMESPACE, "replica-a"),
+        || {},
+    ));
+    eventually(
+        "the policy in the snapshot",
+        Duration::from_secs(60),
+        || !all.snapshot.load().policies.is_empty(),
+    )
+    .await;
+
+    // Admission: a refusing verdict of an audit policy neither refuses nor warns.
+    let decider = ImageDecider::new(
+        all.snapshot.clone(),
+        all.verifier.clone(),
+        Unmatched::Deny,
+        4,
+    );
+    let context = RequestContext::default();
+    let recorded = Default::default();
+    let scope = |review| Scope {
+        labels: None,
+        context: &context,
+        recorded: &recorded,
+        review,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let admitted = decider
+        .decide(
+            "containers[app]",
+            &unsigned.reference,
+            &scope(Review::Validate),
+            deadline,
+        )
+        .await;
+    assert!(
+        admitted.admitted() && admitted.warnings.is_empty(),
+        "{admitted:?}"
+    );
+    let audited = decider
+        .decide("", &unsigned.reference, &scope(Review::Audit), deadline)
+        .await;
+    let verdict = audited.verdict.as_ref().expect("verified");
+    assert!(!verdict.policies[0].passed(), "{verdict:?}");
+
+    // optIn: nothing here is governed, nothing audited.
+    let mut auditor = opted_in_only.audit.start();
+    assert!(auditor.ready().await);
+    let pass = auditor.pass().await;
+    assert_eq!((pass.subjects, pass.checked), (0, 0));
+
+    // all: the pod and the Deployment's template, one image checked once.
+    let mut auditor = all.audit.start();
+    assert!(auditor.ready().await);
+    eventually(
+        "the pod and the deployment",
+        Duration::from_secs(30),
+        || auditor.subjects().len() == 2,
+    )
+    .await;
+    let pass = auditor.pass().await;
+    assert_eq!((pass.subjects, pass.images, pass.checked), (2, 1, 1));
+    let metric = "registryx_guard_audit_violations{policy=\"signed\",namespace=\"newcomer\",reason=\"no_signature\"} 2";
+    let text = metrics_text(&all.metrics);
+    assert!(text.contains(metric), "{text}");
+    let events = kubectl_text(
+        &cluster,
+        &[
+            "get",
+            "events",
+            "-n",
+            "newcomer",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}/{.involvedObject.kind}/{.involvedObject.name} {end}",
+        ],
+    );
+    assert!(
+        events.contains("WouldBeRefused/Pod/solo")
+            && events.contains("WouldBeRefused/Deployment/web"),
+        "{events}"
     );
     controller.abort();
 }
