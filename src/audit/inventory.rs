@@ -333,3 +333,111 @@ where
     });
     store
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::reflector::store::Writer;
+
+    use super::*;
+
+    fn store<K: Watched>(objects: Vec<serde_json::Value>) -> Store<K> {
+        let mut writer: Writer<K> = Writer::default();
+        for object in objects {
+            let object: K = serde_json::from_value(object).unwrap();
+            writer.apply_watcher_event(&watcher::Event::Apply(object));
+        }
+        writer.as_reader()
+    }
+
+    fn meta(name: &str, owner: Option<(&str, &str)>) -> serde_json::Value {
+        let owners: Vec<serde_json::Value> = owner
+            .into_iter()
+            .map(|(kind, uid)| {
+                serde_json::json!({"apiVersion": "v1", "kind": kind, "name": uid, "uid": uid,
+                    "controller": true})
+            })
+            .collect();
+        serde_json::json!({"name": name, "namespace": "team", "uid": name, "ownerReferences": owners})
+    }
+
+    fn spec(image: &str) -> serde_json::Value {
+        serde_json::json!({"containers": [{"name": "c", "image": image}]})
+    }
+
+    fn templated(name: &str, owner: Option<(&str, &str)>, image: &str) -> serde_json::Value {
+        serde_json::json!({"metadata": meta(name, owner), "spec": {
+            "selector": {}, "template": {"spec": spec(image)}}})
+    }
+
+    #[test]
+    fn templates_are_audited_only_for_top_level_workloads_without_pods() {
+        let inventory = Inventory {
+            // A pod of ReplicaSet rs-live (of Deployment live), and one of Job job-live (of CronJob
+            // nightly).
+            pods: store(vec![
+                serde_json::json!({"metadata": meta("live-1", Some(("ReplicaSet", "rs-live"))),
+                    "spec": spec("r/live:1")}),
+                serde_json::json!({"metadata": meta("job-1", Some(("Job", "job-live"))),
+                    "spec": spec("r/job:1")}),
+            ]),
+            deployments: store(vec![
+                templated("live", None, "r/live:1"),
+                templated("idle", None, "r/idle:1"),
+            ]),
+            // The live Deployment's ReplicaSet, and an old one scaled to zero: history.
+            replica_sets: store(vec![
+                templated("rs-live", Some(("Deployment", "live")), "r/live:1"),
+                templated("rs-old", Some(("Deployment", "live")), "r/old:1"),
+            ]),
+            stateful_sets: store(vec![templated("db", None, "r/db:1")]),
+            daemon_sets: store(Vec::new()),
+            jobs: store(vec![serde_json::json!({"metadata": meta("job-live",
+                Some(("CronJob", "nightly"))), "spec": {"template": {"spec": spec("r/job:1")}}})]),
+            cron_jobs: store(vec![serde_json::json!({"metadata": meta("nightly", None),
+                "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": {
+                    "spec": spec("r/job:1")}}}}})]),
+        };
+        let subjects = inventory.subjects(|_| true);
+        let mut named: Vec<String> = subjects.iter().map(Subject::display).collect();
+        named.sort();
+        assert_eq!(
+            named,
+            [
+                "Deployment team/idle",
+                "StatefulSet team/db",
+                "team/job-1",
+                "team/live-1"
+            ]
+        );
+        let idle = subjects.iter().find(|s| s.name == "idle").unwrap();
+        assert_eq!(
+            idle.images,
+            [("containers[c]".to_owned(), "r/idle:1".to_owned())]
+        );
+        assert!(inventory.subjects(|ns| ns != "team").is_empty());
+    }
+
+    #[test]
+    fn a_pod_is_cut_to_what_an_audit_reads() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "team", "uid": "u",
+                "annotations": {"big": "x".repeat(10_000)}, "labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "r/a:1",
+                "env": [{"name": "E", "value": "v"}], "args": ["--x"]}],
+                "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}},
+                    {"name": "model", "image": {"reference": "r/model:1"}}]},
+        }))
+        .unwrap();
+        cut_meta(&mut pod.metadata);
+        cut_spec(pod.spec.as_mut().unwrap());
+        let json = serde_json::to_string(&pod).unwrap();
+        assert!(json.len() < 300, "{json}");
+        let images: Vec<String> = Workload::new("Pod", serde_json::to_value(&pod).unwrap())
+            .images()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.image)
+            .collect();
+        assert_eq!(images, ["r/a:1", "r/model:1"]);
+    }
+}
