@@ -204,27 +204,14 @@ mod tests {
 
     use super::*;
     use crate::policy::Mode;
-    use crate::refusal::Reason;
-    use crate::verify::{ImageVerdict, PolicyFailure, PolicyVerdict};
+    use crate::verify::{ImageVerdict, PolicyVerdict};
 
     #[test]
     fn a_failing_audit_policy_admits_without_a_warning_and_leaves_an_audit_annotation() {
         let failed = ImageVerdict {
             image: "r/a:1".into(),
             digest: Some("sha256:00".into()),
-            policies: vec![PolicyVerdict {
-                policy: "dry-run".into(),
-                policy_uid: None,
-                mode: Mode::Audit,
-                authorities: Vec::new(),
-                failure: Some(PolicyFailure {
-                    reason: Reason::NoSignature,
-                    messages: vec!["no signature".into()],
-                    remedy: None,
-                }),
-                rego_input: None,
-                evidence_complete: true,
-            }],
+            policies: vec![PolicyVerdict::failing("dry-run", Mode::Audit)],
         };
         let decision = ImageDecision {
             container: "containers[app]".into(),
