@@ -34,12 +34,14 @@ pub enum Unmatched {
 }
 
 /// Which review a decision is for: the pin and tag-moved checks belong to the validating review
-/// only (the mutating one pins; the command line decides as validation after the pin).
+/// only (the mutating one pins; the command line decides as validation after the pin; the background
+/// audit re-checks what runs, which is by digest or was pinned at its admission).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Review {
     Mutate,
     Validate,
     Command,
+    Audit,
 }
 
 /// What one decision knows of its workload.
@@ -251,7 +253,7 @@ impl ImageDecider {
         // The mutating review rechecks cached refusals: see `Freshness::RecheckRefusals`.
         let freshness = match scope.review {
             Review::Mutate => Freshness::RecheckRefusals,
-            Review::Validate | Review::Command => Freshness::Cached,
+            Review::Validate | Review::Command | Review::Audit => Freshness::Cached,
         };
         let verdict = decide(
             &self.verifier,
@@ -354,7 +356,10 @@ fn check_pinned(
     let about = About::registry(&image.registry);
     let written = decision.image.clone();
     let pinned = format!("{written}@{digest}");
-    let pinning = policies.iter().filter(|p| p.mutate_digest);
+    // `audit` policies neither refuse nor warn at admission.
+    let pinning = policies
+        .iter()
+        .filter(|p| p.mutate_digest && p.mode != Mode::Audit);
     let (enforcing, warning): (Vec<_>, Vec<_>) = pinning.partition(|p| p.mode == Mode::Enforce);
     let unpinned = |list: &[&Arc<CompiledPolicy>]| {
         let names: Vec<&str> = list.iter().map(|p| p.name.as_str()).collect();

@@ -30,6 +30,11 @@ pub const REFUSAL_REASONS_ANNOTATION: &str = "refusal-reasons";
 /// The audit annotation that names what was verified: image, digest and authorities.
 pub const VERIFIED_IMAGES_ANNOTATION: &str = "verified-images";
 
+/// The audit annotation that names the `mode: audit` policies an admitted image fails
+/// (`policy:reason,...`): the dry run refuses nothing and warns nothing, and leaves this trace in the
+/// API server's audit log; the background audit reports them.
+pub const AUDIT_MODE_FAILURES_ANNOTATION: &str = "audit-mode-failures";
+
 /// The whole review refused for one `failure` (an object that cannot be read, too many images, a
 /// namespace whose labels are unknown).
 pub fn refuse(response: AdmissionResponse, failure: &Failure) -> AdmissionResponse {
@@ -81,6 +86,24 @@ pub fn verdict(mut response: AdmissionResponse, decisions: &[ImageDecision]) -> 
             VERIFIED_IMAGES_ANNOTATION.to_owned(),
             serde_json::Value::from(verified).to_string(),
         );
+    }
+    let mut dry_run: Vec<String> = Vec::new();
+    let failing = decisions
+        .iter()
+        .flat_map(|d| d.verdict.iter().flat_map(|v| v.policies.iter()))
+        .filter(|p| p.mode == crate::policy::Mode::Audit);
+    for policy in failing {
+        if let Some(reason) = policy.reason() {
+            let entry = format!("{}:{}", policy.policy, reason.label());
+            if !dry_run.contains(&entry) {
+                dry_run.push(entry);
+            }
+        }
+    }
+    if !dry_run.is_empty() {
+        response
+            .audit_annotations
+            .insert(AUDIT_MODE_FAILURES_ANNOTATION.to_owned(), dry_run.join(","));
     }
     let mut refusals: Vec<&str> = Vec::new();
     let mut reasons: Vec<&str> = Vec::new();
@@ -170,5 +193,45 @@ pub fn pin_digests(
             tracing::warn!(%error, "cannot serialize the digest patch; validation refuses what is unpinned");
             response
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kube::core::admission::AdmissionResponse;
+
+    use super::*;
+    use crate::policy::Mode;
+    use crate::verify::{ImageVerdict, PolicyVerdict};
+
+    #[test]
+    fn a_failing_audit_policy_admits_without_a_warning_and_leaves_an_audit_annotation() {
+        let failed = ImageVerdict {
+            image: "r/a:1".into(),
+            digest: Some("sha256:00".into()),
+            policies: vec![PolicyVerdict::failing("dry-run", Mode::Audit)],
+        };
+        let decision = ImageDecision {
+            container: "containers[app]".into(),
+            image: "r/a:1".into(),
+            refusal: None,
+            warnings: Vec::new(),
+            verdict: Some(Arc::new(failed)),
+            pins: false,
+        };
+        // Any response serves: the annotations and warnings are what is asked.
+        let response = verdict(AdmissionResponse::invalid("placeholder"), &[decision]);
+        assert!(response.warnings.is_none());
+        assert_eq!(
+            response.audit_annotations[AUDIT_MODE_FAILURES_ANNOTATION],
+            "dry-run:no_signature"
+        );
+        assert!(
+            !response
+                .audit_annotations
+                .contains_key(REFUSAL_REASONS_ANNOTATION)
+        );
     }
 }

@@ -58,6 +58,9 @@ pub struct ReportResult {
     pub namespace: Option<String>,
     pub pod: String,
     pub pod_uid: String,
+    /// `Pod`, or the kind of a workload whose template was checked because it has no pod yet
+    /// (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob).
+    pub kind: String,
     pub container: String,
     pub image: String,
     /// The ImageSigningPolicy's name.
@@ -432,6 +435,15 @@ fn result_key(result: &PolicyReportResult) -> ResultKey {
     Sha256::digest(result_json(&unstamped)).into()
 }
 
+/// The API version of the kinds the audit reports on.
+fn api_version_of(kind: &str) -> &'static str {
+    match kind {
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => "apps/v1",
+        "Job" | "CronJob" => "batch/v1",
+        _ => "v1",
+    }
+}
+
 fn to_result(found: &ReportResult) -> PolicyReportResult {
     let non_empty = |text: &str| (!text.is_empty()).then(|| text.to_owned());
     let message = if found.message.chars().count() > MAX_MESSAGE_CHARS {
@@ -455,8 +467,8 @@ fn to_result(found: &ReportResult) -> PolicyReportResult {
         }),
         scored: true,
         resources: vec![ObjectReference {
-            api_version: Some("v1".to_owned()),
-            kind: Some("Pod".to_owned()),
+            api_version: Some(api_version_of(&found.kind).to_owned()),
+            kind: Some(found.kind.clone()),
             name: Some(found.pod.clone()),
             namespace: found.namespace.clone(),
             uid: non_empty(&found.pod_uid),
@@ -788,6 +800,7 @@ mod tests {
             namespace: Some(namespace.to_owned()),
             pod: pod.to_owned(),
             pod_uid: format!("uid-{pod}"),
+            kind: "Pod".to_owned(),
             container: "app".to_owned(),
             image: format!("registry.example/team/{pod}:1"),
             policy: policy.to_owned(),

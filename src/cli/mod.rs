@@ -43,13 +43,14 @@ pub enum Command {
     ///
     /// Policies come from the cluster's ImageSigningPolicy resources, or from YAML files with
     /// --policy-dir when there is no cluster (local runs, GitOps checks).
-    Serve(ServeArgs),
+    // Boxed: its flags make it by far the largest variant.
+    Serve(Box<ServeArgs>),
 
     /// Decide whether one image is signed as the given policies demand, as the webhook would.
     ///
     /// Exit status: 0 admitted, 1 refused (with the reasons), 2 bad command or input (a policy that
     /// is not usable is bad input: the images it governs are shown refused, as the webhook refuses them).
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
 
     /// Print the ImageSigningPolicy CustomResourceDefinition generated from the Rust types (or, with
     /// --policy-reports, the wgpolicyk8s.io PolicyReport CRDs).
@@ -148,10 +149,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crdgen(args) => crdgen(args),
         Command::Serve(args) => runtime()?
-            .block_on(crate::server::serve(args))
+            .block_on(crate::server::serve(*args))
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
-        Command::Verify(args) => verify::run(args),
+        Command::Verify(args) => verify::run(*args),
     }
 }
 

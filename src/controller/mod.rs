@@ -10,6 +10,7 @@
 mod lease;
 mod sources;
 mod status;
+mod violations;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use lease::LeaseLock;
 pub use sources::ClusterSources;
 use status::write_status;
 pub use status::{STATUS_WRITE_FAILURES, STATUS_WRITES};
+pub use violations::{AuditLink, MAX_OFFENDERS, PolicyViolations};
 
 use crate::policy::{ImageSigningPolicy, Publisher, SharedSnapshot};
 
@@ -45,6 +47,8 @@ pub struct ControllerSettings {
     /// to five times a second per replica under a flood and read by no policy, so the controller's
     /// watch leaves it out rather than rebuild the snapshot and renew the Lease on every write.
     pub events_config_map: Option<String>,
+    /// Shared with the background audit: this replica's leadership, and the violations it found.
+    pub audit: AuditLink,
 }
 
 impl ControllerSettings {
@@ -55,6 +59,7 @@ impl ControllerSettings {
             lease_name: "registryx-guard-status-writer".to_owned(),
             lease_duration: Duration::from_secs(15),
             events_config_map: None,
+            audit: AuditLink::default(),
         }
     }
 }
@@ -128,10 +133,16 @@ pub async fn run_until(
     let api: Api<ImageSigningPolicy> = Api::all(client);
     let mut synced = Some(synced);
     let mut publisher = Publisher::new(snapshot);
+    let mut results = BTreeMap::new();
+    // Recompiled on a watched change only: a wake to renew the lease or to write the audit's findings
+    // publishes no new snapshot (the audit takes a new revision for a change of policies).
+    let mut recompile = true;
     loop {
         let current: Vec<ImageSigningPolicy> =
             policies.state().iter().map(|p| (**p).clone()).collect();
-        let results = publisher.publish(&current, &sources, &settings.namespace);
+        if recompile {
+            results = publisher.publish(&current, &sources, &settings.namespace);
+        }
         if let Some(synced) = synced.take() {
             synced();
         }
@@ -143,21 +154,29 @@ pub async fn run_until(
                 false
             }
         };
+        settings.audit.set_leading(leading);
         if leading {
             for policy in &current {
-                if let Some(result) = policy.metadata.name.as_ref().and_then(|n| results.get(n)) {
-                    write_status(&api, &recorder, policy, result).await;
+                let Some(name) = policy.metadata.name.as_ref() else {
+                    continue;
+                };
+                if let Some(result) = results.get(name) {
+                    let violations = settings.audit.of(name);
+                    write_status(&api, &recorder, policy, result, violations).await;
                 }
             }
         }
         // Wake on any change, and at least every third of the lease to keep it renewed.
         let renew = settings.lease_duration / 3;
+        recompile = false;
         tokio::select! {
-            _ = changed.notified() => {},
+            _ = changed.notified() => recompile = true,
+            () = settings.audit.published() => {},
             _ = tokio::time::sleep(renew) => {},
             () = &mut shutdown => break,
         }
     }
+    settings.audit.set_leading(false);
     if let Err(error) = lease.release().await {
         tracing::warn!(%error, "cannot release the status-writer lease; another replica takes it when it expires");
     }

@@ -9,6 +9,7 @@ use kube::Resource as _;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 
+use super::violations::PolicyViolations;
 use crate::policy::{ImageSigningPolicy, ImageSigningPolicyStatus};
 
 /// The field manager of the status this controller writes.
@@ -34,11 +35,13 @@ fn ready_condition(result: &Result<String, String>) -> (String, String, String) 
 }
 
 /// Writes status when it differs from what the object says, and an event when readiness flips.
+/// `violations`: what the audit's last completed pass found (`None`: no pass yet, none written).
 pub(super) async fn write_status(
     api: &Api<ImageSigningPolicy>,
     recorder: &Recorder,
     policy: &ImageSigningPolicy,
     result: &Result<String, String>,
+    violations: Option<PolicyViolations>,
 ) {
     let Some(name) = policy.metadata.name.as_deref() else {
         return;
@@ -50,7 +53,16 @@ pub(super) async fn write_status(
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
     let observed = policy.status.as_ref().and_then(|s| s.observed_generation);
+    let (count, offenders) = match violations {
+        Some(v) => (Some(v.count), v.offenders),
+        None => (None, Vec::new()),
+    };
+    let audited_as_written = policy
+        .status
+        .as_ref()
+        .is_some_and(|s| s.violations == count && s.offenders == offenders);
     if observed == generation
+        && audited_as_written
         && previous
             .is_some_and(|c| c.status == status && c.reason == reason && c.message == message)
     {
@@ -77,6 +89,8 @@ pub(super) async fn write_status(
         "status": ImageSigningPolicyStatus {
             observed_generation: generation,
             conditions: vec![condition],
+            violations: count,
+            offenders,
         },
     });
     if let Err(error) = api

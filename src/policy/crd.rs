@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
     status = "ImageSigningPolicyStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Violations","type":"integer","jsonPath":".status.violations"}"#,
     printcolumn = r#"{"name":"Authorities","type":"string","jsonPath":".spec.authorities[*].name"}"#,
     printcolumn = r#"{"name":"Images","type":"string","jsonPath":".spec.images"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -46,7 +47,9 @@ pub struct ImageSigningPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
 
-    /// `enforce` refuses a workload whose images fail; `warn` admits it with an admission warning.
+    /// `enforce` refuses a workload whose images fail; `warn` admits it with an admission warning;
+    /// `audit` admits it silently and only the background audit reports it (status `violations`,
+    /// Events on the pods, metrics): a dry run of `enforce` on what already runs.
     #[serde(default)]
     pub mode: Mode,
 
@@ -92,6 +95,8 @@ pub enum Mode {
     #[default]
     Enforce,
     Warn,
+    /// Never refuses nor warns at admission; the background audit reports what it would refuse.
+    Audit,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -317,4 +322,24 @@ pub struct ImageSigningPolicyStatus {
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Running pods (and workloads with no pod yet) that this policy refuses now, as the background
+    /// audit's last completed pass found them: what `mode: enforce` would refuse. Absent until a pass
+    /// completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violations: Option<u32>,
+    /// The first few of them (at most five), each with the image and the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offenders: Vec<Offender>,
+}
+
+/// One running pod (or pod-less workload) that a policy refuses now.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Offender {
+    /// `namespace/pod`, or `Kind namespace/name` for a workload that has no pod yet.
+    pub pod: String,
+    pub container: String,
+    pub image: String,
+    /// The refusal reason's label (`no_signature`, `rego`, ...: README's table).
+    pub reason: String,
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::admission::Unmatched;
+use crate::audit::{AuditNamespaces, AuditSettings};
 use crate::verify::VerifierSettings;
 
 #[derive(Args, Debug)]
@@ -89,6 +90,44 @@ pub struct ServeArgs {
     #[arg(long, env = "RXG_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
     pub shutdown_delay_seconds: u64,
 
+    /// Re-check what already runs against today's policies (the Lease holder does it; see the
+    /// README's "Before you enforce"). Needs the cluster: off with --policy-dir.
+    #[arg(long, env = "RXG_AUDIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit: bool,
+
+    /// Every this many seconds, the audit checks every running image once more (besides policy
+    /// changes and push events, which start a pass at once).
+    #[arg(long, env = "RXG_AUDIT_INTERVAL_SECONDS", default_value_t = 300)]
+    pub audit_interval_seconds: u64,
+
+    /// The audit's registry budget: requests per second, at most, for images not in the cache.
+    #[arg(long, env = "RXG_AUDIT_REQUESTS_PER_SECOND", default_value_t = 20.0)]
+    pub audit_requests_per_second: f64,
+
+    /// Which namespaces the audit checks: optIn (those the webhook governs, labelled
+    /// --audit-opt-in-label=true) or all (every namespace but the excluded ones: what enforcing would
+    /// refuse before a team opts in).
+    #[arg(long, env = "RXG_AUDIT_NAMESPACES", value_enum, default_value_t = AuditNamespaces::OptIn)]
+    pub audit_namespaces: AuditNamespaces,
+
+    /// The namespace label that opts a namespace in (the chart's webhook.optInLabel).
+    #[arg(
+        long,
+        env = "RXG_AUDIT_OPT_IN_LABEL",
+        default_value = "registryx.io/include"
+    )]
+    pub audit_opt_in_label: String,
+
+    /// Namespaces never audited, comma-separated (the chart passes its own and
+    /// webhook.excludedNamespaces).
+    #[arg(
+        long,
+        env = "RXG_AUDIT_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub audit_excluded_namespaces: Vec<String>,
+
     /// Tuning: open connections on --listen at once (default 1,024). Hidden: the tests lower it so
     /// that a crowd fills it with hundreds of sockets, not thousands.
     #[arg(long, env = "RXG_MAX_CONNECTIONS", default_value_t = super::MAX_CONNECTIONS, hide = true)]
@@ -106,6 +145,20 @@ fn default_identity() -> String {
 }
 
 impl ServeArgs {
+    /// The audit's settings from the flags.
+    pub fn audit_settings(&self) -> AuditSettings {
+        AuditSettings {
+            interval: Duration::from_secs(self.audit_interval_seconds.max(1)),
+            requests_per_second: self.audit_requests_per_second,
+            namespaces: self.audit_namespaces,
+            opt_in_label: self.audit_opt_in_label.clone(),
+            excluded_namespaces: self.audit_excluded_namespaces.clone(),
+            unmatched: self.unmatched,
+            environment: self.environment.clone(),
+            identity: self.identity.clone(),
+        }
+    }
+
     /// The cache lifetimes of the flags, checked: a renewal must come before the expiry it prevents.
     pub fn verifier_settings(&self) -> crate::Result<VerifierSettings> {
         let settings = VerifierSettings {

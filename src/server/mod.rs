@@ -37,6 +37,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let verifier = Arc::new(Verifier::new(args.verifier_settings()?, None));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = AdmissionMetrics::register(&mut registry, verifier.clone());
+    let audit_metrics = crate::audit::AuditMetrics::register(&mut registry);
     let snapshot = crate::policy::shared(PolicySnapshot::default());
     let push_counters = Arc::new(push::PushCounters::default());
     registry.register_collector(Box::new(metrics::ServerCollector {
@@ -69,6 +70,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 crate::controller::ControllerSettings::new(&args.namespace, &args.identity);
             settings.events_config_map = args.events_configmap.clone();
             let namespaces = crate::controller::namespace_store(client.clone());
+            if args.audit {
+                let mut audit = crate::audit::Audit::new(
+                    client.clone(),
+                    snapshot.clone(),
+                    verifier.clone(),
+                    namespaces.clone(),
+                    settings.audit.clone(),
+                    args.audit_settings(),
+                    audit_metrics,
+                );
+                if args.policy_reports {
+                    audit =
+                        audit.with_sink(Arc::new(crate::audit::ReportsSink::new(client.clone())));
+                }
+                tokio::spawn(audit.run(stopped_signal(stopped.clone())));
+            }
             let (store, ready) = (namespaces.clone(), probes.clone());
             tokio::spawn(async move {
                 if store.wait_until_ready().await.is_ok() {

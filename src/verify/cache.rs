@@ -215,7 +215,15 @@ impl Verifier {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             registry_errors: AtomicU64::new(0),
+            // Sweeps come at most five times a second; a listener that lags behind 64 is told so and
+            // treats it as `All`.
+            invalidations: tokio::sync::broadcast::channel(64).0,
         }
+    }
+
+    /// The sweeps from now on (see [`super::Invalidated`]).
+    pub fn invalidations(&self) -> tokio::sync::broadcast::Receiver<super::Invalidated> {
+        self.invalidations.subscribe()
     }
 
     /// (hits, misses) of the result cache so far.
@@ -269,6 +277,9 @@ impl Verifier {
             .into_iter()
             .map(|r| r.trim_start_matches("library/").to_owned())
             .collect();
+        // Told after the sweep, never before: a listener that re-checks at once must not read the
+        // results being dropped. (No listener is no error: the audit runs on the Lease holder only.)
+        let told = super::Invalidated::Repositories(wanted.iter().cloned().collect());
         let wanted_tags = wanted.clone();
         let result = self.evidence.invalidate_entries_if(move |key, _| {
             let name = key.0.split('@').next().unwrap_or_default();
@@ -296,6 +307,7 @@ impl Verifier {
             self.tags.invalidate_all();
         }
         self.signature_sets.invalidate_all();
+        let _ = self.invalidations.send(told);
     }
 
     /// Drops every cached result.
@@ -304,6 +316,7 @@ impl Verifier {
         self.evidence.invalidate_all();
         self.tags.invalidate_all();
         self.signature_sets.invalidate_all();
+        let _ = self.invalidations.send(super::Invalidated::All);
     }
 
     pub fn settings(&self) -> &VerifierSettings {

@@ -86,6 +86,19 @@ pub struct Verifier {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     registry_errors: AtomicU64,
+    /// Tells the background audit which repositories changed (a push event, here or on another
+    /// replica), so that it re-checks their images: a broadcast, as no listener must slow a sweep.
+    invalidations: tokio::sync::broadcast::Sender<Invalidated>,
+}
+
+/// What a cache sweep dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidated {
+    /// Every cached result about these repositories (`path`, without the registry: a push event names
+    /// only the repository).
+    Repositories(Vec<String>),
+    /// Every cached result.
+    All,
 }
 
 impl std::fmt::Debug for Verifier {

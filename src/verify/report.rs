@@ -21,6 +21,7 @@ pub fn render_text(verdict: &ImageVerdict) -> String {
             (true, _) => "passed",
             (false, Mode::Warn) => "FAILED (warn mode: admitted with a warning)",
             (false, Mode::Enforce) => "FAILED",
+            (false, Mode::Audit) => "FAILED (audit mode: admitted, reported by the audit)",
         };
         let _ = writeln!(out, "  policy {}: {state}", policy.policy);
         for evidence in &policy.authorities {

@@ -153,6 +153,26 @@ impl PolicyVerdict {
     }
 }
 
+#[cfg(test)]
+impl PolicyVerdict {
+    /// A verdict of `policy` in `mode` that failed for want of a signature (for unit tests).
+    pub(crate) fn failing(policy: &str, mode: Mode) -> PolicyVerdict {
+        PolicyVerdict {
+            policy: policy.into(),
+            policy_uid: None,
+            mode,
+            authorities: Vec::new(),
+            failure: Some(PolicyFailure {
+                reason: Reason::NoSignature,
+                messages: vec!["no signature".into()],
+                remedy: None,
+            }),
+            rego_input: None,
+            evidence_complete: true,
+        }
+    }
+}
+
 /// As [`AuthorityEvidence`]: `passed`, `reasons`, `remedy`, `reasonKind`.
 impl Serialize for PolicyVerdict {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -195,11 +215,12 @@ pub struct ImageVerdict {
 }
 
 impl ImageVerdict {
-    /// Admitted when every enforcing policy passed (`warn` policies only warn).
+    /// Admitted when every enforcing policy passed (`warn` policies only warn, `audit` ones only
+    /// report).
     pub fn admitted(&self) -> bool {
         self.policies
             .iter()
-            .all(|p| p.passed() || p.mode == Mode::Warn)
+            .all(|p| p.passed() || p.mode != Mode::Enforce)
     }
 
     /// The warnings of `warn` policies that failed.
@@ -220,5 +241,30 @@ impl ImageVerdict {
     /// out of the messages, where a repository named `team/rego-app` would pass for a Rego refusal).
     pub fn reason(&self) -> Option<Reason> {
         self.refusing().find_map(PolicyVerdict::reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_policy_neither_refuses_nor_warns_at_admission() {
+        let mut verdict = ImageVerdict {
+            image: "r/a:1".into(),
+            digest: None,
+            policies: vec![PolicyVerdict::failing("dry-run", Mode::Audit)],
+        };
+        assert!(verdict.admitted());
+        assert_eq!(verdict.warnings().count(), 0);
+        assert_eq!(verdict.refusing().count(), 0);
+        assert_eq!(verdict.reason(), None);
+        // Beside an enforcing policy that fails, only the enforcing one refuses.
+        verdict
+            .policies
+            .push(PolicyVerdict::failing("strict", Mode::Enforce));
+        assert!(!verdict.admitted());
+        let refusing: Vec<&str> = verdict.refusing().map(|p| p.policy.as_str()).collect();
+        assert_eq!(refusing, ["strict"]);
     }
 }

@@ -34,6 +34,8 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
             "webhook.mutating=false",
             "config.unmatched=allow",
             "webhook.namespaces=all",
+            "audit.namespaces=all",
+            "audit.intervalSeconds=60",
             "networkPolicy.webhookFromCIDRs={10.0.0.10/32,10.0.0.11/32}",
             "networkPolicy.webhookFrom[0].podSelector.matchLabels.app=registryx",
         ][..],
@@ -86,6 +88,73 @@ fn the_webhook_can_never_lock_the_cluster_out() {
         .find(|d| d.contains("kind: ClusterRole\n"))
         .unwrap();
     assert!(!cluster_role.contains("secrets"), "{cluster_role}");
+}
+
+/// The audit (on by default) lists and watches pods and the six workload kinds cluster-wide and writes
+/// none of them; its flags follow the webhook's namespace choice; `audit.enabled=false` takes both the
+/// flags' effect and the permissions away.
+#[test]
+fn the_audit_reads_what_runs_and_writes_none_of_it() {
+    let runs = |docs: &[Value]| -> Vec<Value> {
+        let cluster_role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+        cluster_role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|rule| {
+                let resources = rule["resources"].to_string();
+                [
+                    "pods",
+                    "deployments",
+                    "replicasets",
+                    "statefulsets",
+                    "daemonsets",
+                    "jobs",
+                    "cronjobs",
+                ]
+                .iter()
+                .any(|kind| resources.contains(&format!("\"{kind}\"")))
+            })
+            .cloned()
+            .collect()
+    };
+    let env = |docs: &[Value], name: &str| -> Option<String> {
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str().map(str::to_owned))
+    };
+    let docs = documents(&render(&[]));
+    let rules = runs(&docs);
+    assert_eq!(rules.len(), 3, "{rules:#?}");
+    for rule in &rules {
+        assert_eq!(
+            rule["verbs"],
+            serde_json::json!(["list", "watch"]),
+            "{rule}"
+        );
+    }
+    assert_eq!(env(&docs, "RXG_AUDIT").as_deref(), Some("true"));
+    assert_eq!(env(&docs, "RXG_AUDIT_NAMESPACES").as_deref(), Some("optIn"));
+    assert_eq!(
+        env(&docs, "RXG_AUDIT_EXCLUDED_NAMESPACES").as_deref(),
+        Some("registryx-guard,kube-system")
+    );
+    // A webhook over every namespace governs what optIn would leave out: the audit follows it.
+    let docs = documents(&render(&["webhook.namespaces=all"]));
+    assert_eq!(env(&docs, "RXG_AUDIT_NAMESPACES").as_deref(), Some("all"));
+    let docs = documents(&render(&["audit.enabled=false"]));
+    assert!(runs(&docs).is_empty());
+    assert_eq!(env(&docs, "RXG_AUDIT").as_deref(), Some("false"));
+    assert_eq!(env(&docs, "RXG_AUDIT_NAMESPACES"), None);
+    let refused = helm_template(&["audit.namespaces=some"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("audit.namespaces must be optIn or all")
+    );
 }
 
 /// The replicas share push events through the chart's ConfigMap, the one object of the namespace

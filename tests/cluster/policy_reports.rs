@@ -46,13 +46,13 @@ async fn control_plane() -> (ControlPlane, kube::Client) {
 }
 
 /// Where the CRDs come from: the generated file, or the chart with `audit.policyReports.installCRD`.
-enum Crds {
+pub(crate) enum Crds {
     Generated,
     FromChart,
 }
 
 /// The generated CRDs, applied and established.
-fn install_crds(cluster: &ControlPlane, from: Crds) {
+pub(crate) fn install_crds(cluster: &ControlPlane, from: Crds) {
     let applied = match from {
         Crds::Generated => {
             let crds = crate::support::repo_root().join("crds/policyreports.wgpolicyk8s.io.yaml");
@@ -104,6 +104,7 @@ fn result(namespace: Option<&str>, pod: &str, policy: &str, passed: bool) -> Rep
         namespace: namespace.map(str::to_owned),
         pod: pod.to_owned(),
         pod_uid: format!("uid-{pod}"),
+        kind: "Pod".to_owned(),
         container: "app".to_owned(),
         image: format!("registry.example/team/{pod}:1"),
         policy: policy.to_owned(),

@@ -28,7 +28,7 @@ const LAYERS: [&str; 15] = [
     "decide",
     // One review decided.
     "admission",
-    // What already runs, re-checked and reported (PolicyReports).
+    // What already runs, re-checked against today's policies and reported (PolicyReports).
     "audit",
     // HTTP, TLS, probes, push events.
     "server",
