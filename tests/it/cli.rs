@@ -165,7 +165,7 @@ fn serve_with_a_policy_dir_is_ready_and_logs_json_lines() {
         ),
     );
     let (port, https) = (crate::support::free_port(), crate::support::free_port());
-    let mut child = crate::support::serve_command(dir.path(), port, https)
+    let child = crate::support::serve_command(dir.path(), port, https)
         .args(["--log-format", "json", "--shutdown-delay-seconds", "0"])
         .stderr(std::process::Stdio::piped())
         .spawn()
