@@ -62,9 +62,9 @@ fn the_api_server_accepts_the_crd_and_enforces_its_schema() {
         &cluster,
         &policy(
             "bad-mode",
-            "  images: ['a/**']\n  mode: audit\n  signatureRequired: false\n",
+            "  images: ['a/**']\n  mode: dryrun\n  signatureRequired: false\n",
         ),
-        "Unsupported value: \"audit\"",
+        "Unsupported value: \"dryrun\"",
     );
     assert_refused(
         &cluster,
