@@ -201,12 +201,12 @@ mod tests {
     #[test]
     fn reports_an_unknown_mode() {
         let text = "apiVersion: registryx.io/v1alpha1\nkind: ImageSigningPolicy\nmetadata: {name: p}\n\
-                    spec: {images: ['a'], mode: audit}\n";
+                    spec: {images: ['a'], mode: dryrun}\n";
         let error = parse_documents(Path::new("p.yaml"), text)
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("p.yaml") && error.contains("audit"),
+            error.contains("p.yaml") && error.contains("dryrun"),
             "{error}"
         );
     }
