@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod attestation_log;
 mod attestations;
 mod cli;
 mod containment;
