@@ -380,3 +380,70 @@ async fn keyless_attestations_count_for_the_accepted_identity_only() {
         );
     }
 }
+
+/// The bundle path of [`an_attestation_copied_from_another_digest_does_not_count`]: the referrer that
+/// holds a bundle attestation of the first image, pushed again with the second image as its
+/// `subject`. Anyone who may push can do that without any key, and it is how a bundle whose statement
+/// names another digest reaches an image: cosign itself cannot attach one (`cosign attest
+/// --statement` refuses a subject other than the image, and `cosign attach attestation` writes the
+/// legacy `.att` tag only).
+#[tokio::test]
+async fn a_bundle_attestation_referring_to_another_digest_does_not_count() {
+    let (registry, cosign, first) = signed_image(Format::Bundle, "bundle-copied-from").await;
+    cosign.attest(
+        &first.reference,
+        "slsaprovenance1",
+        &provenance(BUILDER),
+        Format::Bundle,
+    );
+    let second = registry
+        .push_image("team/app", "v2", "bundle-copied-to")
+        .await;
+    cosign.sign(&second.reference, Format::Bundle);
+    copy_attestation_referrer(&registry, &first, &second).await;
+
+    let verdict = verify_requiring(&registry, &cosign, &second, "slsaprovenance1").await;
+    assert_refused_saying(&verdict, Reason::AttestationOtherDigest, &[&first.digest]);
+    let found = first_attestation(&verdict);
+    assert_eq!(found["format"], "bundle", "{found:#}");
+    assert_eq!(found["reasonKind"], "attestation_other_digest", "{found:#}");
+    assert_eq!(found["predicateType"], SLSA1, "{found:#}");
+}
+
+/// Pushes the referrer manifests of `from` that hold attestations (not cosign's signature bundle)
+/// again, with `to` as their subject.
+pub async fn copy_attestation_referrer(registry: &Registry, from: &PushedImage, to: &PushedImage) {
+    let repository = &from.repository;
+    let url = registry.url(&format!("/v2/{repository}/referrers/{}", from.digest));
+    let referrers: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let (_, _, media_type, subject) = registry.get_manifest(&to.repository, &to.digest).await;
+    let mut copied = 0;
+    for descriptor in referrers["manifests"].as_array().unwrap() {
+        let (_, _, _, body) = registry
+            .get_manifest(repository, descriptor["digest"].as_str().unwrap())
+            .await;
+        let mut manifest: Value = serde_json::from_slice(&body).unwrap();
+        if manifest["annotations"]["dev.sigstore.bundle.predicateType"]
+            == "https://sigstore.dev/cosign/sign/v1"
+        {
+            continue;
+        }
+        manifest["subject"] = json!({
+            "mediaType": media_type.clone().unwrap(),
+            "digest": to.digest,
+            "size": subject.len(),
+        });
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        let digest = crate::support::registry::sha256(&bytes);
+        registry
+            .push_manifest(
+                &to.repository,
+                &digest,
+                crate::support::registry::OCI_MANIFEST,
+                &bytes,
+            )
+            .await;
+        copied += 1;
+    }
+    assert_eq!(copied, 1, "one attestation referrer expected: {referrers}");
+}
