@@ -34,24 +34,24 @@ fn provenance() -> Value {
 }
 
 /// Who signs and attests: a key of cosign's, or a leaf of the tests' CA.
-enum Signer {
+pub(super) enum Signer {
     Key(Cosign),
     Keyless { ca: Box<TestCa>, leaf: Leaf },
 }
 
 impl Signer {
-    fn key() -> Signer {
+    pub(super) fn key() -> Signer {
         Signer::Key(Cosign::with_new_key_pair())
     }
 
-    fn keyless() -> Signer {
+    pub(super) fn keyless() -> Signer {
         let ca = Box::new(TestCa::new("logged-ca"));
         let leaf = ca.issue(ISSUER, SUBJECT);
         Signer::Keyless { ca, leaf }
     }
 
     /// What a log entry names as the signer: the public key, or the certificate.
-    fn verifier_pem(&self) -> String {
+    pub(super) fn verifier_pem(&self) -> String {
         match self {
             Signer::Key(cosign) => cosign.public_key_pem(),
             Signer::Keyless { leaf, .. } => leaf.cert_pem().to_owned(),
@@ -76,7 +76,7 @@ impl Signer {
 
     /// The policy that trusts this signer and `rekor`'s log, requires an entry of it, and requires
     /// a provenance attestation.
-    fn policy(&self, host: &str, rekor: &TestRekor) -> PolicySpec {
+    pub(super) fn policy(&self, host: &str, rekor: &TestRekor) -> PolicySpec {
         let policy = match self {
             Signer::Key(cosign) => PolicySpec::key(host, &cosign.public_key_pem())
                 .transparency_log(true, Some(&rekor.public_key_pem())),
@@ -91,16 +91,16 @@ impl Signer {
 
 /// An image signed by `signer` (legacy, its signature logged in `rekor`) and attested in `format`,
 /// the attestation not logged yet.
-struct Attested {
-    registry: Registry,
-    image: PushedImage,
-    signer: Signer,
-    rekor: TestRekor,
+pub(super) struct Attested {
+    pub(super) registry: Registry,
+    pub(super) image: PushedImage,
+    pub(super) signer: Signer,
+    pub(super) rekor: TestRekor,
     format: Format,
 }
 
 impl Attested {
-    async fn new(signer: Signer, format: Format, seed: &str) -> Attested {
+    pub(super) async fn new(signer: Signer, format: Format, seed: &str) -> Attested {
         let registry = match format {
             Format::Bundle => Registry::with_referrers(),
             Format::Legacy => Registry::distribution(),
@@ -158,7 +158,7 @@ impl Attested {
     }
 
     /// The honest dsse entry of the attestation (what cosign v2.4 on logs), integrated at `time`.
-    async fn entry(&self, time: i64) -> Entry {
+    pub(super) async fn entry(&self, time: i64) -> Entry {
         let (envelope, payload, signature) = self.envelope().await;
         let body = dsse(&envelope, &payload, &signature, &self.signer.verifier_pem());
         self.rekor.entry(body, time)
@@ -206,7 +206,7 @@ impl Attested {
 
     /// Attaches `entry` to the attestation as cosign would have: `bundle` is the Rekor bundle
     /// annotation of the legacy layer, or `tlog_entry` the bundle's one entry.
-    async fn attach(&self, annotation: &str, tlog_entry: Value) {
+    pub(super) async fn attach(&self, annotation: &str, tlog_entry: Value) {
         let repository = &self.image.repository;
         match self.format {
             Format::Legacy => {
@@ -238,7 +238,7 @@ impl Attested {
     }
 
     /// Has the trusted log sign `entry` and attaches it.
-    async fn attach_logged(&self, entry: &Entry) {
+    pub(super) async fn attach_logged(&self, entry: &Entry) {
         self.attach(
             &self.rekor.bundle(entry),
             self.rekor.bundle_entry(entry, "dsse"),

@@ -6,6 +6,7 @@
 mod support;
 
 mod attestation_log;
+mod attestation_parity;
 mod attestations;
 mod cli;
 mod containment;
