@@ -447,3 +447,109 @@ pub async fn copy_attestation_referrer(registry: &Registry, from: &PushedImage, 
     }
     assert_eq!(copied, 1, "one attestation referrer expected: {referrers}");
 }
+
+/// Each attestation reason is a metrics label: one refusal for each, through `registryx-guard serve`,
+/// is counted under `registryx_guard_admission_decisions_total{decision="deny",policy=...,reason=...}`
+/// on /metrics.
+#[tokio::test]
+async fn each_attestation_refusal_is_counted_under_its_reason_on_metrics() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let image = |tag: &'static str| {
+        let (registry, cosign) = (&registry, &cosign);
+        async move {
+            let image = registry
+                .push_image("team/app", tag, &format!("metrics-{tag}"))
+                .await;
+            cosign.sign(&image.reference, Format::Legacy);
+            image
+        }
+    };
+    let missing = image("missing").await;
+    let other_signer = image("other-signer").await;
+    Cosign::with_new_key_pair().attest(
+        &other_signer.reference,
+        "slsaprovenance1",
+        &provenance(BUILDER),
+        Format::Legacy,
+    );
+    let other_type = image("other-type").await;
+    cosign.attest(
+        &other_type.reference,
+        "slsaprovenance02",
+        &json!({"builder": {"id": BUILDER}, "buildType": "x"}),
+        Format::Legacy,
+    );
+    let other_digest = image("other-digest").await;
+    let source = image("source").await;
+    cosign.attest(
+        &source.reference,
+        "slsaprovenance1",
+        &provenance(BUILDER),
+        Format::Legacy,
+    );
+    let att = |digest: &str| format!("{}.att", digest.replace(':', "-"));
+    let (_, _, media_type, bytes) = registry
+        .get_manifest("team/app", &att(&source.digest))
+        .await;
+    registry
+        .push_manifest(
+            "team/app",
+            &att(&other_digest.digest),
+            media_type.as_deref().unwrap(),
+            &bytes,
+        )
+        .await;
+
+    let policy = requiring(&registry, &cosign, &["slsaprovenance1"])
+        .named("provenance")
+        .yaml();
+    let cases = [
+        (missing, "attestation_missing"),
+        (other_signer, "attestation_other_signer"),
+        (other_type, "attestation_other_type"),
+        (other_digest, "attestation_other_digest"),
+    ];
+    let images: Vec<String> = cases.iter().map(|(image, _)| image.by_digest()).collect();
+    let last = format!(
+        "registryx_guard_admission_decisions_total{{decision=\"deny\",policy=\"provenance\",reason=\"{}\"}} 1",
+        cases[3].1
+    );
+    // The server and its blocking clients, off the test's runtime.
+    let (answers, metrics) = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        crate::support::serve_files(dir.path(), &policy);
+        let (port, https) = (crate::support::free_port(), crate::support::free_port());
+        let mut server = crate::support::serve_command(dir.path(), port, https)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::support::metrics_once(port, "registryx_guard_policies{ready=\"true\"} 1");
+        let answers: Vec<_> = images
+            .iter()
+            .map(|image| {
+                let review = crate::support::pod_create_review(&[("app", image)]);
+                crate::support::post_validate(https, &review)
+            })
+            .collect();
+        let metrics = crate::support::metrics_once(port, &last);
+        let _ = server.kill();
+        let _ = server.wait();
+        (answers, metrics)
+    })
+    .await
+    .unwrap();
+    for (answered, (image, reason)) in answers.into_iter().zip(&cases) {
+        let answered = answered.expect("the review is answered");
+        assert_eq!(
+            answered["response"]["allowed"], false,
+            "{}: {answered}",
+            image.tag
+        );
+        let line = format!(
+            "registryx_guard_admission_decisions_total{{decision=\"deny\",policy=\"provenance\",reason=\"{reason}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+}
