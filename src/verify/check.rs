@@ -136,17 +136,27 @@ fn check_bundle(
         signature_digest: signature.manifest_digest.clone(),
         ..Proof::default()
     };
-    let statement = verify_bundle(authority, &signature.bundle, &mut proof)?;
-    if statement.predicate_type != COSIGN_PREDICATE {
-        // An attestation (provenance, SBOM) beside the image is not a malformed signature: as far as
-        // signing goes, there is none.
-        return Err(Failure::new(
+    // An attestation (provenance, SBOM) beside the image is not a malformed signature: as far as
+    // signing goes, there is none. Told by the type its statement claims, before any check: otherwise
+    // an attestation that lacks a required log entry, or is another signer's, would make an unsigned
+    // image's refusal read `transparency_log` or `other_signer` instead of `no_signature`.
+    let not_a_signature = |kind: &str| {
+        Failure::new(
             crate::refusal::Reason::NoSignature,
             format!(
                 "the bundle is an attestation of type {}, not a cosign signature",
-                crate::untrusted::quote(&statement.predicate_type)
+                crate::untrusted::quote(kind)
             ),
-        ));
+        )
+    };
+    if let Some(claimed) = claimed_type_of_bundle(&signature.bundle)
+        && claimed != COSIGN_PREDICATE
+    {
+        return Err(not_a_signature(&claimed));
+    }
+    let statement = verify_bundle(authority, &signature.bundle, &mut proof)?;
+    if statement.predicate_type != COSIGN_PREDICATE {
+        return Err(not_a_signature(&statement.predicate_type));
     }
     statement.names_digest(digest, "signature")?;
     Ok(proof)

@@ -412,3 +412,30 @@ async fn an_intoto_entry_of_older_cosign_counts_when_it_hashes_this_envelope() {
         integrated_time
     );
 }
+
+/// An image that is attested but not signed is unsigned, whatever its attestation lacks: the bundle's
+/// missing log entry (or its other signer) is not the reason a signature is missing.
+#[tokio::test]
+async fn an_unsigned_image_with_an_unlogged_attestation_is_refused_as_unsigned() {
+    let registry = Registry::with_referrers();
+    let image = registry
+        .push_image("team/app", "v1", "attested-unsigned")
+        .await;
+    let signer = Signer::key();
+    let intruder = Signer::key();
+    signer.attest(&image.reference, Format::Bundle);
+    intruder.attest(&image.reference, Format::Bundle);
+    let rekor = TestRekor::new();
+    let verdict = verify(
+        &image.reference,
+        &signer.policy(&registry.host, &rekor).compile(),
+    )
+    .await;
+    assert_refused_saying(
+        &verdict,
+        Reason::NoSignature,
+        &[
+            "the bundle is an attestation of type \"https://slsa.dev/provenance/v1\", not a cosign signature",
+        ],
+    );
+}
