@@ -8,7 +8,7 @@ CRD := crds/imagesigningpolicies.registryx.io.yaml
 CHART := charts/registryx-guard
 HELM := $(RXG_TOOLS_DIR)/bin/helm
 
-.PHONY: all tools fmt fmt-check lint crds crds-check chart scripts-check test demo bench soak fuzz image image-push clean
+.PHONY: all tools fmt fmt-check lint crds crds-check chart scripts-check test demo bench bench-attestations soak fuzz image image-push clean
 
 all: test
 
@@ -48,7 +48,7 @@ chart: tools
 
 ## scripts-check: the bench scripts parse, and BENCHMARKS.md's renderer writes no figure of its own
 scripts-check:
-	bash -n bench/run.sh bench/soak.sh bench/peers.sh e2e/lib.sh
+	bash -n bench/run.sh bench/soak.sh bench/peers.sh bench/attestations.sh e2e/lib.sh
 	python3 -m py_compile bench/load.py
 	python3 -m unittest discover -s bench -p 'test_*.py'
 
@@ -73,6 +73,12 @@ image:
 ## image-push: push it to REGISTRY with crane and sign it with cosign (COSIGN_KEY, default cosign.key)
 image-push: tools
 	bash e2e/image/push.sh
+
+## bench-attestations: the cost of a required attestation only (a few minutes): cold verification with and
+## without the requirement (requests, round trips) and the cached review (criterion); figures by hand into
+## bench/attestation-results.md
+bench-attestations: tools
+	bash bench/attestations.sh
 
 ## soak: one server under mixed load for an hour (RXG_SOAK_SECONDS), RSS sampled; writes bench/soak-*.
 soak: tools

@@ -96,7 +96,8 @@ class RenderTest(unittest.TestCase):
         before = render.render(fixture()).splitlines()
         after = set(render.render(shift_all(fixture())).splitlines())
         verbatim = set()
-        for name in ("bounds.md", "history.md", "soak-results.md", "cluster-results.md", "fuzz-results.md"):
+        for name in ("bounds.md", "history.md", "soak-results.md", "cluster-results.md", "fuzz-results.md",
+                     "attestation-results.md"):
             verbatim |= set(render.include(name).splitlines())
         constant = [line for line in before if line in after and line not in verbatim
                     and NUMBER.search(LABELS.sub("", without_code(line)))]
