@@ -204,8 +204,8 @@ impl Attested {
         panic!("no attestation bundle among the referrers: {referrers}");
     }
 
-    /// Attaches `entry` to the attestation as cosign would have: `bundle` is the Rekor bundle
-    /// annotation of the legacy layer, or `tlog_entry` the bundle's one entry.
+    /// Attaches a log entry to the attestation where cosign would have: `annotation` (the Rekor
+    /// bundle) on the legacy `.att` layer, or `tlog_entry` as the bundle's one `tlogEntries` item.
     pub(super) async fn attach(&self, annotation: &str, tlog_entry: Value) {
         let repository = &self.image.repository;
         match self.format {
