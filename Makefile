@@ -18,7 +18,7 @@ ALERTS := $(CHART)/files/alerts.yaml
 # The chart with its optional monitoring objects on: what make chart and make alerts-check render.
 MONITORING := --set monitoring.prometheusRule.enabled=true --set monitoring.serviceMonitor.enabled=true
 
-.PHONY: all tools fmt fmt-check lint crds crds-check chart alerts-check scripts-check test demo bench soak fuzz image image-push clean
+.PHONY: all tools fmt fmt-check lint crds crds-check chart alerts-check scripts-check test demo bench bench-attestations soak fuzz image image-push clean
 
 all: test
 
@@ -77,7 +77,7 @@ alerts-check: tools
 
 ## scripts-check: the bench scripts parse, and BENCHMARKS.md's renderer writes no figure of its own
 scripts-check:
-	bash -n bench/run.sh bench/soak.sh bench/peers.sh e2e/lib.sh
+	bash -n bench/run.sh bench/soak.sh bench/peers.sh bench/attestations.sh e2e/lib.sh
 	python3 -m py_compile bench/load.py
 	python3 -m unittest discover -s bench -p 'test_*.py'
 
@@ -102,6 +102,12 @@ image:
 ## image-push: push it to REGISTRY with crane and sign it with cosign (COSIGN_KEY, default cosign.key)
 image-push: tools
 	bash e2e/image/push.sh
+
+## bench-attestations: the cost of a required attestation only (a few minutes): cold verification with and
+## without the requirement (requests, round trips) and the cached review (criterion); figures by hand into
+## bench/attestation-results.md
+bench-attestations: tools
+	bash bench/attestations.sh
 
 ## soak: one server under mixed load for an hour (RXG_SOAK_SECONDS), RSS sampled; writes bench/soak-*.
 soak: tools

@@ -8,7 +8,7 @@
 run set (RESULTS_DIR/config.env: load shapes, targets, the server defaults the text relies on). `render`
 fills the template's `${name}` placeholders with blocks built from that JSON only: no figure is written
 here or in the template. Comparisons with earlier runs live in bench/history.md, and the hand-written
-sections (bench/bounds.md, the soak, cluster and fuzz results) are copied verbatim.
+sections (bench/bounds.md, the soak, cluster, fuzz and attestation results) are copied verbatim.
 """
 
 import glob
@@ -824,6 +824,7 @@ class Report:
             "soak": include("soak-results.md"),
             "cluster": include("cluster-results.md"),
             "fuzz": include("fuzz-results.md"),
+            "attestations": include("attestation-results.md"),
             "cli": include("cli-results.md"),
             "history": include("history.md"),
             "commands": "\n".join(self.d.get("commands", [])),

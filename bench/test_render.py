@@ -97,6 +97,7 @@ class RenderTest(unittest.TestCase):
         after = set(render.render(shift_all(fixture())).splitlines())
         verbatim = set()
         for name in ("bounds.md", "history.md", "soak-results.md", "cluster-results.md", "fuzz-results.md",
+                     "attestation-results.md",
                      "cli-results.md"):
             verbatim |= set(render.include(name).splitlines())
         constant = [line for line in before if line in after and line not in verbatim

@@ -5,7 +5,9 @@
 //! image extraction, policy matching and the cache lookups. Next to it, the parts that profile high.
 //!
 //! `cargo bench --bench admission`; `cargo test --all-targets` runs each function once (criterion's test
-//! mode), which starts the registry and cosign of the test harness (`make tools`) for a second or two.
+//! mode), which starts the registry and cosign of the test harness (`make tools`) for a few seconds. The
+//! same review of the same images attested, under a policy that requires the provenance (and then with a
+//! Rego rule reading it), is the cached figure of BENCHMARKS.md section 11.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -28,6 +30,17 @@ use support::cosign::{Cosign, Format};
 use support::policy::PolicySpec;
 use support::registry::Registry;
 use tower::ServiceExt as _;
+
+const BUILDER: &str = "https://github.com/acme/.github/workflows/release.yml@refs/heads/main";
+
+/// Every provenance must name the release workflow as its builder (as policies/slsa-provenance does).
+const BUILDER_RULE: &str = "package registry\nimport rego.v1\n\n\
+    deny contains msg if {\n\
+      some p in input.attestations[\"https://slsa.dev/provenance/v1\"]\n\
+      p.predicate.runDetails.builder.id != \"https://github.com/acme/.github/workflows/release.yml@refs/heads/main\"\n\
+      msg := \"untrusted builder\"\n\
+    }\n\
+    deny contains \"no provenance\" if not input.attestations[\"https://slsa.dev/provenance/v1\"]\n";
 
 /// POSTs `body` to /validate and returns the answer's bytes.
 async fn validate(router: &axum::Router, body: &str) -> axum::body::Bytes {
@@ -121,6 +134,59 @@ fn admission(c: &mut Criterion) {
     group.bench_function("cached review, 3 images by tag (3 registry HEADs)", |b| {
         b.iter(|| runtime.block_on(validate(&router, black_box(&tag_review))))
     });
+
+    // The same images attested (`cosign attest --type slsaprovenance1`, legacy .att), under a policy
+    // whose authority requires the provenance: the cost of a required attestation on a cached review
+    // (the verified statements ride in the cached result), then with a Rego rule reading its predicate.
+    for image in &pushed {
+        cosign.attest(
+            &image.reference,
+            "slsaprovenance1",
+            &serde_json::json!({"runDetails": {"builder": {"id": BUILDER}}}),
+            Format::Legacy,
+        );
+    }
+    for (name, rego) in [
+        (
+            "cached review, 3 images by digest, provenance required",
+            None,
+        ),
+        (
+            "cached review, 3 images by digest, provenance required and read by Rego",
+            Some(BUILDER_RULE),
+        ),
+    ] {
+        let mut spec = PolicySpec::key(&registry.host, &cosign.public_key_pem())
+            .mutate_digest(false)
+            .requiring_attestations(["slsaprovenance1"]);
+        if let Some(rule) = rego {
+            spec = spec.rego(&[("builder.rego", rule)]);
+        }
+        let (snapshot, _) =
+            PolicySnapshot::build(&[spec.policy()], &NoSecrets, "registryx-guard", 1);
+        let verifier = Arc::new(Verifier::new(VerifierSettings::default(), None));
+        let admission = Admission::new(
+            shared(snapshot),
+            verifier.clone(),
+            None,
+            AdmissionSettings::default(),
+            None,
+        );
+        let attested =
+            registryx_guard::server::webhook::router(WebhookState::new(Arc::new(admission)));
+        let answer = runtime.block_on(validate(&attested, &digest_review));
+        let answer: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
+        assert_eq!(answer["response"]["allowed"], true, "{answer:#}");
+        let requests = verifier.registry_requests();
+        group.bench_function(name, |b| {
+            b.iter(|| runtime.block_on(validate(&attested, black_box(&digest_review))))
+        });
+        assert_eq!(
+            verifier.registry_requests(),
+            requests,
+            "a cached review by digest must not reach the registry"
+        );
+    }
     group.finish();
 
     let mut parts = c.benchmark_group("admission parts");

@@ -361,7 +361,7 @@ impl Reason {
             ),
             Reason::TransparencyLog => {
                 "check the authority's transparencyLog (required, rekorKey) \
-                 against the log that recorded the signature"
+                 against the log that recorded the signature or attestation"
                     .to_owned()
             }
             Reason::Certificate => {

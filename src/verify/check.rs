@@ -64,32 +64,20 @@ fn check_legacy(
         .decode(signature.signature.trim())
         .map_err(|_| Failure::unreadable("the signature annotation is not base64"))?;
 
-    let leaf = signature.certificate.as_deref().and_then(|pem| {
-        Certificate::load_pem_chain(pem.as_bytes())
-            .ok()
-            .and_then(|certs| certs.into_iter().next())
-            .and_then(|c| c.to_der().ok())
-    });
+    let leaf = signature.certificate.as_deref().and_then(leaf_der);
     let signers = signer_hashes(authority, leaf.as_deref());
-    let integrated_time = match (&signature.rekor_bundle, authority.rekor_keys.is_empty()) {
-        (Some(bundle), false) => optional_entry(
-            authority,
-            check_legacy_rekor_bundle(
-                authority,
-                bundle,
-                &signature.payload,
-                &signature.signature,
-                &signers,
-            ),
-        )
-        .map_err(Failure::tlog)?,
-        _ => None,
+    let logged = Logged {
+        payload: &signature.payload,
+        signatures: vec![signature.signature.as_str()],
+        envelope: None,
     };
-    if authority.tlog_required && integrated_time.is_none() {
-        return Err(Failure::tlog(
-            "no transparency-log entry accompanies the signature, and this authority requires one",
-        ));
-    }
+    let integrated_time = legacy_log_entry(
+        authority,
+        signature.rekor_bundle.as_deref(),
+        &logged,
+        &signers,
+        "signature",
+    )?;
     proof.rekor_integrated_time = integrated_time;
 
     let key = signing_key(
@@ -148,17 +136,27 @@ fn check_bundle(
         signature_digest: signature.manifest_digest.clone(),
         ..Proof::default()
     };
-    let statement = verify_bundle(authority, &signature.bundle, &mut proof)?;
-    if statement.predicate_type != COSIGN_PREDICATE {
-        // An attestation (provenance, SBOM) beside the image is not a malformed signature: as far as
-        // signing goes, there is none.
-        return Err(Failure::new(
+    // An attestation (provenance, SBOM) beside the image is not a malformed signature: as far as
+    // signing goes, there is none. Told by the type its statement claims, before any check: otherwise
+    // an attestation that lacks a required log entry, or is another signer's, would make an unsigned
+    // image's refusal read `transparency_log` or `other_signer` instead of `no_signature`.
+    let not_a_signature = |kind: &str| {
+        Failure::new(
             crate::refusal::Reason::NoSignature,
             format!(
                 "the bundle is an attestation of type {}, not a cosign signature",
-                crate::untrusted::quote(&statement.predicate_type)
+                crate::untrusted::quote(kind)
             ),
-        ));
+        )
+    };
+    if let Some(claimed) = claimed_type_of_bundle(&signature.bundle)
+        && claimed != COSIGN_PREDICATE
+    {
+        return Err(not_a_signature(&claimed));
+    }
+    let statement = verify_bundle(authority, &signature.bundle, &mut proof)?;
+    if statement.predicate_type != COSIGN_PREDICATE {
+        return Err(not_a_signature(&statement.predicate_type));
     }
     statement.names_digest(digest, "signature")?;
     Ok(proof)
@@ -300,19 +298,29 @@ fn verify_legacy_envelope(
         ))
     })?;
     let payload = in_toto_payload(&envelope, "the envelope")?;
-    if authority.tlog_required {
-        // The intoto entries cosign logs for legacy attestations are not read yet: an authority that
-        // requires a log entry does not count a legacy attestation.
-        return Err(Failure::tlog(
-            "this authority requires a transparency-log entry, and those of legacy (.att) \
-             attestations are not checked; attest with --new-bundle-format",
-        ));
-    }
+    // The same transparency-log rules as for a `.sig` layer: the `dev.sigstore.cosign/bundle`
+    // annotation's entry (cosign logs a `dsse` entry, or before v2.4 an `intoto` one) must log this
+    // envelope by this signer; required where the authority requires a log entry.
+    let leaf = attestation.certificate.as_deref().and_then(leaf_der);
+    let signers = signer_hashes(authority, leaf.as_deref());
+    let logged = Logged {
+        payload: &payload,
+        signatures: envelope.signatures.iter().map(|s| s.sig.as_str()).collect(),
+        envelope: Some(&attestation.envelope),
+    };
+    let integrated_time = legacy_log_entry(
+        authority,
+        attestation.rekor_bundle.as_deref(),
+        &logged,
+        &signers,
+        "attestation",
+    )?;
+    proof.rekor_integrated_time = integrated_time;
     let key = signing_key(
         authority,
         attestation.certificate.as_deref().map(Material::Pem),
         attestation.chain.as_deref(),
-        None,
+        integrated_time,
         proof,
     )?;
     let pae = pae(&envelope.payload_type, &payload);
@@ -454,13 +462,12 @@ fn verify_bundle(
     let mut integrated_time = None;
     if !authority.rekor_keys.is_empty() {
         for entry in &material.tlog_entries {
-            let checked = check_bundle_tlog_entry(
-                authority,
-                entry,
-                &payload,
-                &envelope_signature.sig,
-                &signers,
-            );
+            let logged = Logged {
+                payload: &payload,
+                signatures: vec![envelope_signature.sig.as_str()],
+                envelope: None,
+            };
+            let checked = check_bundle_tlog_entry(authority, entry, &logged, &signers);
             integrated_time = optional_entry(authority, checked)
                 .map_err(Failure::tlog)?
                 .or(integrated_time);
@@ -723,12 +730,56 @@ fn verify_set(
         })
 }
 
+/// The integrated time of a legacy layer's log entry (the `dev.sigstore.cosign/bundle` annotation
+/// of a `.sig` or an `.att` layer, `what` says which): checked when the authority trusts a log, and
+/// required when it requires an entry.
+fn legacy_log_entry(
+    authority: &CompiledAuthority,
+    rekor_bundle: Option<&str>,
+    logged: &Logged<'_>,
+    signers: &[String],
+    what: &str,
+) -> Result<Option<i64>, Failure> {
+    let integrated_time = match (rekor_bundle, authority.rekor_keys.is_empty()) {
+        (Some(bundle), false) => optional_entry(
+            authority,
+            check_legacy_rekor_bundle(authority, bundle, logged, signers),
+        )
+        .map_err(Failure::tlog)?,
+        _ => None,
+    };
+    if authority.tlog_required && integrated_time.is_none() {
+        return Err(Failure::tlog(format!(
+            "no transparency-log entry accompanies the {what}, and this authority requires one"
+        )));
+    }
+    Ok(integrated_time)
+}
+
+/// The DER of the first certificate of PEM text.
+fn leaf_der(pem: &str) -> Option<Vec<u8>> {
+    Certificate::load_pem_chain(pem.as_bytes())
+        .ok()
+        .and_then(|certs| certs.into_iter().next())
+        .and_then(|c| c.to_der().ok())
+}
+
+/// What a log entry must record to be about one stored signature or attestation.
+struct Logged<'a> {
+    /// The signed payload: a simple-signing document, or a DSSE envelope's (decoded) payload.
+    payload: &'a [u8],
+    /// The base64 signatures over it (a DSSE envelope may hold several; cosign writes one).
+    signatures: Vec<&'a str>,
+    /// A legacy attestation's DSSE envelope as stored (the `.att` layer): what an `intoto` entry
+    /// hashes instead of naming the signature.
+    envelope: Option<&'a [u8]>,
+}
+
 /// Checks the `dev.sigstore.cosign/bundle` annotation and that its entry logs this very signature.
 fn check_legacy_rekor_bundle(
     authority: &CompiledAuthority,
     bundle: &str,
-    payload: &[u8],
-    signature_base64: &str,
+    logged: &Logged<'_>,
     signers: &[String],
 ) -> Result<i64, String> {
     #[derive(Deserialize)]
@@ -760,15 +811,14 @@ fn check_legacy_rekor_bundle(
         log_index: bundle.payload.log_index,
     };
     verify_set(authority, &set, &bundle.signed_entry_timestamp)?;
-    check_entry_body(&bundle.payload.body, payload, signature_base64, signers)?;
+    check_entry_body(&bundle.payload.body, logged, signers)?;
     Ok(bundle.payload.integrated_time)
 }
 
 fn check_bundle_tlog_entry(
     authority: &CompiledAuthority,
     entry: &TlogEntry,
-    payload: &[u8],
-    signature_base64: &str,
+    logged: &Logged<'_>,
     signers: &[String],
 ) -> Result<i64, String> {
     let number = |value: &serde_json::Value, field: &str| -> Result<i64, String> {
@@ -795,12 +845,7 @@ fn check_bundle_tlog_entry(
         log_index: number(&entry.log_index, "logIndex")?,
     };
     verify_set(authority, &set, &promise.signed_entry_timestamp)?;
-    check_entry_body(
-        &entry.canonicalized_body,
-        payload,
-        signature_base64,
-        signers,
-    )?;
+    check_entry_body(&entry.canonicalized_body, logged, signers)?;
     Ok(integrated_time)
 }
 
@@ -844,11 +889,13 @@ fn logged_signer_hash(content_base64: &str) -> Option<String> {
 }
 
 /// The logged entry must be about this signature of this payload by this signer: a valid entry for
-/// something else proves nothing.
+/// something else proves nothing. A `dsse` entry names the payload's hash and the signatures; an
+/// `intoto` (v0.0.1) entry names no signature but the hash of the whole envelope as stored, which
+/// holds them. (A `dsse` entry's envelope hash is not compared: the payload, the signature and the
+/// signer it names are what the envelope's signature proves, however the envelope was serialized.)
 fn check_entry_body(
     body_base64: &str,
-    payload: &[u8],
-    signature_base64: &str,
+    logged: &Logged<'_>,
     signers: &[String],
 ) -> Result<(), String> {
     let body = STANDARD
@@ -856,7 +903,7 @@ fn check_entry_body(
         .map_err(|_| "the log entry body is not base64".to_owned())?;
     let body: serde_json::Value =
         serde_json::from_slice(&body).map_err(|_| "the log entry body is not JSON".to_owned())?;
-    let payload_hash = hex::encode(Sha256::digest(payload));
+    let payload_hash = hex::encode(Sha256::digest(logged.payload));
     let spec = &body["spec"];
     let (hash, signatures, verifiers) = match body["kind"].as_str() {
         Some("hashedrekord") => (
@@ -875,6 +922,26 @@ fn check_entry_body(
                 entries.iter().map(|s| s["verifier"].as_str()).collect(),
             )
         }
+        Some("intoto") if spec["content"]["hash"].is_object() => {
+            let Some(envelope) = logged.envelope else {
+                return Err(
+                    "the log entry is an intoto entry, which logs attestations, not this signature"
+                        .into(),
+                );
+            };
+            let envelope_hash = hex::encode(Sha256::digest(envelope));
+            if spec["content"]["hash"]["value"].as_str() != Some(envelope_hash.as_str()) {
+                return Err(
+                    "the transparency-log entry is for another envelope (signature)".into(),
+                );
+            }
+            (
+                spec["content"]["payloadHash"]["value"].as_str(),
+                // The envelope hash above covers its signatures.
+                logged.signatures.iter().map(|s| Some(*s)).collect(),
+                vec![spec["publicKey"].as_str()],
+            )
+        }
         other => {
             return Err(format!(
                 "the log entry has kind {}, which registryx-guard does not check",
@@ -888,7 +955,7 @@ fn check_entry_body(
     if !signatures
         .iter()
         .flatten()
-        .any(|s| s.trim() == signature_base64.trim())
+        .any(|s| logged.signatures.iter().any(|mine| s.trim() == mine.trim()))
     {
         return Err("the transparency-log entry is for another signature".into());
     }
@@ -935,21 +1002,67 @@ mod tests {
             "signature": {"content": "c2ln", "publicKey": {"content": STANDARD.encode(key_pem)}}}});
         let encoded = STANDARD.encode(body.to_string());
         let signers = [signer];
-        assert!(check_entry_body(&encoded, payload, "c2ln", &signers).is_ok());
+        let logged = |payload: &'static [u8], signature: &'static str| Logged {
+            payload,
+            signatures: vec![signature],
+            envelope: None,
+        };
+        assert!(check_entry_body(&encoded, &logged(payload, "c2ln"), &signers).is_ok());
         assert!(
-            check_entry_body(&encoded, payload, "c2ln", &["00".to_owned()])
+            check_entry_body(&encoded, &logged(payload, "c2ln"), &["00".to_owned()])
                 .unwrap_err()
                 .contains("another signer")
         );
         assert!(
-            check_entry_body(&encoded, b"other", "c2ln", &signers)
+            check_entry_body(&encoded, &logged(b"other", "c2ln"), &signers)
                 .unwrap_err()
                 .contains("another payload")
         );
         assert!(
-            check_entry_body(&encoded, payload, "b3RoZXI=", &signers)
+            check_entry_body(&encoded, &logged(payload, "b3RoZXI="), &signers)
                 .unwrap_err()
                 .contains("another signature")
         );
+    }
+
+    #[test]
+    fn intoto_entries_must_name_this_envelope_and_payload() {
+        let (envelope, payload) = (
+            br#"{"payloadType":"x"}"#.as_slice(),
+            b"statement".as_slice(),
+        );
+        let key_pem = "-----BEGIN PUBLIC KEY-----\nAQID\n-----END PUBLIC KEY-----\n";
+        let signers = [hex::encode(Sha256::digest([1u8, 2, 3]))];
+        let body = |envelope: &[u8]| {
+            let body = serde_json::json!({"apiVersion": "0.0.1", "kind": "intoto", "spec": {
+                "content": {"hash": {"algorithm": "sha256", "value": hex::encode(Sha256::digest(envelope))},
+                            "payloadHash": {"algorithm": "sha256", "value": hex::encode(Sha256::digest(payload))}},
+                "publicKey": STANDARD.encode(key_pem)}});
+            STANDARD.encode(body.to_string())
+        };
+        let logged = |payload: &'static [u8], envelope: Option<&'static [u8]>| Logged {
+            payload,
+            signatures: vec!["c2ln"],
+            envelope,
+        };
+        assert!(
+            check_entry_body(&body(envelope), &logged(payload, Some(envelope)), &signers).is_ok()
+        );
+        assert!(
+            check_entry_body(
+                &body(b"another envelope"),
+                &logged(payload, Some(envelope)),
+                &signers
+            )
+            .unwrap_err()
+            .contains("another envelope")
+        );
+        assert!(
+            check_entry_body(&body(envelope), &logged(b"other", Some(envelope)), &signers)
+                .unwrap_err()
+                .contains("another payload")
+        );
+        // Not an attestation: an intoto entry logs no simple-signing signature.
+        assert!(check_entry_body(&body(envelope), &logged(payload, None), &signers).is_err());
     }
 }

@@ -65,6 +65,7 @@ impl SignatureSet {
                 a.envelope.len()
                     + a.certificate.as_ref().map_or(0, String::len)
                     + a.chain.as_ref().map_or(0, String::len)
+                    + a.rekor_bundle.as_ref().map_or(0, String::len)
                     + 128
             })
             .sum();
@@ -197,6 +198,9 @@ pub struct LegacyAttestation {
     pub envelope: Vec<u8>,
     pub certificate: Option<String>,
     pub chain: Option<String>,
+    /// The Rekor bundle JSON (SET and entry), if the attestation was logged: the same
+    /// `dev.sigstore.cosign/bundle` annotation as on a `.sig` layer, checked the same way.
+    pub rekor_bundle: Option<String>,
 }
 
 /// A sigstore bundle stored as a referrer of the image.
@@ -456,6 +460,7 @@ async fn read_attestation(
         envelope,
         certificate: non_empty(ANNOTATION_CERTIFICATE),
         chain: non_empty(ANNOTATION_CHAIN),
+        rekor_bundle: non_empty(ANNOTATION_BUNDLE),
     })
 }
 

@@ -380,3 +380,176 @@ async fn keyless_attestations_count_for_the_accepted_identity_only() {
         );
     }
 }
+
+/// The bundle path of [`an_attestation_copied_from_another_digest_does_not_count`]: the referrer that
+/// holds a bundle attestation of the first image, pushed again with the second image as its
+/// `subject`. Anyone who may push can do that without any key, and it is how a bundle whose statement
+/// names another digest reaches an image: cosign itself cannot attach one (`cosign attest
+/// --statement` refuses a subject other than the image, and `cosign attach attestation` writes the
+/// legacy `.att` tag only).
+#[tokio::test]
+async fn a_bundle_attestation_referring_to_another_digest_does_not_count() {
+    let (registry, cosign, first) = signed_image(Format::Bundle, "bundle-copied-from").await;
+    cosign.attest(
+        &first.reference,
+        "slsaprovenance1",
+        &provenance(BUILDER),
+        Format::Bundle,
+    );
+    let second = registry
+        .push_image("team/app", "v2", "bundle-copied-to")
+        .await;
+    cosign.sign(&second.reference, Format::Bundle);
+    copy_attestation_referrer(&registry, &first, &second).await;
+
+    let verdict = verify_requiring(&registry, &cosign, &second, "slsaprovenance1").await;
+    assert_refused_saying(&verdict, Reason::AttestationOtherDigest, &[&first.digest]);
+    let found = first_attestation(&verdict);
+    assert_eq!(found["format"], "bundle", "{found:#}");
+    assert_eq!(found["reasonKind"], "attestation_other_digest", "{found:#}");
+    assert_eq!(found["predicateType"], SLSA1, "{found:#}");
+}
+
+/// Pushes the referrer manifests of `from` that hold attestations (not cosign's signature bundle)
+/// again, with `to` as their subject.
+pub async fn copy_attestation_referrer(registry: &Registry, from: &PushedImage, to: &PushedImage) {
+    let repository = &from.repository;
+    let url = registry.url(&format!("/v2/{repository}/referrers/{}", from.digest));
+    let referrers: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let (_, _, media_type, subject) = registry.get_manifest(&to.repository, &to.digest).await;
+    let mut copied = 0;
+    for descriptor in referrers["manifests"].as_array().unwrap() {
+        let (_, _, _, body) = registry
+            .get_manifest(repository, descriptor["digest"].as_str().unwrap())
+            .await;
+        let mut manifest: Value = serde_json::from_slice(&body).unwrap();
+        if manifest["annotations"]["dev.sigstore.bundle.predicateType"]
+            == "https://sigstore.dev/cosign/sign/v1"
+        {
+            continue;
+        }
+        manifest["subject"] = json!({
+            "mediaType": media_type.clone().unwrap(),
+            "digest": to.digest,
+            "size": subject.len(),
+        });
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        let digest = crate::support::registry::sha256(&bytes);
+        registry
+            .push_manifest(
+                &to.repository,
+                &digest,
+                crate::support::registry::OCI_MANIFEST,
+                &bytes,
+            )
+            .await;
+        copied += 1;
+    }
+    assert_eq!(copied, 1, "one attestation referrer expected: {referrers}");
+}
+
+/// Each attestation reason is a metrics label: one refusal for each, through `registryx-guard serve`,
+/// is counted under `registryx_guard_admission_decisions_total{decision="deny",policy=...,reason=...}`
+/// on /metrics.
+#[tokio::test]
+async fn each_attestation_refusal_is_counted_under_its_reason_on_metrics() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let image = |tag: &'static str| {
+        let (registry, cosign) = (&registry, &cosign);
+        async move {
+            let image = registry
+                .push_image("team/app", tag, &format!("metrics-{tag}"))
+                .await;
+            cosign.sign(&image.reference, Format::Legacy);
+            image
+        }
+    };
+    let missing = image("missing").await;
+    let other_signer = image("other-signer").await;
+    Cosign::with_new_key_pair().attest(
+        &other_signer.reference,
+        "slsaprovenance1",
+        &provenance(BUILDER),
+        Format::Legacy,
+    );
+    let other_type = image("other-type").await;
+    cosign.attest(
+        &other_type.reference,
+        "slsaprovenance02",
+        &json!({"builder": {"id": BUILDER}, "buildType": "x"}),
+        Format::Legacy,
+    );
+    let other_digest = image("other-digest").await;
+    let source = image("source").await;
+    cosign.attest(
+        &source.reference,
+        "slsaprovenance1",
+        &provenance(BUILDER),
+        Format::Legacy,
+    );
+    let att = |digest: &str| format!("{}.att", digest.replace(':', "-"));
+    let (_, _, media_type, bytes) = registry
+        .get_manifest("team/app", &att(&source.digest))
+        .await;
+    registry
+        .push_manifest(
+            "team/app",
+            &att(&other_digest.digest),
+            media_type.as_deref().unwrap(),
+            &bytes,
+        )
+        .await;
+
+    let policy = requiring(&registry, &cosign, &["slsaprovenance1"])
+        .named("provenance")
+        .yaml();
+    let cases = [
+        (missing, "attestation_missing"),
+        (other_signer, "attestation_other_signer"),
+        (other_type, "attestation_other_type"),
+        (other_digest, "attestation_other_digest"),
+    ];
+    let images: Vec<String> = cases.iter().map(|(image, _)| image.by_digest()).collect();
+    let last = format!(
+        "registryx_guard_admission_decisions_total{{decision=\"deny\",policy=\"provenance\",reason=\"{}\"}} 1",
+        cases[3].1
+    );
+    // The server and its blocking clients, off the test's runtime.
+    let (answers, metrics) = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        crate::support::serve_files(dir.path(), &policy);
+        let (port, https) = (crate::support::free_port(), crate::support::free_port());
+        let mut server = crate::support::serve_command(dir.path(), port, https)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::support::metrics_once(port, "registryx_guard_policies{ready=\"true\"} 1");
+        let answers: Vec<_> = images
+            .iter()
+            .map(|image| {
+                let review = crate::support::pod_create_review(&[("app", image)]);
+                crate::support::post_validate(https, &review)
+            })
+            .collect();
+        let metrics = crate::support::metrics_once(port, &last);
+        let _ = server.kill();
+        let _ = server.wait();
+        (answers, metrics)
+    })
+    .await
+    .unwrap();
+    for (answered, (image, reason)) in answers.into_iter().zip(&cases) {
+        let answered = answered.expect("the review is answered");
+        assert_eq!(
+            answered["response"]["allowed"], false,
+            "{}: {answered}",
+            image.tag
+        );
+        let line = format!(
+            "registryx_guard_admission_decisions_total{{decision=\"deny\",policy=\"provenance\",reason=\"{reason}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+}

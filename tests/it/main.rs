@@ -5,6 +5,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod attestation_log;
+mod attestation_parity;
 mod attestations;
 mod cli;
 mod containment;

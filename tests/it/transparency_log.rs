@@ -1,146 +1,28 @@
-//! The offline transparency-log checks, with the tests acting as Rekor: a log key of their own (ECDSA
-//! P-256, like Rekor's) signs entry timestamps (SETs) over hashedrekord entries of real cosign
-//! signatures, and each entry is attached the way cosign attaches one, as the `dev.sigstore.cosign/bundle`
-//! annotation of the `.sig` layer. A policy trusts the log through its public key; the log ID an entry
-//! names is the hex SHA-256 of that key's DER SubjectPublicKeyInfo.
+//! The offline transparency-log checks, with the tests acting as Rekor (`support::rekor`): a log key of
+//! their own signs entry timestamps (SETs) over hashedrekord entries of real cosign signatures, and
+//! each entry is attached the way cosign attaches one, as the `dev.sigstore.cosign/bundle` annotation
+//! of the `.sig` layer. Attestations' entries: `attestation_log.rs`.
 
 use registryx_guard::refusal::Reason;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::support::cosign::{Cosign, Format};
 use crate::support::keyless::TestCa;
 use crate::support::policy::PolicySpec;
 use crate::support::registry::{PushedImage, Registry};
+use crate::support::rekor::{Entry, TestRekor, hashedrekord, now};
 use crate::support::verdicts::{
-    altered_signature, assert_admitted, assert_refused_saying, base64_encode, first_proof,
-    get_blob, legacy_signed_image, put_signature_manifest, signature_manifest, verify,
+    altered_signature, assert_admitted, assert_refused_saying, first_proof, get_blob,
+    legacy_signed_image, put_signature_manifest, signature_manifest, verify,
 };
-use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData as _, SigningKey as _};
 use registryx_guard::verify::ImageVerdict;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 const REKOR_BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
-/// The DER SubjectPublicKeyInfo of a P-256 key up to its 65-byte uncompressed point: SEQUENCE {
-/// SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING (66 bytes, no unused bits) }.
-const P256_SPKI_HEADER: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200";
 
 const ISSUER: &str = "https://issuer.ci.example";
 const SUBJECT: &str = "https://ci.example/team/app/.github/workflows/release.yaml@refs/heads/main";
-
-/// A test Rekor: nothing but the key that signs entry timestamps.
-struct TestRekor {
-    key: KeyPair,
-}
-
-impl TestRekor {
-    fn new() -> TestRekor {
-        TestRekor {
-            key: KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("generate a P-256 key"),
-        }
-    }
-
-    /// The DER SubjectPublicKeyInfo: the fixed P-256 header and the uncompressed point.
-    fn spki_der(&self) -> Vec<u8> {
-        let mut der = hex::decode(P256_SPKI_HEADER).unwrap();
-        der.extend_from_slice(self.key.public_key_raw());
-        assert_eq!(der, self.key.subject_public_key_info(), "not a P-256 SPKI");
-        der
-    }
-
-    /// What a policy puts in `rekorKey`.
-    fn public_key_pem(&self) -> String {
-        self.key.public_key_pem()
-    }
-
-    /// What entries of this log name as their `logID`.
-    fn log_id(&self) -> String {
-        hex::encode(Sha256::digest(self.spki_der()))
-    }
-
-    /// An entry of this log for `body`, integrated at `integrated_time`.
-    fn entry(&self, body: String, integrated_time: i64) -> Entry {
-        Entry {
-            body,
-            integrated_time,
-            log_id: self.log_id(),
-            log_index: 4242,
-        }
-    }
-
-    /// The signed entry timestamp of `entry`, base64: an ASN.1 DER ECDSA signature over its canonical
-    /// form.
-    fn sign(&self, entry: &Entry) -> String {
-        base64_encode(&self.key.sign(entry.canonical().as_bytes()).unwrap())
-    }
-
-    /// `entry` with a timestamp signed by this log: the `dev.sigstore.cosign/bundle` annotation.
-    fn bundle(&self, entry: &Entry) -> String {
-        entry.bundle(&self.sign(entry))
-    }
-}
-
-/// What a Rekor signed entry timestamp covers.
-#[derive(Clone, Debug)]
-struct Entry {
-    /// The base64 entry body.
-    body: String,
-    integrated_time: i64,
-    /// Hex SHA-256 of the log's key.
-    log_id: String,
-    log_index: i64,
-}
-
-impl Entry {
-    /// RFC 8785 canonical JSON: no white space, members sorted by UTF-16 code units (so `logID` comes
-    /// before `logIndex`). Written out by hand so that the test does not share the engine's
-    /// canonicalizer.
-    fn canonical(&self) -> String {
-        format!(
-            r#"{{"body":{},"integratedTime":{},"logID":{},"logIndex":{}}}"#,
-            json!(self.body),
-            self.integrated_time,
-            json!(self.log_id),
-            self.log_index
-        )
-    }
-
-    /// The annotation cosign writes: `{"SignedEntryTimestamp": …, "Payload": {…}}`, the payload's
-    /// members in cosign's (not canonical) order.
-    fn bundle(&self, set: &str) -> String {
-        format!(
-            r#"{{"SignedEntryTimestamp":{},"Payload":{{"body":{},"integratedTime":{},"logIndex":{},"logID":{}}}}}"#,
-            json!(set),
-            json!(self.body),
-            self.integrated_time,
-            self.log_index,
-            json!(self.log_id)
-        )
-    }
-}
-
-/// A hashedrekord v0.0.1 entry body, base64: `signature` (base64) of the payload whose SHA-256 is
-/// `payload_sha256` (hex), made with the key or certificate `public_key_pem`.
-fn hashedrekord(payload_sha256: &str, signature: &str, public_key_pem: &str) -> String {
-    let body = json!({
-        "apiVersion": "0.0.1",
-        "kind": "hashedrekord",
-        "spec": {
-            "data": {"hash": {"algorithm": "sha256", "value": payload_sha256}},
-            "signature": {
-                "content": signature,
-                "publicKey": {"content": base64_encode(public_key_pem.as_bytes())},
-            },
-        },
-    });
-    base64_encode(body.to_string().as_bytes())
-}
-
-fn now() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    i64::try_from(since_epoch.as_secs()).unwrap()
-}
 
 /// A legacy signature as cosign stored it, and what a log entry records of it.
 struct StoredSignature {

@@ -13,6 +13,7 @@ pub mod node;
 pub mod policy;
 pub mod process;
 pub mod registry;
+pub mod rekor;
 pub mod serial;
 pub mod verdicts;
 pub mod webhook;
