@@ -158,7 +158,10 @@ impl CosignFlags {
             ) {
                 (Some(exact), _) => identity["subject"] = exact.clone().into(),
                 (None, Some(pattern)) => identity["subjectRegExp"] = pattern.clone().into(),
-                (None, None) => unreachable!("keyless() checked one of them"),
+                (None, None) => anyhow::bail!(
+                    "keyless verification needs --certificate-identity or \
+                     --certificate-identity-regexp"
+                ),
             }
             let mut trust_root = match (&trusted_root, &self.ca_roots) {
                 (Some(json), _) => serde_json::json!({ "trustedRootJSON": json }),

@@ -122,6 +122,9 @@ fn no_answer(error: &reqwest::Error, timeout: Duration) -> String {
         cause.push_str(&inner.to_string());
         source = inner.source();
     }
+    // The chain is the client's own words, but a TLS or HTTP parse error may carry a fragment of what
+    // the other side sent: cut and cleaned before it reaches a refusal.
+    let mut cause = crate::untrusted::excerpt(&cause, 300);
     if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
         cause.push_str(
             " (the API does not speak TLS here: a RegistryX started as its README says serves plain \
