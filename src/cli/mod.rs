@@ -4,6 +4,7 @@
 
 mod cluster;
 mod cosign_flags;
+mod local_files;
 mod verify;
 
 pub use cosign_flags::CosignFlags;

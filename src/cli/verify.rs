@@ -13,10 +13,11 @@ use anyhow::Context as _;
 
 use super::cluster::ClusterView;
 use super::cosign_flags::FLAGS_POLICY;
+use super::local_files::LocalFiles;
 use super::{EXIT_ADMITTED, EXIT_REFUSED, OutputFormat, VerifyArgs, runtime};
 use crate::admission::{ImageDecider, ImageDecision, Review, Scope, Unmatched, Workload};
 use crate::decide::RequestContext;
-use crate::policy::authority::{NoSecrets, SecretSource};
+use crate::policy::authority::SecretSource;
 use crate::policy::{ImageSigningPolicy, PolicySnapshot, shared};
 use crate::registry::{DockerConfig, ImageRef};
 use crate::verify::{Verifier, VerifierSettings, render_text};
@@ -159,7 +160,10 @@ fn load_policies(
             }
             Box::new(cluster.sources)
         }
-        None => Box::new(NoSecrets),
+        // Without a cluster, the current directory's files stand in for its Secrets and ConfigMaps.
+        None => Box::new(LocalFiles::new(
+            std::env::current_dir().context("cannot read the current directory")?,
+        )),
     };
 
     if let Some(policy) = from_flags {

@@ -31,6 +31,13 @@ pub trait SecretSource: Send + Sync {
             "ConfigMap {namespace}/{name} cannot be read without a cluster; give the Rego modules inline"
         ))
     }
+
+    /// The value of `key` in ConfigMap `namespace/name`.
+    fn config_map_value(&self, namespace: &str, name: &str, key: &str) -> Result<String, String> {
+        self.config_map(namespace, name)?
+            .remove(key)
+            .ok_or_else(|| format!("ConfigMap {namespace}/{name} has no key {key:?}"))
+    }
 }
 
 /// For `verify` and `--policy-dir`: there is no cluster to read Secrets from.
@@ -254,7 +261,8 @@ pub fn compile(
                 .map(compile_identity)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(&fail)?;
-            let root = compile_trust_root(&keyless.trust_root).map_err(&fail)?;
+            let root = compile_trust_root(&keyless.trust_root, secrets, default_namespace)
+                .map_err(&fail)?;
             let rekor = root.rekor_keys;
             let sct = match (keyless.ct_log.as_ref().map(|c| c.required), root.ct_logs) {
                 (Some(false), _) => SctCheck::Off,
@@ -274,6 +282,8 @@ pub fn compile(
                 material.update(serde_json::to_vec(identity).unwrap_or_default());
             }
             material.update(serde_json::to_vec(&keyless.trust_root).unwrap_or_default());
+            // A referenced trust root is its content: a replaced ConfigMap is another trust.
+            material.update(root.referenced.as_bytes());
             material.update(sct.fingerprint());
             let trust = Trust::Keyless {
                 identities: Arc::new(identities),
@@ -374,34 +384,56 @@ struct RootMaterial {
     rekor_keys: BTreeMap<String, CosignVerificationKey>,
     /// CT log keys by log ID.
     ct_logs: BTreeMap<String, CtLogKey>,
+    /// The `trusted_root.json` read through `configMapRef` (empty without one): part of the fingerprint.
+    referenced: String,
 }
 
-fn compile_trust_root(root: &TrustRoot) -> Result<RootMaterial, String> {
+fn compile_trust_root(
+    root: &TrustRoot,
+    secrets: &dyn SecretSource,
+    default_namespace: &str,
+) -> Result<RootMaterial, String> {
     let mut certificates = Vec::new();
     let mut rekor_keys = BTreeMap::new();
     let mut ct_logs = BTreeMap::new();
-    if let Some(json) = &root.trusted_root_json {
+    let referenced = match &root.config_map_ref {
+        Some(reference) => {
+            let namespace = reference.namespace.as_deref().unwrap_or(default_namespace);
+            let key = reference.key.as_deref().unwrap_or("trusted_root.json");
+            secrets
+                .config_map_value(namespace, &reference.name, key)
+                .map_err(|e| format!("trustRoot.configMapRef: {e}"))?
+        }
+        None => String::new(),
+    };
+    let json = match (&root.trusted_root_json, &root.config_map_ref) {
+        (Some(json), None) => Some(json.as_str()),
+        (None, Some(_)) => Some(referenced.as_str()),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err("trustRoot needs one of trustedRootJSON or configMapRef, not both".into());
+        }
+    };
+    if let Some(json) = json {
+        let field = if root.config_map_ref.is_some() {
+            "trustRoot.configMapRef's trusted_root.json"
+        } else {
+            "trustRoot.trustedRootJSON"
+        };
         let parsed =
             sigstore::trust::sigstore::SigstoreTrustRoot::from_trusted_root_json_unchecked(
                 json.as_bytes(),
             )
-            .map_err(|e| format!("trustRoot.trustedRootJSON does not parse: {e}"))?;
-        for certificate in parsed
-            .fulcio_certs()
-            .map_err(|e| format!("trustRoot.trustedRootJSON: {e}"))?
-        {
+            .map_err(|e| format!("{field} does not parse: {e}"))?;
+        for certificate in parsed.fulcio_certs().map_err(|e| format!("{field}: {e}"))? {
             certificates.push(certificate.into_owned());
         }
-        for (log_id, der) in parsed
-            .rekor_keys()
-            .map_err(|e| format!("trustRoot.trustedRootJSON: {e}"))?
-        {
+        for (log_id, der) in parsed.rekor_keys().map_err(|e| format!("{field}: {e}"))? {
             let key = CosignVerificationKey::try_from_der(der)
-                .map_err(|e| format!("trustRoot.trustedRootJSON: Rekor key {log_id}: {e}"))?;
+                .map_err(|e| format!("{field}: Rekor key {log_id}: {e}"))?;
             rekor_keys.insert(log_id, key);
         }
-        ct_logs = trusted_root_ct_logs(json)
-            .map_err(|e| format!("trustRoot.trustedRootJSON: ctlogs: {e}"))?;
+        ct_logs = trusted_root_ct_logs(json).map_err(|e| format!("{field}: ctlogs: {e}"))?;
     }
     if let Some(pem) = &root.fulcio_ca {
         let chain = Certificate::load_pem_chain(pem.as_bytes())
@@ -448,6 +480,7 @@ fn compile_trust_root(root: &TrustRoot) -> Result<RootMaterial, String> {
         intermediates,
         rekor_keys,
         ct_logs,
+        referenced,
     })
 }
 

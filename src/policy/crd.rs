@@ -220,7 +220,7 @@ pub struct Identity {
 
 /// Trust material for keyless verification: a sigstore `trusted_root.json`, or the PEMs it would hold.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.trustedRootJSON) != has(self.fulcioCA)").message("a trust root needs exactly one of trustedRootJSON or fulcioCA"))]
+#[x_kube(validation = Rule::new("(has(self.trustedRootJSON) ? 1 : 0) + (has(self.fulcioCA) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) == 1").message("a trust root needs exactly one of trustedRootJSON, configMapRef or fulcioCA"))]
 #[serde(rename_all = "camelCase")]
 pub struct TrustRoot {
     /// The content of a sigstore `trusted_root.json`.
@@ -230,6 +230,13 @@ pub struct TrustRoot {
         skip_serializing_if = "Option::is_none"
     )]
     pub trusted_root_json: Option<String>,
+    /// A ConfigMap that holds a sigstore `trusted_root.json` (key `trusted_root.json` by default), so
+    /// that one trust root serves many policies and is replaced without editing them:
+    /// `kubectl create configmap sigstore-trusted-root -n registryx-guard --from-file=trusted_root.json`.
+    /// `registryx-guard verify` without `--cluster` reads the file of that key name in the current
+    /// directory instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapKeyRef>,
     /// PEM certificates of the Fulcio CA chain (root last).
     #[serde(default, rename = "fulcioCA", skip_serializing_if = "Option::is_none")]
     pub fulcio_ca: Option<String>,
@@ -268,6 +275,19 @@ pub struct RegoModule {
     #[schemars(length(min = 1))]
     pub name: String,
     pub source: String,
+}
+
+/// A key of a ConfigMap in a namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    pub name: String,
+    /// Defaults to the namespace registryx-guard runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Defaults to `trusted_root.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// A namespaced object by name.

@@ -12,6 +12,7 @@ mod cluster;
 mod controller;
 mod crd;
 mod e2e;
+mod examples;
 mod pods;
 mod policy_reports;
 mod push_sharing;

@@ -11,62 +11,14 @@ use crate::support::policy::PolicySpec;
 use crate::support::registry::{PushedImage, Registry};
 use crate::support::rekor::{Entry, TestRekor, hashedrekord, now};
 use crate::support::verdicts::{
-    altered_signature, assert_admitted, assert_refused_saying, first_proof, get_blob,
-    legacy_signed_image, put_signature_manifest, signature_manifest, verify,
+    StoredSignature, altered_signature, assert_admitted, assert_refused_saying, first_proof,
+    legacy_signed_image, verify,
 };
 use registryx_guard::verify::ImageVerdict;
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-
-const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
-const REKOR_BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
 
 const ISSUER: &str = "https://issuer.ci.example";
 const SUBJECT: &str = "https://ci.example/team/app/.github/workflows/release.yaml@refs/heads/main";
-
-/// A legacy signature as cosign stored it, and what a log entry records of it.
-struct StoredSignature {
-    /// The `.sig` manifest.
-    manifest: Value,
-    /// Hex SHA-256 of the signed simple-signing payload.
-    payload_sha256: String,
-    /// The base64 signature annotation.
-    signature: String,
-}
-
-impl StoredSignature {
-    async fn read(registry: &Registry, image: &PushedImage) -> StoredSignature {
-        let manifest = signature_manifest(registry, image).await;
-        let layer = &manifest["layers"][0];
-        let payload = get_blob(
-            registry,
-            &image.repository,
-            layer["digest"].as_str().expect("layer digest"),
-        )
-        .await;
-        let signature = layer["annotations"][SIGNATURE_ANNOTATION]
-            .as_str()
-            .unwrap_or_else(|| panic!("no signature annotation: {manifest}"))
-            .to_owned();
-        StoredSignature {
-            payload_sha256: hex::encode(Sha256::digest(&payload)),
-            manifest,
-            signature,
-        }
-    }
-
-    /// The honest entry body of this signature made with `public_key_pem`.
-    fn body(&self, public_key_pem: &str) -> String {
-        hashedrekord(&self.payload_sha256, &self.signature, public_key_pem)
-    }
-
-    /// Puts the signature back under `image`'s `.sig` tag with `bundle` as its Rekor bundle annotation.
-    async fn attach(&self, registry: &Registry, image: &PushedImage, bundle: &str) {
-        let mut manifest = self.manifest.clone();
-        manifest["layers"][0]["annotations"][REKOR_BUNDLE_ANNOTATION] = bundle.into();
-        put_signature_manifest(registry, image, &manifest).await;
-    }
-}
 
 /// A key-signed legacy signature, read back, and the log that the policy trusts.
 struct Logged {

@@ -273,7 +273,10 @@ async fn registryx_default_module_decides_by_the_environment_offline_too() {
     let mut policy: serde_yaml::Value = serde_yaml::from_str(&shipped).unwrap();
     let spec = &mut policy["spec"];
     spec["images"] = serde_yaml::to_value([format!("{}/**", registry.host)]).unwrap();
-    spec["authorities"][0]["key"]["data"] = cosign.public_key_pem().into();
+    // The shipped file reads the key from a Secret; this test gives it inline.
+    let mut key = serde_yaml::Mapping::new();
+    key.insert("data".into(), cosign.public_key_pem().into());
+    spec["authorities"][0]["key"] = key.into();
     spec["registry"] = serde_yaml::from_str("{insecure: true}").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("registryx-default.yaml");

@@ -41,14 +41,23 @@ impl Server {
         F: FnOnce(tokio::net::TcpListener) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        Server::start_on(name, "127.0.0.1:0", serve)
+    }
+
+    /// As [`Server::start`], on `address`.
+    fn start_on<F, Fut>(name: &str, address: &str, serve: F) -> Server
+    where
+        F: FnOnce(tokio::net::TcpListener) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(format!("fake-{name}"))
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("cannot build the runtime of fake {name}: {e}"));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("fake {name} cannot bind a loopback port: {e}"));
+        let listener = std::net::TcpListener::bind(address)
+            .unwrap_or_else(|e| panic!("fake {name} cannot bind {address}: {e}"));
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
@@ -66,8 +75,12 @@ impl Server {
 
     /// Serves an axum router on a fresh runtime.
     fn serve_router(name: &str, router: axum::Router) -> Server {
+        Server::serve_router_on(name, "127.0.0.1:0", router)
+    }
+
+    fn serve_router_on(name: &str, address: &str, router: axum::Router) -> Server {
         let name_owned = name.to_owned();
-        Server::start(name, move |listener| async move {
+        Server::start_on(name, address, move |listener| async move {
             if let Err(e) = axum::serve(listener, router).await {
                 eprintln!("fake {name_owned} stopped serving: {e}");
             }
@@ -125,6 +138,144 @@ fn manifest_headers(digest: &str) -> HeaderMap {
 fn registry_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({"errors": [{"code": code, "message": message}]}).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// RegistryX as its README starts it
+
+/// RegistryX as its README starts it and IMAGE_SIGNING.md uses it: `localhost:5000`, plain HTTP, the
+/// OCI API and the REST API on the one port. Clients on loopback skip RegistryX's authentication, so
+/// every OCI request (pushes included: cosign signs through it) goes to a real registry unchanged;
+/// the REST API's manifest details are faked with a vulnerability scan per digest (completed and clean
+/// unless [`RegistryxOnLocalhost::scan`] says otherwise). The upstream registry's own URLs (upload
+/// locations) come back through here because the `Host` header is passed on as the client sent it.
+pub struct RegistryxOnLocalhost {
+    _server: Server,
+    scans: Arc<Mutex<HashMap<String, serde_json::Value>>>,
+}
+
+/// Where IMAGE_SIGNING.md's RegistryX listens.
+pub const REGISTRYX_LOCALHOST: &str = "localhost:5000";
+
+impl RegistryxOnLocalhost {
+    /// Listens on 127.0.0.1:5000 in front of `upstream` (`host:port` of a plain-HTTP registry). The
+    /// port is fixed because the shipped policies name it; a second one in the same process panics.
+    pub fn start(upstream: &str) -> RegistryxOnLocalhost {
+        let scans = Arc::new(Mutex::new(HashMap::new()));
+        let state = Arc::new(HomeState {
+            upstream: upstream.to_owned(),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("reqwest client"),
+            scans: scans.clone(),
+        });
+        let router = axum::Router::new()
+            .fallback(registryx_at_home)
+            .with_state(state);
+        RegistryxOnLocalhost {
+            _server: Server::serve_router_on("registryx-localhost", "127.0.0.1:5000", router),
+            scans,
+        }
+    }
+
+    /// What the REST API says of `digest`'s vulnerability scan (`{"status","critical","high",...}`).
+    pub fn scan(&self, digest: &str, vulnerabilities: serde_json::Value) {
+        self.scans
+            .lock()
+            .expect("scans lock")
+            .insert(digest.to_owned(), vulnerabilities);
+    }
+}
+
+struct HomeState {
+    upstream: String,
+    client: reqwest::Client,
+    scans: Arc<Mutex<HashMap<String, serde_json::Value>>>,
+}
+
+async fn registryx_at_home(State(state): State<Arc<HomeState>>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/api/v1/repositories/") {
+        return match rest.rsplit_once("/manifests/") {
+            Some((name, reference)) => manifest_details(&state, name, reference).await,
+            None => registry_error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown path"),
+        };
+    }
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, 1 << 30).await {
+        Ok(body) => body,
+        Err(e) => return registry_error(StatusCode::BAD_REQUEST, "BODY", &e.to_string()),
+    };
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("http://{}{target}", state.upstream);
+    let mut upstream = state.client.request(parts.method.clone(), &url).body(body);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH && name != header::CONNECTION {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let response = match upstream.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            return registry_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string());
+        }
+    };
+    let status = response.status();
+    let mut headers = response.headers().clone();
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::CONNECTION);
+    let head = parts.method == Method::HEAD;
+    let length = headers.get(header::CONTENT_LENGTH).cloned();
+    let body = response.bytes().await.unwrap_or_default();
+    let mut answer = (status, headers, body).into_response();
+    // A HEAD answer keeps the upstream's length; axum would write the empty body's.
+    if head && let Some(length) = length {
+        answer.headers_mut().insert(header::CONTENT_LENGTH, length);
+    }
+    answer
+}
+
+/// `GET /api/v1/repositories/<name>/manifests/<ref>`, in RegistryX's shape.
+async fn manifest_details(state: &HomeState, name: &str, reference: &str) -> Response {
+    let url = format!("http://{}/v2/{name}/manifests/{reference}", state.upstream);
+    let head = state
+        .client
+        .head(&url)
+        .header(
+            header::ACCEPT,
+            format!("{OCI_MANIFEST}, application/vnd.oci.image.index.v1+json"),
+        )
+        .send()
+        .await;
+    let digest = match head {
+        Ok(r) if r.status().is_success() => r
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        _ => return registry_error(StatusCode::NOT_FOUND, "NOT_FOUND", "manifest unknown"),
+    };
+    let clean = json!({"status": "completed", "critical": 0, "high": 0, "medium": 0, "low": 0,
+                       "high_priority": 0});
+    let vulnerabilities = state
+        .scans
+        .lock()
+        .expect("scans lock")
+        .get(&digest)
+        .cloned()
+        .unwrap_or(clean);
+    axum::Json(json!({
+        "digest": digest,
+        "size": 1024,
+        "mediaType": OCI_MANIFEST,
+        "vulnerabilities": vulnerabilities,
+        // RegistryX's flag, which registryx-guard never trusts.
+        "isSigned": true,
+        "healthScore": 90
+    }))
+    .into_response()
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ impl PolicySpec {
                 }],
                 trust_root: TrustRoot {
                     trusted_root_json: None,
+                    config_map_ref: None,
                     fulcio_ca: None,
                     rekor_key: None,
                     ct_log_key: None,

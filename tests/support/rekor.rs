@@ -42,6 +42,24 @@ impl TestRekor {
         self.key.public_key_pem()
     }
 
+    /// `trusted_root` (a sigstore `trusted_root.json`) with this log as its one transparency log
+    /// (`tlogs`).
+    pub fn trusted_by(&self, mut trusted_root: Value) -> Value {
+        use base64::Engine as _;
+        let base64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
+        trusted_root["tlogs"] = json!([{
+            "baseUrl": "https://rekor.registryx-guard.test",
+            "hashAlgorithm": "SHA2_256",
+            "publicKey": {
+                "rawBytes": base64(&self.spki_der()),
+                "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                "validFor": {"start": "2020-01-01T00:00:00Z"},
+            },
+            "logId": {"keyId": base64(&Sha256::digest(self.spki_der()))},
+        }]);
+        trusted_root
+    }
+
     /// What entries of this log name as their `logID`.
     pub fn log_id(&self) -> String {
         hex::encode(Sha256::digest(self.spki_der()))

@@ -16,6 +16,8 @@ use serde_json::Value;
 use super::cosign::{Cosign, Format};
 use super::policy::PolicySpec;
 use super::registry::{OCI_MANIFEST, PushedImage, Registry};
+use super::rekor::hashedrekord;
+use sha2::{Digest as _, Sha256};
 
 /// How long [`verify`] gives the engine: far more than a loopback registry needs.
 pub const BUDGET: Duration = Duration::from_secs(20);
@@ -232,4 +234,51 @@ pub fn base64_decode(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .unwrap_or_else(|e| panic!("{text:?} is not base64: {e}"))
+}
+
+const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+const REKOR_BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
+
+/// A legacy signature as cosign stored it, and what a log entry records of it.
+pub struct StoredSignature {
+    /// The `.sig` manifest.
+    pub manifest: Value,
+    /// Hex SHA-256 of the signed simple-signing payload.
+    pub payload_sha256: String,
+    /// The base64 signature annotation.
+    pub signature: String,
+}
+
+impl StoredSignature {
+    pub async fn read(registry: &Registry, image: &PushedImage) -> StoredSignature {
+        let manifest = signature_manifest(registry, image).await;
+        let layer = &manifest["layers"][0];
+        let payload = get_blob(
+            registry,
+            &image.repository,
+            layer["digest"].as_str().expect("layer digest"),
+        )
+        .await;
+        let signature = layer["annotations"][SIGNATURE_ANNOTATION]
+            .as_str()
+            .unwrap_or_else(|| panic!("no signature annotation: {manifest}"))
+            .to_owned();
+        StoredSignature {
+            payload_sha256: hex::encode(Sha256::digest(&payload)),
+            manifest,
+            signature,
+        }
+    }
+
+    /// The honest entry body of this signature made with `public_key_pem`.
+    pub fn body(&self, public_key_pem: &str) -> String {
+        hashedrekord(&self.payload_sha256, &self.signature, public_key_pem)
+    }
+
+    /// Puts the signature back under `image`'s `.sig` tag with `bundle` as its Rekor bundle annotation.
+    pub async fn attach(&self, registry: &Registry, image: &PushedImage, bundle: &str) {
+        let mut manifest = self.manifest.clone();
+        manifest["layers"][0]["annotations"][REKOR_BUNDLE_ANNOTATION] = bundle.into();
+        put_signature_manifest(registry, image, &manifest).await;
+    }
 }
