@@ -104,7 +104,14 @@ impl CosignFlags {
 
     /// The policy these flags make for `images`, or `None` when they name no signer. Errors are the
     /// command's input errors (exit 2), each saying which flag to give.
-    pub fn policy(&self, images: &[ImageRef]) -> anyhow::Result<Option<ImageSigningPolicy>> {
+    ///
+    /// `public_good` gives Sigstore's public-good `trusted_root.json`; it is called only when the flags
+    /// need what cosign would take from it and name nothing else.
+    pub fn policy(
+        &self,
+        images: &[ImageRef],
+        public_good: &dyn Fn() -> anyhow::Result<String>,
+    ) -> anyhow::Result<Option<ImageSigningPolicy>> {
         if !self.name_a_signer() {
             anyhow::ensure!(
                 self.certificate_oidc_issuer.is_none()
@@ -128,15 +135,19 @@ impl CosignFlags {
             let rekor_key = match (&rekor_key, &trusted_root) {
                 (Some(pem), _) => Some(pem.clone()),
                 (None, Some(json)) => Some(first_rekor_key(json)?),
+                (None, None) if tlog_required => {
+                    let json = public_good().map_err(|e| {
+                        anyhow::anyhow!(
+                            "cosign checks the signature's transparency-log entry against Sigstore's \
+                             public Rekor key, and fetching Sigstore's public-good roots failed ({e:#}): \
+                             give --trusted-root FILE or SIGSTORE_REKOR_PUBLIC_KEY=FILE, or \
+                             --insecure-ignore-tlog for signatures made with --tlog-upload=false"
+                        )
+                    })?;
+                    Some(first_rekor_key(&json)?)
+                }
                 (None, None) => None,
             };
-            anyhow::ensure!(
-                !tlog_required || rekor_key.is_some(),
-                "cosign checks the signature's transparency-log entry against Sigstore's public Rekor \
-                 key, which registryx-guard does not fetch: give --trusted-root FILE or \
-                 SIGSTORE_REKOR_PUBLIC_KEY=FILE, or --insecure-ignore-tlog for signatures made with \
-                 --tlog-upload=false"
-            );
             authority["transparencyLog"] =
                 serde_json::json!({ "required": tlog_required, "rekorKey": rekor_key });
         } else {
@@ -177,11 +188,16 @@ impl CosignFlags {
                     chain.push_str(&read(path, "--ca-roots")?);
                     serde_json::json!({ "fulcioCA": chain })
                 }
-                (None, None) => anyhow::bail!(
-                    "keyless verification needs a trust root: --trusted-root FILE (`cosign \
-                     trusted-root create`) or --ca-roots FILE; registryx-guard does not fetch \
-                     Sigstore's public-good root"
-                ),
+                (None, None) => {
+                    let json = public_good().map_err(|e| {
+                        anyhow::anyhow!(
+                            "keyless verification needs a trust root, and fetching Sigstore's \
+                             public-good roots failed ({e:#}): give --trusted-root FILE (`cosign \
+                             trusted-root create`) or --ca-roots FILE"
+                        )
+                    })?;
+                    serde_json::json!({ "trustedRootJSON": json })
+                }
             };
             if let Some(pem) = &rekor_key {
                 trust_root["rekorKey"] = pem.clone().into();
@@ -316,7 +332,7 @@ mod tests {
             ..CosignFlags::default()
         };
         let error = flags
-            .policy(std::slice::from_ref(&image))
+            .policy(std::slice::from_ref(&image), &|| anyhow::bail!("offline"))
             .unwrap_err()
             .to_string();
         assert!(error.contains("--insecure-ignore-tlog"), "{error}");
@@ -324,7 +340,10 @@ mod tests {
             insecure_ignore_tlog: true,
             ..flags
         };
-        let policy = flags.policy(&[image]).unwrap().unwrap();
+        let policy = flags
+            .policy(&[image], &|| anyhow::bail!("offline"))
+            .unwrap()
+            .unwrap();
         assert_eq!(policy.spec.images, ["localhost:5000/demo/alpine"]);
         assert!(policy.spec.registry.unwrap().insecure);
     }

@@ -5,6 +5,7 @@
 mod cluster;
 mod cosign_flags;
 mod local_files;
+mod public_good;
 mod verify;
 
 pub use cosign_flags::CosignFlags;

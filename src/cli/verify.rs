@@ -79,7 +79,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|image| ImageRef::parse(image))
         .collect::<Result<_, _>>()?;
-    let from_flags = args.cosign.policy(&parsed)?;
+    let from_flags = args.cosign.policy(&parsed, &|| {
+        runtime.block_on(super::public_good::trusted_root())
+    })?;
     let (snapshot, not_usable) = load_policies(&args.policies, from_flags, cluster)?;
     let mut credentials =
         DockerConfig::from_environment().map_err(|e| anyhow::anyhow!("Docker credentials: {e}"))?;

@@ -911,3 +911,61 @@ async fn cosign_flags_decide_as_cosign_verify_does() {
         );
     }
 }
+
+/// cosign's defaults take the transparency log's key and keyless roots from Sigstore's public-good
+/// TUF repository; so does `verify` given cosign's flags and nothing else. Unreachable (a proxy on a
+/// closed port stands in for a machine without internet), the command stops with exit 2 before any
+/// decision and says what to give instead, never admitting without the log it was asked to check.
+#[tokio::test]
+async fn cosign_flags_without_a_trust_root_fetch_the_public_good_roots_or_say_what_to_give() {
+    let registry = Registry::distribution();
+    let cosign = Cosign::with_new_key_pair();
+    let image = registry.push_image("team/app", "v1", "public-good").await;
+    cosign.sign(&image.reference, Format::Legacy);
+    let home = tempfile::tempdir().unwrap();
+    let closed = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
+            .arg("verify")
+            .args(args)
+            .env("DOCKER_CONFIG", "/nonexistent")
+            .env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .env("HTTPS_PROXY", &closed)
+            .env("https_proxy", &closed)
+            .env_remove("SIGSTORE_REKOR_PUBLIC_KEY")
+            .output()
+            .unwrap()
+    };
+    let key = cosign.public_key();
+    let key = key.to_str().unwrap();
+    let output = run(&["--key", key, &image.reference]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    for needle in [
+        "fetching Sigstore's public-good roots failed",
+        "tuf-repo-cdn.sigstore.dev",
+        "--insecure-ignore-tlog",
+    ] {
+        assert!(
+            text(&output).contains(needle),
+            "{needle}: {}",
+            text(&output)
+        );
+    }
+    let output = run(&[
+        "--certificate-identity",
+        "someone@example.com",
+        "--certificate-oidc-issuer",
+        "https://accounts.example.com",
+        &image.reference,
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("--trusted-root FILE"),
+        "{}",
+        text(&output)
+    );
+    // Told to skip the log, nothing is fetched and the signature decides.
+    let output = run(&["--key", key, "--insecure-ignore-tlog", &image.reference]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+}
