@@ -15,6 +15,7 @@ mod e2e;
 mod pods;
 mod policy_reports;
 mod push_sharing;
+mod release;
 mod replicas;
 mod toolchain;
 mod verify_cluster;
