@@ -120,29 +120,56 @@ fn a_release_installs_from_oci_and_both_signatures_verify() {
 
     // 1. make release, against a plain-HTTP registry and with nothing uploaded to a transparency log
     // (no network here), with the test build as the binary (the release build would take minutes).
-    let release = Command::new("bash")
-        .arg(repo_root().join("e2e/release.sh"))
-        .env("REGISTRY", &prefix)
-        .env("COSIGN_KEY", cosign.private_key())
-        .env("COSIGN_PASSWORD", PASSWORD)
-        .env(
-            "COSIGN_SIGN_FLAGS",
-            "--tlog-upload=false --use-signing-config=false --new-bundle-format=false",
-        )
-        .env("PLAIN_HTTP", "1")
-        .env("BINARY", env!("CARGO_BIN_EXE_registryx-guard"))
-        .env("OUT", work.path().join("release"))
-        .env(
-            "RXG_TOOLS_DIR",
-            tool("helm").parent().unwrap().parent().unwrap(),
-        )
-        .env("HOME", &keys)
-        .env("TUF_ROOT", keys.join("tuf"))
-        .env("DOCKER_CONFIG", keys.join("docker"))
-        .output()
-        .unwrap();
-    assert_success("e2e/release.sh", &release);
+    let make_release_command = || {
+        let mut command = Command::new("bash");
+        command
+            .arg(repo_root().join("e2e/release.sh"))
+            .env("REGISTRY", &prefix)
+            .env("COSIGN_KEY", cosign.private_key())
+            .env("COSIGN_PASSWORD", PASSWORD)
+            .env(
+                "COSIGN_SIGN_FLAGS",
+                "--tlog-upload=false --use-signing-config=false --new-bundle-format=false",
+            )
+            .env("PLAIN_HTTP", "1")
+            .env("BINARY", env!("CARGO_BIN_EXE_registryx-guard"))
+            .env("OUT", work.path().join("release"))
+            .env(
+                "RXG_TOOLS_DIR",
+                tool("helm").parent().unwrap().parent().unwrap(),
+            )
+            .env("HOME", &keys)
+            .env("TUF_ROOT", keys.join("tuf"))
+            .env("DOCKER_CONFIG", keys.join("docker"));
+        command
+    };
+    let make_release = || make_release_command().output().unwrap();
+    // Without REGISTRY, or without the key, it stops before building anything, saying what is missing.
+    for (unset, missing) in [
+        ("REGISTRY", "set REGISTRY"),
+        ("COSIGN_KEY", "no cosign key"),
+    ] {
+        let mut command = make_release_command();
+        command.env_remove(unset).current_dir(work.path());
+        let output = command.output().unwrap();
+        assert!(
+            !output.status.success() && text(&output).contains(missing),
+            "e2e/release.sh without {unset}: {}",
+            text(&output)
+        );
+    }
+    let first = make_release();
+    assert_success("e2e/release.sh", &first);
+    // Re-running is safe: the same image digest (a reproducible build), the chart pushed and signed
+    // again; what follows checks the second run's chart, the one the version now names.
+    let release = make_release();
+    assert_success("e2e/release.sh, again", &release);
     let printed = Printed::parse(&String::from_utf8_lossy(&release.stdout));
+    assert_eq!(
+        Printed::parse(&String::from_utf8_lossy(&first.stdout)).image,
+        printed.image,
+        "a second release of one binary pushed another image digest"
+    );
     println!("{}", String::from_utf8_lossy(&release.stdout));
     let version = env!("CARGO_PKG_VERSION");
     assert!(
