@@ -6,9 +6,13 @@
 # version and appVersion from Cargo.toml) packaged, pushed to oci://$REGISTRY/charts and signed by its
 # digest as well. Prints both pinned references and the commands that verify and install them.
 #
-# Re-running is safe: the image is rebuilt to the same digest, the chart version is overwritten with
-# the same content, and each digest gets one more signature by the same key. Work files: OUT (default
-# target/release), the image in OUT/image and the chart in OUT/chart.
+# Log in to the registry first as each tool reads it: `crane auth login` (or docker login) for crane and
+# cosign, `helm registry login` for helm.
+#
+# Re-running is safe: the image is rebuilt to the same digest and gets one more signature by the same
+# key; the chart version is pushed again with the same files (helm stamps the archive and the manifest
+# with the time, so that is another digest) and that digest is signed. Work files: OUT (default
+# target/dist), the image in OUT/image and the chart in OUT/chart.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PATH=${RXG_TOOLS_DIR:-$root/.tools}/bin:$PATH
@@ -16,8 +20,11 @@ PATH=${RXG_TOOLS_DIR:-$root/.tools}/bin:$PATH
 REGISTRY=${REGISTRY%/}
 # shellcheck source=e2e/image/sign.sh
 source "$root/e2e/image/sign.sh"
+for t in crane cosign helm; do
+	command -v "$t" > /dev/null || { echo "make release needs $t: on PATH, or make tools" >&2; exit 1; }
+done
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
-out=${OUT:-$root/target/release}
+out=${OUT:-$root/target/dist}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
