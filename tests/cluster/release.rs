@@ -95,7 +95,7 @@ fn crane_copy(from: &str, to: &str) {
     assert_success(&format!("crane copy {from} {to}"), &output);
 }
 
-/// `registryx-guard verify` (the test build) of `reference` under `policy`: its exit status.
+/// `registryx-guard verify` (the test build) of `reference` under `policy`: its exit status and output.
 fn guard_verify(policy: &Path, reference: &str) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
         .arg("verify")
