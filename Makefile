@@ -18,7 +18,7 @@ ALERTS := $(CHART)/files/alerts.yaml
 # The chart with its optional monitoring objects on: what make chart and make alerts-check render.
 MONITORING := --set monitoring.prometheusRule.enabled=true --set monitoring.serviceMonitor.enabled=true
 
-.PHONY: all tools fmt fmt-check lint crds crds-check chart alerts-check scripts-check test demo bench bench-attestations soak fuzz image image-push clean
+.PHONY: all tools fmt fmt-check lint crds crds-check chart alerts-check scripts-check test demo bench bench-attestations soak fuzz image image-push release dockerfile-check clean
 
 all: test
 
@@ -56,7 +56,7 @@ crds-check:
 	if ! diff -u $(REPORTS_TEMPLATE) <(echo '$(REPORTS_GUARD)'; cat $$tmp; echo '{{- end }}'); then echo "the chart's PolicyReport CRDs are stale: run 'make crds'" >&2; exit 1; fi
 
 ## chart: helm lint, and helm template with the defaults, with an external webhook URL, and with the
-## monitoring (PrometheusRule and ServiceMonitor) on
+## monitoring (PrometheusRule and ServiceMonitor) on, and with the webhook's own policy (selfPolicy) on
 chart: tools
 	$(HELM) lint $(CHART)
 	$(HELM) lint $(CHART) $(MONITORING)
@@ -65,6 +65,11 @@ chart: tools
 	$(HELM) template rxg $(CHART) --namespace registryx-guard $(MONITORING) > /dev/null
 	$(HELM) template rxg $(CHART) --namespace registryx-guard --set audit.policyReports.installCRD=true \
 		--show-only templates/policyreports-crd.yaml > /dev/null
+	@key=$$(mktemp); trap 'rm -f $$key' EXIT; \
+	openssl ecparam -name prime256v1 -genkey -noout | openssl ec -pubout -out $$key 2>/dev/null; \
+	$(HELM) lint $(CHART) --set selfPolicy.enabled=true --set-file selfPolicy.publicKey=$$key; \
+	$(HELM) template rxg $(CHART) --namespace registryx-guard --set selfPolicy.enabled=true \
+		--set-file selfPolicy.publicKey=$$key --show-only templates/selfpolicy.yaml > /dev/null
 
 ## alerts-check: the chart's alert rules: promtool check rules, promtool test rules (tests/alerts/), and
 ## tests/alerts/check.py (the PrometheusRule renders the rule file's groups; each alert fires and stays
@@ -77,12 +82,12 @@ alerts-check: tools
 
 ## scripts-check: the bench scripts parse, and BENCHMARKS.md's renderer writes no figure of its own
 scripts-check:
-	bash -n bench/run.sh bench/soak.sh bench/peers.sh bench/attestations.sh e2e/lib.sh
+	bash -n bench/run.sh bench/soak.sh bench/peers.sh bench/attestations.sh e2e/lib.sh e2e/release.sh
 	python3 -m py_compile bench/load.py
 	python3 -m unittest discover -s bench -p 'test_*.py'
 
 ## test: everything CI checks, against the real toolchain
-test: tools fmt-check lint crds-check chart alerts-check scripts-check
+test: tools fmt-check lint crds-check chart alerts-check scripts-check dockerfile-check
 	$(CARGO) test --all-targets --locked --no-fail-fast
 
 ## demo: a local control plane and registry (see README)
@@ -102,6 +107,18 @@ image:
 ## image-push: push it to REGISTRY with crane and sign it with cosign (COSIGN_KEY, default cosign.key)
 image-push: tools
 	bash e2e/image/push.sh
+
+## release: the image pushed by digest and signed, and the chart pinned to that digest, pushed to
+## oci://REGISTRY/charts and signed (REGISTRY, COSIGN_KEY default cosign.key, PLAIN_HTTP=1 for a
+## plain-HTTP registry; COSIGN_SIGN_FLAGS for cosign sign); prints what a user runs to verify and install.
+## Needs crane, cosign and helm (.tools/bin or PATH), not the whole test toolchain
+release:
+	bash e2e/release.sh
+
+## dockerfile-check: the Dockerfile (for users who build their own image; no engine here) agrees with
+## the reproducible image and Cargo.toml: Rust version, user, entrypoint
+dockerfile-check:
+	bash e2e/image/dockerfile-check.sh
 
 ## bench-attestations: the cost of a required attestation only (a few minutes): cold verification with and
 ## without the requirement (requests, round trips) and the cached review (criterion); figures by hand into

@@ -16,7 +16,10 @@ image=${IMAGE:-ghcr.io/registryx/registryx-guard:$version}
 out=${OUT:-$root/target/image}
 if [[ -z ${BINARY:-} ]]; then
 	(cd "$root" && cargo build --release --locked --quiet --bin registryx-guard)
-	BINARY=$root/target/release/registryx-guard
+	# Where cargo put it: CARGO_TARGET_DIR (relative to the root, where cargo ran) or target/.
+	target=${CARGO_TARGET_DIR:-target}
+	[[ $target == /* ]] || target=$root/$target
+	BINARY=$target/release/registryx-guard
 fi
 rm -rf "$out/oci"
 mkdir -p "$out"

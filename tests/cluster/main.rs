@@ -16,6 +16,7 @@ mod examples;
 mod pods;
 mod policy_reports;
 mod push_sharing;
+mod release;
 mod replicas;
 mod toolchain;
 mod verify_cluster;
