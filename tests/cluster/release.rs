@@ -95,6 +95,15 @@ fn crane_copy(from: &str, to: &str) {
     assert_success(&format!("crane copy {from} {to}"), &output);
 }
 
+/// A printed `cosign verify ...` line run by registryx-guard (the test build) instead.
+fn as_registryx_guard(line: &str) -> String {
+    line.replacen(
+        "cosign verify",
+        &format!("{} verify", env!("CARGO_BIN_EXE_registryx-guard")),
+        1,
+    )
+}
+
 /// `registryx-guard verify` (the test build) of `reference` under `policy`: its exit status and output.
 fn guard_verify(policy: &Path, reference: &str) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_registryx-guard"))
@@ -198,6 +207,9 @@ fn a_release_installs_from_oci_and_both_signatures_verify() {
     // registryx-guard verify itself, under a policy trusting the release key.
     for line in &printed.verify_lines {
         assert_success(line, &shell(line, &keys));
+        // The same line with the program's name replaced: cosign's words work for registryx-guard.
+        let ours = as_registryx_guard(line);
+        assert_success(&ours, &shell(&ours, &keys));
     }
     let policy = work.path().join("release-policy.yaml");
     std::fs::write(
@@ -239,6 +251,11 @@ fn a_release_installs_from_oci_and_both_signatures_verify() {
             "cosign verify of the unsigned copy {copy}: {}",
             text(&verified)
         );
+        let ours = shell(
+            &as_registryx_guard(line).replace(reference.as_str(), &copy),
+            &keys,
+        );
+        assert_eq!(ours.status.code(), Some(1), "{}", text(&ours));
         let (code, output) = guard_verify(&policy, &copy);
         assert_eq!(code, Some(1), "registryx-guard verify {copy}: {output}");
         assert!(output.contains("no signature found"), "{output}");
