@@ -83,6 +83,13 @@ impl AuditMetrics {
         metrics
     }
 
+    /// This replica no longer holds the Lease: its findings are no longer current, and the new holder
+    /// reports its own. Cleared so that a sum over replicas counts each violation once.
+    pub fn stepped_down(&self) {
+        self.violations.clear();
+        self.pods.set(0);
+    }
+
     /// A completed pass: the gauges replaced by its findings.
     pub fn completed(&self, findings: &Findings, seconds: f64) {
         self.violations.clear();
@@ -113,5 +120,43 @@ impl AuditMetrics {
         self.passes
             .get_or_create(&OutcomeLabels { outcome: "failed" })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn a_replica_that_loses_the_lease_stops_reporting_violations() {
+        let mut registry = Registry::default();
+        let metrics = AuditMetrics::register(&mut registry);
+        let findings = Findings {
+            results: Vec::new(),
+            by_policy: Default::default(),
+            counts: [(("p".to_owned(), "shop".to_owned(), "no_signature"), 3)].into(),
+            pods: 4,
+        };
+        metrics.completed(&findings, 0.5);
+        let text = encoded(&registry);
+        assert!(
+            text.contains(
+                "registryx_guard_audit_violations{policy=\"p\",namespace=\"shop\",reason=\"no_signature\"} 3"
+            ),
+            "{text}"
+        );
+        metrics.stepped_down();
+        let text = encoded(&registry);
+        assert!(
+            !text.contains("registryx_guard_audit_violations{"),
+            "{text}"
+        );
+        assert!(text.contains("registryx_guard_audit_pods 0"), "{text}");
     }
 }

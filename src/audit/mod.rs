@@ -61,6 +61,10 @@ pub struct AuditSettings {
     pub requests_per_second: f64,
     pub namespaces: AuditNamespaces,
     pub opt_in_label: String,
+    /// The webhook's further namespaceSelector expressions (the chart's
+    /// `webhook.namespaceSelectorExpressions`): a namespace they leave out is one the webhook never
+    /// checks, so the audit must not report it either.
+    pub namespace_selector: Option<kube::core::Selector>,
     /// Never audited (the webhook never checks them either).
     pub excluded_namespaces: Vec<String>,
     /// What an image no policy governs is (`--unmatched`): the audit judges as the webhook does.
@@ -77,12 +81,41 @@ impl Default for AuditSettings {
             requests_per_second: 20.0,
             namespaces: AuditNamespaces::OptIn,
             opt_in_label: "registryx.io/include".into(),
+            namespace_selector: None,
             excluded_namespaces: vec!["kube-system".into()],
             unmatched: Unmatched::Deny,
             environment: None,
             identity: "registryx-guard".into(),
         }
     }
+}
+
+/// Whether `settings` audit `namespace`, whose labels `labels` reads (only when needed): what the
+/// webhook's own namespaceSelector would let through, minus the excluded namespaces.
+fn audited_by(
+    settings: &AuditSettings,
+    namespace: &str,
+    labels: impl FnOnce() -> std::collections::BTreeMap<String, String>,
+) -> bool {
+    use kube::core::SelectorExt as _;
+    if settings.excluded_namespaces.iter().any(|n| n == namespace) {
+        return false;
+    }
+    if settings.namespaces == AuditNamespaces::All && settings.namespace_selector.is_none() {
+        return true;
+    }
+    let labels = labels();
+    let opted_in = match settings.namespaces {
+        AuditNamespaces::All => true,
+        AuditNamespaces::OptIn => {
+            labels.get(&settings.opt_in_label).map(String::as_str) == Some("true")
+        }
+    };
+    opted_in
+        && settings
+            .namespace_selector
+            .as_ref()
+            .is_none_or(|selector| selector.matches(&labels))
 }
 
 /// Where each completed pass's results go besides status, events and metrics: the PolicyReports'
@@ -215,24 +248,13 @@ impl Audit {
     }
 
     fn audited(&self, namespace: &str) -> bool {
-        if self
-            .settings
-            .excluded_namespaces
-            .iter()
-            .any(|n| n == namespace)
-        {
-            return false;
-        }
-        match self.settings.namespaces {
-            AuditNamespaces::All => true,
-            AuditNamespaces::OptIn => self
-                .namespaces
+        let labels = || {
+            self.namespaces
                 .get(&ObjectRef::new(namespace))
                 .and_then(|n| n.metadata.labels.clone())
-                .is_some_and(|labels| {
-                    labels.get(&self.settings.opt_in_label).map(String::as_str) == Some("true")
-                }),
-        }
+                .unwrap_or_default()
+        };
+        audited_by(&self.settings, namespace, labels)
     }
 
     /// Runs passes while this replica leads, until `shutdown`. The watches start with the first lead
@@ -315,6 +337,7 @@ impl Auditor {
         let mut next_round = tokio::time::Instant::now() + interval;
         loop {
             if !*leading.borrow_and_update() {
+                self.audit.metrics.stepped_down();
                 tokio::select! {
                     changed = leading.changed() => if changed.is_err() { return },
                     () = &mut shutdown => return,
@@ -417,5 +440,51 @@ fn drain(invalidations: &mut tokio::sync::broadcast::Receiver<Invalidated>) -> V
             Err(TryRecvError::Lagged(_)) => drained.push(Invalidated::All),
             Err(TryRecvError::Empty | TryRecvError::Closed) => return drained,
         }
+    }
+}
+
+#[cfg(test)]
+mod namespace_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn selector(json: serde_json::Value) -> kube::core::Selector {
+        let requirements: Vec<
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement,
+        > = serde_json::from_value(json).unwrap();
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+            match_expressions: Some(requirements),
+            match_labels: None,
+        }
+        .try_into()
+        .unwrap()
+    }
+
+    #[test]
+    fn the_audit_checks_only_what_the_webhooks_namespace_selector_lets_through() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let mut settings = AuditSettings {
+            namespace_selector: Some(selector(serde_json::json!([
+                {"key": "tier", "operator": "NotIn", "values": ["sandbox"]}
+            ]))),
+            ..AuditSettings::default()
+        };
+        let opted = [("registryx.io/include", "true")];
+        assert!(audited_by(&settings, "shop", || labels(&opted)));
+        let sandbox = [("registryx.io/include", "true"), ("tier", "sandbox")];
+        assert!(!audited_by(&settings, "play", || labels(&sandbox)));
+        assert!(!audited_by(&settings, "other", || labels(&[])));
+        assert!(!audited_by(&settings, "kube-system", || labels(&opted)));
+        settings.namespaces = AuditNamespaces::All;
+        assert!(audited_by(&settings, "other", || labels(&[])));
+        assert!(!audited_by(&settings, "play", || labels(&sandbox)));
+        settings.namespace_selector = None;
+        assert!(audited_by(&settings, "play", || labels(&sandbox)));
     }
 }

@@ -118,6 +118,11 @@ pub struct ServeArgs {
     )]
     pub audit_opt_in_label: String,
 
+    /// The webhook's further namespaceSelector expressions, as JSON (a list of matchExpressions: the
+    /// chart passes webhook.namespaceSelectorExpressions): a namespace they leave out is not audited.
+    #[arg(long, env = "RXG_AUDIT_NAMESPACE_EXPRESSIONS", value_parser = parse_namespace_expressions)]
+    pub audit_namespace_expressions: Option<kube::core::Selector>,
+
     /// Namespaces never audited, comma-separated (the chart passes its own and
     /// webhook.excludedNamespaces).
     #[arg(
@@ -138,6 +143,20 @@ pub struct ServeArgs {
     pub max_connections_per_peer: usize,
 }
 
+/// `[{"key","operator","values"}]` (Kubernetes' LabelSelectorRequirement list) as a selector; an empty
+/// list selects every namespace.
+fn parse_namespace_expressions(text: &str) -> Result<kube::core::Selector, String> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    let requirements: Vec<LabelSelectorRequirement> = serde_json::from_str(text)
+        .map_err(|e| format!("not a JSON list of matchExpressions: {e}"))?;
+    LabelSelector {
+        match_expressions: Some(requirements),
+        match_labels: None,
+    }
+    .try_into()
+    .map_err(|e| format!("{e}"))
+}
+
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap_or_else(|_| "registryx-guard".into());
@@ -152,6 +171,10 @@ impl ServeArgs {
             requests_per_second: self.audit_requests_per_second,
             namespaces: self.audit_namespaces,
             opt_in_label: self.audit_opt_in_label.clone(),
+            namespace_selector: self
+                .audit_namespace_expressions
+                .clone()
+                .filter(|selector| !selector.selects_all()),
             excluded_namespaces: self.audit_excluded_namespaces.clone(),
             unmatched: self.unmatched,
             environment: self.environment.clone(),
