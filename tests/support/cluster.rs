@@ -10,7 +10,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::process::{Process, http_ok};
-use super::serial::{Room, room};
+use super::serial::{NodeTurn, Room, node_turn, room};
 use super::{free_port, tool};
 
 pub struct ControlPlane {
@@ -21,6 +21,8 @@ pub struct ControlPlane {
     apiserver: Process,
     etcd: Process,
     dir: TempDir,
+    /// One control plane with a node at a time ([`super::serial::node_turn`]); left before the room.
+    _node: Option<NodeTurn>,
     /// Control planes run side by side; one for a node runs alone (its node's kubelet, containerd and
     /// replicas are the heaviest thing the tests start, and its checks are timed). Left last.
     _room: Room,
@@ -43,6 +45,8 @@ impl ControlPlane {
 
     fn start_with(pods: bool) -> ControlPlane {
         let room = room(if pods { "node" } else { "control-plane" });
+        // The room admits several node tests together; the node itself is one at a time.
+        let node = pods.then(node_turn);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
 
@@ -140,6 +144,7 @@ impl ControlPlane {
             apiserver,
             etcd,
             dir,
+            _node: node,
             _room: room,
         }
     }

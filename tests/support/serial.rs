@@ -39,3 +39,31 @@ impl Drop for Room {
         }
     }
 }
+
+/// One test on a node at a time: every node uses the machine's one CNI bridge, its address and its
+/// pod subnet, so two at once would take each other's pods and routes. Taken inside the `node` room
+/// (which keeps the lighter control-plane tests out), released on drop, also when the test panics.
+static NODE_TAKEN: Mutex<bool> = Mutex::new(false);
+static NODE_FREED: Condvar = Condvar::new();
+
+#[must_use = "the node is given back when this is dropped"]
+pub struct NodeTurn(());
+
+/// Waits until no other test holds the node, then holds it.
+pub fn node_turn() -> NodeTurn {
+    let mut taken = NODE_TAKEN.lock().unwrap_or_else(PoisonError::into_inner);
+    while *taken {
+        taken = NODE_FREED
+            .wait(taken)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+    *taken = true;
+    NodeTurn(())
+}
+
+impl Drop for NodeTurn {
+    fn drop(&mut self) {
+        *NODE_TAKEN.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        NODE_FREED.notify_one();
+    }
+}
