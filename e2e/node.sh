@@ -121,6 +121,12 @@ start_node() {
 	local host=${hostport%:*}
 	[[ $host =~ ^[0-9.]+$ ]] || host=$(getent ahostsv4 "$host" | awk 'NR == 1 { print $1 }')
 	hostport=$host:${hostport##*:}
+	# The API server creates its own Service a moment after it answers: wait for it (up to 30 s).
+	local tries=0
+	until _node_kubectl get service kubernetes -n default >/dev/null 2>&1; do
+		((++tries > 120)) && { echo "the kubernetes Service never appeared" >&2; return 1; }
+		sleep 0.25
+	done
 	service_ip=$(_node_kubectl get service kubernetes -n default -o 'jsonpath={.spec.clusterIP}') || return 1
 	service_port=$(_node_kubectl get service kubernetes -n default -o 'jsonpath={.spec.ports[0].port}') || return 1
 	local dnat=(PREROUTING -i "$NODE_BRIDGE" -d "$service_ip/32" -p tcp --dport "$service_port"
